@@ -1,0 +1,1 @@
+"""claro_dagster: continuous product-catalogue automation on Dagster."""

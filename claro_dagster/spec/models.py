@@ -1,0 +1,207 @@
+"""Typed models of the project spec (`claro.yaml`).
+
+These models are the contract every other layer reads: the store derives its tables from
+`CatalogueSpec`, operations read `AttributeSpec` rules, factories read pipelines and sources.
+Unknown keys are errors (`extra="forbid"`); the loader turns pydantic errors into messages
+that name the file, line and key path.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+AttributeType = Literal["text", "number", "image", "date", "enum", "reference"]
+ATTRIBUTE_TYPES: tuple[str, ...] = ("text", "number", "image", "date", "enum", "reference")
+
+
+class SpecModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Thresholds(SpecModel):
+    """Confidence gates (0-100).
+
+    confidence >= auto_apply -> applied; review <= confidence < auto_apply -> queued for review;
+    confidence < reject -> rejected with the reason logged; reject <= confidence < review ->
+    kept as a `suggested` change a reviewer may still approve (only when reject < review).
+    """
+
+    auto_apply: float = Field(90, ge=0, le=100)
+    review: float = Field(50, ge=0, le=100)
+    reject: float = Field(50, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if not (self.reject <= self.review <= self.auto_apply):
+            raise ValueError(
+                f"thresholds must satisfy reject <= review <= auto_apply, got reject={self.reject}, "
+                f"review={self.review}, auto_apply={self.auto_apply}"
+            )
+        return self
+
+
+class ThresholdOverride(SpecModel):
+    """A partial override; unset keys fall back to the next level."""
+
+    auto_apply: float | None = Field(None, ge=0, le=100)
+    review: float | None = Field(None, ge=0, le=100)
+    reject: float | None = Field(None, ge=0, le=100)
+
+
+class ThresholdsSpec(SpecModel):
+    """`thresholds:` section: defaults, then per operation, per attribute and per source overrides.
+
+    Resolution order (most specific wins): source > attribute > operation > default.
+    """
+
+    default: Thresholds = Field(default_factory=Thresholds)
+    operations: dict[str, ThresholdOverride] = Field(default_factory=dict)
+    sources: dict[str, ThresholdOverride] = Field(default_factory=dict)
+
+
+class AttributeSpec(SpecModel):
+    type: AttributeType
+    description: str | None = None
+    required: bool = False
+    default: str | float | int | bool | None = None
+    # text / image / enum / reference
+    regex: str | None = None
+    min_length: int | None = Field(None, ge=0)
+    max_length: int | None = Field(None, ge=0)
+    # number
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+    # date
+    timezone: str | None = None
+    # enum: canonical values, whether their order means something, synonyms canonical -> [synonym, ...]
+    values: list[str] | None = None
+    ordered: bool = False
+    synonyms: dict[str, list[str]] = Field(default_factory=dict)
+    # reference: the target catalogue (values are its keys) and the name of the reverse link
+    target: str | None = None
+    reverse: str | None = None
+    # identifiers must stay text (leading zeros, no scientific notation); gtin adds check digits
+    identifier: bool = False
+    format: Literal["gtin", "url", "email"] | None = None
+    # text cleaning
+    strip_html: bool = False
+    casing: Literal["upper", "lower", "title", "sentence"] | None = None
+    importance: float = Field(1.0, ge=0)
+    reviewers: list[str] = Field(default_factory=list)
+    thresholds: ThresholdOverride | None = None
+    aliases: list[str] = Field(default_factory=list, description="column names suppliers use for it")
+
+
+class CatalogueSpec(SpecModel):
+    key: str
+    description: str | None = None
+    attributes: dict[str, AttributeSpec]
+
+
+class SourceSpec(SpecModel):
+    catalogue: str
+    kind: Literal["upload", "inbox", "s3"] = "upload"
+    description: str | None = None
+    # inbox
+    path: str | None = None
+    # s3
+    bucket: str | None = None
+    prefix: str = ""
+    endpoint_url_env: str | None = None
+    # files
+    sheet: str | int | None = None
+    encoding: str | None = None
+    delimiter: str | None = None
+    contact: str | None = None
+    thresholds: ThresholdOverride | None = None
+
+
+class PipelineSpec(SpecModel):
+    catalogue: str
+    sources: list[str] = Field(default_factory=list)
+    stages: list[str] = Field(
+        default_factory=lambda: ["batch_raw", "batch_mapped", "batch_validated", "batch_normalized", "records"]
+    )
+    error_budget: float = Field(0.05, ge=0, le=1, description="share of rows that may fail validation")
+    destinations: list[str] = Field(default_factory=list)
+    description: str | None = None
+
+
+class ScheduleSpec(SpecModel):
+    target: str = Field(description="an operation (`<catalogue>/<operation>`) or a pipeline name")
+    every: Literal["hourly", "daily", "weekly"] | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+    filter: str | None = None
+    paused: bool = False
+
+
+class DestinationSpec(SpecModel):
+    kind: Literal["s3", "postgres", "shopify", "amazon", "bigquery", "sheets", "webhook"]
+    catalogue: str
+    filter: str | None = None
+    columns: list[str] | None = None
+    # s3
+    bucket: str | None = None
+    prefix: str = ""
+    format: Literal["csv", "jsonl", "parquet"] = "parquet"
+    endpoint_url_env: str | None = None
+    # postgres
+    url_env: str | None = None
+    table: str | None = None
+
+
+class SlackRoute(SpecModel):
+    channel: str
+    catalogues: list[str] = Field(default_factory=list)
+    operations: list[str] = Field(default_factory=list)
+    pipelines: list[str] = Field(default_factory=list)
+    events: list[str] = Field(default_factory=list)
+    verbosity: Literal["summary", "per_record"] = "summary"
+
+
+class WebhookSpec(SpecModel):
+    url: str
+    events: list[str]
+    secret_env: str
+    mode: Literal["per_change", "batched", "scheduled"] = "per_change"
+    max_batch: int = 100
+    max_wait_seconds: float = 30
+    cron: str | None = None
+
+
+class NotificationsSpec(SpecModel):
+    slack_token_env: str | None = None
+    slack: list[SlackRoute] = Field(default_factory=list)
+    webhooks: dict[str, WebhookSpec] = Field(default_factory=dict)
+
+
+class ProjectSpec(SpecModel):
+    """The whole `claro.yaml`."""
+
+    name: str = "claro"
+    catalogues: dict[str, CatalogueSpec]
+    thresholds: ThresholdsSpec = Field(default_factory=ThresholdsSpec)
+    reviewers: dict[str, list[str]] = Field(default_factory=dict, description="reviewer groups")
+    sources: dict[str, SourceSpec] = Field(default_factory=dict)
+    pipelines: dict[str, PipelineSpec] = Field(default_factory=dict)
+    schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
+    destinations: dict[str, DestinationSpec] = Field(default_factory=dict)
+    notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
+
+    def thresholds_for(self, operation: str, attribute: AttributeSpec | None = None,
+                       source: str | None = None) -> Thresholds:
+        """Resolve the gate for one change: default < operation < attribute < source."""
+        merged = self.thresholds.default.model_dump()
+        layers = [self.thresholds.operations.get(operation),
+                  attribute.thresholds if attribute else None,
+                  self.thresholds.sources.get(source) if source else None]
+        if source and source in self.sources:
+            layers.append(self.sources[source].thresholds)
+        for layer in layers:
+            if layer is not None:
+                merged.update({k: v for k, v in layer.model_dump().items() if v is not None})
+        return Thresholds(**merged)
