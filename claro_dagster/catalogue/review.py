@@ -1,0 +1,212 @@
+"""The review queue: changes the gate held back wait here for a person's decision.
+
+Every decision (approve, reject, edit, skip, snooze) is recorded with who and when; approving or
+editing writes the value through the store's change path, so it gets history, provenance and an
+outbox event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from claro_dagster.catalogue.changes import ApplyResult, Change, ChangeSet, StoreError
+from claro_dagster.catalogue.store import CatalogueStore, _aware, _Prov, dumps, loads, now
+
+OPEN = ("queued", "suggested", "skipped", "snoozed")
+DECIDED = ("approved", "edited", "rejected", "discarded")
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    id: int
+    catalogue: str
+    record: str
+    field: str
+    old: Any
+    new: Any
+    confidence: float
+    reason: str | None
+    citation: str | None
+    operation: str
+    source: str | None
+    run_id: str | None
+    model: str | None
+    reviewers: tuple[str, ...]
+    status: str
+    snoozed_until: datetime | None
+    decided_by: str | None
+    at: datetime
+
+
+class ReviewQueue:
+    def __init__(self, store: CatalogueStore):
+        self.store = store
+        self.t = store.t["proposals"]
+
+    # ------------------------------------------------------------------ reading
+    def list(self, *, catalogue: str | None = None, operation: str | None = None, attribute: str | None = None,
+             source: str | None = None, min_confidence: float | None = None, max_confidence: float | None = None,
+             reviewer: str | None = None, status: Sequence[str] | str | None = None, ids: Iterable[int] | None = None,
+             at: datetime | None = None, limit: int | None = None) -> list[ReviewItem]:
+        """Items matching every criterion given. By default the open items due now: queued, suggested,
+        skipped, and snoozed ones whose time has come (skipped ones sort last)."""
+        p = self.t
+        at = at or now()
+        query = sa.select(p)
+        statuses = [status] if isinstance(status, str) else list(status or [])
+        for s in statuses:
+            if s not in OPEN + DECIDED:
+                raise StoreError(f"unknown review status {s!r}; statuses are: {', '.join(OPEN + DECIDED)}")
+        if statuses:
+            query = query.where(p.c.status.in_(statuses))
+        else:
+            query = query.where(sa.or_(p.c.status.in_(["queued", "suggested", "skipped"]),
+                                       sa.and_(p.c.status == "snoozed", p.c.snoozed_until <= at)))
+        for column, value in ((p.c.catalogue, catalogue), (p.c.operation, operation), (p.c.field, attribute),
+                              (p.c.source, source)):
+            if value is not None:
+                query = query.where(column == value)
+        if min_confidence is not None:
+            query = query.where(p.c.confidence >= min_confidence)
+        if max_confidence is not None:
+            query = query.where(p.c.confidence <= max_confidence)
+        if ids is not None:
+            query = query.where(p.c.id.in_(list(ids)))
+        query = query.order_by(sa.case((p.c.status == "skipped", 1), else_=0), p.c.id)
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query).fetchall()
+        items = [self._item(r) for r in rows]
+        if reviewer is not None:
+            items = [i for i in items if self._may_decide(i, reviewer)]
+        return items[:limit] if limit else items
+
+    def get(self, item_id: int) -> ReviewItem:
+        items = self.list(ids=[item_id], status=OPEN + DECIDED)
+        if not items:
+            raise StoreError(f"no review item {item_id}; `claro review list` shows the open ones")
+        return items[0]
+
+    def pending_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for item in self.list():
+            counts[item.catalogue] += 1
+        return dict(counts)
+
+    def _may_decide(self, item: ReviewItem, reviewer: str) -> bool:
+        if not item.reviewers:
+            return True
+        groups = self.store.spec.reviewers
+        return any(r == reviewer or reviewer in groups.get(r, []) for r in item.reviewers)
+
+    @staticmethod
+    def _item(r) -> ReviewItem:
+        return ReviewItem(r.id, r.catalogue, r.record, r.field, loads(r.old), loads(r.new), r.confidence, r.reason,
+                          r.citation, r.operation, r.source, r.run_id, r.model,
+                          tuple(x for x in (r.reviewers or "").split(",") if x), r.status,
+                          _aware(r.snoozed_until), r.decided_by, _aware(r.at))
+
+    # ------------------------------------------------------------------ deciding
+    def approve(self, ids: Iterable[int], *, by: str, note: str | None = None) -> ApplyResult:
+        """Apply the proposed values; provenance keeps the operation, source and confidence, plus the reviewer."""
+        return self._apply(list(ids), by=by, note=note, decision="approved")
+
+    def edit(self, item_id: int, value: Any, *, by: str, note: str | None = None) -> ApplyResult:
+        """Apply a corrected value instead of the proposal: the reviewer becomes the value's source."""
+        return self._apply([item_id], by=by, note=note, decision="edited", value=value)
+
+    def reject(self, ids: Iterable[int], *, by: str, note: str | None = None) -> int:
+        items = self._open(ids)
+        stamp = now()
+        with self.store.engine.begin() as conn:
+            for item in items:
+                self._decide(conn, item, "rejected", by, note, stamp)
+                conn.execute(self.store.t["events"].insert().values(
+                    type="change.rejected", catalogue=item.catalogue, record=item.record, field=item.field,
+                    change_set=f"review:{item.id}", proposal=item.id, at=stamp, payload=dumps({
+                        "record": item.record, "field": item.field, "old": item.old, "new": item.new,
+                        "confidence": item.confidence, "operation": item.operation, "by": by, "note": note})))
+        return len(items)
+
+    def skip(self, ids: Iterable[int], *, by: str, note: str | None = None) -> int:
+        """Leave items for later or for someone else: they stay open and sort last."""
+        return self._mark(ids, "skipped", by, note)
+
+    def snooze(self, ids: Iterable[int], until: datetime, *, by: str, note: str | None = None) -> int:
+        """Hide items until a time; they come back to the open list then."""
+        if until.tzinfo is None:
+            raise StoreError("snooze needs a time with a timezone, e.g. 2026-12-01T09:00+00:00")
+        return self._mark(ids, "snoozed", by, note, snoozed_until=until)
+
+    def approve_where(self, *, by: str, note: str | None = None, **criteria) -> ApplyResult:
+        return self.approve([i.id for i in self.list(**criteria)], by=by, note=note)
+
+    def reject_where(self, *, by: str, note: str | None = None, **criteria) -> int:
+        return self.reject([i.id for i in self.list(**criteria)], by=by, note=note)
+
+    # ------------------------------------------------------------------ internals
+    def _open(self, ids: Iterable[int]) -> list[ReviewItem]:
+        ids = list(ids)
+        items = self.list(ids=ids, status=OPEN)
+        missing = set(ids) - {i.id for i in items}
+        if missing:
+            raise StoreError(f"review item(s) {', '.join(map(str, sorted(missing)))} are not open "
+                             "(unknown or already decided); `claro review list` shows the open ones")
+        return items
+
+    def _decide(self, conn, item: ReviewItem, decision: str, by: str, note: str | None, stamp: datetime,
+                value: Any = None, **extra) -> None:
+        conn.execute(self.t.update().where(self.t.c.id == item.id).values(
+            status=decision, decided_by=by, decided_at=stamp, **extra))
+        conn.execute(self.store.t["decisions"].insert().values(
+            proposal=item.id, decision=decision, by=by, value=dumps(value), note=note, at=stamp))
+
+    def _mark(self, ids: Iterable[int], status: str, by: str, note: str | None, **extra) -> int:
+        items = self._open(ids)
+        stamp = now()
+        with self.store.engine.begin() as conn:
+            for item in items:
+                self._decide(conn, item, status, by, note, stamp, **extra)
+        return len(items)
+
+    def _apply(self, ids: list[int], *, by: str, note: str | None, decision: str, value: Any = None) -> ApplyResult:
+        items = self._open(ids)
+        review_id = f"review:{uuid.uuid4().hex[:16]}"
+        total = ApplyResult(review_id)
+        stamp = now()
+        by_catalogue: dict[str, list[ReviewItem]] = defaultdict(list)
+        for item in items:
+            by_catalogue[item.catalogue].append(item)
+        with self.store.engine.begin() as conn:
+            for catalogue, group in by_catalogue.items():
+                cs = ChangeSet(f"{review_id}:{catalogue}" if len(by_catalogue) > 1 else review_id, catalogue,
+                               "review", reviewer=by)
+                seq = self.store._start_change_set(conn, cs)
+                changes, proposal, provs = [], {}, {}
+                for item in group:
+                    new = value if decision == "edited" else item.new
+                    ch = Change(item.record, item.field, new, 100.0 if decision == "edited" else item.confidence,
+                                note or item.reason or "", item.citation)
+                    changes.append(ch)
+                    proposal[id(ch)] = item.id
+                    provs[id(ch)] = (_Prov("review", None, f"reviewer:{by}", None, by, 100.0) if decision == "edited"
+                                     else _Prov(item.operation, item.run_id, item.source, item.model, by,
+                                                item.confidence))
+                result = ApplyResult(cs.id)
+                self.store._apply_changes(
+                    conn, cs, seq, changes, self.store._ProvCache(self.store, conn, cs.id), result, kind="review",
+                    decide=lambda _c, _a: "applied", provenance_of=lambda c: provs[id(c)],
+                    proposal_of=lambda c: proposal[id(c)], event_type="change.approved")
+                self.store._finish_change_set(conn, result)
+                total.applied += result.applied
+                total.unchanged += result.unchanged
+                total.created += result.created
+                for item in group:
+                    self._decide(conn, item, decision, by, note, stamp, value=value if decision == "edited" else None)
+        return total
