@@ -8,9 +8,10 @@ that name the file, line and key path.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 AttributeType = Literal["text", "number", "image", "date", "enum", "reference"]
 ATTRIBUTE_TYPES: tuple[str, ...] = ("text", "number", "image", "date", "enum", "reference")
@@ -94,6 +95,12 @@ class AttributeSpec(SpecModel):
     thresholds: ThresholdOverride | None = None
     aliases: list[str] = Field(default_factory=list, description="column names suppliers use for it")
 
+    @field_validator("unit", "casing", mode="before")
+    @classmethod
+    def _none_word(cls, value: object) -> object:
+        # YAML's null is `null`/`~`; people naturally write `casing: none`, which means the same.
+        return None if isinstance(value, str) and value.strip().lower() == "none" else value
+
 
 class CatalogueSpec(SpecModel):
     key: str
@@ -123,7 +130,9 @@ class PipelineSpec(SpecModel):
     catalogue: str
     sources: list[str] = Field(default_factory=list)
     stages: list[str] = Field(
-        default_factory=lambda: ["batch_raw", "batch_mapped", "batch_validated", "batch_normalized", "records"]
+        default_factory=lambda: [
+            "batch_raw", "batch_mapped", "batch_validated", "batch_normalized", "records"
+        ]
     )
     error_budget: float = Field(0.05, ge=0, le=1, description="share of rows that may fail validation")
     destinations: list[str] = Field(default_factory=list)
@@ -191,6 +200,20 @@ class ProjectSpec(SpecModel):
     schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
     destinations: dict[str, DestinationSpec] = Field(default_factory=dict)
     notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
+
+    # Set by the loader, never read from YAML: where the spec came from, so relative paths
+    # (inbox folders, the project home) resolve against the spec's folder, not the cwd.
+    _spec_path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def spec_path(self) -> Path | None:
+        """Absolute path of the loaded `claro.yaml` (None for a spec built in Python)."""
+        return self._spec_path
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder relative paths in the spec are resolved against (the spec's folder, else the cwd)."""
+        return self._spec_path.parent if self._spec_path else Path.cwd()
 
     def thresholds_for(self, operation: str, attribute: AttributeSpec | None = None,
                        source: str | None = None) -> Thresholds:

@@ -1,0 +1,267 @@
+"""Cross-reference checks that pydantic cannot express, and the one-line `claro check` summary.
+
+Checks run on the validated models and return `(key path, message)` pairs; the loader maps each
+key path back to a line of the YAML file. Every message says what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Iterable
+from difflib import get_close_matches
+from functools import cache
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import ValidationError
+
+from .models import AttributeSpec, ProjectSpec, ThresholdOverride, Thresholds
+
+Loc = tuple[str | int, ...]
+Problem = tuple[Loc, str]
+
+# Operations a schedule may run on a catalogue besides its destinations (`<catalogue>/<operation>`).
+SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
+# Slack channel ids: C (public), G (private), D (direct message) followed by upper-case alphanumerics.
+_SLACK_CHANNEL = re.compile(r"#[^\s#]+|[CGD][A-Z0-9]{6,}")
+
+
+def unknown(value: object, choices: Iterable[str], what: str, listing: str = "defined") -> str:
+    """`'x' is not <what>, did you mean 'y'? (defined: a, b)`: the one wording for bad references."""
+    choices = list(choices)
+    msg = f"{value!r} is not {what}"
+    close = get_close_matches(str(value), choices, n=1)
+    if close:
+        msg += f", did you mean {close[0]!r}?"
+    return msg + (f" ({listing}: {', '.join(choices)})" if choices else " (none defined)")
+
+
+@cache
+def _unit_registry() -> Any:
+    # Building a pint registry takes most of a second: build it once, and only if a unit is used.
+    import pint
+
+    return pint.UnitRegistry()
+
+
+def _unit_ok(unit: str) -> bool:
+    try:
+        _unit_registry().Unit(unit)
+    except Exception:  # pint raises several unrelated types (UndefinedUnitError, ValueError, ...)
+        return False
+    return True
+
+
+def _timezone_problem(name: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(name)
+        return None
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        pass
+    close = get_close_matches(name, sorted(zoneinfo.available_timezones()), n=1)
+    hint = (f", did you mean {close[0]!r}?" if close
+            else " (use an IANA name such as 'Europe/London' or 'UTC')")
+    return f"{name!r} is not an IANA timezone{hint}"
+
+
+def _cron_problem(cron: str) -> str | None:
+    # Validate with the parser Dagster itself will use for the schedule, so `claro check` and the
+    # code location agree. Imported lazily: the spec layer must stay importable without Dagster.
+    from dagster._utils.schedules import is_valid_cron_string
+
+    if is_valid_cron_string(cron):
+        return None
+    return (f"{cron!r} is not a valid cron expression (five fields: minute hour day-of-month month "
+            f"day-of-week, e.g. '0 * * * *', or @hourly/@daily/@weekly)")
+
+
+def _override_problem(spec: ProjectSpec, override: ThresholdOverride | None) -> str | None:
+    """An override is applied on top of the defaults; the result must still be ordered."""
+    if override is None:
+        return None
+    merged = spec.thresholds.default.model_dump()
+    merged.update({k: v for k, v in override.model_dump().items() if v is not None})
+    try:
+        Thresholds(**merged)
+    except ValidationError:
+        return (f"with this override the thresholds become reject={merged['reject']:g}, "
+                f"review={merged['review']:g}, auto_apply={merged['auto_apply']:g}; "
+                f"they must satisfy reject <= review <= auto_apply")
+    return None
+
+
+def _check_attribute(spec: ProjectSpec, loc: Loc, name: str, attr: AttributeSpec) -> list[Problem]:
+    out: list[Problem] = []
+    catalogues = list(spec.catalogues)
+    if attr.type == "reference":
+        if not attr.target:
+            out.append((loc + ("target",), "a reference attribute needs 'target': the catalogue whose keys "
+                        f"it holds (one of {', '.join(catalogues)})"))
+        elif attr.target not in spec.catalogues:
+            out.append((loc + ("target",), unknown(attr.target, catalogues, "a catalogue")))
+        elif attr.reverse and attr.reverse in spec.catalogues[attr.target].attributes:
+            out.append((loc + ("reverse",), f"reverse link {attr.reverse!r} clashes with attribute "
+                        f"{attr.reverse!r} of catalogue {attr.target!r}; choose another name"))
+    if attr.type == "enum":
+        if not attr.values:
+            out.append((loc + ("values",), "an enum attribute needs a non-empty 'values' list of its "
+                        "canonical values"))
+        else:
+            for canonical in attr.synonyms:
+                if canonical not in attr.values:
+                    out.append((loc + ("synonyms", canonical),
+                                unknown(canonical, attr.values, f"one of the values of {name!r}")))
+            if attr.default is not None and str(attr.default) not in attr.values:
+                out.append((loc + ("default",),
+                            unknown(attr.default, attr.values, f"one of the values of {name!r}")))
+    if attr.unit is not None and not _unit_ok(attr.unit):
+        out.append((loc + ("unit",), f"{attr.unit!r} is not a unit pint understands (e.g. kg, g, cm, mm, "
+                    "l, ml, day; leave it out for plain numbers such as prices)"))
+    if attr.timezone is not None and (msg := _timezone_problem(attr.timezone)):
+        out.append((loc + ("timezone",), msg))
+    if attr.regex is not None:
+        try:
+            re.compile(attr.regex)
+        except re.error as exc:
+            out.append((loc + ("regex",), f"{attr.regex!r} is not a valid regular expression: {exc}"))
+    if attr.min is not None and attr.max is not None and attr.min > attr.max:
+        out.append((loc + ("min",), f"min ({attr.min:g}) is greater than max ({attr.max:g})"))
+    if attr.min_length is not None and attr.max_length is not None and attr.min_length > attr.max_length:
+        out.append((loc + ("min_length",),
+                    f"min_length ({attr.min_length}) is greater than max_length ({attr.max_length})"))
+    if msg := _override_problem(spec, attr.thresholds):
+        out.append((loc + ("thresholds",), msg))
+    return out
+
+
+def cross_check(spec: ProjectSpec) -> list[Problem]:
+    """Every rule that relates one part of the spec to another (names, units, crons, timezones)."""
+    out: list[Problem] = []
+    catalogues = list(spec.catalogues)
+
+    for cname, cat in spec.catalogues.items():
+        loc: Loc = ("catalogues", cname)
+        if cat.key not in cat.attributes:
+            out.append((loc + ("key",),
+                        unknown(cat.key, cat.attributes, f"an attribute of catalogue {cname!r}")))
+        for aname, attr in cat.attributes.items():
+            out += _check_attribute(spec, loc + ("attributes", aname), aname, attr)
+
+    for op, override in spec.thresholds.operations.items():
+        if msg := _override_problem(spec, override):
+            out.append((("thresholds", "operations", op), msg))
+    for src, override in spec.thresholds.sources.items():
+        if src not in spec.sources:
+            out.append((("thresholds", "sources", src), unknown(src, spec.sources, "a source")))
+        elif msg := _override_problem(spec, override):
+            out.append((("thresholds", "sources", src), msg))
+
+    for sname, source in spec.sources.items():
+        loc = ("sources", sname)
+        if source.catalogue not in spec.catalogues:
+            out.append((loc + ("catalogue",), unknown(source.catalogue, catalogues, "a catalogue")))
+        if source.kind == "inbox" and not source.path:
+            out.append((loc + ("path",), "an inbox source needs 'path': the folder suppliers drop "
+                        "files into"))
+        if source.kind == "s3" and not source.bucket:
+            out.append((loc + ("bucket",), "an s3 source needs 'bucket'"))
+        if msg := _override_problem(spec, source.thresholds):
+            out.append((loc + ("thresholds",), msg))
+
+    for dname, dest in spec.destinations.items():
+        loc = ("destinations", dname)
+        if dest.catalogue not in spec.catalogues:
+            out.append((loc + ("catalogue",), unknown(dest.catalogue, catalogues, "a catalogue")))
+        if dest.kind == "s3" and not dest.bucket:
+            out.append((loc + ("bucket",), "an s3 destination needs 'bucket'"))
+        if dest.kind == "postgres":
+            if not dest.url_env:
+                out.append((loc + ("url_env",), "a postgres destination needs 'url_env': the environment "
+                            "variable that holds the database URL"))
+            if not dest.table:
+                out.append((loc + ("table",), "a postgres destination needs 'table'"))
+
+    for pname, pipe in spec.pipelines.items():
+        loc = ("pipelines", pname)
+        if pipe.catalogue not in spec.catalogues:
+            out.append((loc + ("catalogue",), unknown(pipe.catalogue, catalogues, "a catalogue")))
+        for i, src in enumerate(pipe.sources):
+            if src not in spec.sources:
+                out.append((loc + ("sources", i), unknown(src, spec.sources, "a source")))
+            elif spec.sources[src].catalogue != pipe.catalogue:
+                out.append((loc + ("sources", i), f"source {src!r} feeds catalogue "
+                            f"{spec.sources[src].catalogue!r}, not {pipe.catalogue!r}"))
+        for i, dest in enumerate(pipe.destinations):
+            if dest not in spec.destinations:
+                out.append((loc + ("destinations", i), unknown(dest, spec.destinations, "a destination")))
+            elif spec.destinations[dest].catalogue != pipe.catalogue:
+                out.append((loc + ("destinations", i), f"destination {dest!r} exports catalogue "
+                            f"{spec.destinations[dest].catalogue!r}, not {pipe.catalogue!r}"))
+
+    for sname, sched in spec.schedules.items():
+        loc = ("schedules", sname)
+        if (sched.every is None) == (sched.cron is None):
+            out.append((loc, "a schedule needs exactly one of 'every' (hourly, daily, weekly) or 'cron'"))
+        if sched.cron is not None and (msg := _cron_problem(sched.cron)):
+            out.append((loc + ("cron",), msg))
+        if msg := _timezone_problem(sched.timezone):
+            out.append((loc + ("timezone",), msg))
+        if msg := _target_problem(spec, sched.target):
+            out.append((loc + ("target",), msg))
+
+    notes = spec.notifications
+    if notes.slack and not notes.slack_token_env:
+        out.append((("notifications", "slack_token_env"), "slack routes need 'slack_token_env': the "
+                    "environment variable that holds the Slack bot token"))
+    for i, route in enumerate(notes.slack):
+        loc = ("notifications", "slack", i)
+        if not _SLACK_CHANNEL.fullmatch(route.channel):
+            out.append((loc + ("channel",), f"{route.channel!r} is not a Slack channel: write '#name' "
+                        "or a channel id such as 'C0123456789'"))
+        for j, cat_name in enumerate(route.catalogues):
+            if cat_name not in spec.catalogues:
+                out.append((loc + ("catalogues", j), unknown(cat_name, catalogues, "a catalogue")))
+        for j, pipe_name in enumerate(route.pipelines):
+            if pipe_name not in spec.pipelines:
+                out.append((loc + ("pipelines", j), unknown(pipe_name, spec.pipelines, "a pipeline")))
+    for wname, hook in notes.webhooks.items():
+        loc = ("notifications", "webhooks", wname)
+        url = urlparse(hook.url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            out.append((loc + ("url",), f"{hook.url!r} is not an http(s) URL"))
+        if hook.mode == "scheduled" and not hook.cron:
+            out.append((loc + ("cron",), "a webhook in 'scheduled' mode needs 'cron'"))
+        if hook.cron is not None and (msg := _cron_problem(hook.cron)):
+            out.append((loc + ("cron",), msg))
+    return out
+
+
+def _target_problem(spec: ProjectSpec, target: str) -> str | None:
+    if target in spec.pipelines:
+        return None
+    if "/" not in target:
+        return (f"{target!r} is neither a pipeline ({', '.join(spec.pipelines) or 'none defined'}) "
+                "nor '<catalogue>/<operation>'")
+    cat, op = target.split("/", 1)
+    if cat not in spec.catalogues:
+        return unknown(cat, spec.catalogues, "a catalogue")
+    ops = [*SCHEDULABLE_OPERATIONS, *(d for d, dest in spec.destinations.items() if dest.catalogue == cat)]
+    if op not in ops:
+        return unknown(op, ops, f"an operation that can be scheduled on {cat!r}", listing="one of")
+    return None
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def summarize(spec: ProjectSpec, name: str | None = None) -> str:
+    """One line for `claro check`: what the spec defines."""
+    name = name or (spec.spec_path.name if spec.spec_path else "claro.yaml")
+    # "products: 17 attributes, suppliers: 5": the unit once, on the first catalogue only.
+    cats = [f"{c}: {_count(len(cat.attributes), 'attribute') if i == 0 else len(cat.attributes)}"
+            for i, (c, cat) in enumerate(spec.catalogues.items())]
+    return (f"{name}: OK — {_count(len(spec.catalogues), 'catalogue')} ({', '.join(cats)}), "
+            f"{_count(len(spec.sources), 'source')}, {_count(len(spec.pipelines), 'pipeline')}, "
+            f"{_count(len(spec.schedules), 'schedule')}, {_count(len(spec.destinations), 'destination')}")
