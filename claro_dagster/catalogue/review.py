@@ -201,8 +201,8 @@ class ReviewQueue:
                 result = ApplyResult(cs.id)
                 self.store._apply_changes(
                     conn, cs, seq, changes, self.store._ProvCache(self.store, conn, cs.id), result, kind="review",
-                    decide=lambda _c, _a: "applied", provenance_of=lambda c: provs[id(c)],
-                    proposal_of=lambda c: proposal[id(c)], event_type="change.approved")
+                    decide=lambda _c, _a: "applied", provenance_of=lambda c, p=provs: p[id(c)],
+                    proposal_of=lambda c, p=proposal: p[id(c)], event_type="change.approved")
                 self.store._finish_change_set(conn, result)
                 total.applied += result.applied
                 total.unchanged += result.unchanged

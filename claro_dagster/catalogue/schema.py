@@ -155,7 +155,8 @@ def shared_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("filename", sa.Text, nullable=False),
         sa.Column("uri", sa.Text, nullable=False),
         sa.Column("content_version", sa.Text),
-        sa.Column("status", sa.Text, nullable=False),  # received | validated | halted | published | failed | quarantined
+        # received | validated | halted | published | failed | quarantined
+        sa.Column("status", sa.Text, nullable=False),
         sa.Column("stage", sa.Text),
         sa.Column("message", sa.Text),
         _ts("received_at", nullable=False),

@@ -7,6 +7,7 @@ change. Change sets are idempotent by identity: applying one twice changes nothi
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -39,7 +40,7 @@ from claro_dagster.catalogue.schema import (
     prov_column,
     record_table,
 )
-from claro_dagster.spec.models import AttributeSpec, CatalogueSpec, ProjectSpec
+from claro_dagster.spec.models import AttributeSpec, CatalogueSpec, ProjectSpec, Thresholds
 
 _CHUNK = 500  # keys per IN (...) clause: well under SQLite's and PostgreSQL's parameter limits
 
@@ -303,6 +304,10 @@ class CatalogueStore:
             raise StoreError(f"unknown field {field!r} in {catalogue}{hint}; fields are: {', '.join(cat.attributes)}")
         return cat.attributes[field]
 
+    @functools.cache  # noqa: B019 - one store per spec; resolving builds pydantic models, too slow per change
+    def _thresholds(self, catalogue: str, operation: str, attribute: str, source: str | None) -> Thresholds:
+        return self.spec.thresholds_for(operation, self.spec.catalogues[catalogue].attributes[attribute], source)
+
     def _canonical(self, catalogue: str, frame: pd.DataFrame) -> pd.DataFrame:
         """Numbers as float64, everything else as object with None: one shape for hashing and comparing."""
         cat = self.catalogue(catalogue)
@@ -383,7 +388,8 @@ class CatalogueStore:
             raise StoreError(f"{catalogue}: the rows have no {key!r} column, the catalogue key")
         data = self._coerce_frame(catalogue, frame)
         if data[key].isna().any():
-            raise StoreError(f"{catalogue}: {int(data[key].isna().sum())} row(s) have no {key!r}; every record needs its key")
+            missing = int(data[key].isna().sum())
+            raise StoreError(f"{catalogue}: {missing} row(s) have no {key!r}; every record needs its key")
         dup = data[key][data[key].duplicated()]
         if len(dup):
             raise StoreError(f"{catalogue}: key {dup.iloc[0]!r} appears more than once in the change set "
@@ -398,7 +404,7 @@ class CatalogueStore:
                 return stored
             prov = self._ProvCache(self, conn, change_set_id)
             base = _Prov(operation, run_id, source, model, None, confidence)
-            outcomes = {a: gate(confidence, self.spec.thresholds_for(operation, cat.attributes[a], source))
+            outcomes = {a: gate(confidence, self._thresholds(catalogue, operation, a, source))
                         for a in data.columns if a != key}
             existing = self._existing_hashes(conn, catalogue, data[key])
             is_new = ~data[key].isin(existing.index)
@@ -449,7 +455,7 @@ class CatalogueStore:
             else:
                 series = data[col]
                 if series.dtype.kind == "f":  # whole floats read as text must not gain ".0"
-                    series = series.map(lambda v: None if is_missing(v) else coerce_value(v, attr, where=col))
+                    series = series.map(lambda v, a=attr, c=col: None if is_missing(v) else coerce_value(v, a, where=c))
                 else:
                     series = series.astype(object).where(series.notna(), None)
                     series = series.map(lambda v: v if v is None or isinstance(v, str) else str(v))
@@ -563,7 +569,7 @@ class CatalogueStore:
             p = provenance_of(ch) if provenance_of else _Prov(cs.operation, cs.run_id, cs.source, cs.model,
                                                               cs.reviewer, ch.confidence)
             outcome = decide(ch, attr) if decide else gate(
-                ch.confidence, self.spec.thresholds_for(cs.operation, attr, cs.source))
+                ch.confidence, self._thresholds(cs.catalogue, cs.operation, ch.field, cs.source))
             payload = {"record": ch.record, "field": ch.field, "old": old, "new": new, "confidence": ch.confidence,
                        "reason": ch.reason, "operation": p.operation, "source": p.source, "run_id": p.run_id}
             if outcome != "applied":
@@ -622,7 +628,7 @@ class CatalogueStore:
 
     def _propose(self, conn, cs: ChangeSet, ch: Change, old: Any, new: Any, outcome: Outcome,
                  attr: AttributeSpec, result: ApplyResult, stamp: datetime) -> None:
-        th = self.spec.thresholds_for(cs.operation, attr, cs.source)
+        th = self._thresholds(cs.catalogue, cs.operation, ch.field, cs.source)
         status = {"queued": "queued", "suggested": "suggested", "discarded": "discarded"}[outcome]
         gate_reason = None
         if outcome == "discarded":
@@ -655,7 +661,7 @@ class CatalogueStore:
         """Restore every field a run wrote (optionally one record, some fields) to its exact previous value
         and provenance. Fields written again by a later run are left alone and reported as conflicts.
         The rollback is itself a change set with its own history rows and events."""
-        cs_t, h = self.t["change_sets"], self.t["history"]
+        cs_t = self.t["change_sets"]
         rollback_id = f"rollback:{run_id}:{uuid.uuid4().hex[:12]}"
         with self.engine.begin() as conn:
             run_sets = conn.execute(sa.select(cs_t.c.id, cs_t.c.catalogue, cs_t.c.seq)
@@ -669,8 +675,9 @@ class CatalogueStore:
                 ids = [r.id for r in run_sets if r.catalogue == cat_name]
                 for f in fields or []:
                     self._check_field(cat_name, f)
-                cs = ChangeSet(rollback_id if len({r.catalogue for r in run_sets}) == 1 else f"{rollback_id}:{cat_name}",
-                               cat_name, "rollback", run_id=f"rollback-of-{run_id}", reviewer=by)
+                several = len({r.catalogue for r in run_sets}) > 1
+                cs = ChangeSet(f"{rollback_id}:{cat_name}" if several else rollback_id, cat_name, "rollback",
+                               run_id=f"rollback-of-{run_id}", reviewer=by)
                 seq = self._start_change_set(conn, cs)
                 self._rollback_catalogue(conn, cs, seq, ids, record, fields, result)
         return result
@@ -738,6 +745,18 @@ class CatalogueStore:
         if events:
             conn.execute(self.t["events"].insert(), events)
         self._finish_change_set(conn, ApplyResult(cs.id, applied=len(history)))
+
+    def rehash(self, catalogue: str) -> None:
+        """Recompute every record's content hash (after a type change altered how values are stored)."""
+        cat = self.catalogue(catalogue)
+        table = self.rec[catalogue]
+        frame = self.records(catalogue)
+        hashes = self._row_hash(catalogue, frame)
+        params = [{"k": k, "h": h} for k, h in zip(frame[cat.key], hashes.tolist(), strict=True)]
+        if params:
+            with self.engine.begin() as conn:
+                stmt = table.update().where(table.c[cat.key] == sa.bindparam("k")).values(_hash=sa.bindparam("h"))
+                conn.execute(stmt, params)
 
     # ------------------------------------------------------------------ cursors (outbound connectors)
     def get_cursor(self, name: str, default: str | None = None) -> str | None:

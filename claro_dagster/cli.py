@@ -1,0 +1,313 @@
+"""`claro`: the project's command line for catalogue tasks (check, records, history, review, rollback, ...)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from claro_dagster.catalogue.changes import StoreError
+from claro_dagster.spec import SpecError, default_spec_path, load_spec, summarize
+
+app = typer.Typer(help="claro: continuous product-catalogue automation on Dagster.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+review_app = typer.Typer(help="Decide on changes the gate held back for review.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+SpecOption = Annotated[Path | None, typer.Option("--spec", help="Project spec (default: $CLARO_SPEC, ./claro.yaml, "
+                                                                 "else the bundled demo).")]
+CatalogueOption = Annotated[str | None, typer.Option("--catalogue", "-c", help="Catalogue (default: the first).")]
+ByOption = Annotated[str | None, typer.Option("--by", help="Who decides (default: $CLARO_USER or your login).")]
+
+
+class Context:
+    """Spec and store, loaded once per command and only when the command needs them."""
+
+    spec_path: Path | None = None
+
+    @cache  # noqa: B019 - one Context per process
+    def spec(self):
+        path = self.spec_path or default_spec_path()
+        return load_spec(path)
+
+    @cache  # noqa: B019 - one Context per process
+    def store(self):
+        from claro_dagster.catalogue.store import CatalogueStore
+
+        return CatalogueStore(self.spec(), home=home_dir())
+
+    def catalogue(self, name: str | None) -> str:
+        spec = self.spec()
+        if name is None:
+            return next(iter(spec.catalogues))
+        if name not in spec.catalogues:
+            raise StoreError(f"unknown catalogue {name!r}; catalogues are: {', '.join(spec.catalogues)}")
+        return name
+
+
+ctx = Context()
+
+
+def home_dir() -> Path:
+    """CLARO_HOME, default ./.claro (the embedded SQLite store, batches, mappings, exports)."""
+    from claro_dagster.catalogue.schema import default_home
+
+    return default_home()
+
+
+def who(by: str | None) -> str:
+    return by or os.environ.get("CLARO_USER") or getpass.getuser()
+
+
+@app.callback()
+def main_options(spec: SpecOption = None) -> None:
+    ctx.spec_path = spec
+
+
+TABLE_COLUMNS = 8
+
+
+def print_frame(frame, fmt: str) -> None:
+    if fmt == "csv":
+        frame.to_csv(sys.stdout, index=False)
+    elif fmt == "json":
+        sys.stdout.write(frame.to_json(orient="records", lines=True, force_ascii=False))
+    else:
+        if len(frame.columns) > TABLE_COLUMNS:
+            err.print(f"showing {TABLE_COLUMNS} of {len(frame.columns)} fields; pick them with --columns or use "
+                      "--format csv|json for all", highlight=False)
+            frame = frame.iloc[:, :TABLE_COLUMNS]
+        table = Table(show_lines=False)
+        for col in frame.columns:
+            table.add_column(str(col), overflow="fold")
+        for row in frame.itertuples(index=False):
+            table.add_row(*["" if v is None or v != v else str(v) for v in row])
+        console.print(table)
+
+
+# --------------------------------------------------------------------------- spec
+@app.command()
+def check(spec: SpecOption = None) -> None:
+    """Validate the project spec; exit 1 with file:line errors, 0 with a one-line summary."""
+    path = spec or ctx.spec_path or default_spec_path()
+    loaded = load_spec(path)
+    console.print(summarize(loaded), highlight=False)
+
+
+# --------------------------------------------------------------------------- records
+@app.command()
+def records(catalogue: CatalogueOption = None,
+            filter: Annotated[str | None, typer.Option(
+                "--filter", "-f", help='e.g. brand == "Acme" and price > 100')] = None,
+            columns: Annotated[str | None, typer.Option(help="Comma-separated fields to show.")] = None,
+            format: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+            limit: Annotated[int | None, typer.Option(help="At most this many records.")] = None) -> None:
+    """List records of a catalogue, optionally filtered."""
+    if format not in ("table", "csv", "json"):
+        raise StoreError(f"unknown format {format!r}; formats are: table, csv, json")
+    name = ctx.catalogue(catalogue)
+    frame = ctx.store().records(name, filter=filter, columns=columns.split(",") if columns else None, limit=limit)
+    print_frame(frame, format)
+
+
+@app.command()
+def history(record: str, catalogue: CatalogueOption = None,
+            field: Annotated[str | None, typer.Option(help="Only this field.")] = None) -> None:
+    """Show every value a record's fields have had, with provenance (operation, run, source, confidence)."""
+    name = ctx.catalogue(catalogue)
+    table = Table(title=f"{name} {record}")
+    for col in ("when", "field", "kind", "old", "new", "operation", "run", "source", "reviewer", "confidence"):
+        table.add_column(col, overflow="fold")
+    for e in ctx.store().history(name, record, field):
+        p = e.provenance
+        table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), e.field, e.kind, _show(e.old), _show(e.new),
+                      p.operation if p else "", (p.run_id or "") if p else "", (p.source or "") if p else "",
+                      (p.reviewer or "") if p else "", f"{p.confidence:g}" if p else "")
+    console.print(table)
+
+
+def _show(value) -> str:
+    return "" if value is None else str(value)
+
+
+# --------------------------------------------------------------------------- review
+def _queue():
+    from claro_dagster.catalogue.review import ReviewQueue
+
+    return ReviewQueue(ctx.store())
+
+
+def _criteria(catalogue, operation, attribute, source, min_confidence, max_confidence, reviewer, status):
+    return dict(catalogue=catalogue, operation=operation, attribute=attribute, source=source,
+                min_confidence=min_confidence, max_confidence=max_confidence, reviewer=reviewer,
+                status=status.split(",") if status else None)
+
+
+_F = dict(
+    catalogue=typer.Option(None, "--catalogue", "-c"), operation=typer.Option(None), attribute=typer.Option(None),
+    source=typer.Option(None), min_confidence=typer.Option(None), max_confidence=typer.Option(None),
+    reviewer=typer.Option(None, help="Only items this person (or their group) may decide."),
+    status=typer.Option(None, help="Comma-separated statuses (default: open items due now)."),
+)
+
+
+@review_app.command("list")
+def review_list(catalogue: str | None = _F["catalogue"], operation: str | None = _F["operation"],
+                attribute: str | None = _F["attribute"], source: str | None = _F["source"],
+                min_confidence: float | None = _F["min_confidence"],
+                max_confidence: float | None = _F["max_confidence"], reviewer: str | None = _F["reviewer"],
+                status: str | None = _F["status"],
+                format: Annotated[str, typer.Option("--format")] = "table") -> None:
+    """List review items (by catalogue, operation, attribute, source, confidence range, reviewer)."""
+    import pandas as pd
+
+    items = _queue().list(**_criteria(catalogue, operation, attribute, source, min_confidence, max_confidence,
+                                      reviewer, status))
+    frame = pd.DataFrame([{"id": i.id, "catalogue": i.catalogue, "record": i.record, "field": i.field,
+                           "old": i.old, "new": i.new, "confidence": i.confidence, "operation": i.operation,
+                           "source": i.source, "status": i.status, "reason": i.reason} for i in items],
+                         columns=["id", "catalogue", "record", "field", "old", "new", "confidence", "operation",
+                                  "source", "status", "reason"])
+    print_frame(frame, format)
+    if format == "table":
+        console.print(f"{len(items)} item(s)")
+
+
+def _bulk(decision: str, ids: list[int], by: str | None, note: str | None, criteria: dict) -> None:
+    queue = _queue()
+    if ids and any(v for k, v in criteria.items() if k != "status"):
+        raise StoreError("give item ids or filter options, not both")
+    if not ids and not any(v for v in criteria.values()):
+        raise StoreError(f"give item ids, or filter options (--catalogue, --operation, ...) to {decision} in bulk")
+    if decision == "approve":
+        result = queue.approve_where(by=who(by), note=note, **criteria) if not ids else \
+            queue.approve(ids, by=who(by), note=note)
+        console.print(f"approved: {result.applied} value(s) written, {result.unchanged} already as proposed")
+    else:
+        count = queue.reject_where(by=who(by), note=note, **criteria) if not ids else \
+            queue.reject(ids, by=who(by), note=note)
+        console.print(f"rejected {count} item(s)")
+
+
+@review_app.command("approve")
+def review_approve(ids: Annotated[list[int] | None, typer.Argument()] = None, by: ByOption = None,
+                   note: str | None = None, catalogue: str | None = _F["catalogue"],
+                   operation: str | None = _F["operation"], attribute: str | None = _F["attribute"],
+                   source: str | None = _F["source"], min_confidence: float | None = _F["min_confidence"],
+                   max_confidence: float | None = _F["max_confidence"], reviewer: str | None = _F["reviewer"]) -> None:
+    """Approve items by id, or every open item matching the filter options."""
+    _bulk("approve", ids or [], by, note, _criteria(catalogue, operation, attribute, source, min_confidence,
+                                                     max_confidence, reviewer, None))
+
+
+@review_app.command("reject")
+def review_reject(ids: Annotated[list[int] | None, typer.Argument()] = None, by: ByOption = None,
+                  note: str | None = None, catalogue: str | None = _F["catalogue"],
+                  operation: str | None = _F["operation"], attribute: str | None = _F["attribute"],
+                  source: str | None = _F["source"], min_confidence: float | None = _F["min_confidence"],
+                  max_confidence: float | None = _F["max_confidence"], reviewer: str | None = _F["reviewer"]) -> None:
+    """Reject items by id, or every open item matching the filter options."""
+    _bulk("reject", ids or [], by, note, _criteria(catalogue, operation, attribute, source, min_confidence,
+                                                    max_confidence, reviewer, None))
+
+
+@review_app.command("edit")
+def review_edit(item: int, value: str, by: ByOption = None, note: str | None = None) -> None:
+    """Apply your own value instead of the proposal (you become the value's source)."""
+    result = _queue().edit(item, value, by=who(by), note=note)
+    console.print(f"applied your value to item {item} ({result.applied} written)")
+
+
+@review_app.command("skip")
+def review_skip(ids: list[int], by: ByOption = None, note: str | None = None) -> None:
+    """Leave items for later or someone else (they stay open, listed last)."""
+    console.print(f"skipped {_queue().skip(ids, by=who(by), note=note)} item(s)")
+
+
+@review_app.command("snooze")
+def review_snooze(ids: list[int], until: Annotated[str, typer.Option(help="ISO time, e.g. 2026-12-01T09:00+00:00")],
+                  by: ByOption = None, note: str | None = None) -> None:
+    """Hide items until a time."""
+    try:
+        when = datetime.fromisoformat(until)
+    except ValueError:
+        raise StoreError(f"--until {until!r} is not an ISO time such as 2026-12-01T09:00+00:00") from None
+    console.print(f"snoozed {_queue().snooze(ids, when, by=who(by), note=note)} item(s) until {when.isoformat()}")
+
+
+# --------------------------------------------------------------------------- rollback and schema
+@app.command()
+def rollback(run: Annotated[str, typer.Option("--run", help="The run whose writes to undo.")],
+             record: Annotated[str | None, typer.Option(help="Only this record.")] = None,
+             field: Annotated[list[str] | None, typer.Option("--field", help="Only these fields (repeatable).")] = None,
+             catalogue: CatalogueOption = None, by: ByOption = None) -> None:
+    """Restore the values a run wrote to what they were before it (per field, optionally one record)."""
+    result = ctx.store().rollback(run, record=record, fields=field or None, by=who(by),
+                                  catalogue=ctx.catalogue(catalogue) if catalogue else None)
+    console.print(result.summary())
+    for conflict in result.conflicts[:20]:
+        console.print(f"  kept {conflict}: written again after run {run}")
+
+
+@app.command("schema-diff")
+def schema_diff_command(apply: Annotated[str | None, typer.Option(
+        "--apply", help="Apply one type change, as catalogue.attribute.")] = None,
+        yes: Annotated[bool, typer.Option("--yes", help="Confirm without asking.")] = False) -> None:
+    """Show how the spec differs from the stored catalogue; apply a type change only when confirmed."""
+    from claro_dagster.catalogue.migrations import apply_type_change, schema_diff
+
+    store = ctx.store()
+    diff = schema_diff(store)
+    if apply is None:
+        if diff.empty:
+            console.print("the stored catalogue matches the spec")
+        for catalogue, attribute in diff.removed:
+            console.print(f"{catalogue}.{attribute}: no longer in the spec; its stored values are kept")
+        for change in diff.type_changes:
+            console.print(f"{change.catalogue}.{change.attribute}: {change.stored_type} -> {change.spec_type}: "
+                          f"{change.values - len(change.failures)} of {change.values} value(s) convert")
+            for record, value, reason in change.failures[:20]:
+                console.print(f"  {record}: {value!r} would not convert ({reason})")
+            if len(change.failures) > 20:
+                console.print(f"  ... and {len(change.failures) - 20} more")
+            console.print(f"  apply with: claro schema-diff --apply {change.catalogue}.{change.attribute}")
+        return
+    catalogue, _, attribute = apply.partition(".")
+    match = [c for c in diff.type_changes if (c.catalogue, c.attribute) == (catalogue, attribute)]
+    if not match:
+        raise StoreError(f"{apply} has no pending type change; run `claro schema-diff` to list them")
+    if match[0].failures and not yes:
+        typer.confirm(f"{len(match[0].failures)} value(s) will not convert and will be cleared (kept in history). "
+                      "Apply?", abort=True)
+    change = apply_type_change(store, catalogue, attribute, by=who(None))
+    console.print(f"{apply}: now {change.spec_type}; {change.values - len(change.failures)} converted, "
+                  f"{len(change.failures)} cleared (their values are in `claro history`)")
+
+
+def main() -> None:
+    """Entry point: user errors print as one clear line and exit 1, never as a traceback."""
+    from claro_dagster.catalogue.filters import FilterError
+
+    try:
+        app()
+    except SpecError as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        sys.exit(1)
+    except (StoreError, FilterError) as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
+
