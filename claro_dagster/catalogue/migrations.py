@@ -119,7 +119,8 @@ def apply_type_change(store: CatalogueStore, catalogue: str, attribute: str, *, 
     with store.engine.begin() as conn:
         seq = store._start_change_set(conn, cs)
         rows = conn.execute(sa.select(table.c._id, table.c[cat.key], table.c[attribute],
-                                      table.c[prov_column(attribute)])).fetchall()
+                                      sa.func.coalesce(table.c[prov_column(attribute)], table.c._created_prov))
+                            ).fetchall()
         conn.execute(sa.text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(tmp)} "
                              f"{column_type(target).compile(dialect=store.engine.dialect)}"))
         updates, history = [], []

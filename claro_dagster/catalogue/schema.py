@@ -184,8 +184,11 @@ def record_table(metadata: sa.MetaData, name: str, catalogue: CatalogueSpec) -> 
     """The wide table of one catalogue: key, bookkeeping, and (value, provenance) per attribute."""
     columns = [
         sa.Column("_id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("_hash", sa.BigInteger),  # content hash of all attribute values: cheap re-import check
+        sa.Column("_hash", sa.BigInteger, nullable=False),  # content hash of all values: cheap re-import check
         sa.Column("_created_cs", sa.Text, nullable=False),
+        # Provenance of every value written when the record was created; a NULL `<attr>__prov` next to a
+        # value means "this one". Halves the columns the bulk import writes.
+        sa.Column("_created_prov", sa.Integer),
         sa.Column("_seq", sa.Integer, nullable=False, index=True),  # change-set seq of the last write
     ]
     for attr_name, attr in catalogue.attributes.items():

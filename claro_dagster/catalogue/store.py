@@ -325,7 +325,8 @@ class CatalogueStore:
     def _row_hash(self, catalogue: str, frame: pd.DataFrame) -> np.ndarray:
         cat = self.catalogue(catalogue)
         ordered = frame[list(cat.attributes)]
-        return pd.util.hash_pandas_object(ordered, index=False).to_numpy().view(np.int64)
+        # categorize=False: factorizing first only pays when values repeat a lot; catalogue rows rarely do.
+        return pd.util.hash_pandas_object(ordered, index=False, categorize=False).to_numpy().view(np.int64)
 
     def _fetch_rows(self, conn, catalogue: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         table = self.rec[catalogue]
@@ -336,7 +337,11 @@ class CatalogueStore:
         with ctx as c:
             for chunk in _chunks(keys):
                 for r in c.execute(sa.select(table).where(key_col.in_(chunk))).mappings():
-                    out[r[key_col.name]] = dict(r)
+                    row = dict(r)
+                    for attr in self.catalogue(catalogue).attributes:
+                        if row[prov_column(attr)] is None and row[attr] is not None:
+                            row[prov_column(attr)] = row["_created_prov"]
+                    out[r[key_col.name]] = row
         return out
 
     def _start_change_set(self, conn, cs: ChangeSet) -> int | None:
@@ -458,7 +463,8 @@ class CatalogueStore:
                     series = series.map(lambda v, a=attr, c=col: None if is_missing(v) else coerce_value(v, a, where=c))
                 else:
                     series = series.astype(object).where(series.notna(), None)
-                    series = series.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+                    if pd.api.types.infer_dtype(series, skipna=True) not in ("string", "empty"):
+                        series = series.map(lambda v: v if v is None or isinstance(v, str) else str(v))
                 data[col] = series
         return data
 
@@ -468,8 +474,12 @@ class CatalogueStore:
         total = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
         if total == 0:
             return pd.Series(dtype="int64")
-        if len(keys) * 4 >= total:  # most of the table: one sequential read beats many IN lookups
-            rows = conn.execute(sa.select(key_col, table.c._hash)).fetchall()
+        if len(keys) * 4 >= total:  # most of the table: one sequential read on the driver's own cursor
+            quote = self.engine.dialect.identifier_preparer.quote
+            cur = conn.connection.driver_connection.cursor()
+            cur.execute(f"SELECT {quote(key_col.name)}, _hash FROM {quote(table.name)}")
+            rows = cur.fetchall()
+            cur.close()
         else:
             rows = []
             for chunk in _chunks(list(keys)):
@@ -477,7 +487,7 @@ class CatalogueStore:
         if not rows:
             return pd.Series(dtype="int64")
         k, h = zip(*rows, strict=True)
-        return pd.Series(np.array([x if x is not None else 0 for x in h], dtype=np.int64), index=pd.Index(k))
+        return pd.Series(np.array(h, dtype=np.int64), index=pd.Index(k))  # _hash is never NULL
 
     def _insert_new(self, conn, catalogue: str, new: pd.DataFrame, outcomes: dict[str, Outcome], pid: int,
                     change_set_id: str, seq: int) -> None:
@@ -489,13 +499,10 @@ class CatalogueStore:
                 stored[a] = np.nan if cat.attributes[a].type == "number" else None
         stored = stored[list(cat.attributes)]
         hashes = self._row_hash(catalogue, stored)
-        columns = list(cat.attributes) + [prov_column(a) for a in cat.attributes if a in new.columns
-                                          and (a == cat.key or outcomes.get(a) == "applied")]
         n = len(stored)
+        columns = [*cat.attributes, "_hash", "_created_cs", "_created_prov", "_seq"]
         arrays = [_to_db_list(stored[a]) for a in cat.attributes]
-        arrays += [[pid] * n for _ in columns[len(cat.attributes):]]
-        columns += ["_hash", "_created_cs", "_seq"]
-        arrays += [hashes.tolist(), [change_set_id] * n, [seq] * n]
+        arrays += [hashes.tolist(), [change_set_id] * n, [pid] * n, [seq] * n]
         self._bulk_insert(conn, table, columns, arrays)
         e = self.t["events"]
         payload = dumps({"created": True})
