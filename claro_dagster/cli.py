@@ -294,6 +294,167 @@ def schema_diff_command(apply: Annotated[str | None, typer.Option(
                   f"{len(change.failures)} cleared (their values are in `claro history`)")
 
 
+# --------------------------------------------------------------------------- onboarding
+mapping_app = typer.Typer(help="Saved column mappings per source and file shape.", no_args_is_help=True)
+app.add_typer(mapping_app, name="mapping")
+
+
+def _claro():
+    from claro_dagster.resources.catalogue import CatalogueResource
+
+    path = ctx.spec_path or default_spec_path()
+    return CatalogueResource(spec_path=str(Path(path).resolve()), home=str(home_dir()),
+                             database_url=os.environ.get("CLARO_DATABASE_URL"))
+
+
+@app.command()
+def upload(file: Path, source: Annotated[str, typer.Option(help="The source the file comes from.")],
+           catalogue: CatalogueOption = None) -> None:
+    """Drop a supplier file into a source's inbox; the inbox sensor (or `claro run`) picks it up."""
+    from claro_dagster.resources.inbox import Inbox
+
+    claro = _claro()
+    if source not in claro.spec.sources:
+        raise StoreError(f"unknown source {source!r}; sources are: {', '.join(claro.spec.sources)}")
+    if catalogue and claro.spec.sources[source].catalogue != ctx.catalogue(catalogue):
+        raise StoreError(f"source {source!r} feeds catalogue {claro.spec.sources[source].catalogue!r}, "
+                         f"not {catalogue!r}")
+    if not file.is_file():
+        raise StoreError(f"{file}: no such file")
+    target = Inbox(claro.inbox_dir(source)).upload(file)
+    console.print(f"{file.name} -> {target}")
+
+
+@app.command()
+def run(export_format: Annotated[str, typer.Option("--export-format", help="Format of the export file.")] = "csv"
+        ) -> None:
+    """Run every pipeline in-process on what waits in the inboxes (the bundled demo with no spec of your own)."""
+    from claro_dagster.local import run_everything
+
+    summary = run_everything(ctx.spec_path, home_dir(), export_format=export_format,
+                             progress=lambda m: console.print(m, highlight=False))
+    table = Table(title="batches")
+    for col in ("batch", "file", "status", "what happened"):
+        table.add_column(col, overflow="fold")
+    for b in summary.batches:
+        table.add_row(b.key, b.filename, b.status, b.message or "")
+    console.print(table)
+    for catalogue, report in summary.reports.items():
+        console.print(f"{catalogue}: {report.records} records, quality score {report.score:.1f}/100, "
+                      f"{len(report.critical)} critical issue(s); export: {summary.exports[catalogue]}")
+    for dest, outcome in summary.destinations.items():
+        console.print(f"destination {dest}: {outcome}")
+    console.print(f"review queue: {summary.review_queue} open item(s) (`claro review list`); rejected rows: "
+                  "`claro rejected BATCH`; the runs are in the Dagster UI: `claro dev`")
+
+
+@app.command()
+def dev(port: Annotated[int, typer.Option(help="Port of the Dagster UI.")] = 3000,
+        host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1") -> None:
+    """Start the Dagster UI and daemon on this project, with its sensors running."""
+    import subprocess
+
+    from claro_dagster.local import dev_environment, seed_demo_inboxes
+
+    claro = _claro()
+    seed_demo_inboxes(claro)
+    env = dev_environment(claro.home_dir, Path(claro.spec_path))
+    console.print(f"Dagster UI on http://{host}:{port} (instance in {env['DAGSTER_HOME']})")
+    raise typer.Exit(subprocess.call(["dagster", "dev", "-m", "claro_dagster.definitions", "-h", host,
+                                      "-p", str(port)], env=env))
+
+
+@app.command()
+def rejected(batch: str, out: Annotated[Path | None, typer.Option(
+        "--out", help="Write the rejected rows (as received, with line and reasons) to a CSV to send back.")] = None,
+             format: Annotated[str, typer.Option("--format")] = "table") -> None:
+    """Rows of a batch that failed validation, with their line numbers and reasons."""
+    from claro_dagster.catalogue.batches import BatchRegistry
+
+    registry = BatchRegistry(ctx.store())
+    info = registry.get(batch)
+    if info is None:
+        known = ", ".join(b.key for b in registry.list()[-5:]) or "none yet"
+        raise StoreError(f"no batch {batch!r}; recent batches: {known}")
+    frame = registry.rejected_rows(batch)
+    if out:
+        frame.to_csv(out, index=False)
+        console.print(f"{len(frame)} rejected row(s) of {info.filename} written to {out}")
+        return
+    print_frame(frame, format)
+    err.print(f"batch {batch}: {info.status}: {info.message or ''}", highlight=False)
+
+
+@app.command()
+def batches(catalogue: CatalogueOption = None, status: Annotated[str | None, typer.Option()] = None) -> None:
+    """Received batches and how far each got."""
+    import pandas as pd
+
+    from claro_dagster.catalogue.batches import BatchRegistry
+
+    rows = BatchRegistry(ctx.store()).list(ctx.catalogue(catalogue) if catalogue else None, status)
+    print_frame(pd.DataFrame([{"batch": b.key, "file": b.filename, "status": b.status, "stage": b.stage or "",
+                               "message": b.message or ""} for b in rows],
+                             columns=["batch", "file", "status", "stage", "message"]), "table")
+
+
+@app.command()
+def analyse(catalogue: CatalogueOption = None,
+            filter: Annotated[str | None, typer.Option("--filter", "-f")] = None) -> None:
+    """Print the data-quality report of a catalogue (the same as the Analyse asset)."""
+    from claro_dagster.assets.catalogue_ops import run_analyse
+
+    report = run_analyse(_claro(), ctx.catalogue(catalogue), filter)
+    console.print(report.to_markdown(), highlight=False, markup=False)
+
+
+@app.command()
+def export(catalogue: CatalogueOption = None,
+           format: Annotated[str, typer.Option("--format", help="csv, xlsx, jsonl, parquet, shopify_csv, "
+                                                                "amazon_flat")] = "csv",
+           filter: Annotated[str | None, typer.Option("--filter", "-f")] = None,
+           columns: Annotated[str | None, typer.Option(help="Comma-separated fields, in order.")] = None,
+           out: Annotated[Path | None, typer.Option("--out", help="File to write (default: under CLARO_HOME).")] = None
+           ) -> None:
+    """Export a catalogue (the same as the Export asset)."""
+    from claro_dagster.assets.catalogue_ops import run_export
+
+    result = run_export(_claro(), ctx.catalogue(catalogue), format, filter,
+                        columns.split(",") if columns else None, "cli", path=out)
+    console.print(f"{result.rows} record(s) -> {result.path}")
+
+
+@mapping_app.command("show")
+def mapping_show(source: str) -> None:
+    """Show the saved mappings of a source (column -> attribute), drafts included."""
+    from claro_dagster.catalogue.mappings import MappingBook
+
+    book = MappingBook(home_dir() / "mappings")
+    entries = book.list(source)
+    if not entries:
+        console.print(f"no mapping saved for {source} yet: the first batch from it drafts one")
+    for _, shape, path, status in entries:
+        console.print(f"[bold]{source}[/bold] shape {shape} ({status}): {path}")
+        console.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)
+
+
+@mapping_app.command("edit")
+def mapping_edit(source: str, shape: Annotated[str | None, typer.Argument()] = None) -> None:
+    """Open a source's mapping in $EDITOR; the next batch of that shape uses it."""
+    from claro_dagster.catalogue.mappings import MappingBook
+
+    entries = MappingBook(home_dir() / "mappings").list(source)
+    entries = [e for e in entries if shape is None or e[1] == shape]
+    if not entries:
+        raise StoreError(f"no mapping saved for {source}" + (f" with shape {shape}" if shape else "") +
+                         "; `claro mapping show SOURCE` lists them")
+    if len(entries) > 1:
+        raise StoreError(f"{source} has {len(entries)} mappings; name the shape: " +
+                         ", ".join(e[1] for e in entries))
+    typer.edit(filename=str(entries[0][2]))
+    console.print(f"saved {entries[0][2]}")
+
+
 def main() -> None:
     """Entry point: user errors print as one clear line and exit 1, never as a traceback."""
     from claro_dagster.catalogue.filters import FilterError

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+from claro_dagster.catalogue.store import CatalogueStore, _aware, dumps, loads, now
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -27,3 +34,92 @@ def batch_key(source: str, filename: str, version: str) -> str:
     stem = _UNSAFE.sub("_", Path(filename).name).strip("_") or "file"
     version = _UNSAFE.sub("", version)[:10] or "0"
     return f"{_UNSAFE.sub('_', source)}.{stem}.{version}"
+
+
+@dataclass(frozen=True)
+class Batch:
+    key: str
+    catalogue: str
+    source: str
+    filename: str
+    uri: str
+    content_version: str | None
+    status: str  # received | validated | halted | published | failed | quarantined
+    stage: str | None
+    message: str | None
+    received_at: datetime
+    updated_at: datetime
+
+
+class BatchRegistry:
+    """Where each batch came from and how far it got; rows it rejected, with their reasons."""
+
+    def __init__(self, store: CatalogueStore):
+        self.store = store
+        self.t = store.t["batches"]
+        self.rejected = store.t["rejected_rows"]
+
+    def register(self, key: str, *, catalogue: str, source: str, filename: str, uri: str,
+                 content_version: str | None = None) -> Batch:
+        """Record a received batch once; registering it again returns what is stored."""
+        existing = self.get(key)
+        if existing is not None:
+            return existing
+        stamp = now()
+        with self.store.engine.begin() as conn:
+            conn.execute(self.t.insert().values(
+                key=key, catalogue=catalogue, source=source, filename=filename, uri=uri,
+                content_version=content_version, status="received", received_at=stamp, updated_at=stamp))
+        return self.get(key)
+
+    def get(self, key: str) -> Batch | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(sa.select(self.t).where(self.t.c.key == key)).first()
+        return None if row is None else self._batch(row)
+
+    def list(self, catalogue: str | None = None, status: str | None = None) -> list[Batch]:
+        query = sa.select(self.t).order_by(self.t.c.received_at)
+        if catalogue:
+            query = query.where(self.t.c.catalogue == catalogue)
+        if status:
+            query = query.where(self.t.c.status == status)
+        with self.store.engine.connect() as conn:
+            return [self._batch(r) for r in conn.execute(query)]
+
+    def set_status(self, key: str, status: str, *, stage: str | None = None, message: str | None = None) -> None:
+        with self.store.engine.begin() as conn:
+            conn.execute(self.t.update().where(self.t.c.key == key).values(
+                status=status, stage=stage, message=message, updated_at=now()))
+
+    def save_rejected(self, key: str, rows: pd.DataFrame) -> int:
+        """Replace the batch's rejected rows (a re-validated batch keeps only its latest verdict)."""
+        records = [{"batch": key, "line": int(r["__line__"]) if "__line__" in r and r["__line__"] == r["__line__"]
+                    else None, "record": None if r.get("__record__") is None else str(r.get("__record__")),
+                    "reasons": str(r["__reasons__"]),
+                    "row": dumps({k: _plain(v) for k, v in r.items() if not str(k).startswith("__")})}
+                   for r in rows.to_dict("records")]
+        with self.store.engine.begin() as conn:
+            conn.execute(self.rejected.delete().where(self.rejected.c.batch == key))
+            if records:
+                conn.execute(self.rejected.insert(), records)
+        return len(records)
+
+    def rejected_rows(self, key: str) -> pd.DataFrame:
+        """Rejected rows as the supplier sent them, with line number and reasons: ready to send back."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(self.rejected).where(self.rejected.c.batch == key)
+                                .order_by(self.rejected.c.line)).fetchall()
+        return pd.DataFrame([{"line": r.line, "reasons": r.reasons, **(loads(r.row) or {})} for r in rows])
+
+    @staticmethod
+    def _batch(r) -> Batch:
+        return Batch(r.key, r.catalogue, r.source, r.filename, r.uri, r.content_version, r.status, r.stage,
+                     r.message, _aware(r.received_at), _aware(r.updated_at))
+
+
+def _plain(value):
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if hasattr(value, "item"):  # numpy scalar
+        return value.item()
+    return value if isinstance(value, str | int | float | bool) else str(value)

@@ -376,13 +376,17 @@ class CatalogueStore:
     # ------------------------------------------------------------------ writing: bulk import
     def import_records(self, catalogue: str, frame: pd.DataFrame, *, change_set_id: str, operation: str = "import",
                        run_id: str | None = None, source: str | None = None, model: str | None = None,
-                       confidence: float = 100.0, reason: str = "imported") -> ApplyResult:
+                       confidence: float = 100.0, overwrite_confidence: float | None = None,
+                       reason: str = "imported") -> ApplyResult:
         """Write whole rows (one per record key) as one change set, through the gate.
 
         New records are bulk-inserted; existing ones are compared by content hash first so an
         unchanged re-import costs one read of (key, hash); changed fields go through the same
-        per-field path as any other change set.
+        per-field path as any other change set. `overwrite_confidence` (default: `confidence`) scores a
+        value that replaces a different existing one, so a less trusted source's overwrites can wait
+        for review while its new records and filled gaps go straight in.
         """
+        overwrite = confidence if overwrite_confidence is None else overwrite_confidence
         cat = self.catalogue(catalogue)
         key = cat.key
         unknown = [c for c in frame.columns if c not in cat.attributes]
@@ -434,7 +438,7 @@ class CatalogueStore:
                 result.unchanged += (len(old) - len(changed)) * (len(data.columns) - 1)
                 if len(changed):
                     current = self._fetch_rows(conn, catalogue, changed[key])
-                    changes = [Change(str(k), a, v, confidence, reason)
+                    changes = [Change(str(k), a, v, confidence if current[k][a] is None else overwrite, reason)
                                for a in data.columns if a != key
                                for k, v in zip(changed[key], changed[a], strict=True)
                                if not values_equal(current[k][a], v)]

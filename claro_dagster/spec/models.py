@@ -124,6 +124,9 @@ class SourceSpec(SpecModel):
     delimiter: str | None = None
     contact: str | None = None
     thresholds: ThresholdOverride | None = None
+    # How far this source is trusted when it would replace a different value already in the catalogue
+    # (filling an empty field always counts as 100). Below the gate's auto_apply, overwrites wait for review.
+    overwrite_confidence: float = Field(100, ge=0, le=100)
 
 
 class PipelineSpec(SpecModel):

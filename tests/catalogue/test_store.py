@@ -257,3 +257,14 @@ def test_adding_an_attribute_keeps_data_and_type_change_waits_for_confirmation(s
     assert lost.old == "heavy"
     assert s.import_records("products", s.records("products"), change_set_id="i3").applied == 0  # hashes refreshed
     s.dispose()
+
+
+def test_overwrites_from_a_less_trusted_source_wait_for_review_while_gaps_fill(store):
+    seed(store)
+    frame = pd.DataFrame({"sku": ["A1", "C3", "D4"], "title": ["Mug v2", "Jug", "Pot"], "price": [4.5, 2.0, 8.0]})
+    result = store.import_records("products", frame, change_set_id="feed-1", run_id="r5", source="feed",
+                                  overwrite_confidence=70)
+    assert (result.created, result.queued) == (1, 1)  # D4 new; A1's title overwrite queued
+    assert store.record("products", "C3")["price"] == 2.0  # C3 had no price: filled
+    [item] = ReviewQueue(store).list()
+    assert (item.record, item.field, item.old, item.new, item.confidence) == ("A1", "title", "Mug", "Mug v2", 70)

@@ -1,0 +1,136 @@
+"""Running the pipelines in-process (`claro run`) and the local Dagster instance under the project home."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from claro_dagster.assets.catalogue_ops import missing_env, run_analyse, run_export
+from claro_dagster.assets.onboarding import STAGES
+from claro_dagster.catalogue.batches import Batch, BatchRegistry, batch_key, content_version
+from claro_dagster.definitions import build_definitions, onboarding_pipelines
+from claro_dagster.resources.catalogue import CatalogueResource
+from claro_dagster.resources.inbox import Inbox
+from claro_dagster.spec import DEMO_DIR
+
+REPO_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+def dagster_home(home: Path) -> Path:
+    """`<home>/dagster`, holding the embedded instance config, shared by `claro run` and `claro dev`."""
+    path = home / "dagster"
+    path.mkdir(parents=True, exist_ok=True)
+    config = path / "dagster.yaml"
+    if not config.exists() and REPO_INSTANCE_CONFIG.exists():
+        shutil.copyfile(REPO_INSTANCE_CONFIG, config)
+    return path
+
+
+def instance_for(home: Path) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(str(dagster_home(home)))
+
+
+def seed_demo_inboxes(claro: CatalogueResource) -> list[Path]:
+    """Copy the bundled demo's supplier files into the demo sources' inboxes (once per file content)."""
+    if Path(claro.spec_path).resolve() != (DEMO_DIR / "claro.yaml").resolve():
+        return []
+    registry = BatchRegistry(claro.store)
+    copied = []
+    for folder in sorted((DEMO_DIR / "inbox").iterdir()):
+        source = next((n for n, s in claro.spec.sources.items() if s.path and Path(s.path).name == folder.name), None)
+        if source is None:
+            continue
+        for file in sorted(p for p in folder.iterdir() if p.is_file()):
+            if registry.get(batch_key(source, file.name, content_version(file))) is not None:
+                continue  # this demo file was received before
+            inbox = claro.inbox_dir(source)
+            if not (inbox / file.name).exists():
+                copied.append(Inbox(inbox).upload(file))
+    return copied
+
+
+def catalogue_order(claro: CatalogueResource) -> list[str]:
+    """Catalogues others reference come first (suppliers before products), so references resolve."""
+    spec = claro.spec
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...] = ()) -> None:
+        if name in order or name in path:
+            return
+        for attr in spec.catalogues[name].attributes.values():
+            if attr.type == "reference" and attr.target and attr.target != name:
+                visit(attr.target, (*path, name))
+        order.append(name)
+
+    for name in spec.catalogues:
+        visit(name)
+    return order
+
+
+@dataclass
+class RunSummary:
+    batches: list[Batch] = field(default_factory=list)
+    reports: dict[str, object] = field(default_factory=dict)
+    exports: dict[str, Path] = field(default_factory=dict)
+    destinations: dict[str, str] = field(default_factory=dict)
+    review_queue: int = 0
+
+
+def run_everything(spec_path: Path | None = None, home: Path | None = None, *, export_format: str = "csv",
+                   progress=print) -> RunSummary:
+    """Receive every pending inbox file as a batch and run its pipeline, then Analyse, Export and the
+    destinations whose settings are present; all in this process, recorded in the local instance."""
+    defs = build_definitions(spec_path, home)
+    claro: CatalogueResource = defs.resources["claro"]
+    instance = instance_for(claro.home_dir)
+    seed_demo_inboxes(claro)
+    registry = BatchRegistry(claro.store)
+    summary = RunSummary()
+    pipelines = onboarding_pipelines(claro.spec)
+    assets = list(defs.assets)
+    for catalogue in catalogue_order(claro):
+        if catalogue not in pipelines:
+            continue
+        pipeline = claro.spec.pipelines[pipelines[catalogue]]
+        partitions = f"{catalogue}_batches"
+        for source in pipeline.sources:
+            if claro.spec.sources[source].kind != "inbox":
+                continue
+            for item in Inbox(claro.inbox_dir(source)).pending():
+                key = batch_key(source, item.name, item.version)
+                batch = registry.register(key, catalogue=catalogue, source=source, filename=item.name,
+                                          uri=str(item.path.resolve()), content_version=item.version)
+                if batch.status == "published":
+                    continue
+                instance.add_dynamic_partitions(partitions, [key])
+                progress(f"{catalogue}: batch {key} ({item.name})")
+                dg.materialize(assets, selection=[dg.AssetKey([catalogue, s]) for s in STAGES], partition_key=key,
+                               instance=instance, resources=defs.resources, raise_on_error=False,
+                               tags={"claro/source": source})
+                summary.batches.append(registry.get(key))
+        summary.reports[catalogue] = run_analyse(claro, catalogue, None)
+        summary.exports[catalogue] = run_export(claro, catalogue, export_format, None, None, "claro-run").path
+        for dest_name in pipeline.destinations:
+            dest = claro.spec.destinations[dest_name]
+            needed = missing_env(dest)
+            if needed:
+                summary.destinations[dest_name] = f"skipped: set {needed} to enable it"
+                continue
+            result = dg.materialize(assets, selection=[dg.AssetKey([catalogue, dest_name])], instance=instance,
+                                    resources=defs.resources, raise_on_error=False)
+            summary.destinations[dest_name] = "synced" if result.success else "failed: see the run in `claro dev`"
+    from claro_dagster.catalogue.review import ReviewQueue
+
+    summary.review_queue = len(ReviewQueue(claro.store).list())
+    return summary
+
+
+def dev_environment(home: Path, spec_path: Path) -> dict[str, str]:
+    """Environment for `dagster dev` on this project: the shared instance and the same home and spec."""
+    env = dict(os.environ)
+    env.update(DAGSTER_HOME=str(dagster_home(home)), CLARO_HOME=str(home), CLARO_SPEC=str(spec_path))
+    return env

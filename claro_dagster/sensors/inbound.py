@@ -1,0 +1,175 @@
+"""Inbound sensors: an inbox folder or an S3 prefix becomes a stream of batch runs.
+
+Each file (or object) becomes one batch: a dynamic partition whose key is
+`batch_key(source, filename, version)`, and one run request whose `run_key` is that same key.
+The version is the content hash (inbox) or the ETag (S3), so the same file twice gives the same run
+key (Dagster never launches a run key twice for a sensor) and a changed file a new one.
+
+Sensors only list and decide: they never move, download or delete anything (the run does that).
+Tags on every run request:
+
+    claro/source           the source's name in the spec
+    claro/uri              the file's absolute path, or s3://bucket/key
+    claro/content_version  the full content hash or ETag (the run should check the file still matches)
+    claro/batch            the batch key (also the partition key)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+
+from claro_dagster.catalogue.batches import batch_key
+from claro_dagster.resources.inbox import Inbox
+from claro_dagster.resources.s3 import DEFAULT_SETTLE_SECONDS, S3Connection, S3Cursor
+
+TAG_SOURCE = "claro/source"
+TAG_URI = "claro/uri"
+TAG_VERSION = "claro/content_version"
+TAG_BATCH = "claro/batch"
+
+Target = dg.AssetSelection | Sequence[dg.AssetKey] | Sequence[str]
+
+
+def _new_partitions(
+    context: dg.SensorEvaluationContext, partitions_def: dg.DynamicPartitionsDefinition, keys: list[str]
+) -> list[dg.AddDynamicPartitionsRequest]:
+    """One add request for the keys not yet in the partition set (none when all exist)."""
+    existing = set(context.instance.get_dynamic_partitions(partitions_def.name)) if keys else set()
+    new = [k for k in dict.fromkeys(keys) if k not in existing]
+    return [partitions_def.build_add_request(new)] if new else []
+
+
+def build_inbox_sensor(
+    name: str,
+    source_name: str,
+    inbox_dir: Path,
+    *,
+    target: Target,
+    partitions_def: dg.DynamicPartitionsDefinition,
+    minimum_interval_seconds: int = 5,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    min_age_seconds: float = 0.0,
+    description: str | None = None,
+) -> dg.SensorDefinition:
+    """A sensor that requests one run per pending file of `Inbox(inbox_dir)`.
+
+    Every tick re-emits the run requests of all pending files (Dagster skips run keys it already
+    launched), and adds only the partitions that do not exist yet. The cursor is a hash cache
+    (relative path -> [size, mtime_ns, inode, content hash]) so unchanged pending files are not
+    re-hashed on every tick; it holds only the files pending at the last tick.
+    `min_age_seconds` > 0 ignores files modified more recently than that.
+    """
+    if not partitions_def.name:
+        raise ValueError("partitions_def must be a named DynamicPartitionsDefinition")
+    inbox_path = Path(inbox_dir)
+
+    @dg.sensor(
+        name=name,
+        target=target,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description=description or f"Requests one batch run per new or changed file in {inbox_path}",
+        tags={TAG_SOURCE: source_name},
+    )
+    def _inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        known = _load_hash_cache(context.cursor)
+        files = Inbox(inbox_path).pending(known, min_age_seconds=min_age_seconds)
+        cursor = json.dumps({"v": 1, "files": {f.relative: f.cache_entry() for f in files}},
+                            sort_keys=True, separators=(",", ":"))
+        if not files:
+            return dg.SensorResult(skip_reason=f"no pending files in {inbox_path}", cursor=cursor)
+        keys: list[str] = []
+        requests: list[dg.RunRequest] = []
+        for item in files:
+            key = batch_key(source_name, item.name, item.version)
+            if key in keys:  # same name and content in two sub-folders: one batch
+                continue
+            keys.append(key)
+            requests.append(dg.RunRequest(
+                run_key=key,
+                partition_key=key,
+                tags={TAG_SOURCE: source_name, TAG_URI: str(item.path.resolve()),
+                      TAG_VERSION: item.version, TAG_BATCH: key},
+            ))
+        return dg.SensorResult(
+            run_requests=requests,
+            dynamic_partitions_requests=_new_partitions(context, partitions_def, keys),
+            cursor=cursor,
+        )
+
+    return _inbox_sensor
+
+
+def _load_hash_cache(cursor: str | None) -> dict[str, list]:
+    if not cursor:
+        return {}
+    try:
+        data = json.loads(cursor)
+    except json.JSONDecodeError:
+        return {}  # only a cache: an unreadable one means re-hashing once
+    files = data.get("files") if isinstance(data, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
+def build_s3_sensor(
+    name: str,
+    source_name: str,
+    bucket: str,
+    prefix: str,
+    *,
+    target: Target,
+    partitions_def: dg.DynamicPartitionsDefinition,
+    minimum_interval_seconds: int = 30,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    page_size: int = 1000,
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+    description: str | None = None,
+) -> dg.SensorDefinition:
+    """A sensor that requests one run per new or changed object under `s3://bucket/prefix`.
+
+    Needs the resource `s3` (`S3Connection`). Each tick lists ONE page (`page_size` keys) with
+    `S3Connection.list_since`, so a large prefix is paged across ticks; the sensor cursor is the
+    `S3Cursor` JSON. Objects whose key ends in `/` (folder markers) are skipped.
+    """
+    if not partitions_def.name:
+        raise ValueError("partitions_def must be a named DynamicPartitionsDefinition")
+
+    @dg.sensor(
+        name=name,
+        target=target,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description=description or f"Requests one batch run per new or changed object in s3://{bucket}/{prefix}",
+        tags={TAG_SOURCE: source_name},
+    )
+    def _s3_sensor(context: dg.SensorEvaluationContext, s3: S3Connection) -> dg.SensorResult:
+        objects, cursor = s3.list_since(bucket, prefix, S3Cursor.from_json(context.cursor), page_size,
+                                        settle_seconds=settle_seconds)
+        objects = [o for o in objects if not o.key.endswith("/")]
+        if not objects:
+            state = "listing continues next tick" if cursor.in_pass else "listing pass complete"
+            return dg.SensorResult(skip_reason=f"no new objects in s3://{bucket}/{prefix} ({state})",
+                                   cursor=cursor.to_json())
+        keys: list[str] = []
+        requests: list[dg.RunRequest] = []
+        for obj in objects:
+            key = batch_key(source_name, obj.name, obj.etag)
+            if key in keys:  # same name and ETag under two folders: one batch
+                continue
+            keys.append(key)
+            requests.append(dg.RunRequest(
+                run_key=key,
+                partition_key=key,
+                tags={TAG_SOURCE: source_name, TAG_URI: obj.uri, TAG_VERSION: obj.etag, TAG_BATCH: key},
+            ))
+        return dg.SensorResult(
+            run_requests=requests,
+            dynamic_partitions_requests=_new_partitions(context, partitions_def, keys),
+            cursor=cursor.to_json(),
+        )
+
+    return _s3_sensor

@@ -1,0 +1,128 @@
+"""Inbox folders: what is pending, moving to processed/ and quarantine/, atomic uploads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from claro_dagster.catalogue.batches import content_version
+from claro_dagster.resources.inbox import Inbox, InboxFile, upload
+
+
+def _write(path: Path, data: bytes, mtime: float | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_pending_lists_real_files_only(tmp_path):
+    root = tmp_path / "inbox"
+    newer = _write(root / "b.csv", b"b", mtime=2_000_000_000)
+    older = _write(root / "a.xlsx", b"a", mtime=1_900_000_000)
+    nested = _write(root / "supplier" / "c.csv", b"c", mtime=2_100_000_000)
+    for ignored in [".hidden.csv", "upload.csv.part", "x.tmp", "y.TMP", "z.crdownload", "~$a.xlsx",
+                    "processed/k/old.csv", "quarantine/k/bad.csv", ".git/config", "supplier/.DS_Store"]:
+        _write(root / ignored, b"ignored")
+
+    files = Inbox(root).pending()
+
+    assert [f.path for f in files] == [older, newer, nested]  # oldest first
+    first = files[0]
+    assert isinstance(first, InboxFile)
+    assert (first.name, first.size, first.mtime) == ("a.xlsx", 1, 1_900_000_000)
+    assert first.version == content_version(older)
+    assert files[2].relative == "supplier/c.csv"
+
+
+def test_pending_of_missing_folder_is_empty(tmp_path):
+    assert Inbox(tmp_path / "nope").pending() == []
+
+
+def test_pending_uses_known_hashes_for_unchanged_files(tmp_path):
+    path = _write(tmp_path / "a.csv", b"one")
+    [first] = Inbox(tmp_path).pending()
+    cache = {first.relative: [*first.cache_entry()[:3], "cached-version"]}
+    assert Inbox(tmp_path).pending(cache)[0].version == "cached-version"  # not re-hashed
+
+    _write(path, b"two!", mtime=first.mtime + 10)
+    assert Inbox(tmp_path).pending(cache)[0].version == content_version(path)
+
+
+def test_pending_min_age_skips_files_still_being_written(tmp_path):
+    path = _write(tmp_path / "a.csv", b"a")
+    assert Inbox(tmp_path).pending(min_age_seconds=3600) == []
+    os.utime(path, (path.stat().st_mtime - 7200,) * 2)
+    assert [f.path for f in Inbox(tmp_path).pending(min_age_seconds=3600)] == [path]
+
+
+def test_mark_processed_moves_and_never_overwrites(tmp_path):
+    inbox = Inbox(tmp_path)
+    path = _write(tmp_path / "products.csv", b"v1")
+    moved = inbox.mark_processed(path, "acme.products.abc")
+    assert moved == tmp_path / "processed" / "acme.products.abc" / "products.csv"
+    assert moved.read_bytes() == b"v1" and not path.exists()
+    assert inbox.pending() == []
+
+    again = _write(tmp_path / "products.csv", b"v1 again")
+    moved2 = inbox.mark_processed(again, "acme.products.abc")
+    assert moved2.name == "products~2.csv" and moved2.read_bytes() == b"v1 again"
+    assert moved.read_bytes() == b"v1"
+
+
+def test_quarantine_moves_and_writes_reason(tmp_path):
+    inbox = Inbox(tmp_path)
+    path = _write(tmp_path / "sub" / "bad.csv", b"garbage")
+    moved = inbox.quarantine(path, "acme.bad.123", "no header row\nline 2")
+    assert moved == tmp_path / "quarantine" / "acme.bad.123" / "bad.csv"
+    assert moved.read_bytes() == b"garbage" and not path.exists()
+    reason = (moved.parent / "bad.csv.reason.txt").read_text()
+    assert reason.startswith("no header row\nline 2\n") and "acme.bad.123" in reason
+    assert inbox.pending() == []
+
+    second = inbox.quarantine(_write(tmp_path / "bad.csv", b"more garbage"), "acme.bad.123", "again")
+    assert second.name == "bad~2.csv"
+    assert (second.parent / "bad~2.csv.reason.txt").read_text().startswith("again")
+    assert (moved.parent / "bad.csv.reason.txt").read_text().startswith("no header row")
+
+
+def test_moves_refuse_bad_paths_and_keys(tmp_path):
+    inbox = Inbox(tmp_path / "inbox")
+    outside = _write(tmp_path / "elsewhere.csv", b"x")
+    inside = _write(tmp_path / "inbox" / "a.csv", b"a")
+    with pytest.raises(ValueError, match="not inside"):
+        inbox.mark_processed(outside, "k")
+    for bad_key in ["../escape", "a/b", "", ".hidden", "x\n"]:
+        with pytest.raises(ValueError, match="invalid batch key"):
+            inbox.mark_processed(inside, bad_key)
+    moved = inbox.mark_processed(inside, "k")
+    with pytest.raises(ValueError, match="already moved"):
+        inbox.quarantine(moved, "k", "twice")
+    with pytest.raises(FileNotFoundError):
+        inbox.mark_processed(tmp_path / "inbox" / "missing.csv", "k")
+    assert outside.exists() and moved.exists()
+
+
+def test_upload_is_atomic_and_never_overwrites(tmp_path):
+    src = _write(tmp_path / "src" / "products.csv", b"sku\n001\n")
+    inbox_dir = tmp_path / "inbox"
+
+    first = upload(src, inbox_dir)
+    assert first == inbox_dir / "products.csv" and first.read_bytes() == b"sku\n001\n"
+    assert src.read_bytes() == b"sku\n001\n"
+    assert sorted(p.name for p in inbox_dir.iterdir()) == ["products.csv"]  # no .part left behind
+
+    assert upload(src, inbox_dir) == first  # same bytes: no second copy
+    assert sorted(p.name for p in inbox_dir.iterdir()) == ["products.csv"]
+
+    _write(src, b"sku\n002\n")
+    second = Inbox(inbox_dir).upload(src)
+    assert second == inbox_dir / "products~2.csv" and second.read_bytes() == b"sku\n002\n"
+    assert first.read_bytes() == b"sku\n001\n"
+    assert [f.name for f in Inbox(inbox_dir).pending()] == ["products.csv", "products~2.csv"]
+
+    with pytest.raises(FileNotFoundError):
+        upload(tmp_path / "missing.csv", inbox_dir)
