@@ -1,0 +1,301 @@
+"""The Slack slash command (`/claro run|status|review|help`): request verification and the commands.
+
+Verification follows Slack's "Verifying requests from Slack": `X-Slack-Signature` is `v0=` plus the
+hex HMAC-SHA256 of `v0:{X-Slack-Request-Timestamp}:{raw body}` keyed with the app's signing secret.
+A request is refused when the signature is wrong, when its timestamp is more than 5 minutes away
+from now, or when the same signature was already accepted within that window (a replay). The
+replay memory lives in this process: run one web process, or put a shared store behind
+`ReplayGuard` if you run several.
+
+Slack shows "operation_timeout" unless the command is answered within 3 seconds. Every command
+therefore runs on a worker thread and the request waits at most `ack_budget_seconds` (default 2 s)
+for it. A command that finishes in time is answered directly; a slower one (a launch while the
+Dagster webserver is busy, a large review queue) is answered with a short "working on it" and its
+real answer is posted to the command's `response_url` when it is ready (Slack accepts those for
+30 minutes).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import html
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qs
+
+import sqlalchemy as sa
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.signature import Clock, SignatureVerifier
+from slack_sdk.webhook import WebhookClient
+
+from claro_dagster.catalogue.filters import FilterError, compile_filter
+from claro_dagster.catalogue.review import ReviewQueue
+from claro_dagster.catalogue.store import CatalogueStore
+from claro_dagster.spec.checks import SCHEDULABLE_OPERATIONS, unknown
+from claro_dagster.spec.models import ProjectSpec
+
+log = logging.getLogger(__name__)
+
+# Slack's documented window: reject requests whose timestamp is more than 5 minutes from now.
+REPLAY_WINDOW_SECONDS = 300
+# Slack waits 3 s for the answer; keep a margin for the network and the signature check.
+DEFAULT_ACK_BUDGET_SECONDS = 2.0
+
+
+class Launcher(Protocol):
+    """Starts and reports Dagster runs (the lead implements it with Dagster's GraphQL client)."""
+
+    def launch(self, catalogue: str, target: str, filter: str | None) -> str:
+        """Submit a run of `target` (an operation or a pipeline) on `catalogue`; return the run id."""
+        ...
+
+    def status(self, ref: str | None) -> str:
+        """Human-readable status of a run id or a batch (recent runs when `ref` is None)."""
+        ...
+
+
+SpecLoader = Callable[[], ProjectSpec]
+StoreFactory = Callable[[ProjectSpec], CatalogueStore]
+
+
+@dataclass(frozen=True)
+class SlackReply:
+    """The JSON a slash command answers with (also what a follow-up posts to `response_url`)."""
+
+    text: str
+    response_type: Literal["ephemeral", "in_channel"] = "ephemeral"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"response_type": self.response_type, "text": self.text}
+
+
+# ---------------------------------------------------------------------------------------- verification
+class _FunctionClock(Clock):
+    def __init__(self, now: Callable[[], float]):
+        self._now = now
+
+    def now(self) -> float:
+        return self._now()
+
+
+class ReplayGuard:
+    """Signatures accepted within the replay window; a second request with one of them is a replay."""
+
+    def __init__(self, window_seconds: int = REPLAY_WINDOW_SECONDS):
+        self.window = window_seconds
+        self._seen: dict[str, float] = {}  # signature -> time after which it can no longer be replayed
+        self._lock = threading.Lock()
+
+    def first_time(self, signature: str, timestamp: int, now: float) -> bool:
+        """Remember `signature`; False when it was already seen (the request is a replay)."""
+        with self._lock:
+            for sig in [s for s, until in self._seen.items() if until < now]:
+                del self._seen[sig]
+            if signature in self._seen:
+                return False
+            # After timestamp + window the request is refused as stale anyway, so it may be forgotten.
+            self._seen[signature] = timestamp + self.window
+            return True
+
+
+class SlackRequestVerifier:
+    """Checks Slack's request signature, the timestamp window and replays (slack_sdk does the HMAC)."""
+
+    def __init__(self, signing_secret: str, *, clock: Callable[[], float] = time.time,
+                 window_seconds: int = REPLAY_WINDOW_SECONDS):
+        self.clock = clock
+        self.window = window_seconds
+        self._verifier = SignatureVerifier(signing_secret, clock=_FunctionClock(clock))
+        self.replays = ReplayGuard(window_seconds)
+
+    def problem(self, body: bytes, headers: Mapping[str, str]) -> str | None:
+        """None when the request is authentic and new, else why it is refused."""
+        lower = {k.lower(): v for k, v in headers.items()}
+        timestamp, signature = lower.get("x-slack-request-timestamp"), lower.get("x-slack-signature")
+        if not timestamp or not signature:
+            return "missing X-Slack-Request-Timestamp or X-Slack-Signature header"
+        try:
+            ts = int(timestamp)
+        except ValueError:
+            return "X-Slack-Request-Timestamp is not a Unix time"
+        now = self.clock()
+        if abs(now - ts) > self.window:
+            return "stale request: its timestamp is more than 5 minutes from now"
+        if not self._verifier.is_valid(body=body, timestamp=timestamp, signature=signature):
+            return "invalid signature"
+        if not self.replays.first_time(signature, ts, now):
+            return "replayed request: this signature was already used"
+        return None
+
+
+# ---------------------------------------------------------------------------------------- commands
+def _clean_text(text: str) -> str:
+    """Undo what Slack does to command text: HTML escapes (&lt; &gt; &amp;) and smart quotes."""
+    text = html.unescape(text)
+    return text.translate(str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})).strip()
+
+
+def run_targets(spec: ProjectSpec, catalogue: str) -> list[str]:
+    """What `run <catalogue> ...` accepts: the catalogue's pipelines, then its operations and destinations."""
+    pipelines = [name for name, p in spec.pipelines.items() if p.catalogue == catalogue]
+    destinations = [name for name, d in spec.destinations.items() if d.catalogue == catalogue]
+    return [*pipelines, *SCHEDULABLE_OPERATIONS, *destinations]
+
+
+def _link(url: str, label: str) -> str:
+    return f"<{url}|{label}>"
+
+
+class SlackCommands:
+    """Parses a slash command and answers it within Slack's 3-second budget."""
+
+    def __init__(self, spec_loader: SpecLoader, store_factory: StoreFactory, launcher: Launcher, *,
+                 webserver_url: str = "http://127.0.0.1:3000", review_url: str | None = None,
+                 ack_budget_seconds: float = DEFAULT_ACK_BUDGET_SECONDS,
+                 post_followup: Callable[[str, SlackReply], None] | None = None, max_workers: int = 4):
+        self.spec_loader = spec_loader
+        self.store_factory = store_factory
+        self.launcher = launcher
+        self.webserver_url = webserver_url.rstrip("/")
+        self.review_url = review_url
+        self.ack_budget_seconds = ack_budget_seconds
+        self.post_followup = post_followup or post_to_response_url
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="slack-command")
+
+    def close(self) -> None:
+        """Stop taking work; commands already running finish and post their follow-ups."""
+        self._executor.shutdown(wait=False)
+
+    # ------------------------------------------------------------------ answering within the budget
+    def respond(self, form: Mapping[str, str], *, base_url: str = "") -> SlackReply:
+        """The answer to one command, within `ack_budget_seconds`; a late answer goes to `response_url`."""
+        future = self._executor.submit(self.handle, form, base_url=base_url)
+        try:
+            return future.result(timeout=self.ack_budget_seconds)
+        except concurrent.futures.TimeoutError:
+            pass
+        response_url = form.get("response_url")
+        future.add_done_callback(lambda f: self._follow_up(response_url, f))
+        return SlackReply(self._interim(form))
+
+    def _follow_up(self, response_url: str | None, future: concurrent.futures.Future) -> None:
+        try:
+            reply = future.result()
+        except Exception as exc:  # handle() answers errors itself; this is a last resort
+            reply = SlackReply(f"Sorry, that failed: {exc}")
+        if not response_url:
+            log.warning("Slack command answered late but has no response_url; answer was: %s", reply.text)
+            return
+        try:
+            self.post_followup(response_url, reply)
+        except Exception:
+            log.exception("Slack: could not post the late answer to response_url")
+
+    def _interim(self, form: Mapping[str, str]) -> str:
+        words = _clean_text(form.get("text", "")).split()
+        if len(words) >= 3 and words[0].lower() == "run":
+            return (f"Launching `{words[2]}` on `{words[1]}`… Dagster is taking a moment; "
+                    "the run id and link follow here.")
+        return "Working on it… the answer follows here in a moment."
+
+    # ------------------------------------------------------------------ the commands
+    def handle(self, form: Mapping[str, str], *, base_url: str = "") -> SlackReply:
+        """Answer one command (may block: it runs on a worker thread)."""
+        text = _clean_text(form.get("text", ""))
+        command = form.get("command") or "/claro"
+        words = text.split(None, 1)
+        verb = words[0].lower() if words else "help"
+        rest = words[1] if len(words) > 1 else ""
+        try:
+            if verb == "run":
+                return self._run(rest, command)
+            if verb == "status":
+                return self._status(rest.strip() or None)
+            if verb == "review":
+                return self._review(base_url)
+            if verb == "help":
+                return SlackReply(self.usage(command))
+        except Exception as exc:
+            log.exception("Slack command %r failed", text)
+            return SlackReply(f"Sorry, `{command} {text}` failed: {exc}")
+        return SlackReply(f"I don't know the command `{verb}`.\n{self.usage(command)}")
+
+    @staticmethod
+    def usage(command: str = "/claro") -> str:
+        return "\n".join([
+            f"*{command}* commands:",
+            f"• `{command} run <catalogue> <operation|pipeline> [filter]`: start a run, e.g. "
+            f"`{command} run products export status == \"active\"`",
+            f"• `{command} status [run id|batch]`: how a run or batch is doing (recent runs without an argument)",
+            f"• `{command} review`: changes waiting for review, per catalogue",
+            f"• `{command} help`: this list",
+        ])
+
+    def _run(self, rest: str, command: str) -> SlackReply:
+        spec = self.spec_loader()
+        parts = rest.split(None, 2)
+        catalogues = list(spec.catalogues)
+        if len(parts) < 2:
+            return SlackReply(f"Usage: `{command} run <catalogue> <operation|pipeline> [filter]`. "
+                              f"Catalogues: {', '.join(catalogues)}.")
+        catalogue, target = parts[0], parts[1]
+        filter_text = parts[2].strip() if len(parts) > 2 else None
+        if catalogue not in spec.catalogues:
+            return SlackReply(unknown(catalogue, catalogues, "a catalogue") + ".")
+        choices = run_targets(spec, catalogue)
+        if target not in choices:
+            return SlackReply(unknown(target, choices, f"an operation or pipeline of {catalogue!r}",
+                                      listing="one of") + ".")
+        if filter_text:
+            columns = {name: sa.column(name) for name in spec.catalogues[catalogue].attributes}
+            try:
+                compile_filter(filter_text, columns)
+            except FilterError as exc:
+                return SlackReply(f"The filter does not work on `{catalogue}`:\n```{exc}```")
+        try:
+            run_id = self.launcher.launch(catalogue, target, filter_text)
+        except Exception as exc:
+            log.exception("Slack: launching %s on %s failed", target, catalogue)
+            return SlackReply(f"Could not launch `{target}` on `{catalogue}`: {exc}")
+        where = f"`{target}` on `{catalogue}`" + (f" (filter `{filter_text}`)" if filter_text else "")
+        url = f"{self.webserver_url}/runs/{run_id}"
+        return SlackReply(f"Launched {where}: run {_link(url, run_id)}")
+
+    def _status(self, ref: str | None) -> SlackReply:
+        return SlackReply(self.launcher.status(ref))
+
+    def _review(self, base_url: str) -> SlackReply:
+        spec = self.spec_loader()
+        store = self.store_factory(spec)
+        try:
+            counts = ReviewQueue(store).pending_counts()
+        finally:
+            store.dispose()
+        url = self.review_url or (base_url.rstrip("/") + "/review" if base_url else None)
+        link = f"\n{_link(url, 'Open the review page')}" if url else ""
+        total = sum(counts.values())
+        if not total:
+            return SlackReply(f"Nothing is waiting for review.{link}")
+        names = [*spec.catalogues, *(c for c in counts if c not in spec.catalogues)]
+        lines = [f"• {name}: *{counts.get(name, 0):,}*" for name in names]
+        return SlackReply(f"*{total:,} change{'s' if total != 1 else ''} waiting for review*\n"
+                          + "\n".join(lines) + link)
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """A slash command's `application/x-www-form-urlencoded` body as a dict (first value of each field)."""
+    fields = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+    return {k: v[0] for k, v in fields.items()}
+
+
+def post_to_response_url(response_url: str, reply: SlackReply) -> None:
+    """Post a late answer to the command's `response_url` (retrying on 429 and connection errors)."""
+    client = WebhookClient(response_url, timeout=10, retry_handlers=[
+        RateLimitErrorRetryHandler(max_retry_count=2), ConnectionErrorRetryHandler(max_retry_count=1)])
+    response = client.send_dict(reply.as_json())
+    if response.status_code != 200:
+        log.warning("Slack: response_url answered HTTP %s: %s", response.status_code, response.body)
