@@ -71,6 +71,23 @@ def catalogue_order(claro: CatalogueResource) -> list[str]:
     return order
 
 
+def receive(claro: CatalogueResource, source: str, path: Path, version: str | None = None) -> Batch:
+    """Register a file waiting in a source's inbox as a batch (once per content)."""
+    version = version or content_version(path)
+    return BatchRegistry(claro.store).register(
+        batch_key(source, path.name, version), catalogue=claro.spec.sources[source].catalogue, source=source,
+        filename=path.name, uri=str(Path(path).resolve()), content_version=version)
+
+
+def run_batch(defs: dg.Definitions, instance: dg.DagsterInstance, batch: Batch,
+              stages: tuple[str, ...] = STAGES) -> dg.ExecuteInProcessResult:
+    """Materialize a batch's stages in this process (the same assets the sensors launch)."""
+    instance.add_dynamic_partitions(f"{batch.catalogue}_batches", [batch.key])
+    return dg.materialize(list(defs.assets), selection=[dg.AssetKey([batch.catalogue, s]) for s in stages],
+                          partition_key=batch.key, instance=instance, resources=defs.resources,
+                          raise_on_error=False, tags={"claro/source": batch.source})
+
+
 @dataclass
 class RunSummary:
     batches: list[Batch] = field(default_factory=list)
@@ -96,22 +113,17 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
         if catalogue not in pipelines:
             continue
         pipeline = claro.spec.pipelines[pipelines[catalogue]]
-        partitions = f"{catalogue}_batches"
         for source in pipeline.sources:
             if claro.spec.sources[source].kind != "inbox":
                 continue
             for item in Inbox(claro.inbox_dir(source)).pending():
-                key = batch_key(source, item.name, item.version)
-                batch = registry.register(key, catalogue=catalogue, source=source, filename=item.name,
-                                          uri=str(item.path.resolve()), content_version=item.version)
-                if batch.status == "published":
+                batch = receive(claro, source, item.path, item.version)
+                if batch.status == "published":  # the same file again: nothing new in it
+                    Inbox(claro.inbox_dir(source)).mark_processed(item.path, batch.key)
                     continue
-                instance.add_dynamic_partitions(partitions, [key])
-                progress(f"{catalogue}: batch {key} ({item.name})")
-                dg.materialize(assets, selection=[dg.AssetKey([catalogue, s]) for s in STAGES], partition_key=key,
-                               instance=instance, resources=defs.resources, raise_on_error=False,
-                               tags={"claro/source": source})
-                summary.batches.append(registry.get(key))
+                progress(f"{catalogue}: batch {batch.key} ({item.name})")
+                run_batch(defs, instance, batch)
+                summary.batches.append(registry.get(batch.key))
         summary.reports[catalogue] = run_analyse(claro, catalogue, None)
         summary.exports[catalogue] = run_export(claro, catalogue, export_format, None, None, "claro-run").path
         for dest_name in pipeline.destinations:

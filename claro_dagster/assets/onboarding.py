@@ -204,9 +204,10 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
         verdict = (f"{rejected} of {result.rows_in} rows failed validation ({result.error_rate:.1%}); "
                    f"the error budget is {pipeline.error_budget:.0%}")
         if passed:
-            registry.set_status(batch.key, "validated", stage="batch_validated", message=verdict)
+            registry.set_status(batch.key, "validated", stage="batch_validated", message=verdict,
+                                spec_version=claro.spec_version)
         else:
-            registry.set_status(batch.key, "halted", stage="batch_validated",
+            registry.set_status(batch.key, "halted", stage="batch_validated", spec_version=claro.spec_version,
                                 message=f"{verdict}. Fix the file and upload it again, or see `claro rejected "
                                         f"{batch.key}`")
             settle_inbox_file(claro, batch, reason=verdict)
@@ -255,6 +256,10 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
                                                                    batch.stage == "records"):
             raise dg.Failure(description=f"batch {batch.key} is {batch.status} ({batch.message or 'not validated'}); "
                              "records will not publish it until batch_validated passes its gate")
+        if batch.spec_version != claro.spec_version:
+            raise dg.Failure(description=f"the spec ({claro.spec_path}) changed after batch {batch.key} was "
+                             "validated; re-run batch_validated (and batch_normalized) for it so the batch is "
+                             "checked against the current rules before it is published")
         with settling(claro, batch, "records"):
             cat = claro.store.catalogue(catalogue)
             frame = normalized.copy()

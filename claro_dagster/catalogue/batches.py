@@ -47,6 +47,7 @@ class Batch:
     status: str  # received | validated | halted | published | failed | quarantined
     stage: str | None
     message: str | None
+    spec_version: str | None
     received_at: datetime
     updated_at: datetime
 
@@ -86,10 +87,11 @@ class BatchRegistry:
         with self.store.engine.connect() as conn:
             return [self._batch(r) for r in conn.execute(query)]
 
-    def set_status(self, key: str, status: str, *, stage: str | None = None, message: str | None = None) -> None:
+    def set_status(self, key: str, status: str, *, stage: str | None = None, message: str | None = None,
+                   **extra) -> None:
         with self.store.engine.begin() as conn:
             conn.execute(self.t.update().where(self.t.c.key == key).values(
-                status=status, stage=stage, message=message, updated_at=now()))
+                status=status, stage=stage, message=message, updated_at=now(), **extra))
 
     def save_rejected(self, key: str, rows: pd.DataFrame) -> int:
         """Replace the batch's rejected rows (a re-validated batch keeps only its latest verdict)."""
@@ -114,7 +116,7 @@ class BatchRegistry:
     @staticmethod
     def _batch(r) -> Batch:
         return Batch(r.key, r.catalogue, r.source, r.filename, r.uri, r.content_version, r.status, r.stage,
-                     r.message, _aware(r.received_at), _aware(r.updated_at))
+                     r.message, r.spec_version, _aware(r.received_at), _aware(r.updated_at))
 
 
 def _plain(value):

@@ -159,6 +159,7 @@ def shared_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("status", sa.Text, nullable=False),
         sa.Column("stage", sa.Text),
         sa.Column("message", sa.Text),
+        sa.Column("spec_version", sa.Text),  # hash of the spec the batch was last validated under
         _ts("received_at", nullable=False),
         _ts("updated_at", nullable=False),
     )

@@ -6,6 +6,7 @@ one batch from the UI without re-running the stages before it.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +30,11 @@ class CatalogueResource(dg.ConfigurableResource):
     @cached_property
     def spec(self) -> ProjectSpec:
         return load_spec(self.spec_path)
+
+    @cached_property
+    def spec_version(self) -> str:
+        """Hash of the spec file as loaded: publishing checks the batch was validated under the same rules."""
+        return hashlib.sha256(Path(self.spec_path).read_bytes()).hexdigest()[:16]
 
     @cached_property
     def store(self) -> CatalogueStore:
