@@ -173,11 +173,12 @@ def review_list(catalogue: str | None = _F["catalogue"], operation: str | None =
 
     items = _queue().list(**_criteria(catalogue, operation, attribute, source, min_confidence, max_confidence,
                                       reviewer, status))
-    frame = pd.DataFrame([{"id": i.id, "catalogue": i.catalogue, "record": i.record, "field": i.field,
-                           "old": i.old, "new": i.new, "confidence": i.confidence, "operation": i.operation,
-                           "source": i.source, "status": i.status, "reason": i.reason} for i in items],
-                         columns=["id", "catalogue", "record", "field", "old", "new", "confidence", "operation",
-                                  "source", "status", "reason"])
+    columns = ["id", "record", "field", "old", "new", "confidence", "source", "status", "operation", "catalogue",
+               "reason"]
+    frame = pd.DataFrame([{"id": i.id, "record": i.record, "field": i.field, "old": i.old, "new": i.new,
+                           "confidence": i.confidence, "source": i.source, "status": i.status,
+                           "operation": i.operation, "catalogue": i.catalogue, "reason": i.reason} for i in items],
+                         columns=columns)
     print_frame(frame, format)
     if format == "table":
         console.print(f"{len(items)} item(s)")
@@ -333,12 +334,11 @@ def run(export_format: Annotated[str, typer.Option("--export-format", help="Form
 
     summary = run_everything(ctx.spec_path, home_dir(), export_format=export_format,
                              progress=lambda m: console.print(m, highlight=False))
-    table = Table(title="batches")
-    for col in ("batch", "file", "status", "what happened"):
-        table.add_column(col, overflow="fold")
+    console.print("\n[bold]batches[/bold]")
     for b in summary.batches:
-        table.add_row(b.key, b.filename, b.status, b.message or "")
-    console.print(table)
+        colour = {"published": "green", "halted": "yellow"}.get(b.status, "red")
+        console.print(f"  [{colour}]{b.status:<11}[/{colour}] {b.filename}: {b.message or ''}", highlight=False)
+        console.print(f"              batch {b.key}", style="dim", highlight=False)
     for catalogue, report in summary.reports.items():
         console.print(f"{catalogue}: {report.records} records, quality score {report.score:.1f}/100, "
                       f"{len(report.critical)} critical issue(s); export: {summary.exports[catalogue]}")

@@ -40,7 +40,12 @@ def seed_demo_inboxes(claro: CatalogueResource) -> list[Path]:
         return []
     registry = BatchRegistry(claro.store)
     copied = []
-    for folder in sorted((DEMO_DIR / "inbox").iterdir()):
+    for mapping in sorted((DEMO_DIR / "mappings").rglob("*.yaml")):  # the demo ships its confirmed mappings
+        target = claro.home_dir / "mappings" / mapping.relative_to(DEMO_DIR / "mappings")
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(mapping, target)
+    for folder in sorted(p for p in (DEMO_DIR / "inbox").iterdir() if p.is_dir()):
         source = next((n for n, s in claro.spec.sources.items() if s.path and Path(s.path).name == folder.name), None)
         if source is None:
             continue
@@ -79,13 +84,18 @@ def receive(claro: CatalogueResource, source: str, path: Path, version: str | No
         filename=path.name, uri=str(Path(path).resolve()), content_version=version)
 
 
+#: The console shows what `claro run` prints; each run's full log stays in the instance (`claro dev`).
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
 def run_batch(defs: dg.Definitions, instance: dg.DagsterInstance, batch: Batch,
-              stages: tuple[str, ...] = STAGES) -> dg.ExecuteInProcessResult:
+              stages: tuple[str, ...] = STAGES, *, quiet: bool = False) -> dg.ExecuteInProcessResult:
     """Materialize a batch's stages in this process (the same assets the sensors launch)."""
     instance.add_dynamic_partitions(f"{batch.catalogue}_batches", [batch.key])
     return dg.materialize(list(defs.assets), selection=[dg.AssetKey([batch.catalogue, s]) for s in stages],
                           partition_key=batch.key, instance=instance, resources=defs.resources,
-                          raise_on_error=False, tags={"claro/source": batch.source})
+                          raise_on_error=False, tags={"claro/source": batch.source},
+                          run_config=QUIET if quiet else None)
 
 
 @dataclass
@@ -122,7 +132,7 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
                     Inbox(claro.inbox_dir(source)).mark_processed(item.path, batch.key)
                     continue
                 progress(f"{catalogue}: batch {batch.key} ({item.name})")
-                run_batch(defs, instance, batch)
+                run_batch(defs, instance, batch, quiet=True)
                 summary.batches.append(registry.get(batch.key))
         summary.reports[catalogue] = run_analyse(claro, catalogue, None)
         summary.exports[catalogue] = run_export(claro, catalogue, export_format, None, None, "claro-run").path
@@ -133,7 +143,7 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
                 summary.destinations[dest_name] = f"skipped: set {needed} to enable it"
                 continue
             result = dg.materialize(assets, selection=[dg.AssetKey([catalogue, dest_name])], instance=instance,
-                                    resources=defs.resources, raise_on_error=False)
+                                    resources=defs.resources, raise_on_error=False, run_config=QUIET)
             summary.destinations[dest_name] = "synced" if result.success else "failed: see the run in `claro dev`"
     from claro_dagster.catalogue.review import ReviewQueue
 
