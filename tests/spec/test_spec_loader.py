@@ -58,8 +58,8 @@ def test_demo_loads_and_covers_every_attribute_type() -> None:
 def test_summarize_demo() -> None:
     spec = load_spec(DEMO_DIR / "claro.yaml")
     assert summarize(spec) == (
-        "claro.yaml: OK — 2 catalogues (products: 17 attributes, suppliers: 5), 2 sources, "
-        "1 pipeline, 2 schedules, 2 destinations"
+        "claro.yaml: OK — 2 catalogues (products: 17 attributes, suppliers: 5), 3 sources, "
+        "2 pipelines, 2 schedules, 2 destinations"
     )
 
 
