@@ -386,6 +386,31 @@ def rejected(batch: str, out: Annotated[Path | None, typer.Option(
 
 
 @app.command()
+def rerun(batch: str, stage: Annotated[str, typer.Argument(help="batch_raw, batch_mapped, batch_validated, "
+                                                                 "batch_normalized or records")]) -> None:
+    """Re-run one stage for one batch (in this process, recorded in the local Dagster instance)."""
+    from claro_dagster.assets.onboarding import STAGES
+    from claro_dagster.catalogue.batches import BatchRegistry
+    from claro_dagster.definitions import build_definitions
+    from claro_dagster.local import instance_for, run_batch
+
+    if stage not in STAGES:
+        raise StoreError(f"unknown stage {stage!r}; stages are: {', '.join(STAGES)}")
+    defs = build_definitions(ctx.spec_path, home_dir())
+    registry = BatchRegistry(defs.resources["claro"].store)
+    info = registry.get(batch)
+    if info is None:
+        raise StoreError(f"no batch {batch!r}; `claro batches` lists them")
+    result = run_batch(defs, instance_for(home_dir()), info, stages=(stage,), quiet=True)
+    after = registry.get(batch)
+    verdict = "done" if result.success else "failed"
+    console.print(f"{stage} for {batch}: {verdict} (run {result.run_id}); batch is {after.status}: "
+                  f"{after.message or ''}", highlight=False)
+    if not result.success:
+        raise typer.Exit(1)
+
+
+@app.command()
 def batches(catalogue: CatalogueOption = None, status: Annotated[str | None, typer.Option()] = None) -> None:
     """Received batches and how far each got."""
     import pandas as pd

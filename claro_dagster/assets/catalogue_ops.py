@@ -18,6 +18,10 @@ class AnalyseConfig(dg.Config):
     filter: str | None = None
 
 
+class DestinationConfig(dg.Config):
+    filter: str | None = None  # narrows the destination's own filter (both apply)
+
+
 class ExportConfig(dg.Config):
     format: str = "csv"
     filter: str | None = None
@@ -107,24 +111,27 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
               automation_condition=dg.AutomationCondition.eager(),
               description=f"Outbound {dest.kind}: {'snapshot' if dest.kind == 's3' else 'incremental upsert'} "
                           f"of {catalogue}" + (f" where {dest.filter}" if dest.filter else ""))
-    def destination(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def destination(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:
         connector = getattr(context.resources, resource_key)
         store = context.resources.claro.store
         columns = dest.columns
+        filters = [f"({f})" for f in (dest.filter, config.filter) if f]
+        where = " and ".join(filters) or None
         if dest.kind == "s3":
-            frame = store.records(catalogue, filter=dest.filter, columns=columns)
+            frame = store.records(catalogue, filter=where, columns=columns)
             key = connector.put_snapshot(frame, dest.bucket, dest.prefix, catalogue, dest.format, context.run_id,
                                          ensure_bucket=True)
             return dg.MaterializeResult(metadata={"rows": len(frame), "uri": f"s3://{dest.bucket}/{key}"})
         cursor_name = f"destination:{name}"
         since = int(store.get_cursor(cursor_name, "0"))
         upto = store.last_seq()
-        frame = store.changed_since(catalogue, since, filter=dest.filter)
+        frame = store.changed_since(catalogue, since, filter=where)
         key = store.catalogue(catalogue).key
         if columns:
             frame = frame[[key, *[c for c in columns if c != key]]]
         result = connector.upsert(dest.table, frame, key) if len(frame) else None
-        store.set_cursor(cursor_name, str(upto))
+        if not config.filter:  # an ad-hoc narrower run must not move the cursor past records it skipped
+            store.set_cursor(cursor_name, str(upto))
         return dg.MaterializeResult(metadata={
             "rows_sent": len(frame), "inserted": result.inserted if result else 0,
             "updated": result.updated if result else 0, "table": dest.table, "cursor": upto})
