@@ -239,10 +239,10 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
             result = normalize_batch(valid, claro.store.catalogue(catalogue))
             log = claro.batch_dir(batch.key) / "normalizations.csv"
             result.changes.to_csv(log, index=False)
-        reasons = result.changes["reason"].str.replace(r"'.*", "", regex=True).str.strip().value_counts()
+        per_attribute = result.changes["attribute"].value_counts()
         return dg.Output(result.frame, metadata={
             "rows": len(result.frame), "values_changed": len(result.changes), "change_log": str(log),
-            "changes_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.head(20).items()}),
+            "changes_by_attribute": dg.MetadataValue.json({str(k): int(v) for k, v in per_attribute.items()}),
             "changes": preview(result.changes), "preview": preview(result.frame),
         })
 

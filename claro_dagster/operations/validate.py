@@ -42,10 +42,14 @@ def _runs(items: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
     return np.split(items, starts[1:])
 
 
+_MAX_LINES_NAMED = 10
+
+
 def _lines_phrase(lines: np.ndarray) -> str:
+    """'lines 4 and 17', 'lines 4, 9 and 17', 'lines 1, 2, ... 10 and 5 more'."""
     lines = sorted(int(n) for n in lines)
-    if len(lines) == 2:
-        return f"lines {lines[0]} and {lines[1]}"
+    if len(lines) > _MAX_LINES_NAMED:
+        return "lines " + ", ".join(map(str, lines[:_MAX_LINES_NAMED])) + f" and {len(lines) - _MAX_LINES_NAMED} more"
     return "lines " + ", ".join(str(n) for n in lines[:-1]) + f" and {lines[-1]}"
 
 
@@ -110,7 +114,7 @@ def validate_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
             if name in frame.columns:
                 raw[offset:offset + pos.size] = frame[name].to_numpy(dtype=object)[pos]
             offset += pos.size
-        order = np.lexsort((np.arange(positions.size), positions))
+        order = np.argsort(positions, kind="stable")  # by row, attributes in catalogue order
         positions, attributes, reasons, raw = positions[order], attributes[order], reasons[order], raw[order]
     else:
         positions = np.zeros(0, dtype=np.int64)
