@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Annotated
@@ -383,6 +383,26 @@ def rejected(batch: str, out: Annotated[Path | None, typer.Option(
         return
     print_frame(frame, format)
     err.print(f"batch {batch}: {info.status}: {info.message or ''}", highlight=False)
+
+
+@app.command()
+def schedules() -> None:
+    """Schedules of the spec: target, when (cron, timezone), record filter, status and the next three runs."""
+    from rich.markup import escape
+
+    from claro_dagster.schedules import describe_schedules
+
+    infos = describe_schedules(ctx.spec(), datetime.now(UTC))
+    if not infos:
+        console.print("no schedules in the spec (add them under `schedules:`)")
+        return
+    table = Table()
+    for col in ("schedule", "target", "cron", "timezone", "filter", "status", "next runs"):
+        table.add_column(col, overflow="fold")
+    for i in infos:
+        table.add_row(i.name, i.target, i.cron, i.timezone, escape(i.filter) if i.filter else "all records", i.status,
+                      "\n".join(t.strftime("%a %Y-%m-%d %H:%M %Z") for t in i.next_runs))
+    console.print(table)
 
 
 @app.command()

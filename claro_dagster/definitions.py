@@ -22,6 +22,7 @@ from claro_dagster.assets.onboarding import STAGES, batches_partitions, build_on
 from claro_dagster.catalogue.schema import default_home
 from claro_dagster.resources.catalogue import BatchFrameIOManager, CatalogueResource
 from claro_dagster.resources.s3 import S3Connection
+from claro_dagster.schedules import build_schedules
 from claro_dagster.sensors.inbound import build_inbox_sensor, build_s3_sensor
 from claro_dagster.spec import default_spec_path, load_spec
 from claro_dagster.spec.models import ProjectSpec
@@ -79,7 +80,8 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     automation = dg.AutomationConditionSensorDefinition(
         "claro_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=15)
-    return dg.Definitions(assets=assets, sensors=[*sensors, automation], resources=resources,
+    schedules = build_schedules(spec, {key: a for a in assets for key in a.keys})
+    return dg.Definitions(assets=assets, sensors=[*sensors, automation], schedules=schedules, resources=resources,
                           executor=dg.in_process_executor)
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from moto.server import ThreadedMotoServer
 
+from claro_dagster.resources.s3 import S3Connection
 from claro_dagster.spec import DEMO_DIR, load_spec
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -105,3 +107,40 @@ def store_url(request, tmp_path):
 @pytest.fixture(scope="session")
 def demo_spec():
     return load_spec(DEMO_DIR / "claro.yaml")
+
+
+@pytest.fixture
+def pg_url(postgres_server):
+    """A PostgreSQL database URL for connector tests (the session database)."""
+    return postgres_server
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A moto S3 server on a free loopback port for the whole session."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def s3_connection(endpoint_url: str) -> S3Connection:
+    return S3Connection(endpoint_url=endpoint_url, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
+
+
+@pytest.fixture(scope="session")
+def s3(moto_endpoint):
+    """One connection (and boto3 client) for the session: building a client takes ~0.5 s."""
+    return s3_connection(moto_endpoint)
+
+
+@pytest.fixture
+def bucket(s3):
+    """A fresh, empty bucket per test (moto state is shared by the session)."""
+    name = f"claro-test-{uuid.uuid4().hex[:10]}"
+    assert s3.ensure_bucket(name)
+    return name

@@ -1,0 +1,223 @@
+"""Dagster schedules built from the spec's `schedules:` section, and their description for `claro schedules`.
+
+One schedule per spec entry, named after it. A target is a catalogue operation (`<catalogue>/analyse`,
+`<catalogue>/export`), a destination (`<catalogue>/<destination>`) or a pipeline (everything the pipeline
+publishes after `records`: analyse, export and its destinations). The entry's record filter travels in the
+run config of every targeted asset and, with the schedule's name, in the run tags, so a notification can say
+what ran and for which records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import islice
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+# The iterator Dagster's own scheduler uses, so `claro schedules` shows exactly the ticks the daemon will
+# run, including what it does on DST change days (a skipped local time runs just after the change; a
+# repeated one runs once). Dagster has no public equivalent; `spec/checks.py` uses the same module.
+from dagster._utils.schedules import schedule_execution_time_iterator
+
+from claro_dagster.catalogue.filters import FilterError, parse_filter
+from claro_dagster.spec.checks import SCHEDULABLE_OPERATIONS
+from claro_dagster.spec.models import ProjectSpec, ScheduleSpec
+
+TAG_SCHEDULE = "claro/schedule"
+TAG_FILTER = "claro/filter"
+TAG_TARGET = "claro/target"
+TAG_CATALOGUE = "claro/catalogue"  # what the notification sensor routes Slack messages on
+
+# Daily and weekly runs start at 02:00 local time: catalogue work (quality reports, exports, pushes to
+# channels) is finished before the working day begins. In Europe/London 02:00 also exists exactly once on
+# both DST change days (the clocks change at 01:00 GMT), so a daily run is neither skipped nor doubled.
+# Weekly runs on Monday, so the week starts with fresh reports.
+EVERY_CRON: dict[str, str] = {
+    "hourly": "0 * * * *",
+    "daily": "0 2 * * *",
+    "weekly": "0 2 * * 1",
+}
+
+_OPERATION_WORDS = {"analyse": "the data-quality report", "export": "a CSV export"}
+_WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_CRON_MACROS = {
+    "@hourly": "every hour on the hour", "@daily": "every day at 00:00", "@midnight": "every day at 00:00",
+    "@weekly": "every Sunday at 00:00", "@monthly": "on the 1st of every month at 00:00",
+}
+
+
+class ScheduleError(ValueError):
+    """A schedule entry that cannot become a Dagster schedule; the message names the key path and the fix."""
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """One spec schedule as `claro schedules` shows it."""
+
+    name: str
+    target: str
+    cron: str
+    timezone: str
+    filter: str | None
+    status: str  # "running" or "paused": the status the spec gives it; the Dagster UI can change it later
+    next_runs: tuple[datetime, ...]  # aware datetimes in `timezone`
+    description: str
+
+
+def schedule_cron(name: str, schedule: ScheduleSpec) -> str:
+    """The entry's cron expression: its `cron`, or the one its `every` stands for."""
+    if (schedule.every is None) == (schedule.cron is None):
+        raise ScheduleError(f"schedules.{name}: a schedule needs exactly one of 'every' (hourly, daily, weekly) "
+                            "or 'cron'")
+    return schedule.cron if schedule.cron is not None else EVERY_CRON[schedule.every]
+
+
+def cron_in_words(cron: str) -> str:
+    """`0 2 * * 1` -> `every Monday at 02:00`; expressions without a plain reading are quoted as they are."""
+    if cron in _CRON_MACROS:
+        return _CRON_MACROS[cron]
+    fields = cron.split()
+    if len(fields) == 5:
+        minute, hour, day, month, weekday = fields
+        if minute.isdigit() and day == "*" and month == "*":
+            if hour == "*" and weekday == "*":
+                return "every hour on the hour" if int(minute) == 0 else f"every hour at :{int(minute):02d}"
+            if hour.isdigit():
+                at = f"{int(hour):02d}:{int(minute):02d}"
+                if weekday == "*":
+                    return f"every day at {at}"
+                if weekday.isdigit() and int(weekday) < len(_WEEKDAYS):
+                    return f"every {_WEEKDAYS[int(weekday)]} at {at}"
+    return f"on cron '{cron}'"
+
+
+def _filter(schedule: ScheduleSpec) -> str | None:
+    # An empty `filter:` means all records; any other text is kept exactly as written (quotes included).
+    return schedule.filter if schedule.filter and schedule.filter.strip() else None
+
+
+def target_keys(spec: ProjectSpec, name: str, target: str) -> list[dg.AssetKey]:
+    """The assets a schedule target names, from the spec alone (a pipeline: analyse, export, destinations)."""
+    if target in spec.pipelines:
+        pipeline = spec.pipelines[target]
+        catalogue = pipeline.catalogue
+        return [dg.AssetKey([catalogue, op]) for op in (*SCHEDULABLE_OPERATIONS, *pipeline.destinations)]
+    catalogue, slash, operation = target.partition("/")
+    if not slash or catalogue not in spec.catalogues or not operation:
+        raise ScheduleError(f"schedules.{name}.target: {target!r} is neither a pipeline "
+                            f"({', '.join(spec.pipelines) or 'none defined'}) nor '<catalogue>/<operation>' "
+                            f"with a catalogue of the spec ({', '.join(spec.catalogues)})")
+    return [dg.AssetKey([catalogue, operation])]
+
+
+def _target_words(spec: ProjectSpec, target: str, keys: Sequence[dg.AssetKey]) -> str:
+    if target in spec.pipelines:
+        return f"what pipeline {target} publishes ({', '.join(k.to_user_string() for k in keys)})"
+    catalogue, _, operation = target.partition("/")
+    if operation in _OPERATION_WORDS:
+        return f"{target} ({_OPERATION_WORDS[operation]} of {catalogue})"
+    dest = spec.destinations.get(operation)
+    return f"{target} (the {dest.kind} destination of {catalogue})" if dest else target
+
+
+def schedule_description(spec: ProjectSpec, name: str, schedule: ScheduleSpec,
+                         keys: Sequence[dg.AssetKey] | None = None) -> str:
+    """What runs, when, in which timezone and for which records, in words (shown in the Dagster UI)."""
+    keys = keys if keys is not None else target_keys(spec, name, schedule.target)
+    filter_ = _filter(schedule)
+    records = f"records where {filter_}" if filter_ else "all records"
+    text = (f"Runs {_target_words(spec, schedule.target, keys)} {cron_in_words(schedule_cron(name, schedule))} "
+            f"({schedule.timezone} time) for {records}.")
+    if schedule.paused:
+        text += " Paused in the spec: start it in the Dagster UI when it should run."
+    return text
+
+
+def _where(spec: ProjectSpec) -> str:
+    return f"{spec.spec_path}: " if spec.spec_path else ""
+
+
+def _resolve(spec: ProjectSpec, name: str, schedule: ScheduleSpec,
+             assets_by_key: Mapping[dg.AssetKey, dg.AssetsDefinition]) -> list[dg.AssetKey]:
+    keys = target_keys(spec, name, schedule.target)
+    if schedule.target in spec.pipelines:
+        # A pipeline destination whose kind has no connector yet has no asset; the pipeline runs without it,
+        # exactly as the definitions do.
+        operations = [dg.AssetKey([spec.pipelines[schedule.target].catalogue, op]) for op in SCHEDULABLE_OPERATIONS]
+        keys = [k for k in keys if k in assets_by_key or k in operations]
+    missing = [k for k in keys if k not in assets_by_key]
+    if missing:
+        raise ScheduleError(
+            f"{_where(spec)}schedules.{name}.target: {schedule.target!r} needs asset(s) "
+            f"{', '.join(k.to_user_string() for k in missing)}, which the code location does not define; a "
+            "destination has an asset only when a pipeline lists it under 'destinations' and its kind has a "
+            "connector (s3, postgres)")
+    return keys
+
+
+def _run_config(keys: Sequence[dg.AssetKey], assets_by_key: Mapping[dg.AssetKey, dg.AssetsDefinition],
+                filter_: str | None) -> dict:
+    if filter_ is None:
+        return {}  # every targeted asset's config defaults to all records
+    # The op name is Dagster's, e.g. `products__analyse` for key products/analyse: read it, do not rebuild it.
+    return {"ops": {assets_by_key[k].node_def.name: {"config": {"filter": filter_}} for k in keys}}
+
+
+def build_schedules(spec: ProjectSpec,
+                    assets_by_key: Mapping[dg.AssetKey, dg.AssetsDefinition]) -> list[dg.ScheduleDefinition]:
+    """One Dagster schedule per entry of the spec's `schedules:`, named after the entry.
+
+    Raises ScheduleError when an entry's target has no asset or its filter does not parse.
+    """
+    schedules: list[dg.ScheduleDefinition] = []
+    for name, schedule in spec.schedules.items():
+        cron = schedule_cron(name, schedule)
+        filter_ = _filter(schedule)
+        if filter_ is not None:
+            try:
+                parse_filter(filter_)
+            except FilterError as exc:
+                raise ScheduleError(f"{_where(spec)}schedules.{name}.filter: {exc}") from None
+        keys = _resolve(spec, name, schedule, assets_by_key)
+        tags = {TAG_SCHEDULE: name, TAG_TARGET: schedule.target, TAG_CATALOGUE: keys[0].path[0]}
+        if filter_ is not None:
+            tags[TAG_FILTER] = filter_
+        schedules.append(dg.ScheduleDefinition(
+            name=name,
+            cron_schedule=cron,
+            target=dg.AssetSelection.assets(*keys),
+            run_config=_run_config(keys, assets_by_key, filter_),
+            tags=tags,
+            execution_timezone=schedule.timezone,
+            default_status=dg.DefaultScheduleStatus.STOPPED if schedule.paused else dg.DefaultScheduleStatus.RUNNING,
+            description=schedule_description(spec, name, schedule, keys),
+        ))
+    return schedules
+
+
+def next_run_times(cron: str, timezone: str, after: datetime, count: int = 3) -> tuple[datetime, ...]:
+    """The next `count` ticks strictly after `after`, as aware datetimes in `timezone`."""
+    if after.tzinfo is None:
+        raise ValueError(f"{after!r} has no timezone; pass an aware datetime such as datetime.now(UTC)")
+    zone = ZoneInfo(timezone)
+    ticks = schedule_execution_time_iterator(after.timestamp(), cron, timezone)
+    # The iterator includes a tick at exactly `after`; that one is running now, not next.
+    upcoming = (t for t in ticks if t.timestamp() > after.timestamp())
+    return tuple(t.astimezone(zone) for t in islice(upcoming, count))
+
+
+def describe_schedules(spec: ProjectSpec, now: datetime, count: int = 3) -> list[ScheduleInfo]:
+    """Every spec schedule with its cron, timezone, filter, status and next `count` run times."""
+    infos = []
+    for name, schedule in spec.schedules.items():
+        cron = schedule_cron(name, schedule)
+        infos.append(ScheduleInfo(
+            name=name, target=schedule.target, cron=cron, timezone=schedule.timezone, filter=_filter(schedule),
+            status="paused" if schedule.paused else "running",
+            next_runs=next_run_times(cron, schedule.timezone, now, count),
+            description=schedule_description(spec, name, schedule),
+        ))
+    return infos
