@@ -65,30 +65,32 @@ class BatchFrameIOManager(dg.ConfigurableIOManager):
 
     base_dir: str
 
-    def _path(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
-        return Path(self.base_dir).joinpath(*asset_key.path) / (partition or "all")
+    def _path(self, asset_key: dg.AssetKey, partition: str | None, suffix: str) -> Path:
+        # Batch keys contain dots: build the name whole (with_suffix would cut the content version off).
+        return Path(self.base_dir).joinpath(*asset_key.path) / f"{partition or 'all'}{suffix}"
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
         if obj is None:
             return
-        path = self._path(context.asset_key, context.partition_key if context.has_partition_key else None)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in (path.with_suffix(".parquet"), path.with_suffix(".pkl")):
+        partition = context.partition_key if context.has_partition_key else None
+        parquet, pkl = (self._path(context.asset_key, partition, s) for s in (".parquet", ".pkl"))
+        parquet.parent.mkdir(parents=True, exist_ok=True)
+        for stale in (parquet, pkl):
             stale.unlink(missing_ok=True)
         try:
-            obj.to_parquet(path.with_suffix(".parquet"), index=False)
+            obj.to_parquet(parquet, index=False)
         except (pa.ArrowException, ValueError, TypeError):
-            path.with_suffix(".parquet").unlink(missing_ok=True)
-            with open(path.with_suffix(".pkl"), "wb") as handle:
+            parquet.unlink(missing_ok=True)
+            with open(pkl, "wb") as handle:
                 pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         partition = context.asset_partition_key if context.has_asset_partitions else None
-        path = self._path(context.asset_key, partition)
-        if path.with_suffix(".parquet").exists():
-            return pd.read_parquet(path.with_suffix(".parquet"))
-        if path.with_suffix(".pkl").exists():
-            with open(path.with_suffix(".pkl"), "rb") as handle:
+        parquet, pkl = (self._path(context.asset_key, partition, s) for s in (".parquet", ".pkl"))
+        if parquet.exists():
+            return pd.read_parquet(parquet)
+        if pkl.exists():
+            with open(pkl, "rb") as handle:
                 return pickle.load(handle)
         stage = "/".join(context.asset_key.path)
         raise dg.Failure(f"no stored output of {stage} for batch {partition}: "
