@@ -406,6 +406,26 @@ def schedules() -> None:
 
 
 @app.command()
+def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080,
+          host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+          dagster_port: Annotated[int, typer.Option(help="Port of the running Dagster UI (`claro dev`).")] = 3000
+          ) -> None:
+    """Start the web app: Slack slash commands (POST /slack/commands), launching runs through Dagster's API."""
+    import uvicorn
+
+    from claro_dagster.catalogue.store import CatalogueStore
+    from claro_dagster.resources.dagster_api import DagsterLauncher
+    from claro_dagster.web.app import create_app
+
+    def store_factory(spec):
+        return CatalogueStore(spec, home=home_dir())
+
+    launcher = DagsterLauncher(ctx.spec, store_factory, port=dagster_port)
+    uvicorn.run(create_app(ctx.spec, store_factory, launcher, webserver_url=f"http://127.0.0.1:{dagster_port}"),
+                host=host, port=port)
+
+
+@app.command()
 def rerun(batch: str, stage: Annotated[str, typer.Argument(help="batch_raw, batch_mapped, batch_validated, "
                                                                  "batch_normalized or records")]) -> None:
     """Re-run one stage for one batch (in this process, recorded in the local Dagster instance)."""
