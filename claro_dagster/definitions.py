@@ -22,8 +22,10 @@ from claro_dagster.assets.onboarding import STAGES, batches_partitions, build_on
 from claro_dagster.catalogue.schema import default_home
 from claro_dagster.resources.catalogue import BatchFrameIOManager, CatalogueResource
 from claro_dagster.resources.s3 import S3Connection
+from claro_dagster.resources.slack import SlackNotifier
 from claro_dagster.schedules import build_schedules
 from claro_dagster.sensors.inbound import build_inbox_sensor, build_s3_sensor
+from claro_dagster.sensors.notifications import build_notification_sensors
 from claro_dagster.spec import default_spec_path, load_spec
 from claro_dagster.spec.models import ProjectSpec
 
@@ -77,6 +79,11 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     for catalogue in spec.catalogues:
         if catalogue not in onboarding_pipelines(spec):
             assets += [build_analyse(catalogue, []), build_export(catalogue, [])]
+    webserver_url = os.environ.get("CLARO_WEBSERVER_URL", "http://127.0.0.1:3000")
+    if spec.notifications.slack_token_env:
+        resources["slack"] = SlackNotifier(token=dg.EnvVar(spec.notifications.slack_token_env),
+                                           webserver_url=webserver_url)
+    sensors += build_notification_sensors(spec, webserver_url)
     automation = dg.AutomationConditionSensorDefinition(
         "claro_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=15)

@@ -198,6 +198,28 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
             elif spec.destinations[dest].catalogue != pipe.catalogue:
                 out.append((loc + ("destinations", i), f"destination {dest!r} exports catalogue "
                             f"{spec.destinations[dest].catalogue!r}, not {pipe.catalogue!r}"))
+        if pipe.after is not None:
+            if pipe.after.catalogue not in spec.catalogues:
+                out.append((loc + ("after", "catalogue"), unknown(pipe.after.catalogue, catalogues, "a catalogue")))
+            if pipe.sources:
+                out.append((loc + ("after",), "a pipeline started by 'after' runs catalogue operations, not "
+                            "batches: remove its 'sources' or its 'after'"))
+        elif pipe.operations:
+            out.append((loc + ("operations",), "'operations' run when the pipeline is triggered: add 'after' "
+                        "(the catalogue and operation whose completion starts it)"))
+        for j, rule in enumerate(pipe.routing):
+            for k, src in enumerate(rule.sources):
+                if src not in pipe.sources:
+                    out.append((loc + ("routing", j, "sources", k), unknown(src, pipe.sources, "a source of "
+                                "this pipeline", "sources")))
+            cat = spec.catalogues.get(pipe.catalogue)
+            for k, attr in enumerate(rule.attributes):
+                if cat is not None and attr not in cat.attributes:
+                    out.append((loc + ("routing", j, "attributes", k), unknown(attr, cat.attributes,
+                                                                             "an attribute", "attributes")))
+            if rule.notify is not None and not rule.notify.startswith("#"):
+                out.append((loc + ("routing", j, "notify"), f"{rule.notify!r} is not a Slack channel: write it "
+                            "as '#channel-name'"))
 
     for sname, sched in spec.schedules.items():
         loc = ("schedules", sname)

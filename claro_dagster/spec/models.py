@@ -129,6 +129,29 @@ class SourceSpec(SpecModel):
     overwrite_confidence: float = Field(100, ge=0, le=100)
 
 
+class RoutingRule(SpecModel):
+    """Branch on outcome: who decides held-back changes, and where alerts go. Every condition given must hold."""
+
+    confidence_below: float | None = Field(None, ge=0, le=100, description="changes scored under this")
+    attributes: list[str] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
+    events: list[str] = Field(default_factory=list, description="alerts this rule routes, e.g. batch.halted")
+    reviewers: list[str] = Field(default_factory=list, description="people or reviewer groups who decide")
+    notify: str | None = Field(None, description="a Slack channel that gets matching alerts")
+
+    def matches_change(self, confidence: float, attribute: str, source: str | None) -> bool:
+        return ((self.confidence_below is None or confidence < self.confidence_below)
+                and (not self.attributes or attribute in self.attributes)
+                and (not self.sources or source in self.sources))
+
+
+class PipelineTrigger(SpecModel):
+    """Start this pipeline when another catalogue's operation completes (e.g. suppliers/records)."""
+
+    catalogue: str
+    operation: str = "records"
+
+
 class PipelineSpec(SpecModel):
     catalogue: str
     sources: list[str] = Field(default_factory=list)
@@ -140,6 +163,14 @@ class PipelineSpec(SpecModel):
     error_budget: float = Field(0.05, ge=0, le=1, description="share of rows that may fail validation")
     destinations: list[str] = Field(default_factory=list)
     description: str | None = None
+    # A batch whose publishing queued changes for review goes no further (destinations) until they are decided.
+    review_checkpoint: bool = False
+    routing: list[RoutingRule] = Field(default_factory=list)
+    # A triggered pipeline: when `after` completes, run `operations` on this catalogue's records matching `filter`,
+    # then its destinations.
+    after: PipelineTrigger | None = None
+    operations: list[Literal["validate", "analyse", "export"]] = Field(default_factory=list)
+    filter: str | None = None
 
 
 class ScheduleSpec(SpecModel):

@@ -100,7 +100,8 @@ def test_graph_snapshot():
     assert checks == {(("products", "batch_validated"), "within_error_budget"),
                       (("suppliers", "batch_validated"), "within_error_budget")}
     sensors = sorted(s.name for s in defs.sensors)
-    assert sensors == ["acme_csv_inbox", "claro_automation", "globex_xlsx_inbox", "suppliers_csv_inbox"]
+    assert sensors == ["acme_csv_inbox", "claro_automation", "claro_run_completed", "claro_run_failed",
+                       "claro_run_started", "globex_xlsx_inbox", "suppliers_csv_inbox"]
 
 
 def test_good_batch_passes_the_gate_and_publishes_once(project):

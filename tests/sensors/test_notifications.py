@@ -14,6 +14,7 @@ import json
 import shutil
 import socket
 import threading
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,27 @@ def test_a_good_batch_writes_started_and_completed_once_and_tells_routes_that_op
     project.evaluate(SENSOR_COMPLETED, result, slack)
     assert [e["type"] for e in project.run_events(run_id)] == ["run.started", "run.completed"]
     assert len(fake_slack.posts) == 1
+
+
+def test_a_scheduled_export_says_which_schedule_and_record_filter_it_ran(project, fake_slack):
+    assert project.run("acme_csv", "weekly.csv", good_rows()).success
+    schedule = project.defs.resolve_schedule_def("hourly_active_export")
+    with dg.build_schedule_context(instance=project.instance,
+                                   scheduled_execution_time=datetime(2026, 11, 28, 10, tzinfo=UTC)) as context:
+        [request] = schedule.evaluate_tick(context).run_requests
+    result = dg.materialize(list(project.defs.assets), selection=[dg.AssetKey(["products", "export"])],
+                            instance=project.instance, resources=project.defs.resources,
+                            run_config=request.run_config, tags=request.tags)
+    assert result.success
+    project.evaluate(SENSOR_COMPLETED, result, notifier(fake_slack.base_url))
+
+    [event] = project.run_events(result.run_id)
+    payload = event["payload"]
+    assert payload["schedule"] == "hourly_active_export" and payload["filter"] == 'status == "active"'
+    assert payload["catalogue"] == "products" and payload["assets"] == ["products/export"]
+    assert payload["pipeline"] is None and payload["batch"] is None and payload["partition"] is None
+    assert fake_slack.heard() == [("#completions", ":white_check_mark: Run completed: products/export")]
+    assert "*Operation*\\nexport" in blocks_text(fake_slack.posts[0])
 
 
 def test_changes_queued_for_review_are_announced_with_their_records(project, fake_slack):
