@@ -649,7 +649,8 @@ class CatalogueStore:
             result.queued += 1
         else:
             result.suggested += 1
-        reviewers = attr.reviewers or []
+        routed = self.spec.reviewers_for(cs.catalogue, ch.field, ch.confidence, cs.source)  # branch on outcome
+        reviewers = routed if routed is not None else attr.reviewers or []
         pid = conn.execute(self.t["proposals"].insert().values(
             change_set=cs.id, catalogue=cs.catalogue, record=ch.record, field=ch.field, old=dumps(old),
             new=dumps(new), confidence=ch.confidence, reason=ch.reason, citation=ch.citation,

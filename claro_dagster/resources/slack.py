@@ -110,6 +110,7 @@ class Alert:
     catalogue: str | None = None
     operation: str | None = None
     pipeline: str | None = None
+    source: str | None = None
     stage: str | None = None
     run_id: str | None = None
     batch: str | None = None
@@ -168,7 +169,8 @@ def _matches(allowed: Iterable[str], value: str | None, *, patterns: bool = Fals
 
 
 def routes_for(notifications: NotificationsSpec, *, event: str, catalogue: str | None = None,
-               operation: str | None = None, pipeline: str | None = None) -> list[SlackRoute]:
+               operation: str | None = None, pipeline: str | None = None,
+               source: str | None = None) -> list[SlackRoute]:
     """The routes that want this event: each non-empty list of a route must contain the value."""
     return [
         route for route in notifications.slack
@@ -176,6 +178,7 @@ def routes_for(notifications: NotificationsSpec, *, event: str, catalogue: str |
         and _matches(route.catalogues, catalogue)
         and _matches(route.operations, operation)
         and _matches(route.pipelines, pipeline)
+        and _matches(route.sources, source)
     ]
 
 
@@ -359,7 +362,7 @@ class SlackNotifier(dg.ConfigurableResource):
         report = NotifyReport(event=alert.event)
         try:
             routes = routes_for(spec, event=alert.event, catalogue=alert.catalogue, operation=alert.operation,
-                                pipeline=alert.pipeline)
+                                pipeline=alert.pipeline, source=alert.source)
             plans = [(route, build_messages(route, alert, webserver_url=self.webserver_url))
                      for route in routes]
             client = self.client()

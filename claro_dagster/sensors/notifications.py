@@ -303,11 +303,17 @@ def _review_alerts(store: CatalogueStore, facts: RunFacts, mats: Sequence[Materi
         noun = "change" if count == 1 else "changes"
         alerts.append(Alert(
             event="review.queued", title=f"{count} {noun} wait for review in {catalogue}", catalogue=catalogue,
-            operation="publish", pipeline=facts.pipeline, stage=stage, run_id=facts.run_id, batch=facts.batch,
+            operation="publish", pipeline=facts.pipeline, source=facts.source, stage=stage, run_id=facts.run_id,
+            batch=facts.batch,
             counts={"queued by this run": count, "open in the review queue": pending},
             records=[f"{i.record} · {i.field}: {_short(i.old)} → {_short(i.new)} ({i.confidence:g}%)"
                      for i in items]))
     return alerts
+
+
+def alert_routes(spec: ProjectSpec) -> NotificationsSpec:
+    """The notifications with the routes pipeline routing rules add (see `ProjectSpec.alert_routes`)."""
+    return spec.notifications.model_copy(update={"slack": spec.alert_routes()})
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -328,7 +334,8 @@ def _halted_alert(facts: RunFacts, batch: Batch, mats: Sequence[Materialized]) -
     if command not in message:
         message += f"\nRejected rows, with line numbers and reasons: {command}"
     return Alert(event="batch.halted", title=f"Batch halted: {batch.filename} ({batch.source})",
-                 catalogue=batch.catalogue, operation="validate", pipeline=facts.pipeline, stage="batch_validated",
+                 catalogue=batch.catalogue, operation="validate", pipeline=facts.pipeline,
+                 source=facts.source, stage="batch_validated",
                  run_id=facts.run_id, batch=batch.key, error=message, counts=counts)
 
 
@@ -366,12 +373,12 @@ def handle_completed(context: dg.RunStatusSensorContext, claro: CatalogueResourc
     announce, outbox_error = _record(store, RUN_COMPLETED, facts, payload, context.log)
     if not announce:
         return
-    _notify(slack, opted_in(spec.notifications), Alert(
+    _notify(slack, opted_in(alert_routes(spec)), Alert(
         event=RUN_COMPLETED, title=f"Run completed: {_where(facts)}", catalogue=facts.catalogue,
-        operation=facts.operation, pipeline=facts.pipeline, run_id=facts.run_id, batch=facts.batch,
+        operation=facts.operation, pipeline=facts.pipeline, source=facts.source, run_id=facts.run_id, batch=facts.batch,
         counts=counts), context.log)
     for alert in _review_alerts(store, facts, mats):
-        _notify(slack, spec.notifications, alert, context.log)
+        _notify(slack, alert_routes(spec), alert, context.log)
     if outbox_error is not None:
         raise outbox_error
 
@@ -405,22 +412,22 @@ def handle_failed(context: dg.RunFailureSensorContext, claro: CatalogueResource,
 
     mats = materializations(instance, facts.run_id) if slack is not None else []
     if halted:
-        _notify(slack, spec.notifications, _halted_alert(facts, batch, mats), context.log)
+        _notify(slack, alert_routes(spec), _halted_alert(facts, batch, mats), context.log)
     if others or not failures:
         failed = others[0] if others else None
         stage_key = failed.asset if failed else None
         catalogue = stage_key.split("/", 1)[0] if stage_key else facts.catalogue
         stage = stage_key.rsplit("/", 1)[-1] if stage_key else None
-        _notify(slack, spec.notifications, Alert(
+        _notify(slack, alert_routes(spec), Alert(
             event=RUN_FAILED, title=f"Run failed: {stage_key or _where(facts)}"
             + (f", batch {facts.batch}" if stage_key and facts.batch else ""),
             catalogue=catalogue, operation=_operation(stage) if stage else facts.operation,
-            pipeline=facts.pipeline, stage=stage, run_id=facts.run_id, batch=facts.batch,
+            pipeline=facts.pipeline, source=facts.source, stage=stage, run_id=facts.run_id, batch=facts.batch,
             error=failed.error if failed else error,
             counts={"failed steps": len(others)} if len(others) > 1 else {}), context.log)
     # Stages before the failure may have published: their queued changes still wait for a person.
     for alert in _review_alerts(store, facts, mats):
-        _notify(slack, spec.notifications, alert, context.log)
+        _notify(slack, alert_routes(spec), alert, context.log)
     if outbox_error is not None:
         raise outbox_error
 

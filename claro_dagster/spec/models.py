@@ -203,6 +203,7 @@ class SlackRoute(SpecModel):
     operations: list[str] = Field(default_factory=list)
     pipelines: list[str] = Field(default_factory=list)
     events: list[str] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
     verbosity: Literal["summary", "per_record"] = "summary"
 
 
@@ -234,6 +235,24 @@ class ProjectSpec(SpecModel):
     schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
     destinations: dict[str, DestinationSpec] = Field(default_factory=dict)
     notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
+
+    def alert_routes(self) -> list[SlackRoute]:
+        """The Slack routes of `notifications`, plus one per pipeline routing rule that names a channel
+        (e.g. validation failures from one supplier go to that supplier's channel)."""
+        derived = [SlackRoute(channel=rule.notify, catalogues=[pipe.catalogue], pipelines=[name],
+                              sources=rule.sources, events=rule.events or ["batch.halted", "run.failed"])
+                   for name, pipe in self.pipelines.items() for rule in pipe.routing if rule.notify]
+        return [*self.notifications.slack, *derived]
+
+    def reviewers_for(self, catalogue: str, attribute: str, confidence: float, source: str | None) -> list[str] | None:
+        """Reviewers the first matching routing rule assigns to a held-back change (None: no rule matched)."""
+        for pipe in self.pipelines.values():
+            if pipe.catalogue != catalogue or (source and pipe.sources and source not in pipe.sources):
+                continue
+            for rule in pipe.routing:
+                if rule.reviewers and rule.matches_change(confidence, attribute, source):
+                    return list(rule.reviewers)
+        return None
 
     # Set by the loader, never read from YAML: where the spec came from, so relative paths
     # (inbox folders, the project home) resolve against the spec's folder, not the cwd.

@@ -268,3 +268,19 @@ def test_overwrites_from_a_less_trusted_source_wait_for_review_while_gaps_fill(s
     assert store.record("products", "C3")["price"] == 2.0  # C3 had no price: filled
     [item] = ReviewQueue(store).list()
     assert (item.record, item.field, item.old, item.new, item.confidence) == ("A1", "title", "Mug", "Mug v2", 70)
+
+
+def test_routing_rules_assign_reviewers_by_confidence_and_source(store_url):
+    from claro_dagster.spec.models import PipelineSpec, RoutingRule, SourceSpec
+
+    spec = make_spec(title=AttributeSpec(type="text", reviewers=["merch"]))
+    spec.sources["feed"] = SourceSpec(catalogue="products")
+    spec.pipelines["onboarding"] = PipelineSpec(catalogue="products", sources=["feed"], routing=[
+        RoutingRule(confidence_below=80, reviewers=["senior"])])
+    s = CatalogueStore(spec, store_url)
+    seed(s)
+    s.apply(ChangeSet("e1", "products", "enrich", [Change("A1", "title", "low", 70), Change("B2", "title", "ok", 85)],
+                      source="feed"))
+    routed = {i.record: i.reviewers for i in ReviewQueue(s).list()}
+    assert routed == {"A1": ("senior",), "B2": ("merch",)}  # below 80 goes to the senior group
+    s.dispose()
