@@ -336,7 +336,7 @@ def run(export_format: Annotated[str, typer.Option("--export-format", help="Form
                              progress=lambda m: console.print(m, highlight=False))
     console.print("\n[bold]batches[/bold]")
     for b in summary.batches:
-        colour = {"published": "green", "halted": "yellow"}.get(b.status, "red")
+        colour = {"published": "green", "halted": "yellow", "awaiting_review": "yellow"}.get(b.status, "red")
         console.print(f"  [{colour}]{b.status:<11}[/{colour}] {b.filename}: {b.message or ''}", highlight=False)
         console.print(f"              batch {b.key}", style="dim", highlight=False)
     for catalogue, report in summary.reports.items():
@@ -344,6 +344,8 @@ def run(export_format: Annotated[str, typer.Option("--export-format", help="Form
                       f"{len(report.critical)} critical issue(s); export: {summary.exports[catalogue]}")
     for dest, outcome in summary.destinations.items():
         console.print(f"destination {dest}: {outcome}")
+    for name, outcome in summary.chained.items():
+        console.print(f"chained pipeline {name}: {outcome}")
     console.print(f"review queue: {summary.review_queue} open item(s) (`claro review list`); rejected rows: "
                   "`claro rejected BATCH`; the runs are in the Dagster UI: `claro dev`")
 
@@ -427,15 +429,16 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
 
 @app.command()
 def rerun(batch: str, stage: Annotated[str, typer.Argument(help="batch_raw, batch_mapped, batch_validated, "
-                                                                 "batch_normalized or records")]) -> None:
+                                                                 "batch_normalized, records or review_checkpoint")]
+          ) -> None:
     """Re-run one stage for one batch (in this process, recorded in the local Dagster instance)."""
-    from claro_dagster.assets.onboarding import STAGES
+    from claro_dagster.assets.onboarding import CHECKPOINT, STAGES
     from claro_dagster.catalogue.batches import BatchRegistry
     from claro_dagster.definitions import build_definitions
     from claro_dagster.local import instance_for, run_batch
 
-    if stage not in STAGES:
-        raise StoreError(f"unknown stage {stage!r}; stages are: {', '.join(STAGES)}")
+    if stage not in (*STAGES, CHECKPOINT):
+        raise StoreError(f"unknown stage {stage!r}; stages are: {', '.join((*STAGES, CHECKPOINT))}")
     defs = build_definitions(ctx.spec_path, home_dir())
     registry = BatchRegistry(defs.resources["claro"].store)
     info = registry.get(batch)

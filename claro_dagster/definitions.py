@@ -15,15 +15,17 @@ from claro_dagster.assets.catalogue_ops import (
     build_analyse,
     build_destination,
     build_export,
+    build_validate,
     destination_resource,
     destination_resource_key,
 )
-from claro_dagster.assets.onboarding import STAGES, batches_partitions, build_onboarding
+from claro_dagster.assets.onboarding import batches_partitions, build_onboarding, stages_of
 from claro_dagster.catalogue.schema import default_home
 from claro_dagster.resources.catalogue import BatchFrameIOManager, CatalogueResource
 from claro_dagster.resources.s3 import S3Connection
 from claro_dagster.resources.slack import SlackNotifier
 from claro_dagster.schedules import build_schedules
+from claro_dagster.sensors.chaining import build_completion_sensor, build_review_checkpoint_sensor
 from claro_dagster.sensors.inbound import build_inbox_sensor, build_s3_sensor
 from claro_dagster.sensors.notifications import build_notification_sensors
 from claro_dagster.spec import default_spec_path, load_spec
@@ -31,14 +33,22 @@ from claro_dagster.spec.models import ProjectSpec
 
 
 def onboarding_pipelines(spec: ProjectSpec) -> dict[str, str]:
-    """catalogue -> the pipeline that onboards it (one per catalogue: its stage assets are `<catalogue>/<stage>`)."""
+    """catalogue -> the pipeline that onboards batches into it (one per catalogue: its stage assets are
+    `<catalogue>/<stage>`). Pipelines started by `after` run catalogue operations instead."""
     owners: dict[str, str] = {}
     for name, pipeline in spec.pipelines.items():
+        if pipeline.after is not None:
+            continue
         if pipeline.catalogue in owners:
             raise ValueError(f"pipelines {owners[pipeline.catalogue]!r} and {name!r} both onboard catalogue "
                              f"{pipeline.catalogue!r}; give each catalogue one onboarding pipeline")
         owners[pipeline.catalogue] = name
     return owners
+
+
+def op_config(keys: list[dg.AssetKey], filter: str | None) -> dict:
+    """Run config giving each catalogue-level operation the record filter (their configs all take `filter`)."""
+    return {"ops": {"__".join(k.path): {"config": {"filter": filter}} for k in keys}} if filter else {}
 
 
 def build_definitions(spec_path: Path | None = None, home: Path | None = None) -> dg.Definitions:
@@ -52,43 +62,68 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
         "claro": claro,
         "batch_frames": BatchFrameIOManager(base_dir=str(home / "stages")),
     }
-    for catalogue, pipeline_name in onboarding_pipelines(spec).items():
+    onboarding = onboarding_pipelines(spec)
+    destinations: dict[str, dg.AssetKey] = {}
+
+    def destination(dest_name: str, after: list[dg.AssetKey]) -> dg.AssetKey | None:
+        if dest_name not in destinations:
+            dest = spec.destinations[dest_name]
+            asset = build_destination(dest_name, dest, after)
+            if asset is None:
+                return None
+            assets.append(asset)
+            resources[destination_resource_key(dest_name)] = destination_resource(dest)
+            destinations[dest_name] = asset.key
+        return destinations[dest_name]
+
+    for catalogue in spec.catalogues:
+        records = [dg.AssetKey([catalogue, "records"])] if catalogue in onboarding else []
+        assets += [build_analyse(catalogue, records), build_export(catalogue, records),
+                   build_validate(catalogue, records)]
+    for catalogue, pipeline_name in onboarding.items():
         pipeline = spec.pipelines[pipeline_name]
         partitions = batches_partitions(catalogue)
-        stages = build_onboarding(pipeline_name, pipeline, partitions)
-        assets += stages
-        target = [dg.AssetKey([catalogue, s]) for s in STAGES]
-        published = [dg.AssetKey([catalogue, "records"])]
+        assets += build_onboarding(pipeline_name, pipeline, partitions)
+        stages = [dg.AssetKey([catalogue, s]) for s in stages_of(pipeline)]
+        published = stages[-1]  # records, or the review checkpoint after it
         for source_name in pipeline.sources:
             source = spec.sources[source_name]
             if source.kind == "inbox":
                 sensors.append(build_inbox_sensor(
-                    f"{source_name}_inbox", source_name, claro.inbox_dir(source_name), target=target,
+                    f"{source_name}_inbox", source_name, claro.inbox_dir(source_name), target=stages,
                     partitions_def=partitions, min_age_seconds=1.0))
             elif source.kind == "s3":
                 sensors.append(build_s3_sensor(f"{source_name}_s3", source_name, source.bucket, source.prefix,
-                                               target=target, partitions_def=partitions))
+                                               target=stages, partitions_def=partitions))
                 resources.setdefault("s3", S3Connection.from_env(source.endpoint_url_env))
-        assets += [build_analyse(catalogue, published), build_export(catalogue, published)]
-        for dest_name in pipeline.destinations:
-            dest = spec.destinations[dest_name]
-            asset = build_destination(dest_name, dest, published)
-            if asset is not None:
-                assets.append(asset)
-                resources[destination_resource_key(dest_name)] = destination_resource(dest)
-    for catalogue in spec.catalogues:
-        if catalogue not in onboarding_pipelines(spec):
-            assets += [build_analyse(catalogue, []), build_export(catalogue, [])]
+        if pipeline.review_checkpoint:
+            sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published))
+        targets = [k for k in (destination(d, [published]) for d in pipeline.destinations) if k is not None]
+        if targets:
+            sensors.append(build_completion_sensor(
+                f"{pipeline_name}_destinations", published, targets, run_config={},
+                tags={"claro/pipeline": pipeline_name, "claro/catalogue": catalogue},
+                description=f"Syncs {', '.join(pipeline.destinations)} after each batch {catalogue} publishes"))
+    for pipeline_name, pipeline in spec.pipelines.items():
+        if pipeline.after is None:
+            continue
+        watched = dg.AssetKey([pipeline.after.catalogue, pipeline.after.operation])
+        operations = [dg.AssetKey([pipeline.catalogue, op]) for op in pipeline.operations]
+        targets = operations + [k for k in (destination(d, []) for d in pipeline.destinations) if k is not None]
+        sensors.append(build_completion_sensor(
+            pipeline_name, watched, targets, run_config=op_config(targets, pipeline.filter),
+            tags={"claro/pipeline": pipeline_name, "claro/catalogue": pipeline.catalogue,
+                  **({"claro/filter": pipeline.filter} if pipeline.filter else {})},
+            description=f"Runs {', '.join(k.to_user_string() for k in targets)} whenever "
+                        f"{watched.to_user_string()} completes" + (f", for records where {pipeline.filter}"
+                                                                   if pipeline.filter else "")))
     webserver_url = os.environ.get("CLARO_WEBSERVER_URL", "http://127.0.0.1:3000")
     if spec.notifications.slack_token_env:
         resources["slack"] = SlackNotifier(token=dg.EnvVar(spec.notifications.slack_token_env),
                                            webserver_url=webserver_url)
     sensors += build_notification_sensors(spec, webserver_url)
-    automation = dg.AutomationConditionSensorDefinition(
-        "claro_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=15)
     schedules = build_schedules(spec, {key: a for a in assets for key in a.keys})
-    return dg.Definitions(assets=assets, sensors=[*sensors, automation], schedules=schedules, resources=resources,
+    return dg.Definitions(assets=assets, sensors=sensors, schedules=schedules, resources=resources,
                           executor=dg.in_process_executor)
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import dagster as dg
 
 from claro_dagster.assets.catalogue_ops import missing_env, run_analyse, run_export
-from claro_dagster.assets.onboarding import STAGES
+from claro_dagster.assets.onboarding import stages_of
 from claro_dagster.catalogue.batches import Batch, BatchRegistry, batch_key, content_version
-from claro_dagster.definitions import build_definitions, onboarding_pipelines
+from claro_dagster.definitions import build_definitions, onboarding_pipelines, op_config
 from claro_dagster.resources.catalogue import CatalogueResource
 from claro_dagster.resources.inbox import Inbox
 from claro_dagster.spec import DEMO_DIR
@@ -89,8 +89,11 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def run_batch(defs: dg.Definitions, instance: dg.DagsterInstance, batch: Batch,
-              stages: tuple[str, ...] = STAGES, *, quiet: bool = False) -> dg.ExecuteInProcessResult:
+              stages: tuple[str, ...] | None = None, *, quiet: bool = False) -> dg.ExecuteInProcessResult:
     """Materialize a batch's stages in this process (the same assets the sensors launch)."""
+    claro: CatalogueResource = defs.resources["claro"]
+    if stages is None:
+        stages = stages_of(claro.spec.pipelines[onboarding_pipelines(claro.spec)[batch.catalogue]])
     instance.add_dynamic_partitions(f"{batch.catalogue}_batches", [batch.key])
     return dg.materialize(list(defs.assets), selection=[dg.AssetKey([batch.catalogue, s]) for s in stages],
                           partition_key=batch.key, instance=instance, resources=defs.resources,
@@ -104,6 +107,7 @@ class RunSummary:
     reports: dict[str, object] = field(default_factory=dict)
     exports: dict[str, Path] = field(default_factory=dict)
     destinations: dict[str, str] = field(default_factory=dict)
+    chained: dict[str, str] = field(default_factory=dict)
     review_queue: int = 0
 
 
@@ -145,6 +149,13 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
             result = dg.materialize(assets, selection=[dg.AssetKey([catalogue, dest_name])], instance=instance,
                                     resources=defs.resources, raise_on_error=False, run_config=QUIET)
             summary.destinations[dest_name] = "synced" if result.success else "failed: see the run in `claro dev`"
+    for name, pipeline in claro.spec.pipelines.items():  # chained pipelines (the daemon's sensors start them)
+        if pipeline.after is None or not pipeline.operations:
+            continue
+        keys = [dg.AssetKey([pipeline.catalogue, op]) for op in pipeline.operations]
+        result = dg.materialize(assets, selection=keys, instance=instance, resources=defs.resources,
+                                raise_on_error=False, run_config={**QUIET, **op_config(keys, pipeline.filter)})
+        summary.chained[name] = "done" if result.success else "failed: see the run in `claro dev`"
     from claro_dagster.catalogue.review import ReviewQueue
 
     summary.review_queue = len(ReviewQueue(claro.store).list())

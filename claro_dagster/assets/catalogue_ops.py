@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.operations.analyse import analyse_catalogue
 from claro_dagster.operations.export import EXPORT_FORMATS, export_records
+from claro_dagster.operations.validate import validate_batch
 from claro_dagster.resources.catalogue import CatalogueResource
 from claro_dagster.resources.postgres import PostgresDestination
 from claro_dagster.resources.s3 import S3Connection
@@ -16,6 +18,45 @@ from claro_dagster.spec.models import DestinationSpec
 
 class AnalyseConfig(dg.Config):
     filter: str | None = None
+
+
+class ValidateConfig(dg.Config):
+    filter: str | None = None
+
+
+def known_references(store: CatalogueStore, catalogue: str) -> dict[str, set[str]]:
+    """For each reference attribute, the keys its target catalogue holds now."""
+    spec = store.spec
+    return {name: set(store.records(attr.target, columns=[spec.catalogues[attr.target].key])
+                      [spec.catalogues[attr.target].key])
+            for name, attr in store.catalogue(catalogue).attributes.items()
+            if attr.type == "reference" and attr.target}
+
+
+def build_validate(catalogue: str, after: list[dg.AssetKey]) -> dg.AssetsDefinition:
+    key = dg.AssetKey([catalogue, "validate"])
+
+    @dg.asset(key=key, group_name=catalogue, deps=after, kinds={"python"},
+              check_specs=[dg.AssetCheckSpec("records_valid", asset=key,
+                                             description="Every stored record passes the spec's rules.")],
+              description="Re-validate stored records against the spec (e.g. after the catalogues they reference "
+                          "changed).")
+    def validate(context: dg.AssetExecutionContext, config: ValidateConfig, claro: CatalogueResource):
+        store = claro.store
+        frame = store.records(catalogue, filter=config.filter)
+        # Stored values are typed; the rules read values as suppliers send them, i.e. as text.
+        as_text = frame.astype(object).where(frame.notna(), None).map(lambda v: None if v is None else str(v))
+        result = validate_batch(as_text, store.catalogue(catalogue),
+                                known_references=known_references(store, catalogue))
+        failing = len(result.rejected)
+        yield dg.MaterializeResult(metadata={
+            "records_checked": len(frame), "records_failing": failing, "filter": config.filter or "",
+            "errors": dg.MetadataValue.md(result.errors.head(20).to_markdown(index=False)) if failing else "none"})
+        yield dg.AssetCheckResult(check_name="records_valid", passed=failing == 0, severity=dg.AssetCheckSeverity.WARN,
+                                  description=f"{failing} of {len(frame)} record(s) fail the spec's rules",
+                                  metadata={"records_failing": failing})
+
+    return validate
 
 
 class DestinationConfig(dg.Config):
@@ -108,7 +149,6 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
 
     @dg.asset(key=[catalogue, name], group_name=catalogue, deps=after, kinds={dest.kind},
               required_resource_keys={resource_key, "claro"}, op_tags={"claro/destination": name},
-              automation_condition=dg.AutomationCondition.eager(),
               description=f"Outbound {dest.kind}: {'snapshot' if dest.kind == 's3' else 'incremental upsert'} "
                           f"of {catalogue}" + (f" where {dest.filter}" if dest.filter else ""))
     def destination(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:

@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from claro_dagster.assets.catalogue_ops import known_references
 from claro_dagster.catalogue.batches import Batch, BatchRegistry
 from claro_dagster.catalogue.mappings import MappingBook
 from claro_dagster.operations.mapping import apply_mapping, match_records
@@ -29,8 +30,14 @@ from claro_dagster.sensors.inbound import TAG_SOURCE, TAG_URI, TAG_VERSION
 from claro_dagster.spec.models import PipelineSpec
 
 STAGES = ("batch_raw", "batch_mapped", "batch_validated", "batch_normalized", "records")
+CHECKPOINT = "review_checkpoint"
 GATE = "within_error_budget"
 PREVIEW_ROWS = 10
+
+
+def stages_of(pipeline: PipelineSpec) -> tuple[str, ...]:
+    """The batch stages of a pipeline: the five, plus the review checkpoint when it has one."""
+    return (*STAGES, CHECKPOINT) if pipeline.review_checkpoint else STAGES
 
 
 def batches_partitions(catalogue: str) -> dg.DynamicPartitionsDefinition:
@@ -195,10 +202,7 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
         registry = BatchRegistry(claro.store)
         with settling(claro, batch, "batch_validated"):
             cat = claro.store.catalogue(catalogue)
-            references = {n: set(claro.store.records(a.target, columns=[claro.spec.catalogues[a.target].key])
-                                 [claro.spec.catalogues[a.target].key])
-                          for n, a in cat.attributes.items() if a.type == "reference" and a.target}
-            result = validate_batch(mapped, cat, known_references=references)
+            result = validate_batch(mapped, cat, known_references=known_references(claro.store, catalogue))
             rejected = registry.save_rejected(batch.key, result.rejected)
         passed = result.error_rate <= pipeline.error_budget
         verdict = (f"{rejected} of {result.rows_in} rows failed validation ({result.error_rate:.1%}); "
@@ -280,4 +284,31 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
             "catalogue_records": claro.store.count(catalogue),
         })
 
-    return [batch_raw, batch_mapped, batch_validated, batch_normalized, records]
+    stages = [batch_raw, batch_mapped, batch_validated, batch_normalized, records]
+    if not pipeline.review_checkpoint:
+        return stages
+
+    @dg.asset(key=key(CHECKPOINT), deps=[key("records")], partitions_def=partitions, group_name=group,
+              tags={"claro/pipeline": pipeline_name}, kinds={"python"}, output_required=False,
+              description="Holds the batch until the changes its publishing queued for review are decided; "
+                          "the review-checkpoint sensor resumes it once they are.")
+    def review_checkpoint(context: dg.AssetExecutionContext, claro: CatalogueResource):
+        from claro_dagster.catalogue.review import ReviewQueue
+        from claro_dagster.sensors.chaining import AWAITING_REVIEW, open_items_of_batch
+
+        batch = resolve_batch(context, claro, catalogue)
+        registry = BatchRegistry(claro.store)
+        if batch.status not in ("published", AWAITING_REVIEW):
+            raise dg.Failure(description=f"batch {batch.key} is {batch.status}: it has not been published")
+        pending = open_items_of_batch(ReviewQueue(claro.store), catalogue, batch.key)
+        if pending:
+            registry.set_status(batch.key, AWAITING_REVIEW, stage=CHECKPOINT,
+                                message=f"{len(pending)} change(s) wait for review (`claro review list`); the batch "
+                                        "goes on to its destinations once they are decided")
+            context.log.info(f"batch {batch.key} waits for {len(pending)} review decision(s)")
+            return  # no output: the stages after the checkpoint do not run for this batch yet
+        released = "review decided; batch released" if batch.status == AWAITING_REVIEW else batch.message
+        registry.set_status(batch.key, "published", stage=CHECKPOINT, message=released)
+        yield dg.MaterializeResult(metadata={"released": True})
+
+    return [*stages, review_checkpoint]

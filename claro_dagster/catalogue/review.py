@@ -26,6 +26,7 @@ DECIDED = ("approved", "edited", "rejected", "discarded")
 @dataclass(frozen=True)
 class ReviewItem:
     id: int
+    change_set: str
     catalogue: str
     record: str
     field: str
@@ -107,8 +108,8 @@ class ReviewQueue:
 
     @staticmethod
     def _item(r) -> ReviewItem:
-        return ReviewItem(r.id, r.catalogue, r.record, r.field, loads(r.old), loads(r.new), r.confidence, r.reason,
-                          r.citation, r.operation, r.source, r.run_id, r.model,
+        return ReviewItem(r.id, r.change_set, r.catalogue, r.record, r.field, loads(r.old), loads(r.new),
+                          r.confidence, r.reason, r.citation, r.operation, r.source, r.run_id, r.model,
                           tuple(x for x in (r.reviewers or "").split(",") if x), r.status,
                           _aware(r.snoozed_until), r.decided_by, _aware(r.at))
 

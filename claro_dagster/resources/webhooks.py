@@ -299,7 +299,7 @@ class WebhookSender(dg.ConfigurableResource):
                 outcome = self._attempt(outbox, name, hook, signer, client, delivery, body, clock, policy)
                 outcomes.append(outcome)
                 if outcome.status == "failed":
-                    pass  # later deliveries wait: the receiver must see this subscription's events in order
+                    break  # later deliveries wait: the receiver must see this subscription's events in order
                 if outcome.status == "dead":
                     continue  # dead-lettered: it no longer holds the queue
                 answered.append((delivery.id, outcome.status_code))

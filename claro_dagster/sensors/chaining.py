@@ -1,0 +1,58 @@
+"""Chained pipelines: completion of one operation starts the next; review checkpoints resume a batch.
+
+Both are sensors that only look and decide. Each run they request has a run key naming what it
+answers (a materialization, or a batch and its checkpoint), so it is launched exactly once.
+"""
+
+import dagster as dg
+
+from claro_dagster.catalogue.batches import BatchRegistry
+from claro_dagster.catalogue.review import ReviewQueue
+from claro_dagster.resources.catalogue import CatalogueResource
+
+AWAITING_REVIEW = "awaiting_review"
+
+
+def build_completion_sensor(name: str, watched: dg.AssetKey, targets: list[dg.AssetKey], *, run_config: dict,
+                            tags: dict[str, str], description: str,
+                            minimum_interval_seconds: int = 10) -> dg.SensorDefinition:
+    """Request a run of `targets` after every materialization of `watched` (any batch of it)."""
+
+    job = dg.define_asset_job(f"{name}_job", selection=targets, description=description)
+
+    @dg.asset_sensor(name=name, asset_key=watched, job=job, default_status=dg.DefaultSensorStatus.RUNNING,
+                     minimum_interval_seconds=minimum_interval_seconds, description=description)
+    def _completion(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+        partition = asset_event.dagster_event.partition if asset_event.dagster_event else None
+        return dg.RunRequest(run_key=f"{name}:{asset_event.storage_id}", run_config=run_config,
+                             tags={**tags, "claro/after": watched.to_user_string(),
+                                   **({"claro/after_batch": partition} if partition else {})})
+
+    return _completion
+
+
+def open_items_of_batch(queue: ReviewQueue, catalogue: str, batch: str) -> list:
+    """Open review items that publishing this batch queued (its change sets are `publish:<batch>:...`)."""
+    prefix = f"publish:{batch}:"
+    return [i for i in queue.list(catalogue=catalogue, status=("queued", "suggested", "skipped", "snoozed"))
+            if i.change_set.startswith(prefix)]
+
+
+def build_review_checkpoint_sensor(pipeline: str, catalogue: str, checkpoint: dg.AssetKey,
+                                   minimum_interval_seconds: int = 10) -> dg.SensorDefinition:
+    """Resume each batch waiting at its review checkpoint once every item it queued is decided."""
+
+    @dg.sensor(name=f"{pipeline}_review_checkpoint", target=[checkpoint],
+               minimum_interval_seconds=minimum_interval_seconds, default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Resumes batches of {pipeline} whose review items are all decided")
+    def _resume(context: dg.SensorEvaluationContext, claro: CatalogueResource):
+        store = claro.store
+        queue = ReviewQueue(store)
+        waiting = BatchRegistry(store).list(catalogue, status=AWAITING_REVIEW)
+        ready = [b for b in waiting if not open_items_of_batch(queue, catalogue, b.key)]
+        if not ready:
+            return dg.SkipReason(f"{len(waiting)} batch(es) of {catalogue} still wait for review decisions")
+        return [dg.RunRequest(run_key=f"{b.key}:review_checkpoint", partition_key=b.key,
+                              tags={"claro/source": b.source, "claro/batch": b.key}) for b in ready]
+
+    return _resume
