@@ -24,7 +24,8 @@ def build_completion_sensor(name: str, watched: dg.AssetKey, targets: list[dg.As
                      minimum_interval_seconds=minimum_interval_seconds, description=description)
     def _completion(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
         partition = asset_event.dagster_event.partition if asset_event.dagster_event else None
-        return dg.RunRequest(run_key=f"{name}:{asset_event.storage_id}", run_config=run_config,
+        # One materialization per (run, partition): that pair names the completion this run answers.
+        return dg.RunRequest(run_key=f"{name}:{asset_event.run_id}:{partition or ''}", run_config=run_config,
                              tags={**tags, "claro/after": watched.to_user_string(),
                                    **({"claro/after_batch": partition} if partition else {})})
 

@@ -91,17 +91,20 @@ def test_graph_snapshot():
         for stage in stages:
             expected[f"{catalogue}/{stage}"] = previous
             previous = [f"{catalogue}/{stage}"]
-        expected[f"{catalogue}/analyse"] = [f"{catalogue}/records"]
-        expected[f"{catalogue}/export"] = [f"{catalogue}/records"]
-    expected["products/catalogue_dump"] = ["products/records"]
-    expected["products/warehouse"] = ["products/records"]
+        for operation in ("analyse", "export", "validate"):
+            expected[f"{catalogue}/{operation}"] = [f"{catalogue}/records"]
+    expected["products/review_checkpoint"] = ["products/records"]  # products_onboarding has a review checkpoint
+    expected["products/catalogue_dump"] = ["products/review_checkpoint"]
+    expected["products/warehouse"] = ["products/review_checkpoint"]
     assert edges == expected
     checks = {(tuple(c.asset_key.path), c.name) for c in graph.asset_check_keys}
     assert checks == {(("products", "batch_validated"), "within_error_budget"),
-                      (("suppliers", "batch_validated"), "within_error_budget")}
+                      (("suppliers", "batch_validated"), "within_error_budget"),
+                      (("products", "validate"), "records_valid"), (("suppliers", "validate"), "records_valid")}
     sensors = sorted(s.name for s in defs.sensors)
-    assert sensors == ["acme_csv_inbox", "claro_automation", "claro_run_completed", "claro_run_failed",
-                       "claro_run_started", "globex_xlsx_inbox", "suppliers_csv_inbox"]
+    assert sensors == ["acme_csv_inbox", "claro_run_completed", "claro_run_failed", "claro_run_started",
+                       "globex_xlsx_inbox", "products_onboarding_destinations", "products_onboarding_review_checkpoint",
+                       "products_revalidation", "suppliers_csv_inbox"]
 
 
 def test_good_batch_passes_the_gate_and_publishes_once(project):
