@@ -298,6 +298,52 @@ def schema_diff_command(apply: Annotated[str | None, typer.Option(
 # --------------------------------------------------------------------------- onboarding
 mapping_app = typer.Typer(help="Saved column mappings per source and file shape.", no_args_is_help=True)
 app.add_typer(mapping_app, name="mapping")
+webhooks_app = typer.Typer(help="Signed webhook deliveries of the catalogue's events.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
+
+
+@webhooks_app.command("log")
+def webhooks_log(subscription: Annotated[str | None, typer.Option(help="Only this subscription.")] = None,
+                 status: Annotated[str | None, typer.Option(help="pending, delivered, failed or dead.")] = None,
+                 limit: int = 50) -> None:
+    """The delivery log: each delivery's webhook-id, events, status, attempts and last error."""
+    import pandas as pd
+
+    from claro_dagster.catalogue.outbox import WebhookOutbox
+
+    rows = WebhookOutbox(ctx.store()).log(subscription, status, limit)
+    print_frame(pd.DataFrame([{"id": d.id, "subscription": d.subscription, "status": d.status,
+                               "events": len(d.event_ids), "attempts": d.attempts,
+                               "next attempt": d.next_attempt_at or "", "last": d.last_status_code or "",
+                               "error": d.last_error or "", "webhook-id": d.webhook_id} for d in rows],
+                             columns=["id", "subscription", "status", "events", "attempts", "next attempt", "last",
+                                      "error", "webhook-id"]), "table")
+
+
+@webhooks_app.command("retry")
+def webhooks_retry(delivery: int) -> None:
+    """Make a failed or dead-lettered delivery due now (same webhook-id, so receivers can de-duplicate)."""
+    from claro_dagster.catalogue.outbox import WebhookOutbox
+
+    d = WebhookOutbox(ctx.store()).retry(delivery)
+    console.print(f"delivery {d.id} ({d.subscription}, {d.webhook_id}) is due again")
+
+
+@webhooks_app.command("serve")
+def webhooks_serve(interval: Annotated[float, typer.Option(help="Seconds between outbox polls.")] = 0.2) -> None:
+    """Deliver webhooks continuously (until Ctrl-C): plans new events, sends what is due, retries with backoff."""
+    import signal
+    import threading
+
+    from claro_dagster.resources.webhooks import run_delivery_loop
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"delivering webhooks for {', '.join(ctx.spec().notifications.webhooks) or 'no subscriptions'}")
+    try:
+        run_delivery_loop(ctx.store(), ctx.spec(), stop, interval=interval)
+    except KeyboardInterrupt:
+        stop.set()
 
 
 def _claro():

@@ -212,9 +212,9 @@ def test_a_receiver_accepts_our_signature_among_decoys_and_rejects_tampering():
 
 
 # ---------------------------------------------------------------------- delivering
-def test_each_change_arrives_signed_and_verified_by_the_library(receiver, tmp_path):
+def test_each_change_arrives_signed_and_verified_by_the_library(receiver, store_url):
     spec = project(erp=hook(receiver.url + "/erp"))
-    store = open_store(spec, tmp_path)
+    store = CatalogueStore(spec, store_url)  # both backends: SQLite returns times as text, PostgreSQL as datetimes
     create(store, 2)
     store.apply(ChangeSet("reprice-1", "products", "reprice", [Change("SKU-0001", "price", 19.9, 97, "promo")],
                           run_id="run-2"))
@@ -240,11 +240,12 @@ def test_each_change_arrives_signed_and_verified_by_the_library(receiver, tmp_pa
     assert outbox.counts() == {"pending": 0, "delivered": 3, "failed": 0, "dead": 0}
     assert sender.deliver_due(store, spec).busy is False
     sender.close()
+    store.dispose()
 
 
-def test_batched_messages_carry_their_events_in_order(receiver, tmp_path):
+def test_batched_messages_carry_their_events_in_order(receiver, store_url):
     spec = project(pim=hook(receiver.url + "/pim", "batched", max_batch=4, max_wait_seconds=0))
-    store = open_store(spec, tmp_path)
+    store = CatalogueStore(spec, store_url)
     create(store, 10)
     report = WebhookSender().deliver_due(store, spec)
     assert (report.planned, report.delivered, report.events_delivered) == (3, 3, 10)
@@ -254,6 +255,8 @@ def test_batched_messages_carry_their_events_in_order(receiver, tmp_path):
         [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
     item = payloads[0]["data"]["events"][0]
     assert set(item) == {"type", "timestamp", "data"} and item["type"] == "change.applied"
+    assert item["timestamp"].endswith("Z") and payloads[0]["timestamp"].endswith("Z")
+    store.dispose()
 
 
 def test_a_receiver_with_another_secret_rejects_and_the_delivery_fails(tmp_path):
