@@ -155,11 +155,6 @@ class PipelineTrigger(SpecModel):
 class PipelineSpec(SpecModel):
     catalogue: str
     sources: list[str] = Field(default_factory=list)
-    stages: list[str] = Field(
-        default_factory=lambda: [
-            "batch_raw", "batch_mapped", "batch_validated", "batch_normalized", "records"
-        ]
-    )
     error_budget: float = Field(0.05, ge=0, le=1, description="share of rows that may fail validation")
     destinations: list[str] = Field(default_factory=list)
     description: str | None = None
