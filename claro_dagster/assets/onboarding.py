@@ -270,7 +270,8 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
             if "__record__" in frame.columns:  # rows matched by GTIN write to the record they matched
                 frame[cat.key] = frame[cat.key].where(frame[cat.key].notna(), frame["__record__"])
             frame = frame[[c for c in cat.attributes if c in frame.columns]]
-            digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
+            rows = pd.util.hash_pandas_object(frame, index=False, categorize=False)
+            digest = hashlib.sha256(rows.to_numpy().tobytes()).hexdigest()
             result = claro.store.import_records(
                 catalogue, frame, change_set_id=f"publish:{batch.key}:{digest[:16]}", operation="publish",
                 run_id=context.run_id, source=batch.source, reason=f"published from {batch.filename}",

@@ -6,6 +6,7 @@ one batch from the UI without re-running the stages before it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 from functools import cached_property
@@ -20,6 +21,13 @@ from claro_dagster.spec import load_spec
 from claro_dagster.spec.models import ProjectSpec
 
 
+@functools.lru_cache(maxsize=8)
+def _load_spec(path: str, mtime_ns: int, size: int) -> ProjectSpec:
+    """Dagster builds the resource anew for every run; parsing the YAML each time costs a tenth of a second.
+    Keyed on modification time and size, so an edited spec is read again."""
+    return load_spec(path)
+
+
 class CatalogueResource(dg.ConfigurableResource):
     """The project: its spec, its home folder and its catalogue store."""
 
@@ -27,9 +35,11 @@ class CatalogueResource(dg.ConfigurableResource):
     home: str
     database_url: str | None = None
 
-    @cached_property
+    @property
     def spec(self) -> ProjectSpec:
-        return load_spec(self.spec_path)
+        path = Path(self.spec_path)
+        stat = path.stat()
+        return _load_spec(str(path), stat.st_mtime_ns, stat.st_size)
 
     @cached_property
     def spec_version(self) -> str:
