@@ -472,11 +472,20 @@ class _TextExtractor(HTMLParser):
             self.parts.append(data)
 
 
+# Fast path for the common supplier fragment (`<p>..</p><ul><li>..</li></ul>`): plain tags without quoted
+# attributes, comments, entities or script/style. Every `<` must open such a tag, else the parser decides.
+_SIMPLE_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>\"']*)?/?>")
+_SIMPLE_BLOCK = re.compile("(?i)</?(?:" + "|".join(sorted(_BLOCK_TAGS)) + r")\b(?:\s[^<>\"']*)?/?>")
+_NOT_SIMPLE = re.compile("(?i)&|<(?:" + "|".join(sorted(_SKIP_TAGS)) + r")\b")
+
+
 def strip_html(text: str) -> str:
     """Text content of an HTML fragment: tags removed, entities decoded, blocks on their own lines."""
     text = str(text)
     if "<" not in text and "&" not in text:
         return text
+    if not _NOT_SIMPLE.search(text) and text.count("<") == len(_SIMPLE_TAG.findall(text)):
+        return _clean_whitespace(_SIMPLE_TAG.sub("", _SIMPLE_BLOCK.sub("\n", text)))
     parser = _TextExtractor()
     parser.feed(text)
     parser.close()

@@ -184,3 +184,18 @@ def test_many_unique_values_take_the_vectorised_path_with_the_same_result():
     result = normalize_batch(frame, catalogue(title=AttributeSpec(type="text")))
     assert result.frame["title"].tolist() == [" ".join(t.split()) for t in titles]
     assert len(result.changes) == 500
+
+
+@pytest.mark.parametrize("fragment", [
+    "<p>The <b>Summit tent</b>, model 7.</p><ul><li>Built to last</li><li>2 year warranty</li></ul>",
+    "<P>Upper</P><BR/>case<br>tags", "<div class=box>Inline <em>and</em> block</div>", "a < b and c > d",
+    '<a href="x>y">quoted attribute</a>', "<!-- note -->kept", "<script>x()</script>text", "Fish &amp; chips",
+    "<p>  lots   of\n\n\n space </p>", "<h2>Title</h2><p>para</p><hr><p>after</p>", "<li>one<li>two", "<x-y>odd</x-y>",
+])
+def test_strip_html_fast_path_agrees_with_the_parser(fragment):
+    from claro_dagster.operations.values import _clean_whitespace, _TextExtractor, strip_html
+
+    parser = _TextExtractor()
+    parser.feed(fragment)
+    parser.close()
+    assert strip_html(fragment) == _clean_whitespace("".join(parser.parts))
