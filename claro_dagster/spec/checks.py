@@ -220,6 +220,10 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
             if rule.notify is not None and not rule.notify.startswith("#"):
                 out.append((loc + ("routing", j, "notify"), f"{rule.notify!r} is not a Slack channel: write it "
                             "as '#channel-name'"))
+            elif rule.notify is not None and spec.notifications.channels and \
+                    rule.notify not in spec.notifications.channels:
+                out.append((loc + ("routing", j, "notify"), unknown(rule.notify, spec.notifications.channels,
+                                                                  "a channel of notifications.channels", "channels")))
 
     for sname, sched in spec.schedules.items():
         loc = ("schedules", sname)
@@ -241,6 +245,9 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         if not _SLACK_CHANNEL.fullmatch(route.channel):
             out.append((loc + ("channel",), f"{route.channel!r} is not a Slack channel: write '#name' "
                         "or a channel id such as 'C0123456789'"))
+        elif notes.channels and route.channel not in notes.channels:
+            out.append((loc + ("channel",), unknown(route.channel, notes.channels, "a channel of "
+                        "notifications.channels", "channels")))
         for j, cat_name in enumerate(route.catalogues):
             if cat_name not in spec.catalogues:
                 out.append((loc + ("catalogues", j), unknown(cat_name, catalogues, "a catalogue")))

@@ -214,6 +214,8 @@ class WebhookSpec(SpecModel):
 
 class NotificationsSpec(SpecModel):
     slack_token_env: str | None = None
+    # The channels the bot has been invited to; when listed, every route must use one of them.
+    channels: list[str] = Field(default_factory=list)
     slack: list[SlackRoute] = Field(default_factory=list)
     webhooks: dict[str, WebhookSpec] = Field(default_factory=dict)
 

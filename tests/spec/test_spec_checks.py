@@ -227,3 +227,31 @@ def test_all_cross_reference_problems_are_reported_together(tmp_path, monkeypatc
         ["claro.yaml:7", "catalogues.products.attributes.w.unit:"],
         ["claro.yaml:9", "sources.acme.catalogue:"],
     ]
+
+
+def test_route_to_an_undefined_channel_and_pipeline_rules(tmp_path, monkeypatch):
+    rest = textwrap.dedent("""\
+        sources:
+          feed: {catalogue: products}
+        pipelines:
+          onboarding:
+            catalogue: products
+            sources: [feed]
+            routing:
+              - {sources: [fed], notify: "#ops"}
+          again:
+            catalogue: products
+            operations: [validate]
+        notifications:
+          slack_token_env: SLACK_BOT_TOKEN
+          channels: ["#ops"]
+          slack:
+            - channel: "#opps"
+        """)
+    found = problems(tmp_path, monkeypatch, rest=rest)
+    assert "claro.yaml:14 pipelines.onboarding.routing[0].sources[0]: 'fed' is not a source of this pipeline, did " \
+           "you mean 'feed'? (sources: feed)" in found
+    assert any(line.startswith("claro.yaml:17 pipelines.again.operations: 'operations' run when the pipeline is "
+                               "triggered") for line in found)
+    assert "claro.yaml:22 notifications.slack[0].channel: '#opps' is not a channel of notifications.channels, did " \
+           "you mean '#ops'? (channels: #ops)" in found
