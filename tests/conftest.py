@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -17,6 +18,10 @@ from moto.server import ThreadedMotoServer
 
 from claro_dagster.resources.s3 import S3Connection
 from claro_dagster.spec import DEMO_DIR, load_spec
+
+sys.path.insert(0, str(Path(__file__).parent))  # the tests tree is not a package: lets tests import `http_fakes`
+
+import http_fakes
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -144,3 +149,17 @@ def bucket(s3):
     name = f"claro-test-{uuid.uuid4().hex[:10]}"
     assert s3.ensure_bucket(name)
     return name
+
+
+# ---------------------------------------------------------------------------------------------- local HTTP servers
+@pytest.fixture
+def http_server():
+    """A `http_fakes.RecordingServer` on a loopback port: records requests, answers 200 "ok" unless told otherwise."""
+    with http_fakes.RecordingServer() as server:
+        yield server
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting is refused, as when the other side is unreachable."""
+    return http_fakes.closed_port()

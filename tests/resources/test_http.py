@@ -10,78 +10,19 @@ from __future__ import annotations
 
 import email.utils
 import random
-import socket
-import threading
-from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from http_fakes import closed_port
 
 from claro_dagster.resources.http import HttpClient, HttpError, parse_reset, parse_retry_after, safe_url
 
 NOW = 1_800_000_000.0  # the injected clock
 
 
-class ScriptedServer:
-    """Answers requests from a script: (status, headers, body), "hang" (no answer) or "garbage" (not HTTP)."""
-
-    def __init__(self) -> None:
-        self.script: deque = deque()
-        self.requests: list[dict] = []
-        self.release = threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                server.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
-                                        "body": body, "client": self.client_address})
-                step = server.script.popleft() if server.script else (200, {}, b"ok")
-                if step == "hang":
-                    server.release.wait(30)
-                    self.close_connection = True
-                    return
-                if step == "garbage":
-                    self.wfile.write(b"this is not HTTP at all\r\n\r\n")
-                    self.close_connection = True
-                    return
-                status, headers, payload = step
-                payload = payload.encode() if isinstance(payload, str) else payload
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def answer(self, *steps) -> None:
-        self.script.extend(steps)
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server():
-    s = ScriptedServer()
-    yield s
-    s.close()
+def server(http_server):
+    """The scripted endpoint (conftest's `http_server`): `server.answer(...)` queues its replies."""
+    return http_server
 
 
 class Top(random.Random):
@@ -95,12 +36,6 @@ def client(**kw) -> tuple[HttpClient, list[float]]:
     sleeps: list[float] = []
     kw.setdefault("rng", Top())
     return HttpClient(sleep=sleeps.append, clock=lambda: NOW, **kw), sleeps
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------- what is retried
@@ -141,7 +76,7 @@ def test_the_same_body_is_sent_again_on_retry(server):
     server.answer((502, {}, ""))
     http, _ = client()
     http.post(server.url + "/feeds", json={"feed": [1, 2, 3]})
-    assert server.requests[0]["body"] == server.requests[1]["body"] == b'{"feed": [1, 2, 3]}'
+    assert server.requests[0].body == server.requests[1].body == b'{"feed": [1, 2, 3]}'
 
 
 # ---------------------------------------------------------------------- how long it waits
@@ -265,17 +200,17 @@ def test_base_url_user_agent_and_default_headers(server):
     http.get("products.json")
     http.get("/orders.json")
     http.get(server.url + "/absolute")
-    assert [r["path"] for r in server.requests] == ["/admin/api/products.json", "/admin/api/orders.json",
-                                                    "/absolute"]
-    assert server.requests[0]["headers"]["User-Agent"] == "claro-dagster/0.1"
-    assert server.requests[0]["headers"]["X-Shopify-Access-Token"] == "t"
+    assert [r.path for r in server.requests] == ["/admin/api/products.json", "/admin/api/orders.json",
+                                                 "/absolute"]
+    assert server.requests[0].headers["User-Agent"] == "claro-dagster/0.1"
+    assert server.requests[0].headers["X-Shopify-Access-Token"] == "t"
 
 
 def test_the_client_keeps_one_connection_open(server):
     http, _ = client()
     for _ in range(3):
         http.get(server.url + "/")
-    assert len({r["client"] for r in server.requests}) == 1
+    assert len({r.client for r in server.requests}) == 1
 
 
 def test_header_parsers():

@@ -15,17 +15,13 @@ import itertools
 import json
 import logging
 import re
-import socket
-import threading
-import time
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import dagster as dg
 import pytest
+from http_fakes import RecordingServer, Request
 
 from claro_dagster.resources import slack
 from claro_dagster.resources.slack import Alert, SlackNotifier, build_messages, routes_for
@@ -60,7 +56,7 @@ def _blocks_problems(blocks: Any) -> list[str]:
     return problems
 
 
-def postmessage_problems(request: Recorded) -> list[str]:
+def postmessage_problems(request: Request) -> list[str]:
     """Problems of one chat.postMessage request under the OpenAPI 2.0 operation in the excerpt."""
     op = OPENAPI["operation"]
     problems: list[str] = []
@@ -151,106 +147,50 @@ def limit_problems(payload: dict[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- fake Slack
-@dataclass
-class Recorded:
-    method: str
-    headers: dict[str, str]
-    body: bytes
-    received_at: float  # time.monotonic() when the server read the request
-
-    @property
-    def payload(self) -> dict[str, Any]:
-        return json.loads(self.body)
-
-
-class FakeSlack:
-    """Slack's Web API on 127.0.0.1: records requests; answers from a script, then with success."""
+class FakeSlack(RecordingServer):
+    """Slack's Web API on 127.0.0.1: records requests; answers what is queued with `answer(...)`, then success."""
 
     def __init__(self) -> None:
-        self.requests: list[Recorded] = []
-        self.script: list[tuple[int, dict[str, str], dict[str, Any] | bytes]] = []
         self.answer_problems: list[str] = []
         self.channel_errors: dict[str, str] = {}  # channel -> Slack error code to answer with
         self._ts = itertools.count(1)
-        self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                fake._answer(self, Recorded(self.path.rsplit("/", 1)[-1], dict(self.headers), body,
-                                            time.monotonic()))
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
+        super().__init__(self._reply)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/api/"
+        return f"{self.url}/api/"
 
-    def posts(self) -> list[Recorded]:
-        return [r for r in self.requests if r.method == "chat.postMessage"]
+    def posts(self) -> list[Request]:
+        return [r for r in self.requests if r.path.rsplit("/", 1)[-1] == "chat.postMessage"]
 
     @staticmethod
     def channel_id(channel: str) -> str:
         return "C" + hashlib.sha1(channel.encode()).hexdigest()[:10].upper()
 
-    def _answer(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
-        with self._lock:
-            self.requests.append(request)
-            scripted = self.script.pop(0) if self.script else None
-            n = next(self._ts)
-        if scripted is None:
-            payload = request.payload
-            error = self.channel_errors.get(payload.get("channel"))
-            if error:
-                scripted = (200, {}, {"ok": False, "error": error})
-            else:
-                ts = f"{1764300000 + n}.{n:06d}"
-                answer = {"ok": True, "channel": self.channel_id(payload["channel"]), "ts": ts,
-                          "message": {"type": "message", "subtype": "bot_message", "text": payload.get("text", ""),
-                                      "ts": ts, "bot_id": "B0123456789"}}
-                if "thread_ts" in payload:
-                    answer["message"]["thread_ts"] = payload["thread_ts"]
-                self.answer_problems += success_problems(answer)
-                scripted = (200, {}, answer)
-        status, headers, body = scripted
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json; charset=utf-8", **headers, "Content-Length": str(len(data))}
-        handler.send_response(status)
-        for key, value in headers.items():
-            handler.send_header(key, value)
-        handler.end_headers()
-        handler.wfile.write(data)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+    def _reply(self, request: Request) -> tuple[int, dict[str, str], dict[str, Any]]:
+        n = next(self._ts)
+        payload = request.json()
+        error = self.channel_errors.get(payload.get("channel"))
+        if error:
+            return 200, {}, {"ok": False, "error": error}
+        ts = f"{1764300000 + n}.{n:06d}"
+        answer = {"ok": True, "channel": self.channel_id(payload["channel"]), "ts": ts,
+                  "message": {"type": "message", "subtype": "bot_message", "text": payload.get("text", ""),
+                              "ts": ts, "bot_id": "B0123456789"}}
+        if "thread_ts" in payload:
+            answer["message"]["thread_ts"] = payload["thread_ts"]
+        self.answer_problems += success_problems(answer)
+        return 200, {}, answer
 
 
 @pytest.fixture
 def fake_slack():
-    fake = FakeSlack()
-    yield fake
-    fake.close()
+    with FakeSlack() as fake:
+        yield fake
     assert fake.answer_problems == []
     for request in fake.posts():
-        assert postmessage_problems(request) == [], request.payload
-        assert limit_problems(request.payload) == [], request.payload
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nothing listens on: connecting is refused, as when Slack is unreachable."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        assert postmessage_problems(request) == [], request.json()
+        assert limit_problems(request.json()) == [], request.json()
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -382,7 +322,7 @@ def test_notify_posts_to_every_matching_route_as_the_contract_says(fake_slack):
     report = notifier(fake_slack.base_url).notify(spec, alert())
     assert report.ok and report.channels == ["#products", "C0123456789"]
     posts = fake_slack.posts()
-    assert [p.payload["channel"] for p in posts] == ["#products", "C0123456789"]
+    assert [p.json()["channel"] for p in posts] == ["#products", "C0123456789"]
     assert all(p.headers["Authorization"] == "Bearer xoxb-test-token" for p in posts)
     assert [d.ts for d in report.delivered] == [f"{1764300000 + n}.{n:06d}" for n in (1, 2)]
     assert "2 message(s) posted" in report.summary()
@@ -395,8 +335,8 @@ def test_per_record_replies_are_threaded_under_the_summary(fake_slack):
     report = notifier(fake_slack.base_url).notify(spec, alert(records=records))
     assert report.ok
     posts = fake_slack.posts()
-    to_p = [p.payload for p in posts if p.payload["channel"] == "#p"]
-    to_s = [p.payload for p in posts if p.payload["channel"] == "#s"]
+    to_p = [p.json() for p in posts if p.json()["channel"] == "#p"]
+    to_s = [p.json() for p in posts if p.json()["channel"] == "#s"]
     assert len(to_s) == 1 and "thread_ts" not in to_s[0]
     parent_ts = report.delivered[0].ts
     assert "thread_ts" not in to_p[0] and len(to_p) >= 3
@@ -409,7 +349,7 @@ def test_per_record_replies_are_threaded_under_the_summary(fake_slack):
 def test_a_429_is_retried_after_retry_after(fake_slack):
     # slack-limits.json rate_limits.when_exceeded: HTTP 429, `Retry-After: <seconds>` and
     # {"ok": false, "error": "ratelimited"}
-    fake_slack.script.append((429, {"Retry-After": "1"}, {"ok": False, "error": "ratelimited"}))
+    fake_slack.answer((429, {"Retry-After": "1"}, {"ok": False, "error": "ratelimited"}))
     report = notifier(fake_slack.base_url).notify(
         NotificationsSpec(slack=[SlackRoute(channel="#p")]), alert())
     assert report.ok and len(report.delivered) == 1
@@ -419,7 +359,7 @@ def test_a_429_is_retried_after_retry_after(fake_slack):
 
 
 def test_rate_limited_beyond_the_retries_is_reported_not_raised(fake_slack, caplog):
-    fake_slack.script += [(429, {"Retry-After": "0"}, {"ok": False, "error": "ratelimited"})] * 2
+    fake_slack.answer(*[(429, {"Retry-After": "0"}, {"ok": False, "error": "ratelimited"})] * 2)
     report = notifier(fake_slack.base_url, rate_limit_retries=1).notify(
         NotificationsSpec(slack=[SlackRoute(channel="#p")]), alert())
     assert not report.ok and [d.error for d in report.failed] == ["ratelimited"]
@@ -434,9 +374,9 @@ def test_slack_being_down_is_logged_and_reported_never_raised(trouble, fake_slac
         base_url = f"http://127.0.0.1:{closed_port}/api/"
     elif trouble == "HTTP 503":
         # what a load balancer in front of Slack answers: an HTML page, not JSON
-        fake_slack.script += [(503, {"Content-Type": "text/html"}, b"<html>503 Service Unavailable</html>")] * 2
+        fake_slack.answer(*[(503, {"Content-Type": "text/html"}, b"<html>503 Service Unavailable</html>")] * 2)
     elif trouble == "invalid_auth":
-        fake_slack.script += [(200, {}, {"ok": False, "error": "invalid_auth"})]
+        fake_slack.answer((200, {}, {"ok": False, "error": "invalid_auth"}))
     else:
         fake_slack.channel_errors["#p"] = "channel_not_found"
     with caplog.at_level(logging.WARNING, logger="claro_dagster.resources.slack"):

@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import pytest
+from http_fakes import RecordingServer, Reply, Request, closed_port
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from claro_dagster.catalogue.changes import Change, ChangeSet
@@ -59,7 +58,8 @@ def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> Non
 
 
 class Receiver:
-    """A webhook endpoint: verifies each message with the library, answers from a per-path script.
+    """A webhook endpoint on a `RecordingServer`: verifies each message with the library, answers from a
+    per-path script.
 
     An answer is a status code, ("redirect", location), "hang" (hold the request until released),
     "hold" (like hang, but counted in `holding`) or "garbage" (a reply that is not HTTP). The
@@ -70,57 +70,32 @@ class Receiver:
         self.verifier = Webhook(secret)
         self.messages: list[dict] = []
         self.answers: dict[str, deque] = {}
-        self.release = threading.Event()
         self.holding = 0
-        self.lock = threading.Lock()
-        receiver = self
+        self.server = RecordingServer(self._reply)
+        self.url, self.release, self.lock = self.server.url, self.server.release, self.server.lock
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = dict(self.headers)
-                try:
-                    payload, error = receiver.verifier.verify(body, headers), None
-                except WebhookVerificationError as exc:
-                    payload, error = None, str(exc)
-                with receiver.lock:
-                    queue = receiver.answers.get(self.path)
-                    answer = queue.popleft() if queue else 204
-                    receiver.messages.append({"path": self.path, "id": headers.get("webhook-id"),
-                                              "timestamp": headers.get("webhook-timestamp"), "headers": headers,
-                                              "body": body, "payload": payload, "error": error,
-                                              "answer": answer, "at": time.time()})
-                    if answer == "hold":
-                        receiver.holding += 1
-                if answer in ("hang", "hold"):
-                    receiver.release.wait(60)
-                    self.close_connection = True
-                    return
-                if answer == "garbage":
-                    self.wfile.write(b"\x00\x01 nonsense \r\n\r\n")
-                    self.close_connection = True
-                    return
-                location = None
-                if isinstance(answer, tuple):
-                    answer, location = 301, answer[1]
-                status = 401 if error else answer
-                text = b"bad payload" if status == 400 else b""
-                self.send_response(status)
-                if location:
-                    self.send_header("Location", location)
-                self.send_header("Content-Length", str(len(text)))
-                self.end_headers()
-                self.wfile.write(text)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+    def _reply(self, request: Request) -> Reply:
+        headers = request.headers
+        try:
+            payload, error = self.verifier.verify(request.body, headers), None
+        except WebhookVerificationError as exc:
+            payload, error = None, str(exc)
+        queue = self.answers.get(request.path)
+        answer = queue.popleft() if queue else 204
+        self.messages.append({"path": request.path, "id": headers.get("webhook-id"),
+                              "timestamp": headers.get("webhook-timestamp"), "headers": headers,
+                              "body": request.body, "payload": payload, "error": error, "answer": answer,
+                              "at": time.time()})
+        if answer == "hold":
+            self.holding += 1
+            return "hang"
+        if answer in ("hang", "garbage"):
+            return answer
+        location = None
+        if isinstance(answer, tuple):
+            answer, location = 301, answer[1]
+        status = 401 if error else answer
+        return status, {"Location": location} if location else {}, b"bad payload" if status == 400 else b""
 
     def answer(self, path: str, *answers) -> None:
         self.answers.setdefault(path, deque()).extend(answers)
@@ -137,9 +112,7 @@ class Receiver:
         return out
 
     def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -175,12 +148,6 @@ def create(store: CatalogueStore, n: int, first: int = 0) -> None:
     skus = [f"SKU-{i:04d}" for i in range(first, first + n)]
     store.import_records("products", pd.DataFrame({"sku": skus, "price": [10.0 + i for i in range(n)]}),
                          change_set_id=f"import-{first}-{n}", run_id="run-1")
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------- signing

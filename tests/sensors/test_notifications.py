@@ -12,15 +12,14 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import socket
 import threading
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
+from http_fakes import RecordingServer, Request
 
 from claro_dagster.catalogue.batches import BatchRegistry
 from claro_dagster.catalogue.store import CatalogueStore
@@ -66,42 +65,21 @@ DEMO_ROUTES = """  slack:
 
 
 # ---------------------------------------------------------------------------------------------- fake Slack
-class FakeSlack:
-    """Slack's Web API on 127.0.0.1: records chat.postMessage requests and answers like Slack does."""
+class FakeSlack(RecordingServer):
+    """Slack's Web API on 127.0.0.1: records requests and answers chat.postMessage like Slack does."""
 
     def __init__(self) -> None:
-        self.posts: list[dict[str, Any]] = []
         self._ts = itertools.count(1)
-        self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                with fake._lock:
-                    n = next(fake._ts)
-                    if self.path.endswith("/chat.postMessage"):
-                        fake.posts.append(body)
-                ts = f"{1764300000 + n}.{n:06d}"
-                answer = json.dumps({"ok": True, "channel": "C0123456789", "ts": ts,
-                                     "message": {"type": "message", "text": body.get("text", ""), "ts": ts}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
+        super().__init__(self._reply)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/api/"
+        return f"{self.url}/api/"
+
+    @property
+    def posts(self) -> list[dict[str, Any]]:
+        """The JSON of every chat.postMessage request, in order."""
+        return [r.json() for r in self.requests if r.path.endswith("/chat.postMessage")]
 
     def summaries(self) -> list[dict[str, Any]]:
         """Top-level messages (not thread replies)."""
@@ -111,25 +89,17 @@ class FakeSlack:
         """(channel, header text) of every top-level message, in order."""
         return [(p["channel"], p["blocks"][0]["text"]["text"]) for p in self.summaries()]
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+    def _reply(self, request: Request) -> tuple[int, dict[str, str], dict[str, Any]]:
+        n = next(self._ts)
+        ts = f"{1764300000 + n}.{n:06d}"
+        return 200, {}, {"ok": True, "channel": "C0123456789", "ts": ts,
+                         "message": {"type": "message", "text": request.json().get("text", ""), "ts": ts}}
 
 
 @pytest.fixture
 def fake_slack():
-    fake = FakeSlack()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nothing listens on: connecting is refused, as when Slack is unreachable."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with FakeSlack() as fake:
+        yield fake
 
 
 # ---------------------------------------------------------------------------------------------- project
@@ -185,6 +155,7 @@ def write_spec(root: Path, routes: str = ROUTES, *, token: bool = True) -> Path:
         routes = ""
         text = text.replace("  slack_token_env: SLACK_BOT_TOKEN\n", "")
     text = text.replace(DEMO_ROUTES, routes)
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("  channels:")) + "\n"  # any channel
     spec = root / "claro.yaml"
     spec.write_text(text)
     return spec

@@ -20,7 +20,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -95,46 +94,6 @@ class FakeLauncher:
     def status(self, ref: str | None) -> str:
         self.statuses.append(ref)
         return f"Run {ref}: SUCCESS" if ref else "Recent runs: run-0001 SUCCESS"
-
-
-class ResponseUrlServer:
-    """Stands in for Slack's `response_url` (hooks.slack.com): records posted JSON."""
-
-    def __init__(self) -> None:
-        self.posts: list[dict[str, Any]] = []
-        self.arrived = threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                server.posts.append(json.loads(body))
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-                server.arrived.set()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/commands/T1/1/abc"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
-
-
-@pytest.fixture
-def response_url():
-    server = ResponseUrlServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -355,17 +314,18 @@ def test_a_failing_launch_is_answered_not_crashed(client, launcher):
 
 
 def test_a_slow_launch_is_acknowledged_in_time_and_the_run_id_follows_on_response_url(
-        launcher, store_url, response_url):
+        launcher, store_url, http_server):
+    """`http_server` stands in for Slack's `response_url` (hooks.slack.com)."""
     release = launcher.hold()
     with make_client(launcher, store_url, ack_budget_seconds=0.2) as c:
-        text = answer(command(c, "run products export", response_url=response_url.url))
+        text = answer(command(c, "run products export", response_url=http_server.url + "/commands/T1/1/abc"))
         # Slack got its answer while the launch was still waiting for Dagster.
         assert launcher.started.is_set() and not launcher.finished.is_set()
         assert text.startswith("Launching `export` on `products`")
-        assert response_url.posts == []
+        assert http_server.requests == []
         release.set()
-        assert response_url.arrived.wait(WAIT)
-    [late] = response_url.posts
+        assert http_server.wait_for(1, WAIT)
+    [late] = [r.json() for r in http_server.requests]
     assert late["response_type"] == "ephemeral"
     assert f"<{DAGSTER}/runs/run-0001|run-0001>" in late["text"]
 
