@@ -18,6 +18,7 @@ from claro_dagster.assets.catalogue_ops import (
     build_validate,
     destination_resource,
     destination_resource_key,
+    missing_env,
 )
 from claro_dagster.assets.onboarding import batches_partitions, build_onboarding, stages_of
 from claro_dagster.catalogue.schema import default_home
@@ -27,7 +28,7 @@ from claro_dagster.resources.slack import SlackNotifier
 from claro_dagster.schedules import build_schedules
 from claro_dagster.sensors.chaining import build_completion_sensor, build_review_checkpoint_sensor
 from claro_dagster.sensors.inbound import build_inbox_sensor, build_s3_sensor
-from claro_dagster.sensors.notifications import build_notification_sensors
+from claro_dagster.sensors.notifications import build_notification_sensors, slack_configured
 from claro_dagster.spec import default_spec_path, load_spec
 from claro_dagster.spec.models import ProjectSpec
 
@@ -98,12 +99,16 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
                 resources.setdefault("s3", S3Connection.from_env(source.endpoint_url_env))
         if pipeline.review_checkpoint:
             sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published))
-        targets = [k for k in (destination(d, [published]) for d in pipeline.destinations) if k is not None]
+        # A destination whose settings are not in this environment keeps its asset (runnable by hand, with a
+        # message naming the variable) but is left out of the automatic sync.
+        configured = [d for d in pipeline.destinations if not missing_env(spec.destinations[d])]
+        targets = [k for k in (destination(d, [published]) for d in pipeline.destinations) if k is not None
+                   and k.path[-1] in configured]
         if targets:
             sensors.append(build_completion_sensor(
                 f"{pipeline_name}_destinations", published, targets, run_config={},
                 tags={"claro/pipeline": pipeline_name, "claro/catalogue": catalogue},
-                description=f"Syncs {', '.join(pipeline.destinations)} after each batch {catalogue} publishes"))
+                description=f"Syncs {', '.join(configured)} after each batch {catalogue} publishes"))
     for pipeline_name, pipeline in spec.pipelines.items():
         if pipeline.after is None:
             continue
@@ -118,7 +123,7 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
                         f"{watched.to_user_string()} completes" + (f", for records where {pipeline.filter}"
                                                                    if pipeline.filter else "")))
     webserver_url = os.environ.get("CLARO_WEBSERVER_URL", "http://127.0.0.1:3000")
-    if spec.notifications.slack_token_env:
+    if slack_configured(spec):
         resources["slack"] = SlackNotifier(token=dg.EnvVar(spec.notifications.slack_token_env),
                                            webserver_url=webserver_url)
     sensors += build_notification_sensors(spec, webserver_url)

@@ -22,6 +22,7 @@ tick (it shows in the UI's sensor history), after Slack has been tried.
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -311,6 +312,13 @@ def _review_alerts(store: CatalogueStore, facts: RunFacts, mats: Sequence[Materi
     return alerts
 
 
+def slack_configured(spec: ProjectSpec) -> bool:
+    """Slack is on when the spec names the token's variable and it is set where the daemon runs: without it
+    the sensors still write the outbox (webhooks) rather than failing every tick."""
+    name = spec.notifications.slack_token_env
+    return bool(name and os.environ.get(name))
+
+
 def alert_routes(spec: ProjectSpec) -> NotificationsSpec:
     """The notifications with the routes pipeline routing rules add (see `ProjectSpec.alert_routes`)."""
     return spec.notifications.model_copy(update={"slack": spec.alert_routes()})
@@ -443,7 +451,7 @@ def build_notification_sensors(spec: ProjectSpec, webserver_url: str, *,
     """
     common = dict(minimum_interval_seconds=minimum_interval_seconds, monitor_all_code_locations=False,
                   default_status=dg.DefaultSensorStatus.RUNNING)
-    with_slack = bool(spec.notifications.slack_token_env)
+    with_slack = slack_configured(spec)
 
     def started(context: dg.RunStatusSensorContext, claro: CatalogueResource) -> None:
         handle_started(context, claro, spec, webserver_url)

@@ -78,8 +78,10 @@ def gtin(i: int) -> str:
     return body + ean.calc_check_digit(body)
 
 
-def test_graph_snapshot():
+def test_graph_snapshot(monkeypatch):
     """Asset keys and their dependencies: an accidental change to the graph shows up here."""
+    monkeypatch.setenv("CLARO_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # destinations configured: synced
+    monkeypatch.setenv("CLARO_WAREHOUSE_URL", "postgresql://127.0.0.1:9/x")
     defs = build_definitions(DEMO_DIR / "claro.yaml")
     graph = defs.resolve_asset_graph()
     edges = {"/".join(k.path): sorted("/".join(p.path) for p in graph.get(k).parent_keys)

@@ -1,8 +1,31 @@
-"""End-to-end fixtures: attach the Dagster process logs to the report of a failed e2e test."""
+"""End-to-end fixtures: the real webserver + daemon of a temporary project (`dagster_stack`), and their process
+logs attached to the report of a failed e2e test."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from tests.e2e.harness import DagsterStack
+
+
+@pytest.fixture
+def dagster_env() -> dict[str, str]:
+    """Extra environment variables of the Dagster processes; a test module overrides this fixture to set some."""
+    return {}
+
+
+@pytest.fixture
+def dagster_stack(tmp_path: Path, dagster_env: dict[str, str]):
+    stack = DagsterStack(tmp_path, extra_env=dagster_env)
+    stack.prepare()
+    try:
+        stack.start()
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

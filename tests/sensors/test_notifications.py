@@ -148,6 +148,12 @@ class Project:
         return [e for e in events if run_id is None or e["payload"]["run_id"] == run_id]
 
 
+@pytest.fixture(autouse=True)
+def slack_token(monkeypatch):
+    """Slack is on only where its token's variable is set (as in the daemon's environment)."""
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+
+
 def write_spec(root: Path, routes: str = ROUTES, *, token: bool = True) -> Path:
     text = (DEMO_DIR / "claro.yaml").read_text()
     assert DEMO_ROUTES in text  # the demo's notifications block, replaced below
