@@ -458,7 +458,9 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
           host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
           dagster_port: Annotated[int, typer.Option(help="Port of the running Dagster UI (`claro dev`).")] = 3000
           ) -> None:
-    """Start the web app: Slack slash commands (POST /slack/commands), launching runs through Dagster's API."""
+    """Start the web app (Slack slash commands, launching runs through Dagster's API) and deliver webhooks."""
+    import threading
+
     import uvicorn
 
     from claro_dagster.catalogue.store import CatalogueStore
@@ -469,8 +471,18 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
         return CatalogueStore(spec, home=home_dir())
 
     launcher = DagsterLauncher(ctx.spec, store_factory, port=dagster_port)
-    uvicorn.run(create_app(ctx.spec, store_factory, launcher, webserver_url=f"http://127.0.0.1:{dagster_port}"),
-                host=host, port=port)
+    stop = threading.Event()
+    if ctx.spec().notifications.webhooks:
+        from claro_dagster.resources.webhooks import run_delivery_loop
+
+        threading.Thread(target=run_delivery_loop, args=(ctx.store(), ctx.spec(), stop), daemon=True,
+                         name="webhooks").start()
+        console.print(f"delivering webhooks to {', '.join(ctx.spec().notifications.webhooks)}")
+    try:
+        uvicorn.run(create_app(ctx.spec, store_factory, launcher, webserver_url=f"http://127.0.0.1:{dagster_port}"),
+                    host=host, port=port)
+    finally:
+        stop.set()
 
 
 @app.command()
