@@ -473,11 +473,16 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
     launcher = DagsterLauncher(ctx.spec, store_factory, port=dagster_port)
     stop = threading.Event()
     if ctx.spec().notifications.webhooks:
-        from claro_dagster.resources.webhooks import run_delivery_loop
+        from claro_dagster.resources.webhooks import WebhookConfigError, WebhookSender, run_delivery_loop
 
-        threading.Thread(target=run_delivery_loop, args=(ctx.store(), ctx.spec(), stop), daemon=True,
-                         name="webhooks").start()
-        console.print(f"delivering webhooks to {', '.join(ctx.spec().notifications.webhooks)}")
+        try:
+            WebhookSender().check(ctx.spec())
+        except WebhookConfigError as exc:
+            err.print(f"webhooks are not delivered: {exc}", highlight=False, markup=False)
+        else:
+            threading.Thread(target=run_delivery_loop, args=(ctx.store(), ctx.spec(), stop), daemon=True,
+                             name="webhooks").start()
+            console.print(f"delivering webhooks to {', '.join(ctx.spec().notifications.webhooks)}")
     try:
         uvicorn.run(create_app(ctx.spec, store_factory, launcher, webserver_url=f"http://127.0.0.1:{dagster_port}"),
                     host=host, port=port)
