@@ -416,7 +416,9 @@ class CatalogueStore:
             outcomes = {a: gate(confidence, self._thresholds(catalogue, operation, a, source))
                         for a in data.columns if a != key}
             existing = self._existing_hashes(conn, catalogue, data[key])
-            is_new = ~data[key].isin(existing.index)
+            # One hash-table lookup gives both "is it new" and "where is its stored hash".
+            position = existing.index.get_indexer(data[key]) if len(existing) else np.full(len(data), -1)
+            is_new = position < 0
             new = data[is_new]
             if len(new):
                 result.created = len(new)
@@ -432,7 +434,7 @@ class CatalogueStore:
             if len(old):
                 if set(data.columns) == set(cat.attributes):
                     hashes = self._row_hash(catalogue, old)
-                    changed = old[hashes != existing.loc[old[key]].to_numpy()]
+                    changed = old[hashes != existing.to_numpy()[position[~is_new]]]
                 else:
                     changed = old
                 result.unchanged += (len(old) - len(changed)) * (len(data.columns) - 1)
