@@ -7,6 +7,8 @@ change. Change sets are idempotent by identity: applying one twice changes nothi
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import functools
 import uuid
 from collections import defaultdict
@@ -31,6 +33,7 @@ from claro_dagster.catalogue.changes import (
     gate,
     is_missing,
 )
+from claro_dagster.catalogue.filters import compile_filter
 from claro_dagster.catalogue.schema import (
     build_metadata,
     column_type,
@@ -182,8 +185,6 @@ class CatalogueStore:
     def records(self, catalogue: str, filter: str | None = None, columns: Sequence[str] | None = None,
                 limit: int | None = None, with_seq: bool = False) -> pd.DataFrame:
         """Records as a DataFrame (one column per attribute, in spec order), optionally filtered."""
-        from claro_dagster.catalogue.filters import compile_filter
-
         cat = self.catalogue(catalogue)
         table = self.rec[catalogue]
         cols = self._columns(catalogue)
@@ -297,8 +298,6 @@ class CatalogueStore:
     def _check_field(self, catalogue: str, field: str) -> AttributeSpec:
         cat = self.catalogue(catalogue)
         if field not in cat.attributes:
-            import difflib
-
             close = difflib.get_close_matches(field, list(cat.attributes), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise StoreError(f"unknown field {field!r} in {catalogue}{hint}; fields are: {', '.join(cat.attributes)}")
@@ -333,7 +332,7 @@ class CatalogueStore:
         key_col = table.c[self.catalogue(catalogue).key]
         out: dict[str, dict[str, Any]] = {}
         keys = list(dict.fromkeys(keys))
-        ctx = conn.connect() if isinstance(conn, sa.Engine) else _nullcontext(conn)
+        ctx = conn.connect() if isinstance(conn, sa.Engine) else contextlib.nullcontext(conn)
         with ctx as c:
             for chunk in _chunks(keys):
                 for r in c.execute(sa.select(table).where(key_col.in_(chunk))).mappings():
@@ -816,16 +815,6 @@ def _aware(value: datetime | None) -> datetime | None:
         return value.replace(tzinfo=UTC)  # SQLite drops the offset; we only ever write UTC
     return value
 
-
-class _nullcontext:
-    def __init__(self, conn):
-        self.conn = conn
-
-    def __enter__(self):
-        return self.conn
-
-    def __exit__(self, *exc):
-        return False
 
 
 __all__ = ["CatalogueStore", "Provenance", "HistoryEntry", "RollbackResult"]
