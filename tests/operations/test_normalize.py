@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
+from batches import batch, catalogue
 
 from claro_dagster.operations.normalize import CHANGE_COLUMNS, normalize_batch
 from claro_dagster.operations.values import clean_text, strip_html
 from claro_dagster.spec.models import AttributeSpec, CatalogueSpec
-
-
-def batch(**columns: list) -> pd.DataFrame:
-    rows = len(next(iter(columns.values())))
-    frame = pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()})
-    frame.insert(0, "__line__", np.arange(2, rows + 2))
-    return frame
-
-
-def catalogue(**attributes: AttributeSpec) -> CatalogueSpec:
-    attrs = {"sku": AttributeSpec(type="text", required=True)}
-    attrs.update(attributes)
-    return CatalogueSpec(key="sku", attributes=attrs)
 
 
 def changes_for(result, attribute: str) -> list[tuple]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from batches import batch, catalogue
 
 from claro_dagster.operations.validate import ERROR_COLUMNS, validate_batch
 from claro_dagster.operations.values import (
@@ -26,18 +27,8 @@ from claro_dagster.spec.models import AttributeSpec, CatalogueSpec
 GS1_VECTORS = Path(__file__).resolve().parents[2].parent / "shared/contracts/gs1/gtin-check-digit-vectors.json"
 
 
-def batch(**columns: list) -> pd.DataFrame:
-    """A reader-shaped frame: string cells, `__line__` from 2 (line 1 is the header)."""
-    rows = len(next(iter(columns.values())))
-    frame = pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()})
-    frame.insert(0, "__line__", np.arange(2, rows + 2))
-    return frame
 
 
-def catalogue(**attributes: AttributeSpec) -> CatalogueSpec:
-    attrs = {"sku": AttributeSpec(type="text", required=True)}
-    attrs.update(attributes)
-    return CatalogueSpec(key="sku", attributes=attrs)
 
 
 def reasons(result, attribute: str) -> dict[int, str]:
