@@ -1,14 +1,15 @@
 """A small project for tests that run the `claro` command: its spec, its supplier files, and a runner.
 
 Small on purpose: every `claro` process pays Dagster's import time, so the project keeps `claro run`
-to two short batches. The first file creates three products; the second contradicts two prices
-and a third (queued for review, the source's `overwrite_confidence` is below `auto_apply`) and
-adds a fourth product (applied).
+to two short batches. The first file creates three products; the second contradicts their three
+prices (queued for review: the source's `overwrite_confidence` is below `auto_apply`) and adds a
+fourth product (applied).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,22 +57,21 @@ def write_spec(path: Path, *, weight_type: str = "text") -> Path:
     return path
 
 
-def drop_supplier_files(home: Path) -> None:
-    """The two files in the shop's inbox, the first one older (the inbox takes the oldest first)."""
-    inbox = home / "inbox" / "shop"
-    inbox.mkdir(parents=True, exist_ok=True)
-    for age, (name, text) in enumerate([(UPDATE_FILE, UPDATE), (FIRST_FILE, FIRST)]):
-        path = inbox / name
+def write_supplier_files(folder: Path) -> list[Path]:
+    """The two supplier files, as a supplier sends them, to upload in this order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / FIRST_FILE, folder / UPDATE_FILE]
+    for path, text in zip(paths, (FIRST, UPDATE), strict=True):
         path.write_text(text, encoding="utf-8")
-        stamp = path.stat().st_mtime - 60 * (age + 1)
-        os.utime(path, (stamp, stamp))
+    return paths
 
 
 def claro_command() -> list[str]:
     """The console script a user types (`claro = "claro_dagster.cli:main"`), from this interpreter's environment."""
-    script = Path(sys.executable).with_name("claro")
-    assert script.is_file(), f"no `claro` script beside {sys.executable}: install the project (`pip install -e .`)"
-    return [str(script)]
+    beside = Path(sys.executable).with_name("claro")
+    script = str(beside) if beside.is_file() else shutil.which("claro")
+    assert script, f"no `claro` script beside {sys.executable} or on PATH: install the project (`pip install -e .`)"
+    return [script]
 
 
 def claro(*args: str, home: Path, spec: Path, user: str = "tester", stdin: str | None = None,

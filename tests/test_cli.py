@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cli_project import FIRST_FILE, UPDATE_FILE, claro, drop_supplier_files, write_spec
+from cli_project import FIRST_FILE, UPDATE_FILE, claro, write_spec, write_supplier_files
 
 from claro_dagster.catalogue.outbox import RetryPolicy, WebhookOutbox
 from claro_dagster.catalogue.review import ReviewQueue
@@ -58,20 +59,31 @@ class Project:
             return {item.record: item for item in ReviewQueue(store).list()}
 
 
+@dataclass
+class Prepared:
+    project: Project
+    files: list[Path]  # as the supplier sent them
+    uploads: list[subprocess.CompletedProcess[str]]
+    run: subprocess.CompletedProcess[str]
+
+
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """A home after `claro run` took both supplier files: 4 products, 3 price changes waiting for review."""
-    project = Project(tmp_path_factory.mktemp("cli") / "project")
+def prepared(tmp_path_factory) -> Prepared:
+    """A home where `claro upload` put both supplier files and `claro run` took them: 4 products, 3 price
+    changes waiting for review. Shared by the module: tests work on copies (the `project` fixture)."""
+    root = tmp_path_factory.mktemp("cli")
+    project = Project(root / "project")
     project.home.mkdir(parents=True)
     write_spec(project.spec)
-    drop_supplier_files(project.home)
-    return project, project.claro("run")
+    files = write_supplier_files(root / "from_supplier")
+    uploads = [project.claro("upload", str(path), "--source", "shop_csv") for path in files]
+    return Prepared(project, files, uploads, project.claro("run"))
 
 
 @pytest.fixture
 def project(prepared, tmp_path) -> Project:
     copy = Project(tmp_path / "project")
-    shutil.copytree(prepared[0].root, copy.root)
+    shutil.copytree(prepared.project.root, copy.root)
     return copy
 
 
@@ -82,8 +94,18 @@ def update_run(project: Project) -> str:
 
 
 # --------------------------------------------------------------------------------------------- run, rerun
+def test_upload_puts_the_files_in_the_sources_inbox(prepared):
+    inbox = prepared.project.home / "inbox" / "shop"
+    for path, result in zip(prepared.files, prepared.uploads, strict=True):
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"{path.name} -> {inbox / path.name}"
+    # `claro run` took them: each now lies under processed/<batch>/, byte for byte as sent
+    processed = {p.name: p.read_bytes() for p in (inbox / "processed").glob("*/*")}
+    assert processed == {path.name: path.read_bytes() for path in prepared.files}
+
+
 def test_run_publishes_the_inbox_files_and_queues_contradictions(prepared):
-    project, result = prepared
+    project, result = prepared.project, prepared.run
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"published   {FIRST_FILE}: 12 applied (3 new records), 0 queued for review" in out
@@ -119,20 +141,6 @@ def _batch_of(store, filename: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- upload
-def test_upload_into_an_inbox_source_then_run_adds_the_record(project, tmp_path):
-    new = tmp_path / "c_new.csv"
-    new.write_text("sku,title,price,weight,status\nSKU-5,Plate,6,0.5,active\n", encoding="utf-8")
-    uploaded = project.claro("upload", str(new), "--source", "shop_csv")
-    assert uploaded.returncode == 0, uploaded.stderr
-    target = project.home / "inbox" / "shop" / "c_new.csv"
-    assert uploaded.stdout.strip() == f"c_new.csv -> {target}"
-    assert target.read_text(encoding="utf-8") == new.read_text(encoding="utf-8")
-    ran = project.claro("run")
-    assert ran.returncode == 0, ran.stderr
-    assert "published   c_new.csv: 4 applied (1 new records)" in ran.stdout
-    assert project.value("SKU-5", "title") == "Plate"
-
-
 def test_upload_into_an_upload_source_is_processed_like_an_inbox(project, tmp_path):
     # Issue 7 item 7: `upload` sources receive files through `claro upload` and are processed.
     new = tmp_path / "portal_file.csv"
