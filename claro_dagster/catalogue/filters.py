@@ -338,9 +338,13 @@ def parse_filter(text: str) -> Node:
 
 
 def _fields(node: Node) -> list[Field]:
+    return [condition.field for condition in _conditions(node)]
+
+
+def _conditions(node: Node) -> list[Compare | In | Match | IsNull]:
     if isinstance(node, And | Or):
-        return [f for operand in node.operands for f in _fields(operand)]
-    return _fields(node.operand) if isinstance(node, Not) else [node.field]
+        return [c for operand in node.operands for c in _conditions(operand)]
+    return _conditions(node.operand) if isinstance(node, Not) else [node]
 
 
 def filter_fields(text: str) -> set[str]:
@@ -411,30 +415,25 @@ def _check_types(text: str, node: Node, columns: Mapping[str, sa.ColumnElement])
     Coercing would guess (`gtin == 0123` would look for 123; "9" > "10" as text), and left to the
     database the same filter fails at run time on PostgreSQL and silently compares on SQLite.
     """
-    if isinstance(node, And | Or):
-        for operand in node.operands:
-            _check_types(text, operand, columns)
-        return
-    if isinstance(node, Not):
-        _check_types(text, node.operand, columns)
-        return
-    if isinstance(node, IsNull):
-        return
-    name = node.field.name
-    kind = _kind(columns[name])
-    if kind is None:
-        return
-    if isinstance(node, Match):
-        if kind != "text":
-            message = (f"'{name}' is {_KIND_WORDS[kind]}: '{node.written.text or node.op}' works on text attributes "
-                       f"only; compare {'numbers with ==, <, >' if kind == 'number' else 'it with == true or false'}")
-            raise FilterError(text, node.written.position, message)
-        return
-    pairs = zip(node.values, node.written or [_NOWHERE] * len(node.values), strict=True) if isinstance(node, In) \
-        else [(node.value, node.written)]
-    for value, written in pairs:
-        if _value_kind(value) != kind:
-            raise FilterError(text, written.position, _mismatch(name, kind, value, written))
+    for condition in _conditions(node):
+        name = condition.field.name
+        kind = _kind(columns[name])
+        if kind is None or isinstance(condition, IsNull):
+            continue
+        if isinstance(condition, Match):
+            if kind != "text":
+                instead = "numbers with ==, <, >" if kind == "number" else "it with == true or false"
+                message = (f"'{name}' is {_KIND_WORDS[kind]}: '{condition.written.text or condition.op}' works on "
+                           f"text attributes only; compare {instead}")
+                raise FilterError(text, condition.written.position, message)
+            continue
+        if isinstance(condition, In):
+            literals = zip(condition.values, condition.written or [_NOWHERE] * len(condition.values), strict=True)
+        else:
+            literals = [(condition.value, condition.written)]
+        for value, written in literals:
+            if _value_kind(value) != kind:
+                raise FilterError(text, written.position, _mismatch(name, kind, value, written))
 
 
 def _bind(column: sa.ColumnElement, value: Value) -> sa.BindParameter:

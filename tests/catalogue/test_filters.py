@@ -449,12 +449,15 @@ def test_a_type_mismatch_is_refused_before_any_query_on_both_backends(catalogue_
     assert (info.value.position, info.value.message[: len(message)]) == (position, message)
 
 
+# On PostgreSQL the text columns get a linguistic collation (as in a database created with en_US.UTF-8,
+# where "a" < "B"), so the test sees a filter keep to code point order whatever the database's locale.
+LINGUISTIC = postgresql.TEXT(collation="und-x-icu")
 ITEMS = sa.Table(
     "filter_items",
     sa.MetaData(),
     sa.Column("key", sa.Text, primary_key=True),
-    sa.Column("name", column_type(AttributeSpec(type="text"))),
-    sa.Column("colour", column_type(AttributeSpec(type="enum", values=["x"]))),
+    sa.Column("name", column_type(AttributeSpec(type="text")).with_variant(LINGUISTIC, "postgresql")),
+    sa.Column("colour", column_type(AttributeSpec(type="enum", values=["x"])).with_variant(LINGUISTIC, "postgresql")),
     sa.Column("price", column_type(AttributeSpec(type="number"))),
 )
 ITEM_COLUMNS = {c.name: c for c in ITEMS.c if c.name != "key"}
@@ -565,3 +568,21 @@ def test_generated_filters_agree_on_sqlite_postgresql_and_plain_python(both_back
             complement = set(conn.execute(sa.select(ITEMS.c.key).where(where_not)).scalars())
         assert selected == expected, (name, text)
         assert complement == {row["key"] for row in stored} - expected, (name, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('name < "a"', {"B", "Z"}),  # upper case before lower case: "B" < "a" (a linguistic order says a < B)
+        ('name > "f"', {"é", "ü"}),  # accented letters after z
+        ('name >= "é"', {"é", "ü"}),
+        ('name <= "Z"', {"B", "Z"}),
+    ],
+)
+def test_text_compares_by_code_point_on_both_backends(both_backends, text, expected):
+    rows = [dict(key=name, name=name, colour=None, price=None) for name in ("B", "Z", "a", "f", "é", "ü")]
+    for name, engine in both_backends.items():
+        with engine.begin() as conn:
+            conn.execute(ITEMS.insert(), rows)
+            assert set(conn.execute(sa.select(ITEMS.c.key).where(compile_filter(text, ITEM_COLUMNS))).scalars()) == \
+                expected, name
