@@ -143,7 +143,7 @@ def apply_type_change(store: CatalogueStore, catalogue: str, attribute: str, *, 
         attrs = store.t["attributes"]
         conn.execute(attrs.update().where(attrs.c.catalogue == catalogue, attrs.c.attribute == attribute)
                      .values(type=target.type))
-        conn.execute(table.update().values(_seq=opened.seq))  # every value changed type: destinations re-read
+        opened.touch_all()  # every value changed type: destinations read them again
         opened.result.applied, opened.result.rejected = len(updates), len(lost)
         opened.finish()
     # Content hashes depend on value types: recompute them with a store bound to the new column type.

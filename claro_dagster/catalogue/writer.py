@@ -493,6 +493,11 @@ class OpenChangeSet:
         self._writes[key][field], self._writes[key][prov_column(field)] = value, pid
         self.result.applied += 1
 
+    def touch_all(self) -> None:
+        """Count every record as written by this change set, so outbound destinations read them again (after a
+        type migration changed how every value of a column is stored)."""
+        self.conn.execute(self.schema.rec[self.cs.catalogue].update().values(_seq=self.seq))
+
     def delete_records(self, keys: Sequence[str]) -> None:
         """Remove records (a rollback of the run that created them), each with its event."""
         for key in keys:
