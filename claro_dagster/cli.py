@@ -138,6 +138,7 @@ def history(record: str, catalogue: CatalogueOption = None,
             sys.stdout.write(orjson.dumps({
                 "at": e.at.isoformat(), "record": e.record, "field": e.field, "kind": e.kind, "old": e.old,
                 "new": e.new, "by": e.by, "reason": e.reason, "change_set": e.change_set, "proposal": e.proposal,
+                "proposed_in": e.proposed_in,
                 "operation": p.operation if p else None, "run_id": p.run_id if p else None,
                 "source": p.source if p else None, "reviewer": p.reviewer if p else None,
                 "confidence": p.confidence if p else None}).decode() + "\n")

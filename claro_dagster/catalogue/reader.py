@@ -49,7 +49,8 @@ class HistoryEntry:
     reason: str | None
     at: datetime
     by: str | None = None  # who decided: the reviewer of an approval or rejection, the author of a rollback
-    proposal: int | None = None  # the review item decided (its run and change set proposed the change)
+    proposal: int | None = None  # the review item decided
+    proposed_in: str | None = None  # the change set that proposed what a reviewer decided (its run is the value's)
 
 
 class CatalogueReader:
@@ -137,6 +138,10 @@ class CatalogueReader:
             for chunk in chunks(sorted(sets)):
                 for r in conn.execute(sa.select(cs.c.id, cs.c.reviewer, cs.c.at).where(cs.c.id.in_(chunk))):
                     deciders[r.id], stamps[r.id] = r.reviewer, aware(r.at)
+            proposals = sorted({r.proposal for r in rows if r.proposal is not None})
+            proposed_in = {}
+            for chunk in chunks(proposals):
+                proposed_in.update(conn.execute(sa.select(pr.c.id, pr.c.change_set).where(pr.c.id.in_(chunk))).all())
             provs = self.provenances([r.new_prov for r in rows] + [r.old_prov for r in rows] +
                                      ([current[prov_column(a)] for a in cat.attributes] if current else []), conn)
         if current is None and not rows and not rejected:
@@ -163,11 +168,12 @@ class CatalogueReader:
         for r in rows:
             entries.append(HistoryEntry(key, r.field, loads(r.old), loads(r.new), r.kind, r.change_set,
                                         provs.get(r.new_prov), r.reason, aware(r.at),
-                                        by=deciders.get(r.change_set), proposal=r.proposal))
+                                        by=deciders.get(r.change_set), proposal=r.proposal,
+                                        proposed_in=proposed_in.get(r.proposal)))
         for r in rejected:
             entries.append(HistoryEntry(key, r.field, loads(r.old), loads(r.new), "rejected", r.change_set, None,
                                         r.note or r.reason, aware(r.decided_at or r.at), by=r.decided_by,
-                                        proposal=r.id))
+                                        proposal=r.id, proposed_in=r.change_set))
         entries.sort(key=lambda e: e.at)
         return entries
 

@@ -91,7 +91,7 @@ def test_history_shows_who_decided_each_value(project):
     rows = [json.loads(line) for line in shown.stdout.splitlines()]
     assert [(r["kind"], r["new"], r["by"]) for r in rows] == [("created", 4.5, None), ("review", 9.0, "priya"),
                                                                ("rollback", 4.5, "zoe")]
-    assert rows[1]["proposal"] == ids["A1"] and rows[1]["run_id"] == "r2"
+    assert (rows[1]["proposal"], rows[1]["proposed_in"], rows[1]["run_id"]) == (ids["A1"], "import-2", "r2")
     rejected = [json.loads(line) for line in claro(env, "history", "B2", "--format", "json").stdout.splitlines()]
     assert [(r["kind"], r["new"], r["by"], r["reason"]) for r in rejected if r["kind"] == "rejected"] == \
         [("rejected", 8.0, "raj", "too dear")]

@@ -135,7 +135,7 @@ def test_history_names_who_decided_each_value(store):
     a1 = [(e.kind, e.new, e.by) for e in store.history("products", "A1", "price")]
     assert a1 == [("created", 4.5, None), ("review", 9.0, "ann"), ("rollback", 4.5, "zoe")]
     approved = store.history("products", "A1", "price")[1]
-    assert approved.proposal == items[("A1", "price")].id
+    assert (approved.proposal, approved.proposed_in) == (items[("A1", "price")].id, "import-r2")
     [rejected] = [e for e in store.history("products", "B2", "price") if e.kind == "rejected"]
     assert (rejected.old, rejected.new, rejected.by, rejected.reason) == (3.0, 8.0, "raj", "too dear")
 
