@@ -183,3 +183,43 @@ def test_append_event_writes_a_run_event_once(store):
     assert store.append_event("run.completed", change_set="run:abc", payload=payload)
     run_events = [(e["type"], e["catalogue"]) for e in store.events() if e["change_set"] == "run:abc"]
     assert run_events == [("run.started", "products"), ("run.completed", "")]
+
+
+def test_every_write_path_leaves_the_same_trail(store_url):
+    """Import, per-field change set, approve, edit, reject, rollback and a type migration: each history row has
+    its event, each event and provenance row its change set (one writer, so the trail is uniform)."""
+    from claro_dagster.catalogue.migrations import apply_type_change
+
+    spec = make_spec()
+    s = CatalogueStore(spec, store_url)
+    s.import_records("products", pd.DataFrame({"sku": ["A1", "B2", "C3"], "title": ["Mug", "Cup", "Jug"],
+                                               "price": [4.5, 3.0, 2.0]}), change_set_id="i1", run_id="r1")
+    s.apply(ChangeSet("e1", "products", "enrich", [Change("A1", "title", "Big mug", 99),
+                                                   Change("B2", "title", "Tea cup", 70),
+                                                   Change("C3", "title", "Water jug", 70),
+                                                   Change("C3", "price", 2.5, 70)], run_id="r2"))
+    queue = ReviewQueue(s)
+    items = {(i.record, i.field): i.id for i in queue.list()}
+    queue.approve([items[("B2", "title")]], by="ann")
+    queue.edit(items[("C3", "title")], "Jug 1l", by="ann")
+    queue.reject([items[("C3", "price")]], by="raj")
+    s.rollback("r2", record="A1", by="zoe")
+    s.dispose()
+    s = CatalogueStore(make_spec().model_copy(update={"catalogues": {"products": CatalogueSpec(
+        key="sku", attributes={**spec.catalogues["products"].attributes,
+                               "title": AttributeSpec(type="number")})}}), store_url)
+    apply_type_change(s, "products", "title", by="zoe")  # no title is a number: all cleared, kept in history
+    t = s.t
+    with s.engine.connect() as conn:
+        sets = {r.id for r in conn.execute(t["change_sets"].select())}
+        events = conn.execute(t["events"].select()).fetchall()
+        history = conn.execute(t["history"].select()).fetchall()
+        provenance = conn.execute(t["provenance"].select()).fetchall()
+    s.dispose()
+    assert {e.change_set for e in events} <= sets
+    assert {p.change_set for p in provenance} <= sets
+    value_events = [(e.change_set, e.record, e.field) for e in events
+                    if e.type in ("change.applied", "change.approved") and e.field is not None]
+    assert sorted((h.change_set, h.record, h.field) for h in history) == \
+        sorted(k for k in value_events if k[0] in {h.change_set for h in history})
+    assert {h.kind for h in history} == {"update", "review", "rollback", "schema"}
