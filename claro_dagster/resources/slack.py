@@ -11,7 +11,7 @@ replies that list the affected records, split to stay inside Slack's message lim
 Delivery never raises: a catalogue run must not fail because Slack is down, the token was revoked or
 a channel was archived. Every failure is logged and returned in the `NotifyReport`.
 
-Limits used below come from `shared/contracts/slack/slack-limits.json` (compiled from Slack's Block
+Limits used below come from `tests/contracts/slack/slack-limits.json` (compiled from Slack's Block
 Kit reference and the chat.postMessage docs); `tests/resources/test_slack.py` checks the constants
 against that file.
 

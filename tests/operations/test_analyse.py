@@ -221,7 +221,7 @@ def test_fields_table_has_one_row_per_attribute():
     assert {"fill_rate", "uniqueness", "length_cv", "rating", "quality"} <= set(table.columns)
 
 
-GS1_VECTORS = {  # from GS1's own syntax-engine tests (shared/contracts/gs1/gtin-check-digit-vectors.json)
+GS1_VECTORS = {  # from GS1's own syntax-engine tests (tests/contracts/gs1/gtin-check-digit-vectors.json)
     "02345673": True, "12345673": False, "416000336108": True, "416000336109": False,
     "1234567890128": True, "1234567890129": False, "12345678901231": True, "12345678901232": False,
     "123456789012345675": False,  # an SSCC, not a GTIN

@@ -21,8 +21,7 @@ from claro_dagster.operations.export import (
 )
 from claro_dagster.spec.models import AttributeSpec, CatalogueSpec
 
-SHOPIFY_TEMPLATE = (Path(__file__).resolve().parents[2].parent
-                    / "shared" / "contracts" / "samples" / "shopify_product_template.csv")
+SHOPIFY_TEMPLATE = Path(__file__).resolve().parents[1] / "contracts" / "samples" / "shopify_product_template.csv"
 
 FORMULAS = ['=HYPERLINK("http://evil.example","click")', "+1", "-2+3", "@SUM(A1:A2)"]
 NEUTRALISED = ["'" + f for f in FORMULAS]

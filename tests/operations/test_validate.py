@@ -23,8 +23,7 @@ from claro_dagster.operations.values import (
 )
 from claro_dagster.spec.models import AttributeSpec, CatalogueSpec
 
-# shared/ sits beside the repository (here and in CI)
-GS1_VECTORS = Path(__file__).resolve().parents[2].parent / "shared/contracts/gs1/gtin-check-digit-vectors.json"
+GS1_VECTORS = Path(__file__).resolve().parents[1] / "contracts" / "gs1" / "gtin-check-digit-vectors.json"
 
 
 

@@ -1,8 +1,8 @@
 """The shared HTTP layer against a real local HTTP server that replays scripted answers.
 
-The throttling answers follow the vendors' documents in ../shared/contracts/: Slack and Shopify
-answer 429 with `Retry-After` in seconds (`slack/slack-limits.json`, Shopify's "2.0"), Amazon SP-API
-answers 429 with `x-amzn-RateLimit-Limit` (`amazon-sp-api/sp-api-rate-limits.json`), GitHub-style
+The throttling answers follow the vendors' documents: Slack and Shopify answer 429 with `Retry-After`
+in seconds (`tests/contracts/slack/slack-limits.json`, Shopify's "2.0"), Amazon SP-API answers 429 with
+`x-amzn-RateLimit-Limit` (the "Usage Plan" tables of its published API models), GitHub-style
 APIs send `X-RateLimit-Reset` as a Unix time. RFC 9110 allows `Retry-After` as an HTTP date.
 """
 

@@ -1,9 +1,9 @@
 """Slack alerts against a local HTTP server standing in for Slack's Web API.
 
 Every chat.postMessage request the notifier sends is checked against Slack's published contract,
-`shared/contracts/slack/chat.postMessage.openapi-excerpt.json` (the `/chat.postMessage` operation of
+`tests/contracts/slack/chat.postMessage.openapi-excerpt.json` (the `/chat.postMessage` operation of
 slackapi/slack-api-specs `web-api/slack_web_openapi_v2.json`, OpenAPI 2.0), and against the message
-limits in `shared/contracts/slack/slack-limits.json`. The fake server answers as those documents say:
+limits in `tests/contracts/slack/slack-limits.json`. The fake server answers as those documents say:
 the success schema `{ok, channel, ts, message}`, errors as HTTP 200 with `{"ok": false, "error": ...}`,
 and rate limiting as HTTP 429 with `Retry-After` (seconds) and `{"ok": false, "error": "ratelimited"}`.
 """
@@ -27,7 +27,7 @@ from claro_dagster.resources import slack
 from claro_dagster.resources.slack import Alert, SlackNotifier, build_messages, routes_for
 from claro_dagster.spec.models import NotificationsSpec, SlackRoute
 
-CONTRACTS = Path(__file__).resolve().parents[2].parent / "shared" / "contracts" / "slack"
+CONTRACTS = Path(__file__).resolve().parents[1] / "contracts" / "slack"
 OPENAPI = json.loads((CONTRACTS / "chat.postMessage.openapi-excerpt.json").read_text())
 LIMITS = json.loads((CONTRACTS / "slack-limits.json").read_text())
 BLOCK_KIT = LIMITS["block_kit"]

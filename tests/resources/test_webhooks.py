@@ -1,7 +1,7 @@
 """Signed webhook delivery against real local receivers that verify with the `standardwebhooks` library.
 
 Signatures are checked against the published vectors in
-../shared/contracts/standard-webhooks/test-vectors.json (Standard Webhooks spec, `v1` HMAC-SHA256).
+tests/contracts/standard-webhooks/test-vectors.json (Standard Webhooks spec, `v1` HMAC-SHA256).
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ from claro_dagster.spec.models import (
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECRET_ENV = "CLARO_TEST_WEBHOOK_SECRET"
-VECTORS = (Path(__file__).resolve().parents[2].parent / "shared" / "contracts" / "standard-webhooks"
-           / "test-vectors.json")
+VECTORS = Path(__file__).resolve().parents[1] / "contracts" / "standard-webhooks" / "test-vectors.json"
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -1,6 +1,6 @@
 """The Slack slash-command endpoint: request signing, the commands, and Slack's 3-second budget.
 
-Signing is checked against Slack's worked example in `shared/contracts/slack/request-signing-vectors.json`
+Signing is checked against Slack's worked example in `tests/contracts/slack/request-signing-vectors.json`
 (from Slack's "Verifying requests from Slack", as used by slackapi/python-slack-sdk's tests): the valid
 vector, the SDK's negative cases (changed body, wrong signature, the real clock making it stale,
 missing headers), and a replay of the same request.
@@ -40,7 +40,7 @@ from claro_dagster.spec.models import (
 from claro_dagster.web.app import create_app
 from claro_dagster.web.slack_commands import SlackRequestVerifier
 
-CONTRACTS = Path(__file__).resolve().parents[2].parent / "shared" / "contracts" / "slack"
+CONTRACTS = Path(__file__).resolve().parents[1] / "contracts" / "slack"
 SIGNING = json.loads((CONTRACTS / "request-signing-vectors.json").read_text())
 VECTOR = SIGNING["vectors"][0]
 SECRET = "test-signing-secret"
