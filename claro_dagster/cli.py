@@ -122,15 +122,33 @@ def records(catalogue: CatalogueOption = None,
 
 @app.command()
 def history(record: str, catalogue: CatalogueOption = None,
-            field: Annotated[str | None, typer.Option(help="Only this field.")] = None) -> None:
-    """Show every value a record's fields have had, with provenance (operation, run, source, confidence)."""
+            field: Annotated[str | None, typer.Option(help="Only this field.")] = None,
+            format: Annotated[str, typer.Option("--format", help="table or json")] = "table") -> None:
+    """Show every value a record's fields have had, with provenance (operation, run, source, confidence) and
+    who decided it (the reviewer of an approval or rejection, the author of a rollback)."""
+    if format not in ("table", "json"):
+        raise StoreError(f"unknown format {format!r}; formats are: table, json")
     name = ctx.catalogue(catalogue)
+    entries = ctx.store().history(name, record, field)
+    if format == "json":
+        import orjson
+
+        for e in entries:
+            p = e.provenance
+            sys.stdout.write(orjson.dumps({
+                "at": e.at.isoformat(), "record": e.record, "field": e.field, "kind": e.kind, "old": e.old,
+                "new": e.new, "by": e.by, "reason": e.reason, "change_set": e.change_set, "proposal": e.proposal,
+                "proposed_in": e.proposed_in,
+                "operation": p.operation if p else None, "run_id": p.run_id if p else None,
+                "source": p.source if p else None, "reviewer": p.reviewer if p else None,
+                "confidence": p.confidence if p else None}).decode() + "\n")
+        return
     table = Table(title=f"{name} {record}")
-    for col in ("when", "field", "kind", "old", "new", "operation", "run", "source", "reviewer", "confidence"):
+    for col in ("when", "field", "kind", "old", "new", "by", "operation", "run", "source", "reviewer", "confidence"):
         table.add_column(col, overflow="fold")
-    for e in ctx.store().history(name, record, field):
+    for e in entries:
         p = e.provenance
-        table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), e.field, e.kind, _show(e.old), _show(e.new),
+        table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), e.field, e.kind, _show(e.old), _show(e.new), e.by or "",
                       p.operation if p else "", (p.run_id or "") if p else "", (p.source or "") if p else "",
                       (p.reviewer or "") if p else "", f"{p.confidence:g}" if p else "")
     console.print(table)
@@ -252,12 +270,13 @@ def rollback(run: Annotated[str, typer.Option("--run", help="The run whose write
              record: Annotated[str | None, typer.Option(help="Only this record.")] = None,
              field: Annotated[list[str] | None, typer.Option("--field", help="Only these fields (repeatable).")] = None,
              catalogue: CatalogueOption = None, by: ByOption = None) -> None:
-    """Restore the values a run wrote to what they were before it (per field, optionally one record)."""
+    """Restore the values a run wrote, and what reviewers approved of its proposals, to what they were before
+    it (per field, optionally one record). Exits 1, saying why, when there is nothing to restore."""
     result = ctx.store().rollback(run, record=record, fields=field or None, by=who(by),
                                   catalogue=ctx.catalogue(catalogue) if catalogue else None)
-    console.print(result.summary())
+    console.print(result.summary(), highlight=False)
     for conflict in result.conflicts[:20]:
-        console.print(f"  kept {conflict}: written again after run {run}")
+        console.print(f"  kept {conflict}: written again after run {run}", highlight=False)
 
 
 @app.command("schema-diff")

@@ -275,7 +275,9 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
             result = claro.store.import_records(
                 catalogue, frame, change_set_id=f"publish:{batch.key}:{digest[:16]}", operation="publish",
                 run_id=context.run_id, source=batch.source, reason=f"published from {batch.filename}",
-                overwrite_confidence=claro.spec.sources[batch.source].overwrite_confidence)
+                overwrite_confidence=claro.spec.sources[batch.source].overwrite_confidence,
+                empty_cells=claro.spec.sources[batch.source].empty_cells,
+                clear_reason=f"cleared: empty cell in {batch.filename}")
         registry.set_status(batch.key, "published", stage="records", message=result.summary())
         settle_inbox_file(claro, batch)
         return dg.MaterializeResult(metadata={

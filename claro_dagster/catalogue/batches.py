@@ -11,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from claro_dagster.catalogue.store import CatalogueStore, _aware, dumps, loads, now
+from claro_dagster.catalogue.common import aware as _aware
+from claro_dagster.catalogue.common import dumps, loads, now
+from claro_dagster.catalogue.store import CatalogueStore
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from claro_dagster.catalogue.changes import ApplyResult, ChangeSet, StoreError
-from claro_dagster.catalogue.schema import column_type, prov_column
-from claro_dagster.catalogue.store import CatalogueStore, dumps, now
+from claro_dagster.catalogue.changes import ChangeSet, StoreError
+from claro_dagster.catalogue.schema import column_type
+from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec.models import AttributeSpec
 
 
@@ -115,16 +115,12 @@ def apply_type_change(store: CatalogueStore, catalogue: str, attribute: str, *, 
     quote = store.engine.dialect.identifier_preparer.quote
     tmp = f"{attribute}__converting"
     cs = ChangeSet(f"schema:{catalogue}.{attribute}:{uuid.uuid4().hex[:8]}", catalogue, "schema-change", reviewer=by)
-    stamp = now()
-    with store.engine.begin() as conn:
-        seq = store._start_change_set(conn, cs)
-        rows = conn.execute(sa.select(table.c._id, table.c[cat.key], table.c[attribute],
-                                      sa.func.coalesce(table.c[prov_column(attribute)], table.c._created_prov))
-                            ).fetchall()
-        conn.execute(sa.text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(tmp)} "
-                             f"{column_type(target).compile(dialect=store.engine.dialect)}"))
-        updates, history = [], []
-        for rid, record, value, prov in rows:
+    with store.writer.transaction() as tx:
+        opened = tx.open(cs)
+        conn = tx.conn
+        rows = conn.execute(sa.select(table.c._id, table.c[cat.key], table.c[attribute])).fetchall()
+        updates, lost = [], []
+        for rid, record, value in rows:
             if value is None:
                 continue
             change.values += 1
@@ -132,24 +128,24 @@ def apply_type_change(store: CatalogueStore, catalogue: str, attribute: str, *, 
                 updates.append({"i": rid, "v": convert(value, target)})
             except ValueError as exc:
                 change.failures.append((record, value, str(exc)))
-                history.append(dict(catalogue=catalogue, record=record, field=attribute, old=dumps(value), new=None,
-                                    old_prov=prov, new_prov=None, change_set=cs.id, kind="schema",
-                                    reason=f"type {change.stored_type} -> {change.spec_type}: {exc}",
-                                    citation=None, at=stamp))
+                lost.append((record, f"type {change.stored_type} -> {change.spec_type}: {exc}"))
+        # Values that cannot convert are cleared through the writer first (history keeps them), so the
+        # conversion below only sees values it keeps.
+        for record, reason in lost:
+            opened.set_exact(record, attribute, None, None, kind="schema", reason=reason)
+        opened.flush()
+        conn.execute(sa.text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(tmp)} "
+                             f"{column_type(target).compile(dialect=store.engine.dialect)}"))
         if updates:
             conn.execute(sa.text(f"UPDATE {quote(table.name)} SET {quote(tmp)} = :v WHERE _id = :i"), updates)
         conn.execute(sa.text(f"ALTER TABLE {quote(table.name)} DROP COLUMN {quote(attribute)}"))
         conn.execute(sa.text(f"ALTER TABLE {quote(table.name)} RENAME COLUMN {quote(tmp)} TO {quote(attribute)}"))
-        if history:
-            conn.execute(store.t["history"].insert(), history)
-            cleared = [{"k": h["record"]} for h in history]
-            conn.execute(sa.text(f"UPDATE {quote(table.name)} SET {quote(prov_column(attribute))} = NULL "
-                                 f"WHERE {quote(cat.key)} = :k"), cleared)
         attrs = store.t["attributes"]
         conn.execute(attrs.update().where(attrs.c.catalogue == catalogue, attrs.c.attribute == attribute)
                      .values(type=target.type))
-        conn.execute(table.update().values(_seq=seq))
-        store._finish_change_set(conn, ApplyResult(cs.id, applied=len(updates), rejected=len(history)))
+        opened.touch_all()  # every value changed type: destinations read them again
+        opened.result.applied, opened.result.rejected = len(updates), len(lost)
+        opened.finish()
     # Content hashes depend on value types: recompute them with a store bound to the new column type.
     fresh = CatalogueStore(store.spec, store.url)
     fresh.rehash(catalogue)

@@ -1,8 +1,9 @@
 """The review queue: changes the gate held back wait here for a person's decision.
 
-Every decision (approve, reject, edit, skip, snooze) is recorded with who and when; approving or
-editing writes the value through the store's change path, so it gets history, provenance and an
-outbox event in the same transaction.
+Every decision (approve, reject, edit, skip, snooze) is recorded with who and when. Approving,
+editing and rejecting go through the store's one writer, in change sets that keep the run that
+proposed the change (so rolling back that run undoes what reviewers approved of it) and name the
+reviewer; a value gets history, provenance and an outbox event in the same transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from claro_dagster.catalogue.changes import ApplyResult, Change, ChangeSet, StoreError
-from claro_dagster.catalogue.store import CatalogueStore, _aware, _Prov, dumps, loads, now
+from claro_dagster.catalogue.common import aware, dumps, loads, now
+from claro_dagster.catalogue.store import CatalogueStore
+from claro_dagster.catalogue.writer import ValueProvenance
 
 OPEN = ("queued", "suggested", "skipped", "snoozed")
 DECIDED = ("approved", "edited", "rejected", "discarded")
@@ -111,7 +114,7 @@ class ReviewQueue:
         return ReviewItem(r.id, r.change_set, r.catalogue, r.record, r.field, loads(r.old), loads(r.new),
                           r.confidence, r.reason, r.citation, r.operation, r.source, r.run_id, r.model,
                           tuple(x for x in (r.reviewers or "").split(",") if x), r.status,
-                          _aware(r.snoozed_until), r.decided_by, _aware(r.at))
+                          aware(r.snoozed_until), r.decided_by, aware(r.at))
 
     # ------------------------------------------------------------------ deciding
     def approve(self, ids: Iterable[int], *, by: str, note: str | None = None) -> ApplyResult:
@@ -123,16 +126,20 @@ class ReviewQueue:
         return self._apply([item_id], by=by, note=note, decision="edited", value=value)
 
     def reject(self, ids: Iterable[int], *, by: str, note: str | None = None) -> int:
+        """Keep the current values; each rejection is an event of a review change set of the proposing run."""
         items = self._open(ids)
         stamp = now()
-        with self.store.engine.begin() as conn:
-            for item in items:
-                self._decide(conn, item, "rejected", by, note, stamp)
-                conn.execute(self.store.t["events"].insert().values(
-                    type="change.rejected", catalogue=item.catalogue, record=item.record, field=item.field,
-                    change_set=f"review:{item.id}", proposal=item.id, at=stamp, payload=dumps({
-                        "record": item.record, "field": item.field, "old": item.old, "new": item.new,
-                        "confidence": item.confidence, "operation": item.operation, "by": by, "note": note})))
+        with self.store.writer.transaction() as tx:
+            for opened, group in self._change_sets(tx, items, by, f"review:{uuid.uuid4().hex[:16]}"):
+                for item in group:
+                    opened.event("change.rejected", record=item.record, field=item.field, proposal=item.id,
+                                 payload={"record": item.record, "field": item.field, "old": item.old,
+                                          "new": item.new, "confidence": item.confidence,
+                                          "operation": item.operation, "run_id": item.run_id, "by": by,
+                                          "note": note})
+                    self._decide(tx.conn, item, "rejected", by, note, stamp)
+                opened.result.rejected = len(group)
+                opened.finish()
         return len(items)
 
     def skip(self, ids: Iterable[int], *, by: str, note: str | None = None) -> int:
@@ -176,19 +183,25 @@ class ReviewQueue:
                 self._decide(conn, item, status, by, note, stamp, **extra)
         return len(items)
 
+    @staticmethod
+    def _change_sets(tx, items: list[ReviewItem], by: str, review_id: str):
+        """One review change set per catalogue and proposing run: the decision keeps the run (and, per
+        value, the proposal and so the change set) that proposed the change."""
+        groups: dict[tuple[str, str | None], list[ReviewItem]] = defaultdict(list)
+        for item in items:
+            groups[(item.catalogue, item.run_id)].append(item)
+        for n, ((catalogue, run_id), group) in enumerate(groups.items()):
+            cs = ChangeSet(f"{review_id}:{n}" if len(groups) > 1 else review_id, catalogue, "review",
+                           run_id=run_id, reviewer=by)
+            yield tx.open(cs), group
+
     def _apply(self, ids: list[int], *, by: str, note: str | None, decision: str, value: Any = None) -> ApplyResult:
         items = self._open(ids)
         review_id = f"review:{uuid.uuid4().hex[:16]}"
         total = ApplyResult(review_id)
         stamp = now()
-        by_catalogue: dict[str, list[ReviewItem]] = defaultdict(list)
-        for item in items:
-            by_catalogue[item.catalogue].append(item)
-        with self.store.engine.begin() as conn:
-            for catalogue, group in by_catalogue.items():
-                cs = ChangeSet(f"{review_id}:{catalogue}" if len(by_catalogue) > 1 else review_id, catalogue,
-                               "review", reviewer=by)
-                seq = self.store._start_change_set(conn, cs)
+        with self.store.writer.transaction() as tx:
+            for opened, group in self._change_sets(tx, items, by, review_id):
                 changes, proposal, provs = [], {}, {}
                 for item in group:
                     new = value if decision == "edited" else item.new
@@ -196,18 +209,18 @@ class ReviewQueue:
                                 note or item.reason or "", item.citation)
                     changes.append(ch)
                     proposal[id(ch)] = item.id
-                    provs[id(ch)] = (_Prov("review", None, f"reviewer:{by}", None, by, 100.0) if decision == "edited"
-                                     else _Prov(item.operation, item.run_id, item.source, item.model, by,
-                                                item.confidence))
-                result = ApplyResult(cs.id)
-                self.store._apply_changes(
-                    conn, cs, seq, changes, self.store._ProvCache(self.store, conn, cs.id), result, kind="review",
-                    decide=lambda _c, _a: "applied", provenance_of=lambda c, p=provs: p[id(c)],
-                    proposal_of=lambda c, p=proposal: p[id(c)], event_type="change.approved")
-                self.store._finish_change_set(conn, result)
+                    provs[id(ch)] = (ValueProvenance("review", item.run_id, f"reviewer:{by}", None, by, 100.0)
+                                     if decision == "edited"
+                                     else ValueProvenance(item.operation, item.run_id, item.source, item.model, by,
+                                                          item.confidence))
+                opened.write(changes, kind="review", decide=lambda _c, _a: "applied",
+                             provenance_of=lambda c, p=provs: p[id(c)], proposal_of=lambda c, p=proposal: p[id(c)],
+                             event_type="change.approved")
+                result = opened.finish()
                 total.applied += result.applied
                 total.unchanged += result.unchanged
                 total.created += result.created
                 for item in group:
-                    self._decide(conn, item, decision, by, note, stamp, value=value if decision == "edited" else None)
+                    self._decide(tx.conn, item, decision, by, note, stamp,
+                                 value=value if decision == "edited" else None)
         return total

@@ -92,6 +92,8 @@ def shared_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("reason", sa.Text),
         sa.Column("citation", sa.Text),
         _ts("at", nullable=False),
+        # The review item a reviewer's decision applied (its row keeps the run and change set that proposed it).
+        sa.Column("proposal", sa.Integer),
         sa.Index("ix_claro_history_record", "catalogue", "record", "field"),
     )
     t["proposals"] = sa.Table(

@@ -30,40 +30,28 @@ def normalize_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
                     locale_hint: str | None = None) -> NormalizationResult:
     """Normalize every catalogue attribute present in `frame`; other columns pass through untouched.
 
-    Blank cells of an attribute with a `default` get the default on rows that create a record
-    (`__match__` == "new", or every row when the batch was not matched); on rows that update an
-    existing record a blank means "no information" and stays blank.
+    An attribute the batch has no column for gets none: an absent column is no information, and
+    the store must not read it as "clear this value". Defaults are not filled here either: only the
+    store knows which rows create a record, and a default applies to new records only.
     """
     rows = len(frame)
     out = frame.copy()
     lines = line_numbers(frame)
-    if "__match__" in frame.columns:
-        new_rows = (frame["__match__"] == "new").to_numpy()
-    else:
-        new_rows = np.ones(rows, dtype=bool)
 
     outcomes = {}
     for name, attr in catalogue.attributes.items():
-        present = name in frame.columns
-        if not present and attr.default is None:
+        if name not in frame.columns:
             continue
         rules = AttributeRules(name, attr, locale_hint=locale_hint)
-        outcome = rules.evaluate_column(frame[name] if present else None, rows)
-        if attr.default is not None:
-            fill = outcome.blank & new_rows
-            if fill.any():
-                value, _ = rules.normalize(attr.default)
-                outcome.values[fill] = value
-                outcome.change[fill] = f"filled default {value!r}"
-        outcomes[name] = (present, outcome)
+        outcomes[name] = rules.evaluate_column(frame[name], rows)
 
     key = outcomes.get(catalogue.key)
-    records = record_labels(frame, key[1].values if key is not None else None)
+    records = record_labels(frame, key.values if key is not None else None)
 
     parts: dict[str, list[np.ndarray]] = {"pos": [], "attribute": [], "old": [], "new": [], "reason": []}
-    for name, (present, outcome) in outcomes.items():
+    for name, outcome in outcomes.items():
         attr = catalogue.attributes[name]
-        old = frame[name].to_numpy(dtype=object) if present else np.full(rows, None, dtype=object)
+        old = frame[name].to_numpy(dtype=object)
         failed = ~np.equal(outcome.problem, None)
         values = outcome.values
         if failed.any():

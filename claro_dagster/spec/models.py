@@ -127,6 +127,10 @@ class SourceSpec(SpecModel):
     # How far this source is trusted when it would replace a different value already in the catalogue
     # (filling an empty field always counts as 100). Below the gate's auto_apply, overwrites wait for review.
     overwrite_confidence: float = Field(100, ge=0, le=100)
+    # An empty cell on a record that exists already: `ignore` keeps the stored value (a blank is no
+    # information), `clear` clears it, a change with its reason that goes through the gate like any other.
+    # A column the file lacks is never written, and defaults fill only new records, whatever this says.
+    empty_cells: Literal["ignore", "clear"] = "ignore"
 
 
 class RoutingRule(SpecModel):

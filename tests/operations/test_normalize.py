@@ -140,14 +140,17 @@ def test_identifiers_are_never_numerically_reformatted():
     assert set(result.changes["reason"]) == {"trimmed whitespace"}
 
 
-def test_defaults_fill_blank_cells_of_new_records_only():
-    frame = batch(sku=["A-1", "A-2", "A-3"], status=[None, "  ", "active"])
-    frame["__record__"] = ["A-1", "A-2", "A-3"]
-    frame["__match__"] = ["new", "key", "new"]
-    cat = catalogue(status=AttributeSpec(type="enum", values=["active", "draft"], default="draft"))
+def test_an_absent_column_stays_absent_and_blanks_stay_blank_even_with_a_default():
+    # Issue 7 item 1: a blank column added here was written over existing records' values by the store.
+    # Absent means "no information"; the store fills defaults, and only on the records it creates.
+    frame = batch(sku=["A-1", "A-2"], title=["Mug", "Cup"])
+    cat = catalogue(title=AttributeSpec(type="text"),
+                    status=AttributeSpec(type="enum", values=["active", "draft"], default="draft"))
     result = normalize_batch(frame, cat)
-    assert result.frame["status"].tolist() == ["draft", None, "active"]
-    assert changes_for(result, "status") == [(2, None, "draft", "filled default 'draft'")]
+    assert "status" not in result.frame.columns
+    assert result.changes.empty
+    blanks = normalize_batch(batch(sku=["A-1", "A-2"], status=[None, "Active"]), cat)
+    assert blanks.frame["status"].tolist() == [None, "active"]
 
 
 def test_line_numbers_and_other_columns_pass_through():

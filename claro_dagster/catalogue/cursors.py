@@ -1,0 +1,38 @@
+"""Cursors of outbound connectors: how far each destination has read the catalogue (change-set seq)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import sqlalchemy as sa
+
+from claro_dagster.catalogue.common import now
+from claro_dagster.catalogue.reader import CatalogueReader
+
+
+class Cursors:
+    def __init__(self, reader: CatalogueReader):
+        self.reader = reader
+        self.engine = reader.engine
+        self.t = reader.t
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        c = self.t["cursors"]
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(c.c.value).where(c.c.name == name)).scalar()
+        return default if value is None else value
+
+    def set(self, name: str, value: str) -> None:
+        c = self.t["cursors"]
+        with self.engine.begin() as conn:
+            if conn.execute(c.update().where(c.c.name == name).values(value=value, updated_at=now())).rowcount == 0:
+                conn.execute(c.insert().values(name=name, value=value, updated_at=now()))
+
+    def last_seq(self) -> int:
+        cs = self.t["change_sets"]
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.coalesce(sa.func.max(cs.c.seq), 0))).scalar_one()
+
+    def changed_since(self, catalogue: str, seq: int, filter: str | None = None) -> pd.DataFrame:
+        """Records written after a change-set seq (an outbound destination's cursor)."""
+        frame = self.reader.records(catalogue, filter=filter, with_seq=True)
+        return frame[frame["_seq"] > seq].drop(columns="_seq").reset_index(drop=True)

@@ -1,0 +1,90 @@
+"""The store's tables as they are in the database, kept in step with the spec when the store opens.
+
+Adding an attribute (or a bookkeeping column a newer version needs) adds a nullable column: nothing
+can be lost. A changed attribute type is not applied here: the catalogue keeps its stored type until
+the change is confirmed (`migrations.apply_type_change`), so writes keep working meanwhile.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from claro_dagster.catalogue.changes import StoreError
+from claro_dagster.catalogue.schema import build_metadata, column_type, prov_column, record_table
+from claro_dagster.spec.models import AttributeSpec, CatalogueSpec, ProjectSpec
+
+
+class StoredSchema:
+    """Tables (`t`: shared, `rec`: one per catalogue) and each catalogue as stored."""
+
+    def __init__(self, spec: ProjectSpec, engine: Engine):
+        self.spec = spec
+        self.engine = engine
+        self.metadata, self.t, self.rec = build_metadata(spec)
+        self.metadata.create_all(engine)
+        self.effective: dict[str, CatalogueSpec] = {}
+        self._sync()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def _add_column(self, conn, table: str, name: str, col_type: sa.types.TypeEngine) -> None:
+        preparer = self.engine.dialect.identifier_preparer
+        conn.execute(sa.text(f"ALTER TABLE {preparer.quote(table)} ADD COLUMN {preparer.quote(name)} "
+                             f"{col_type.compile(dialect=self.engine.dialect)}"))
+
+    def _sync(self) -> None:
+        inspector = sa.inspect(self.engine)
+        attrs = self.t["attributes"]
+        with self.engine.begin() as conn:
+            # Shared tables of a database made by an older version: add the columns it lacks (all nullable).
+            for table in self.t.values():
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present:
+                        self._add_column(conn, table.name, column.name, column.type)
+            stored = {(r.catalogue, r.attribute): r.type for r in conn.execute(sa.select(attrs))}
+            for name, cat in self.spec.catalogues.items():
+                table = self.rec[name]
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for attr_name, attr in cat.attributes.items():
+                    for col_name, col_type in ((attr_name, column_type(attr)), (prov_column(attr_name), sa.Integer())):
+                        if col_name not in present:
+                            self._add_column(conn, table.name, col_name, col_type)
+                    if (name, attr_name) not in stored:
+                        conn.execute(attrs.insert().values(catalogue=name, attribute=attr_name, type=attr.type))
+                        stored[(name, attr_name)] = attr.type
+                effective = {a: (s if stored[(name, a)] == s.type else s.model_copy(update={"type": stored[(name, a)]}))
+                             for a, s in cat.attributes.items()}
+                self.effective[name] = cat.model_copy(update={"attributes": effective})
+                if any(effective[a] is not cat.attributes[a] for a in effective):
+                    # Bind the table to the stored types so writes keep working until the change is confirmed.
+                    self.rec[name] = record_table(sa.MetaData(), name, self.effective[name])
+
+    def catalogue(self, name: str) -> CatalogueSpec:
+        """The catalogue as stored (attribute types whose change is not yet confirmed stay as they were)."""
+        if name not in self.effective:
+            raise StoreError(f"unknown catalogue {name!r}; catalogues are: {', '.join(self.spec.catalogues)}")
+        return self.effective[name]
+
+    def check_field(self, catalogue: str, field: str) -> AttributeSpec:
+        cat = self.catalogue(catalogue)
+        if field not in cat.attributes:
+            close = difflib.get_close_matches(field, list(cat.attributes), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise StoreError(f"unknown field {field!r} in {catalogue}{hint}; fields are: {', '.join(cat.attributes)}")
+        return cat.attributes[field]
+
+    def pending_type_changes(self) -> list[tuple[str, str, str, str]]:
+        """(catalogue, attribute, stored type, spec type) for every unconfirmed type change."""
+        out = []
+        for name, cat in self.spec.catalogues.items():
+            for attr_name, attr in cat.attributes.items():
+                stored = self.effective[name].attributes[attr_name].type
+                if stored != attr.type:
+                    out.append((name, attr_name, stored, attr.type))
+        return out

@@ -1,0 +1,579 @@
+"""The one writer of the catalogue: values, their provenance, per-field history, review proposals and
+`change.*` events, always together in one transaction.
+
+Everything that changes a catalogue value goes through an `OpenChangeSet`: the bulk import, per-field
+change sets, review approvals and edits (and rejections, which write only their event), rollback and
+schema type migrations. A change set is opened once: opening an id that exists returns None, which
+makes every writer idempotent by change-set identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from claro_dagster.catalogue.changes import (
+    ApplyResult,
+    Change,
+    ChangeSet,
+    Outcome,
+    StoreError,
+    coerce_value,
+    gate,
+    is_missing,
+)
+from claro_dagster.catalogue.common import chunks, dumps, now, values_equal
+from claro_dagster.catalogue.reader import CatalogueReader
+from claro_dagster.catalogue.schema import prov_column
+from claro_dagster.catalogue.schema_sync import StoredSchema
+from claro_dagster.spec.models import AttributeSpec, Thresholds
+
+EmptyCells = Literal["ignore", "clear"]
+
+
+@dataclass(frozen=True)
+class ValueProvenance:
+    """What a write records as the origin of a value (stored once per change set and distinct origin)."""
+
+    operation: str
+    run_id: str | None
+    source: str | None
+    model: str | None
+    reviewer: str | None
+    confidence: float
+
+
+class ChangeSetWriter:
+    def __init__(self, schema: StoredSchema, reader: CatalogueReader):
+        self.schema = schema
+        self.reader = reader
+        self.engine = schema.engine
+        self.t = schema.t
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[WriteTransaction]:
+        """One database transaction for one or more change sets: all of it is written, or none."""
+        with self.engine.begin() as conn:
+            yield WriteTransaction(self, conn)
+
+    @functools.cache  # noqa: B019 - one writer per spec; resolving builds pydantic models, too slow per change
+    def thresholds(self, catalogue: str, operation: str, attribute: str, source: str | None) -> Thresholds:
+        return self.schema.spec.thresholds_for(operation, self.schema.spec.catalogues[catalogue].attributes[attribute],
+                                               source)
+
+    # ------------------------------------------------------------------ per-field change sets
+    def apply(self, change_set: ChangeSet) -> ApplyResult:
+        """Gate and write a change set; a change set already applied is a no-op."""
+        self.schema.catalogue(change_set.catalogue)
+        with self.transaction() as tx:
+            opened = tx.open(change_set)
+            if opened is None:
+                return tx.already_applied(change_set.id)
+            opened.write(change_set.changes, kind="update")
+            return opened.finish()
+
+    # ------------------------------------------------------------------ events that are not value changes
+    def append_event(self, event_type: str, *, change_set: str, payload: dict[str, Any], catalogue: str | None = None,
+                     record: str | None = None, field: str | None = None, once: bool = True) -> bool:
+        """Append an outbox event that records no value change (e.g. `run.started` with change_set
+        `run:<run_id>`). With `once`, an event of this type for this change set is written at most once,
+        however many processes try at the same time; True when this call wrote it."""
+        with self.transaction() as tx:
+            return tx.append_event(event_type, change_set=change_set, payload=payload, catalogue=catalogue,
+                                   record=record, field=field, once=once)
+
+    # ------------------------------------------------------------------ bulk import
+    def import_records(self, catalogue: str, frame: pd.DataFrame, *, change_set_id: str, operation: str = "import",
+                       run_id: str | None = None, source: str | None = None, model: str | None = None,
+                       confidence: float = 100.0, overwrite_confidence: float | None = None,
+                       reason: str = "imported", empty_cells: EmptyCells = "ignore",
+                       clear_reason: str = "cleared: empty cell") -> ApplyResult:
+        """Write whole rows (one per record key) as one change set, through the gate.
+
+        New records are bulk-inserted, with each attribute's `default` where the row gives no value;
+        existing ones are compared by content hash first so an unchanged re-import costs one read of
+        (key, hash); changed fields go through the same per-field path as any other change set.
+
+        A column the frame lacks is no information: existing records keep their values. An empty cell
+        on an existing record is ignored too, unless `empty_cells="clear"`: then it clears the value,
+        a change like any other (scored by `overwrite_confidence`, so it may wait for review) with
+        `clear_reason`. `overwrite_confidence` (default: `confidence`) scores a value that replaces a
+        different existing one, so a less trusted source's overwrites can wait for review while its new
+        records and filled gaps go straight in.
+        """
+        if empty_cells not in ("ignore", "clear"):
+            raise StoreError(f"empty_cells must be 'ignore' or 'clear', not {empty_cells!r}")
+        overwrite = confidence if overwrite_confidence is None else overwrite_confidence
+        cat = self.schema.catalogue(catalogue)
+        key = cat.key
+        unknown = [c for c in frame.columns if c not in cat.attributes]
+        if unknown:
+            raise StoreError(f"{catalogue}: unknown column(s) {', '.join(map(str, unknown))}; "
+                             f"attributes are: {', '.join(cat.attributes)}")
+        if key not in frame.columns:
+            raise StoreError(f"{catalogue}: the rows have no {key!r} column, the catalogue key")
+        data = self._coerce_frame(catalogue, frame)
+        if data[key].isna().any():
+            missing = int(data[key].isna().sum())
+            raise StoreError(f"{catalogue}: {missing} row(s) have no {key!r}; every record needs its key")
+        dup = data[key][data[key].duplicated()]
+        if len(dup):
+            raise StoreError(f"{catalogue}: key {dup.iloc[0]!r} appears more than once in the change set "
+                             f"({len(dup)} duplicate keys); deduplicate before importing")
+        cs = ChangeSet(change_set_id, catalogue, operation, run_id=run_id, source=source, model=model)
+        with self.transaction() as tx:
+            opened = tx.open(cs)
+            if opened is None:
+                return tx.already_applied(change_set_id)
+            result = opened.result
+            existing = self._existing_hashes(tx.conn, catalogue, data[key])
+            # One hash-table lookup gives both "is it new" and "where is its stored hash".
+            position = existing.index.get_indexer(data[key]) if len(existing) else np.full(len(data), -1)
+            is_new = position < 0
+            if is_new.any():
+                new = self._with_defaults(catalogue, data[is_new])
+                outcomes = {a: gate(confidence, self.thresholds(catalogue, operation, a, source))
+                            for a in new.columns if a != key}
+                result.created = len(new)
+                opened.insert_new(new, outcomes, ValueProvenance(operation, run_id, source, model, None, confidence))
+                applied_cols = [a for a, o in outcomes.items() if o == "applied"]
+                result.applied += int(new[applied_cols].notna().to_numpy().sum()) if applied_cols else 0
+                # Fields the gate held back on new records become proposals like any other change.
+                held = [Change(str(k), a, v, confidence, reason) for a, o in outcomes.items() if o != "applied"
+                        for k, v in zip(new[key], new[a], strict=True) if not is_missing(v)]
+                if held:
+                    opened.write(held, kind="update")
+            old = data[~is_new]
+            if len(old):
+                if set(data.columns) == set(cat.attributes):
+                    hashes = self.reader.row_hash(catalogue, old)
+                    changed = old[hashes != existing.to_numpy()[position[~is_new]]]
+                else:
+                    changed = old
+                fields = len(data.columns) - 1
+                result.unchanged += (len(old) - len(changed)) * fields
+                if len(changed):
+                    current = self.reader.fetch_rows(tx.conn, catalogue, changed[key])
+                    changes = []
+                    for a in data.columns:
+                        if a == key:
+                            continue
+                        for k, v in zip(changed[key], changed[a], strict=True):
+                            was = current[k][a]
+                            if values_equal(was, v):
+                                continue
+                            if is_missing(v):
+                                if empty_cells == "clear":
+                                    changes.append(Change(str(k), a, None, overwrite, clear_reason))
+                                continue  # an empty cell is no information: the value stays
+                            changes.append(Change(str(k), a, v, confidence if was is None else overwrite, reason))
+                    result.unchanged += len(changed) * fields - len(changes)
+                    opened.write(changes, kind="update", current=current)
+            return opened.finish()
+
+    def _with_defaults(self, catalogue: str, new: pd.DataFrame) -> pd.DataFrame:
+        """New records get each attribute's `default` where the row has no value (column absent or cell empty).
+        Defaults apply to new records only: on an existing record a missing value is no information."""
+        cat = self.schema.catalogue(catalogue)
+        new = new.copy()
+        for name, attr in cat.attributes.items():
+            if attr.default is None or name == cat.key:
+                continue
+            value = coerce_value(attr.default, attr, where=f"{catalogue} attribute {name!r} default")
+            if name not in new.columns:
+                new[name] = value
+                if attr.type != "number":
+                    new[name] = new[name].astype(object)
+            else:
+                new[name] = new[name].where(new[name].notna(), value)
+                if attr.type == "number":
+                    new[name] = new[name].astype("float64")
+        return new
+
+    def _coerce_frame(self, catalogue: str, frame: pd.DataFrame) -> pd.DataFrame:
+        cat = self.schema.catalogue(catalogue)
+        data = frame.reset_index(drop=True).copy()
+        for col in data.columns:
+            attr = cat.attributes[col]
+            if attr.type == "number":
+                numbers = pd.to_numeric(data[col], errors="coerce")
+                bad = numbers.isna() & data[col].notna()
+                if bad.any():
+                    i = int(np.flatnonzero(bad.to_numpy())[0])
+                    raise StoreError(f"{catalogue} record {data[cat.key].iloc[i]!r} field {col!r}: "
+                                     f"{data[col].iloc[i]!r} is not a number; normalize it first "
+                                     f"({int(bad.sum())} such value(s))")
+                data[col] = numbers.astype("float64")
+            else:
+                series = data[col]
+                if series.dtype.kind == "f":  # whole floats read as text must not gain ".0"
+                    series = series.map(lambda v, a=attr, c=col: None if is_missing(v) else coerce_value(v, a, where=c))
+                else:
+                    series = series.astype(object).where(series.notna(), None)
+                    if pd.api.types.infer_dtype(series, skipna=True) not in ("string", "empty"):
+                        series = series.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+                data[col] = series
+        return data
+
+    def _existing_hashes(self, conn, catalogue: str, keys: pd.Series) -> pd.Series:
+        table = self.schema.rec[catalogue]
+        key_col = table.c[self.schema.catalogue(catalogue).key]
+        total = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        if total == 0:
+            return pd.Series(dtype="int64")
+        if len(keys) * 4 >= total:  # most of the table: one sequential read on the driver's own cursor
+            quote = self.engine.dialect.identifier_preparer.quote
+            cur = conn.connection.driver_connection.cursor()
+            cur.execute(f"SELECT {quote(key_col.name)}, _hash FROM {quote(table.name)}")
+            rows = cur.fetchall()
+            cur.close()
+        else:
+            rows = []
+            for chunk in chunks(list(keys)):
+                rows.extend(conn.execute(sa.select(key_col, table.c._hash).where(key_col.in_(chunk))).fetchall())
+        if not rows:
+            return pd.Series(dtype="int64")
+        k, h = zip(*rows, strict=True)
+        return pd.Series(np.array(h, dtype=np.int64), index=pd.Index(k))  # _hash is never NULL
+
+
+class WriteTransaction:
+    """One open database transaction of the writer."""
+
+    def __init__(self, writer: ChangeSetWriter, conn: sa.Connection):
+        self.writer = writer
+        self.conn = conn
+
+    def open(self, cs: ChangeSet) -> OpenChangeSet | None:
+        """Record the change set; None if it exists already (the idempotency guard)."""
+        t = self.writer.t["change_sets"]
+        if self.conn.execute(sa.select(t.c.seq).where(t.c.id == cs.id)).first() is not None:
+            return None
+        seq = self.conn.execute(t.insert().values(
+            id=cs.id, catalogue=cs.catalogue, operation=cs.operation, run_id=cs.run_id, source=cs.source,
+            model=cs.model, reviewer=cs.reviewer, at=now())).inserted_primary_key[0]
+        return OpenChangeSet(self, cs, seq)
+
+    def already_applied(self, change_set_id: str) -> ApplyResult:
+        stored = self.writer.reader.change_set(change_set_id, self.conn)
+        stored.already_applied = True
+        return stored
+
+    def append_event(self, event_type: str, *, change_set: str, payload: dict[str, Any], catalogue: str | None = None,
+                     record: str | None = None, field: str | None = None, proposal: int | None = None,
+                     once: bool = False) -> bool:
+        e = self.writer.t["events"]
+        if once:
+            self._lock(f"{change_set}:{event_type}")
+            exists = self.conn.execute(sa.select(e.c.id).where(e.c.change_set == change_set, e.c.type == event_type)
+                                       .limit(1)).first()
+            if exists is not None:
+                return False
+        self.conn.execute(e.insert().values(type=event_type, catalogue=catalogue or "", record=record, field=field,
+                                            change_set=change_set, proposal=proposal, payload=dumps(payload),
+                                            at=now()))
+        return True
+
+    def _lock(self, name: str) -> None:
+        """Hold the database's write lock for `name` until the transaction ends."""
+        if self.writer.schema.dialect == "postgresql":
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+            self.conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+        else:
+            # SQLite has one writer at a time; a write statement (matching no row) takes that lock now,
+            # before the lookup, instead of at the insert.
+            e = self.writer.t["events"]
+            self.conn.execute(e.update().where(e.c.id == -1).values(type=e.c.type))
+
+
+class OpenChangeSet:
+    """A change set being written: every value it writes gets its provenance, history row and event."""
+
+    def __init__(self, tx: WriteTransaction, cs: ChangeSet, seq: int):
+        self.tx, self.cs, self.seq = tx, cs, seq
+        self.conn = tx.conn
+        self.writer = tx.writer
+        self.schema = tx.writer.schema
+        self.reader = tx.writer.reader
+        self.t = tx.writer.t
+        self.result = ApplyResult(cs.id)
+        self._prov_ids: dict[ValueProvenance, int] = {}
+        # Exact writes (rollback, schema) are buffered and written together by `finish`.
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._writes: dict[str, dict[str, Any]] = defaultdict(dict)
+        self._history: list[dict[str, Any]] = []
+        self._events: list[dict[str, Any]] = []
+        self._delete: list[str] = []
+        self._stamp = now()
+
+    @property
+    def catalogue(self) -> str:
+        return self.cs.catalogue
+
+    def provenance(self, prov: ValueProvenance) -> int:
+        if prov not in self._prov_ids:
+            p = self.t["provenance"]
+            self._prov_ids[prov] = self.conn.execute(p.insert().values(
+                change_set=self.cs.id, operation=prov.operation, run_id=prov.run_id, source=prov.source,
+                model=prov.model, reviewer=prov.reviewer, confidence=float(prov.confidence), at=now()
+            )).inserted_primary_key[0]
+        return self._prov_ids[prov]
+
+    def event(self, event_type: str, *, record: str | None, field: str | None, payload: dict[str, Any],
+              proposal: int | None = None) -> None:
+        """A `change.*` event of this change set (one that writes no value, e.g. a reviewer's rejection)."""
+        self._events.append(dict(type=event_type, catalogue=self.cs.catalogue, record=record, field=field,
+                                 change_set=self.cs.id, proposal=proposal, payload=dumps(payload), at=self._stamp))
+
+    # ------------------------------------------------------------------ gated per-field writes
+    def write(self, changes: Sequence[Change], *, kind: str, current: dict[str, dict[str, Any]] | None = None,
+              decide: Callable[[Change, AttributeSpec], Outcome] | None = None,
+              provenance_of: Callable[[Change], ValueProvenance] | None = None,
+              proposal_of: Callable[[Change], int | None] | None = None,
+              event_type: str = "change.applied") -> None:
+        """Gate each change (or `decide` it) and write it: applied ones with provenance, history and an
+        event; held-back ones as review proposals. A change to an unknown record creates the record."""
+        cs = self.cs
+        cat = self.schema.catalogue(cs.catalogue)
+        result = self.result
+        rows = dict(current or {})
+        missing = {c.record for c in changes} - rows.keys()
+        if missing:
+            rows.update(self.reader.fetch_rows(self.conn, cs.catalogue, missing))
+        created: dict[str, dict[str, Any]] = {}
+        writes: dict[str, dict[str, Any]] = defaultdict(dict)
+        history, events = [], []
+        stamp = now()
+        for ch in changes:
+            attr = self.schema.check_field(cs.catalogue, ch.field)
+            where = f"{cs.catalogue} record {ch.record!r} field {ch.field!r}"
+            if ch.field == cat.key:
+                raise StoreError(f"{where}: the key cannot be changed by a change set")
+            new = coerce_value(ch.new, attr, where=where)
+            row = rows.get(ch.record)
+            old = row[ch.field] if row is not None else None
+            if values_equal(old, new):
+                result.unchanged += 1
+                continue
+            p = provenance_of(ch) if provenance_of else ValueProvenance(cs.operation, cs.run_id, cs.source, cs.model,
+                                                                        cs.reviewer, ch.confidence)
+            outcome = decide(ch, attr) if decide else gate(
+                ch.confidence, self.writer.thresholds(cs.catalogue, cs.operation, ch.field, cs.source))
+            payload = {"record": ch.record, "field": ch.field, "old": old, "new": new, "confidence": ch.confidence,
+                       "reason": ch.reason, "operation": p.operation, "source": p.source, "run_id": p.run_id}
+            if outcome != "applied":
+                self._propose(ch, old, new, outcome, attr, stamp)
+                continue
+            pid = self.provenance(p)
+            proposal = proposal_of(ch) if proposal_of else None
+            if row is None:
+                row = {cat.key: ch.record, **{a: None for a in cat.attributes if a != cat.key},
+                       **{prov_column(a): None for a in cat.attributes}}
+                rows[ch.record] = row
+                created[ch.record] = row
+                result.created += 1
+            elif ch.record not in created:
+                history.append(dict(catalogue=cs.catalogue, record=ch.record, field=ch.field, old=dumps(old),
+                                    new=dumps(new), old_prov=row[prov_column(ch.field)], new_prov=pid,
+                                    change_set=cs.id, kind=kind, reason=ch.reason, citation=ch.citation, at=stamp,
+                                    proposal=proposal))
+            row[ch.field] = new
+            row[prov_column(ch.field)] = pid
+            writes[ch.record][ch.field] = new
+            writes[ch.record][prov_column(ch.field)] = pid
+            events.append(dict(type=event_type, catalogue=cs.catalogue, record=ch.record, field=ch.field,
+                               change_set=cs.id, proposal=proposal, payload=dumps(payload), at=stamp))
+            result.applied += 1
+        self._write_rows(rows, writes, created)
+        if history:
+            self.conn.execute(self.t["history"].insert(), history)
+        if events:
+            self.conn.execute(self.t["events"].insert(), events)
+
+    def _propose(self, ch: Change, old: Any, new: Any, outcome: Outcome, attr: AttributeSpec, stamp) -> None:
+        cs, result = self.cs, self.result
+        th = self.writer.thresholds(cs.catalogue, cs.operation, ch.field, cs.source)
+        gate_reason = None
+        if outcome == "discarded":
+            gate_reason = f"confidence {ch.confidence:g} is below the reject threshold {th.reject:g}"
+            result.rejected += 1
+        elif outcome == "queued":
+            result.queued += 1
+        else:
+            result.suggested += 1
+        routed = self.schema.spec.reviewers_for(cs.catalogue, ch.field, ch.confidence, cs.source)  # branch on outcome
+        reviewers = routed if routed is not None else attr.reviewers or []
+        pid = self.conn.execute(self.t["proposals"].insert().values(
+            change_set=cs.id, catalogue=cs.catalogue, record=ch.record, field=ch.field, old=dumps(old),
+            new=dumps(new), confidence=ch.confidence, reason=ch.reason, citation=ch.citation,
+            operation=cs.operation, source=cs.source, run_id=cs.run_id, model=cs.model,
+            reviewers=",".join(reviewers) or None, status=outcome, gate_reason=gate_reason, at=stamp,
+        )).inserted_primary_key[0]
+        event = {"queued": "change.queued_for_review", "discarded": "change.rejected"}.get(outcome)
+        if event:
+            payload = {"record": ch.record, "field": ch.field, "old": old, "new": new, "confidence": ch.confidence,
+                       "reason": ch.reason, "operation": cs.operation, "source": cs.source, "run_id": cs.run_id,
+                       "reviewers": reviewers, "by": "gate" if outcome == "discarded" else None,
+                       "gate_reason": gate_reason}
+            self.conn.execute(self.t["events"].insert().values(
+                type=event, catalogue=cs.catalogue, record=ch.record, field=ch.field, change_set=cs.id,
+                proposal=pid, payload=dumps(payload), at=stamp))
+
+    # ------------------------------------------------------------------ bulk insert of new records
+    def insert_new(self, new: pd.DataFrame, outcomes: dict[str, Outcome], prov: ValueProvenance) -> None:
+        """Bulk-insert new records (values the gate applies; the others wait as proposals), one event each."""
+        catalogue, change_set_id = self.cs.catalogue, self.cs.id
+        cat = self.schema.catalogue(catalogue)
+        table = self.schema.rec[catalogue]
+        stored = new.copy()
+        for a in cat.attributes:
+            if a not in stored.columns or (a != cat.key and outcomes.get(a) != "applied"):
+                stored[a] = np.nan if cat.attributes[a].type == "number" else None
+        stored = stored[list(cat.attributes)]
+        hashes = self.reader.row_hash(catalogue, stored)
+        n = len(stored)
+        columns = [*cat.attributes, "_hash", "_created_cs", "_created_prov", "_seq"]
+        arrays = [_to_db_list(stored[a]) for a in cat.attributes]
+        arrays += [hashes.tolist(), [change_set_id] * n, [self.provenance(prov)] * n, [self.seq] * n]
+        self._bulk_insert(table, columns, arrays)
+        e = self.t["events"]
+        payload = dumps({"created": True})
+        self.conn.execute(e.insert().from_select(
+            ["type", "catalogue", "record", "change_set", "payload", "at"],
+            sa.select(sa.literal("change.applied"), sa.literal(catalogue), table.c[cat.key],
+                      sa.literal(change_set_id), sa.literal(payload), sa.literal(now(), sa.DateTime(timezone=True)))
+            .where(table.c._created_cs == change_set_id)))
+
+    def _bulk_insert(self, table: sa.Table, columns: list[str], arrays: list[list]) -> None:
+        """Dialect-specific bulk path: COPY on PostgreSQL, executemany on SQLite's raw cursor."""
+        raw = self.conn.connection.driver_connection
+        rows = zip(*arrays, strict=True)
+        quote = self.writer.engine.dialect.identifier_preparer.quote
+        if self.schema.dialect == "postgresql":
+            cols = ", ".join(quote(c) for c in columns)
+            with raw.cursor() as cur, cur.copy(f"COPY {quote(table.name)} ({cols}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+                   f"VALUES ({', '.join('?' * len(columns))})")
+            cur = raw.cursor()
+            cur.executemany(sql, rows)
+            cur.close()
+
+    # ------------------------------------------------------------------ exact writes (rollback, schema)
+    def rows(self, keys) -> dict[str, dict[str, Any]]:
+        """Current rows (as this change set has left them so far) of the keys that exist."""
+        wanted = [k for k in dict.fromkeys(keys) if k not in self._rows]
+        if wanted:
+            self._rows.update(self.reader.fetch_rows(self.conn, self.cs.catalogue, wanted))
+        return {k: self._rows[k] for k in dict.fromkeys(keys) if k in self._rows}
+
+    def set_exact(self, key: str, field: str, value: Any, pid: int | None, *, kind: str, reason: str) -> None:
+        """Set a field of an existing record to exactly this value and provenance row (no gate): how a
+        rollback restores what a run replaced and a type migration clears what cannot convert."""
+        row = self.rows([key])[key]
+        old, old_pid = row[field], row[prov_column(field)]
+        self._history.append(dict(catalogue=self.cs.catalogue, record=key, field=field, old=dumps(old),
+                                  new=dumps(value), old_prov=old_pid, new_prov=pid, change_set=self.cs.id,
+                                  kind=kind, reason=reason, citation=None, at=self._stamp, proposal=None))
+        self.event("change.applied", record=key, field=field, payload={
+            "record": key, "field": field, "old": old, "new": value, "operation": self.cs.operation,
+            "by": self.cs.reviewer})
+        row[field], row[prov_column(field)] = value, pid
+        self._writes[key][field], self._writes[key][prov_column(field)] = value, pid
+        self.result.applied += 1
+
+    def touch_all(self) -> None:
+        """Count every record as written by this change set, so outbound destinations read them again (after a
+        type migration changed how every value of a column is stored)."""
+        self.conn.execute(self.schema.rec[self.cs.catalogue].update().values(_seq=self.seq))
+
+    def delete_records(self, keys: Sequence[str]) -> None:
+        """Remove records (a rollback of the run that created them), each with its event."""
+        for key in keys:
+            self._delete.append(key)
+            self.event("change.applied", record=key, field=None, payload={
+                "record": key, "deleted": True, "operation": self.cs.operation, "by": self.cs.reviewer})
+
+    def finish(self) -> ApplyResult:
+        """Write what is buffered and the change set's counts."""
+        self.flush()
+        r = self.result
+        t = self.t["change_sets"]
+        self.conn.execute(t.update().where(t.c.id == r.change_set).values(
+            applied=r.applied, queued=r.queued, suggested=r.suggested, rejected=r.rejected, unchanged=r.unchanged,
+            created=r.created))
+        return r
+
+    def flush(self) -> None:
+        """Write the buffered exact writes, deletions and events now."""
+        cat = self.schema.catalogue(self.cs.catalogue)
+        table = self.schema.rec[self.cs.catalogue]
+        deleted = set(self._delete)
+        self._write_rows(self._rows, {k: v for k, v in self._writes.items() if k not in deleted}, {})
+        for chunk in chunks(self._delete):
+            self.conn.execute(table.delete().where(table.c[cat.key].in_(chunk)))
+        if self._history:
+            self.conn.execute(self.t["history"].insert(), self._history)
+        if self._events:
+            self.conn.execute(self.t["events"].insert(), self._events)
+        self._writes.clear()
+        self._history, self._events, self._delete = [], [], []
+
+    def _write_rows(self, rows: dict[str, dict[str, Any]], writes: dict[str, dict[str, Any]],
+                    created: dict[str, dict[str, Any]]) -> None:
+        """Insert created records and update changed ones, refreshing content hash and seq."""
+        if not writes and not created:
+            return
+        catalogue = self.cs.catalogue
+        cat = self.schema.catalogue(catalogue)
+        table = self.schema.rec[catalogue]
+        touched = list(dict.fromkeys([*created, *writes]))
+        frame = self.reader.canonical(catalogue, pd.DataFrame([{a: rows[k][a] for a in cat.attributes}
+                                                               for k in touched]))
+        hashes = dict(zip(touched, self.reader.row_hash(catalogue, frame).tolist(), strict=True))
+        if created:
+            self.conn.execute(table.insert(), [
+                {**{c: v for c, v in rows[k].items() if c in table.c and not c.startswith("_")},
+                 "_hash": hashes[k], "_created_cs": self.cs.id, "_seq": self.seq} for k in created])
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+        for k, values in writes.items():
+            if k in created:
+                continue
+            by_columns[tuple(sorted(values))].append({**{f"v_{c}": v for c, v in values.items()},
+                                                      "k": k, "h": hashes[k]})
+        key_col = table.c[cat.key]
+        for cols, params in by_columns.items():
+            stmt = table.update().where(key_col == sa.bindparam("k")).values(
+                {**{c: sa.bindparam(f"v_{c}") for c in cols}, "_hash": sa.bindparam("h"), "_seq": self.seq})
+            self.conn.execute(stmt, params)
+
+
+def _to_db_list(series: pd.Series) -> list:
+    if series.dtype.kind == "f":
+        values = series.to_numpy()
+        return [None if v != v else v for v in values.tolist()]
+    return series.tolist()
+
+
+def rehash(writer: ChangeSetWriter, catalogue: str) -> None:
+    """Recompute every record's content hash (after a type change altered how values are stored)."""
+    cat = writer.schema.catalogue(catalogue)
+    table = writer.schema.rec[catalogue]
+    frame = writer.reader.records(catalogue)
+    hashes = writer.reader.row_hash(catalogue, frame)
+    params = [{"k": k, "h": h} for k, h in zip(frame[cat.key], hashes.tolist(), strict=True)]
+    if params:
+        with writer.engine.begin() as conn:
+            stmt = table.update().where(table.c[cat.key] == sa.bindparam("k")).values(_hash=sa.bindparam("h"))
+            conn.execute(stmt, params)
