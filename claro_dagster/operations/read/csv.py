@@ -248,6 +248,8 @@ def _scan_bytes(path: Path, name: str, *, check_utf8: bool, max_line_bytes: int)
                 block, carry = data, b""
             if not block:
                 break
+            if len(block) > max_line_bytes:  # the block may hold a line longer than allowed
+                _check_line_lengths(block, name, newlines, max_line_bytes)
             nul = block.find(b"\x00")
             if nul >= 0:
                 line = newlines + block.count(b"\n", 0, nul) + 1
@@ -278,6 +280,14 @@ def _scan_bytes(path: Path, name: str, *, check_utf8: bool, max_line_bytes: int)
             if not chunk:
                 break
     return scan
+
+
+def _check_line_lengths(block: bytes, name: str, newlines: int, max_line_bytes: int) -> None:
+    ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    longest = int(np.argmax(ends - starts)) if len(ends) else 0
+    if len(ends) and ends[longest] - starts[longest] > max_line_bytes:
+        raise _line_too_long(name, newlines + longest + 1, ReadLimits(max_line_bytes=max_line_bytes))
 
 
 def _detect_encoding(name: str, head: bytes, sample: bytes) -> str:

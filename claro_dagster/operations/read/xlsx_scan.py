@@ -94,10 +94,10 @@ def _check_directory(archive: zipfile.ZipFile, name: str, limits: ReadLimits) ->
              and i.filename.lower().endswith(".xml") and "/_rels/" not in i.filename.lower()]
     if links:
         targets = _external_targets(archive)
-        shown = f" to {', '.join(repr(t) for t in targets[:3])}" if targets else ""
+        shown = f" ({', '.join(targets[:3])})" if targets else ""
         raise SupplierFileError(
-            name, f"the workbook links to {len(links)} other workbook{'s' if len(links) > 1 else ''}{shown}: its "
-            "values may be copies of cells in files we cannot see, and the links point into your network; in Excel "
+            name, f"refused: the workbook links to {len(links)} other workbook{'s' if len(links) > 1 else ''}{shown}: "
+            "its values may be copies of cells in files we cannot see, and the links point into your network; in Excel "
             "use Data > Edit Links > Break Link, save the workbook and send it again"
         )
 
@@ -213,8 +213,9 @@ def _check_small_part(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str
                 sheets += 1
             if tag == "externalReference":
                 raise SupplierFileError(
-                    name, "the workbook links to other workbooks: its values may be copies of cells in files we "
-                    "cannot see; in Excel use Data > Edit Links > Break Link, save the workbook and send it again"
+                    name, "refused: the workbook links to other workbooks: its values may be copies of cells in "
+                    "files we cannot see; in Excel use Data > Edit Links > Break Link, save the workbook and "
+                    "send it again"
                 )
             element.clear()
     except DefusedXmlException:
