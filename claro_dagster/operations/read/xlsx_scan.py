@@ -10,6 +10,7 @@ crashed, ran out of memory or time, to tell the supplier why.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -116,26 +117,53 @@ def _external_targets(archive: zipfile.ZipFile) -> list[str]:
     return targets
 
 
+def _is_small(low: str) -> bool:
+    return low == "xl/workbook.xml" or low.endswith(".rels") or low == "[content_types].xml"
+
+
+def _is_sheet(low: str) -> bool:
+    return low.startswith("xl/worksheets/") and low.endswith(".xml") and "/_rels/" not in low
+
+
 def _check_parts(archive: zipfile.ZipFile, name: str, limits: ReadLimits) -> None:
-    sheets_seen = 0
-    for info in archive.infolist():
-        part = info.filename
-        low = part.lower()
-        if not (low.endswith(".xml") or low.endswith(".rels")) or info.is_dir():
-            continue
-        if low.startswith("xl/worksheets/") and "/_rels/" not in low:
-            _check_sheet_head(archive, info, name, limits)
-        elif low == "xl/sharedstrings.xml":
-            _check_shared_strings(archive, info, name, limits)
-        elif low == "xl/workbook.xml" or low.endswith(".rels") or low == "[content_types].xml":
-            sheets_seen += _check_small_part(archive, info, name, limits)
-        else:  # styles, themes, properties: the head tells whether entities or deep nesting start it
-            _check_head(archive, info, name, limits)
+    # the small parts first: once they are known to be safe, they tell the sheets' names
+    parts = [i for i in archive.infolist() if not i.is_dir() and i.filename.lower().endswith((".xml", ".rels"))]
+    sheets_seen = sum(_check_small_part(archive, i, name, limits) for i in parts if _is_small(i.filename.lower()))
     if sheets_seen > limits.sheets:
         raise SupplierFileError(
             name, f"refused: the workbook has {sheets_seen:,} sheets (limit {limits.sheets:,}); send the sheet with "
             "the products on its own (right-click the sheet > Move or Copy > new book) or export it as CSV"
         )
+    names = sheet_names(archive)
+    for info in parts:
+        low = info.filename.lower()
+        if _is_sheet(low):
+            _check_sheet_head(archive, info, name, limits, names.get(info.filename))
+        elif low == "xl/sharedstrings.xml":
+            _check_shared_strings(archive, info, name, limits)
+        elif not _is_small(low):  # styles, themes, properties: the head tells whether entities or nesting start it
+            _check_head(archive, info, name, limits)
+
+
+def sheet_names(archive: zipfile.ZipFile) -> dict[str, str]:
+    """Sheet part -> the sheet's name in Excel ('xl/worksheets/sheet1.xml' -> 'Products'); {} if unknown."""
+    try:
+        targets = {}
+        for _, element in safe_iterparse(archive.open("xl/_rels/workbook.xml.rels")):
+            if _local(element.tag) == "Relationship":
+                targets[element.get("Id")] = element.get("Target", "")
+        names = {}
+        for _, element in safe_iterparse(archive.open("xl/workbook.xml")):
+            if _local(element.tag) != "sheet":
+                continue
+            rid = next((v for k, v in element.attrib.items() if k.endswith("}id")), None)
+            target = targets.get(rid)
+            if target:
+                part = target.lstrip("/") if target.startswith("/") else posixpath.normpath("xl/" + target)
+                names[part] = element.get("name", "")
+        return names
+    except (KeyError, ET.ParseError, DefusedXmlException, OSError):
+        return {}
 
 
 def _local(tag: str) -> str:
@@ -240,14 +268,13 @@ def _check_shared_strings(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name:
     # every string takes at least "<si/>" (5 bytes): a count beyond that is a lie made to make a
     # parser reserve memory for billions of strings up front
     possible = info.file_size // 5 + 1
-    for attribute in ("uniqueCount", "count"):
-        declared = sst.get(attribute)
-        if declared is not None and (not declared.isdigit() or int(declared) > possible) and attribute == "uniqueCount":
-            raise SupplierFileError(
-                name, f"refused: the workbook's shared text declares {_count(declared)} strings but its "
-                f"{human_size(info.file_size)} can hold at most {possible:,}; a file built to exhaust the reader "
-                f"(a 'shared-strings bomb'); {_RESAVE}"
-            )
+    declared = sst.get("uniqueCount")
+    if declared is not None and (not declared.isdigit() or int(declared) > possible):
+        raise SupplierFileError(
+            name, f"refused: the workbook's shared text declares {_count(declared)} strings but its "
+            f"{human_size(info.file_size)} can hold at most {possible:,}; a file built to exhaust the reader "
+            f"(a 'shared-strings bomb'); {_RESAVE}"
+        )
 
 
 def _count(text: str) -> str:
@@ -274,7 +301,8 @@ def _span(rows: int, cols: int) -> str:
     return f"A1:{column_letter(cols - 1)}{rows}"
 
 
-def _check_sheet_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limits: ReadLimits) -> None:
+def _check_sheet_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limits: ReadLimits,
+                      sheet: str | None) -> None:
     starts = _check_head(archive, info, name, limits, stop_at="sheetData")
     dimension = next((e.get("ref") for e in starts if _local(e.tag) == "dimension" and e.get("ref")), None)
     if dimension is None:
@@ -283,7 +311,7 @@ def _check_sheet_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str
     if last is None:
         return
     rows, cols = last
-    where = f"sheet part {info.filename}"
+    where = f"the sheet {sheet!r}" if sheet else f"the sheet in part {info.filename}"
     if rows > MAX_ROWS or cols > MAX_COLUMNS:
         raise SupplierFileError(
             name, f"refused: {where} declares the range {dimension}, beyond the largest sheet Excel can make "
@@ -291,7 +319,7 @@ def _check_sheet_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str
         )
     if rows * cols > limits.sheet_cells:
         raise SupplierFileError(
-            name, f"refused: {where} declares the range {dimension} ({_cells(rows * cols)}), more than "
+            name, f"refused: {where} declares the range {dimension} ({_cells(rows * cols)}), more than the "
             f"{_cells(limits.sheet_cells)} a product sheet may span; delete the empty rows and columns after "
             "the data (Ctrl+End in Excel shows where the sheet ends), save the sheet again without the empty "
             "range, or export it as CSV"
@@ -329,17 +357,19 @@ def diagnose_workbook(path: Path, name: str, limits: ReadLimits, budget_seconds:
     deadline = time.monotonic() + budget_seconds
     try:
         with zipfile.ZipFile(path) as archive:
+            names = sheet_names(archive)
             for info in archive.infolist():
-                low = info.filename.lower()
-                if not (low.startswith("xl/worksheets/") and low.endswith(".xml") and "/_rels/" not in low):
+                if not _is_sheet(info.filename.lower()):
                     continue
+                sheet = names.get(info.filename)
+                where = f"the sheet {sheet!r}" if sheet else f"the sheet in part {info.filename}"
                 extent = _sheet_extent(archive, info, deadline)
                 if extent is None:
                     return None
                 span = extent.rows * extent.cols
                 if span > limits.sheet_cells or extent.rows > MAX_ROWS or extent.cols > MAX_COLUMNS:
                     return (
-                        f"{info.filename} has a cell at {extent.far_cell}, far away from the others: the sheet "
+                        f"{where} has a cell at {extent.far_cell}, far away from the others: the sheet "
                         f"then spans {_span(extent.rows, extent.cols)} ({_cells(span)}) but holds only "
                         f"{extent.cells:,} cells, and reading it needs memory for every cell of that range; delete "
                         f"that cell and the empty rows and columns before it (Ctrl+End in Excel jumps to it), save "
