@@ -108,16 +108,20 @@ def contained(target: Callable[..., Any], args: tuple, *, file: str, limits: Rea
             name=f"claro-read {file}", daemon=True,
         )
         process.start()
-        process.join(seconds)
-        timed_out = process.exitcode is None
-        if timed_out:
-            process.kill()
-            process.join()
-        outcome = None if timed_out else _load(out / OUTCOME)
+        try:
+            process.join(seconds)
+        finally:  # a timeout, or Ctrl+C in the parent: the child does not outlive the call
+            timed_out = process.exitcode is None
+            if timed_out:
+                process.kill()
+                process.join()
+        exitcode = process.exitcode
         process.close()
+        outcome = None if timed_out else _load(out / OUTCOME)
         if outcome is None:
             why = diagnose() if diagnose is not None else None
-            raise SupplierFileError(file, _failure_reason(timed_out, seconds, _child_stderr(out), limits, why))
+            stderr = _child_stderr(out)
+            raise SupplierFileError(file, _failure_reason(timed_out, seconds, stderr, limits, why, exitcode))
         kind, payload = outcome
         if kind == "ok":
             yield payload, out
@@ -128,16 +132,18 @@ def contained(target: Callable[..., Any], args: tuple, *, file: str, limits: Rea
             raise payload  # the file vanished or cannot be opened: not the supplier's doing
         why = diagnose() if diagnose is not None else None
         if kind == "memory":
-            raise SupplierFileError(file, _failure_reason(False, seconds, "MemoryError", limits, why))
+            raise SupplierFileError(file, _failure_reason(False, seconds, "MemoryError", limits, why, exitcode))
         if kind == "recursion":
             raise SupplierFileError(
                 file, why or "the file is nested too deeply for the reader (RecursionError); open it in Excel, "
                 "save it again (or export CSV UTF-8) and send it again"
             )
-        raise SupplierFileError(
+        error = SupplierFileError(
             file, f"the reader failed on this file ({payload}); open it in Excel, save it again (or export CSV "
             "UTF-8) and send it again; if the error stays, report it with the file"
         )
+        error.add_note(f"traceback in the reading process:\n{_child_stderr(out)}")
+        raise error
 
 
 def _child_stderr(out: Path) -> str:
@@ -151,24 +157,31 @@ def _child_stderr(out: Path) -> str:
 _ALLOC = re.compile(r"memory allocation of (\d+) bytes failed")
 
 
-def _failure_reason(timed_out: bool, seconds: float, stderr: str, limits: ReadLimits, why: str | None) -> str:
+def _failure_reason(timed_out: bool, seconds: float, stderr: str, limits: ReadLimits, why: str | None,
+                    exitcode: int | None) -> str:
     resave = "open it in Excel, save it again (or export CSV UTF-8) and send it again"
     if why:
         return f"refused: {why}"
-    if timed_out:
+    if timed_out or exitcode == -signal.SIGXCPU:
         return (f"reading it took longer than {seconds:,.0f} seconds and was stopped; a product file reads in "
                 f"seconds, so the file is damaged or built to exhaust the reader; {resave}")
     alloc = _ALLOC.search(stderr)
-    if alloc or "MemoryError" in stderr or "bad_alloc" in stderr:
+    if alloc or "MemoryError" in stderr or "bad_alloc" in stderr or exitcode == -signal.SIGKILL:
         asked = f" (it asked for {human_size(int(alloc.group(1)))} at once)" if alloc else ""
         return (f"reading it needed more than the {human_size(limits.memory_bytes)} of memory a file may use"
                 f"{asked}; the file is far larger than it looks or built to exhaust the reader; {resave}")
-    return f"the spreadsheet reader crashed on this file ({_signal_text(stderr)}); {resave}"
+    return f"the spreadsheet reader crashed on this file ({_crash_text(stderr, exitcode)}); {resave}"
 
 
-def _signal_text(stderr: str) -> str:
-    line = next((s for s in stderr.strip().splitlines() if s.strip()), "")
-    return line[:200] if line else "it stopped without an error message"
+def _crash_text(stderr: str, exitcode: int | None) -> str:
+    how = f"exit code {exitcode}"
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = signal.Signals(-exitcode).name
+        except ValueError:
+            how = f"signal {-exitcode}"
+    line = next((s.strip() for s in stderr.splitlines() if s.strip()), "")
+    return f"{how}: {line[:200]}" if line else how
 
 
 def _load(path: Path) -> tuple[str, Any] | None:
