@@ -156,3 +156,24 @@ def test_other_files_read_after_a_crash(tmp_path):
     good = tmp_path / "acme.csv"
     good.write_text("sku,title\nA1,Mug\n")
     assert read_supplier_file(good).frame["sku"].tolist() == ["A1"]
+
+
+def test_ordinary_workbook_features_are_not_mistaken_for_hostile_ones(tmp_path):
+    """Hyperlinks (external relationships of a sheet), many sheets, shared strings and a full-height
+    declared range within the limits all read normally."""
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "Products"
+    ws.append(["sku", "title", "link"])
+    ws.append(["A1", "Mug", "datasheet"])
+    ws["C2"].hyperlink = "https://example.com/datasheets/a1.pdf"
+    for i in range(40):
+        wb.create_sheet(f"Notes {i}").append(["note", i])
+    path = tmp_path / "globex.xlsx"
+    wb.save(path)
+    batch = read_supplier_file(path)
+    assert batch.sheet == "Products" and batch.frame["link"].tolist() == ["datasheet"]
+    tall = hostile.workbook(tmp_path / "tall.xlsx", {"Products": hostile.sheet_xml(dimension="A1:AV1048576")})
+    assert read_supplier_file(tall).frame["sku"].tolist() == ["GLX-1"]  # 48 columns x 1,048,576 rows: allowed

@@ -52,7 +52,7 @@ class ReadLimits:
     compression_ratio: int = 100
     workbook_parts: int = 10_000
     sheets: int = 1_000
-    sheet_cells: int = 50_000_000  # rows x columns a sheet may span (1 million rows x 48 columns)
+    sheet_cells: int = 64 * 1_048_576  # rows x columns a sheet may span: every row of Excel, 64 columns wide
     shared_strings_bytes: int = 512 * 1024 * 1024
     xml_depth: int = 64  # real workbook XML nests under 10 levels
 
