@@ -33,7 +33,7 @@ from claro_dagster.operations.read.common import ReadLimits, SupplierFileError, 
 
 OUTCOME = "outcome.pickle"
 STDERR = "stderr.txt"
-_PRELOAD = ["claro_dagster.operations.read", "python_calamine", "charset_normalizer", "pyarrow.csv"]
+_PRELOAD = ["claro_dagster.operations.read", "charset_normalizer", "claro_dagster.operations.read.warm"]
 _lock = threading.Lock()
 _context: multiprocessing.context.BaseContext | None = None
 
