@@ -177,3 +177,12 @@ def test_ordinary_workbook_features_are_not_mistaken_for_hostile_ones(tmp_path):
     assert batch.sheet == "Products" and batch.frame["link"].tolist() == ["datasheet"]
     tall = hostile.workbook(tmp_path / "tall.xlsx", {"Products": hostile.sheet_xml(dimension="A1:AV1048576")})
     assert read_supplier_file(tall).frame["sku"].tolist() == ["GLX-1"]  # 48 columns x 1,048,576 rows: allowed
+
+
+def test_a_corrupt_part_is_a_damaged_workbook(tmp_path):
+    path = hostile.workbook(tmp_path / "g.xlsx")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"xl/workbook.xml") + len("xl/workbook.xml")  # the local header's name, then its data
+    data[at + 5 : at + 25] = b"\xff" * 20
+    path.write_bytes(bytes(data))
+    refused(path, "the workbook is damaged (broken zip)")

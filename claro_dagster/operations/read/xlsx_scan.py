@@ -15,6 +15,7 @@ import re
 import time
 import xml.etree.ElementTree as ET
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def prescan_workbook(path: Path, name: str, limits: ReadLimits) -> None:
         with zipfile.ZipFile(path) as archive:
             _check_directory(archive, name, limits)
             _check_parts(archive, name, limits)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError):
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, zlib.error):
         raise SupplierFileError(
             name, "the workbook is damaged (broken zip); open it in Excel and save it again"
         ) from None
@@ -375,7 +376,7 @@ def diagnose_workbook(path: Path, name: str, limits: ReadLimits, budget_seconds:
                         f"that cell and the empty rows and columns before it (Ctrl+End in Excel jumps to it), save "
                         "the sheet again without the empty range, or export it as CSV"
                     )
-    except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile, NotImplementedError):
+    except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile, NotImplementedError, zlib.error):
         return None
     return None
 
