@@ -100,7 +100,7 @@ def prescan_csv(path: Path, name: str, limits: ReadLimits) -> None:
     the raw bytes, before the delimiter sniffer (whose regular expressions are slow on huge lines) sees it."""
     head, _ = _header_bytes(path, name, limits)
     line = head.split(b"\n", 1)[0]
-    if b"\x00" in line[:2:] or line.startswith(codecs.BOM_UTF16_LE) or line.startswith(codecs.BOM_UTF16_BE):
+    if b"\x00" in line[:2] or line.startswith(codecs.BOM_UTF16_LE) or line.startswith(codecs.BOM_UTF16_BE):
         return  # UTF-16/32 text: its bytes are not counted here; the reader checks the decoded header
     cells = max(line.count(d.encode()) for d in CSV_DELIMITERS) + 1
     if cells > limits.max_columns:
