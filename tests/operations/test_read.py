@@ -19,14 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from claro_dagster.operations import read as read_module
 from claro_dagster.operations.read import (
     LINE_COLUMN,
     RawBatch,
+    ReadLimits,
     SupplierFileError,
     iter_supplier_file,
     read_supplier_file,
 )
+from claro_dagster.operations.read import csv as csv_reader
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 INBOX = DEMO / "inbox"
@@ -192,7 +193,7 @@ def test_cp1252_found_past_the_first_kilobytes(tmp_path):
     rows = "".join(f"A{i},plain ascii product {i}\n" for i in range(8000))
     text = "sku,title\n" + rows + "A9999,Crème brûlée set – £12\n"
     path = write(tmp_path, "acme.csv", text, encoding="cp1252")
-    assert path.stat().st_size > read_module.SAMPLE_BYTES
+    assert path.stat().st_size > csv_reader.SAMPLE_BYTES
     batch = read_supplier_file(path)
     assert batch.encoding == "cp1252"
     assert cells(batch)[-1] == ["A9999", "Crème brûlée set – £12"]
@@ -406,10 +407,10 @@ def test_chunks_are_bounded_and_keep_line_numbers(tmp_path):
 
 def test_chunks_switch_to_the_careful_reader_without_losing_or_repeating_rows(tmp_path, monkeypatch):
     # small pyarrow blocks, so chunks are handed out before the short row near the end is met
-    monkeypatch.setattr(read_module, "ARROW_BLOCK_BYTES", 256)
+    monkeypatch.setattr(csv_reader, "ARROW_BLOCK_BYTES", 256)  # in this process: the child would not see it
     body = "".join(f'A{i},"desc\n{i}",{i}\n' if i % 5 == 0 else f"A{i},d,{i}\n" for i in range(200))
     path = write(tmp_path, "acme.csv", "sku,desc,n\n" + body + "A200,short\nA201,d,201\n")
-    chunks = list(iter_supplier_file(path, chunk_rows=16))
+    chunks = list(iter_supplier_file(path, chunk_rows=16, contained=False))
     frame = pd.concat([c.frame for c in chunks], ignore_index=True)
     assert frame["sku"].tolist() == [f"A{i}" for i in range(202)]
     assert max(len(c.frame) for c in chunks) == 16
@@ -464,12 +465,13 @@ def test_rows_and_lines_match_what_was_written(ncols, rows, gaps, crlf, chunk_ro
         batch = read_supplier_file(path, delimiter=",")
         assert cells(batch) == expected_rows
         assert lines(batch) == expected_lines
-        chunks = list(iter_supplier_file(path, delimiter=",", chunk_rows=chunk_rows))
+        # chunks in this process: the whole read above already went through the child and back
+        chunks = list(iter_supplier_file(path, delimiter=",", chunk_rows=chunk_rows, contained=False))
         assert sum((lines(c) for c in chunks), []) == expected_lines
         assert all(len(c.frame) <= chunk_rows for c in chunks)
         # the careful reader (used when pyarrow refuses a file) agrees
-        plan = read_module._plan_csv(path, None, ",")
-        frame = next(read_module._stdlib_frames(plan, rows_per_frame=None, skip_records=0))
+        plan = csv_reader._plan_csv(path, None, ",")
+        frame = next(csv_reader._stdlib_frames(plan, rows_per_frame=None, skip_records=0))
         assert frame[LINE_COLUMN].tolist() == expected_lines
 
 
@@ -650,7 +652,7 @@ def test_xlsx_read_by_openpyxl_when_calamine_cannot(tmp_path, monkeypatch):
         raise python_calamine.CalamineError("cannot read")
 
     monkeypatch.setattr(python_calamine.CalamineWorkbook, "from_path", refuse)
-    fallback = read_supplier_file(path)
+    fallback = read_supplier_file(path, contained=False)  # in this process, where the patch applies
     pd.testing.assert_frame_equal(fallback.frame, expected.frame)
     pd.testing.assert_frame_equal(fallback.flags, expected.flags)
 
@@ -675,10 +677,10 @@ def test_zip_bomb_is_refused_before_opening(tmp_path):
     expect_error(path, "refused", "xl/worksheets/sheet1.xml expands", "zip bomb")
 
 
-def test_workbook_expanding_past_the_limit_is_refused(tmp_path, monkeypatch):
+def test_workbook_expanding_past_the_limit_is_refused(tmp_path):
     path = make_xlsx(tmp_path / "g.xlsx", [["sku"], ["A1"]])
-    monkeypatch.setattr(read_module, "XLSX_MAX_UNCOMPRESSED", 1000)
-    expect_error(path, "would expand to", "looks like a zip bomb")
+    with pytest.raises(SupplierFileError, match="would expand to .* looks like a zip bomb"):
+        read_supplier_file(path, limits=ReadLimits(workbook_bytes=1000))
 
 
 def test_not_a_workbook(tmp_path):
