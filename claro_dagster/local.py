@@ -130,6 +130,7 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
         pipeline = claro.spec.pipelines[pipelines[catalogue]]
         for source in pipeline.sources:
             if claro.spec.sources[source].kind not in INBOX_KINDS:
+                progress(f"{catalogue}: source {source} is received by its {source}_s3 sensor (`claro dev`), not here")
                 continue
             for item in Inbox(claro.inbox_dir(source)).pending():
                 batch = receive(claro, source, item.path, item.version)
