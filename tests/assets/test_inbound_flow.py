@@ -183,6 +183,22 @@ def test_a_database_that_stays_locked_fails_the_run_and_leaves_the_file(demo, mo
     assert rerun.success and demo.batch(key).status == "published" and not path.exists()
 
 
+def test_a_defect_in_a_stage_fails_the_batch_without_quarantine_or_retry(demo, monkeypatch):
+    path = drop(demo.claro, "acme_csv", "weekly.csv", rows(1))
+
+    def broken(*args, **kwargs):
+        raise KeyError("unit")
+
+    monkeypatch.setattr(onboarding, "normalize_batch", broken)
+    [run] = demo.tick("acme_csv_inbox")
+    assert not run.success and retried(run) == 0
+    key = run.dagster_run.tags["claro/batch"]
+    batch = demo.batch(key)
+    assert (batch.status, batch.stage) == ("failed", "batch_normalized")
+    assert "unexpected KeyError" in failures(run) and f"claro rerun {key} batch_normalized" in failures(run)
+    assert path.exists() and not (demo.claro.inbox_dir("acme_csv") / "quarantine").exists()
+
+
 def test_a_file_dropped_again_after_quarantine_is_processed_again(demo):
     drop(demo.claro, "acme_csv", "empty.csv", "")
     [first] = demo.tick("acme_csv_inbox")
