@@ -385,10 +385,16 @@ def upload(file: Path, source: Annotated[str, typer.Option(help="The source the 
     if catalogue and claro.spec.sources[source].catalogue != ctx.catalogue(catalogue):
         raise StoreError(f"source {source!r} feeds catalogue {claro.spec.sources[source].catalogue!r}, "
                          f"not {catalogue!r}")
+    kind = claro.spec.sources[source].kind
+    if kind not in ("inbox", "upload"):
+        spec = claro.spec.sources[source]
+        raise StoreError(f"source {source!r} receives its files from s3://{spec.bucket}/{spec.prefix}, not by "
+                         "upload: put the file there, or upload it to an upload or inbox source")
     if not file.is_file():
         raise StoreError(f"{file}: no such file")
     target = Inbox(claro.inbox_dir(source)).upload(file)
     console.print(f"{file.name} -> {target}")
+    console.print(f"the {source}_{kind} sensor (`claro dev`) or `claro run` processes it", highlight=False)
 
 
 @app.command()
@@ -515,12 +521,16 @@ def rerun(batch: str, stage: Annotated[str, typer.Argument(help="batch_raw, batc
           ) -> None:
     """Re-run one stage for one batch (in this process, recorded in the local Dagster instance)."""
     from claro_dagster.assets.onboarding import CHECKPOINT, STAGES
-    from claro_dagster.catalogue.batches import BatchRegistry
+    from claro_dagster.catalogue.batches import BatchRegistry, InvalidBatchKey, check_batch_key
     from claro_dagster.definitions import build_definitions
     from claro_dagster.local import instance_for, run_batch
 
     if stage not in (*STAGES, CHECKPOINT):
         raise StoreError(f"unknown stage {stage!r}; stages are: {', '.join((*STAGES, CHECKPOINT))}")
+    try:
+        check_batch_key(batch)
+    except InvalidBatchKey as exc:
+        raise StoreError(str(exc)) from None
     defs = build_definitions(ctx.spec_path, home_dir())
     registry = BatchRegistry(defs.resources["claro"].store)
     info = registry.get(batch)

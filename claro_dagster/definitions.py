@@ -20,10 +20,10 @@ from claro_dagster.assets.catalogue_ops import (
     destination_resource_key,
     missing_env,
 )
-from claro_dagster.assets.onboarding import batches_partitions, build_onboarding, stages_of
+from claro_dagster.assets.onboarding import INBOX_KINDS, batches_partitions, build_onboarding, stages_of
 from claro_dagster.catalogue.schema import default_home
 from claro_dagster.resources.catalogue import BatchFrameIOManager, CatalogueResource
-from claro_dagster.resources.s3 import S3Connection
+from claro_dagster.resources.s3 import S3Connection, source_resource_key
 from claro_dagster.resources.slack import SlackNotifier
 from claro_dagster.schedules import build_schedules
 from claro_dagster.sensors.chaining import build_completion_sensor, build_review_checkpoint_sensor
@@ -84,19 +84,24 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     for catalogue, pipeline_name in onboarding.items():
         pipeline = spec.pipelines[pipeline_name]
         partitions = batches_partitions(catalogue)
-        assets += build_onboarding(pipeline_name, pipeline, partitions)
+        # Each S3 source has its own connection and endpoint. The endpoint variable is read when the connection
+        # is used, so an S3 source not configured here fails its own ticks and batches, not the inbox batches
+        # of the same pipeline (batch_raw needs every S3 source's connection).
+        s3_keys = {s: source_resource_key(s) for s in pipeline.sources if spec.sources[s].kind == "s3"}
+        assets += build_onboarding(pipeline_name, pipeline, partitions, s3_resources=s3_keys)
         stages = [dg.AssetKey([catalogue, s]) for s in stages_of(pipeline)]
         published = stages[-1]  # records, or the review checkpoint after it
         for source_name in pipeline.sources:
             source = spec.sources[source_name]
-            if source.kind == "inbox":
+            if source.kind in INBOX_KINDS:  # upload: files dropped by `claro upload` (or the portal)
                 sensors.append(build_inbox_sensor(
-                    f"{source_name}_inbox", source_name, claro.inbox_dir(source_name), target=stages,
+                    f"{source_name}_{source.kind}", source_name, claro.inbox_dir(source_name), target=stages,
                     partitions_def=partitions, min_age_seconds=1.0))
             elif source.kind == "s3":
+                resources[s3_keys[source_name]] = S3Connection(endpoint_url_env=source.endpoint_url_env)
                 sensors.append(build_s3_sensor(f"{source_name}_s3", source_name, source.bucket, source.prefix,
-                                               target=stages, partitions_def=partitions))
-                resources.setdefault("s3", S3Connection.from_env(source.endpoint_url_env))
+                                               target=stages, partitions_def=partitions,
+                                               resource_key=s3_keys[source_name]))
         if pipeline.review_checkpoint:
             sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published))
         # A destination whose settings are not in this environment keeps its asset (runnable by hand, with a

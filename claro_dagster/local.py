@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from claro_dagster.assets.catalogue_ops import missing_env, run_analyse, run_export
-from claro_dagster.assets.onboarding import stages_of
+from claro_dagster.assets.onboarding import INBOX_KINDS, acknowledge_duplicate, stages_of
 from claro_dagster.catalogue.batches import Batch, BatchRegistry, batch_key, content_version
 from claro_dagster.definitions import build_definitions, onboarding_pipelines, op_config
 from claro_dagster.resources.catalogue import CatalogueResource
@@ -77,9 +77,10 @@ def catalogue_order(claro: CatalogueResource) -> list[str]:
 
 
 def receive(claro: CatalogueResource, source: str, path: Path, version: str | None = None) -> Batch:
-    """Register a file waiting in a source's inbox as a batch (once per content)."""
+    """Register a file waiting in a source's inbox as a batch (once per content; a batch not published yet is
+    received again from this copy)."""
     version = version or content_version(path)
-    return BatchRegistry(claro.store).register(
+    return BatchRegistry(claro.store).receive(
         batch_key(source, path.name, version), catalogue=claro.spec.sources[source].catalogue, source=source,
         filename=path.name, uri=str(Path(path).resolve()), content_version=version)
 
@@ -128,12 +129,13 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
             continue
         pipeline = claro.spec.pipelines[pipelines[catalogue]]
         for source in pipeline.sources:
-            if claro.spec.sources[source].kind != "inbox":
+            if claro.spec.sources[source].kind not in INBOX_KINDS:
+                progress(f"{catalogue}: source {source} is received by its {source}_s3 sensor (`claro dev`), not here")
                 continue
             for item in Inbox(claro.inbox_dir(source)).pending():
                 batch = receive(claro, source, item.path, item.version)
-                if batch.status == "published":  # the same file again: nothing new in it
-                    Inbox(claro.inbox_dir(source)).mark_processed(item.path, batch.key)
+                if batch.published:  # the same file again: nothing new in it
+                    acknowledge_duplicate(claro, batch, item.path)
                     continue
                 progress(f"{catalogue}: batch {batch.key} ({item.name})")
                 run_batch(defs, instance, batch, quiet=True)

@@ -9,15 +9,18 @@ by hand cannot bypass the gate.
 
 import hashlib
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy import exc as sa_exc
 
 from claro_dagster.assets.catalogue_ops import known_references
-from claro_dagster.catalogue.batches import Batch, BatchRegistry
+from claro_dagster.catalogue.batches import Batch, BatchRegistry, InvalidBatchKey, check_batch_key
 from claro_dagster.catalogue.mappings import MappingBook
 from claro_dagster.operations.mapping import apply_mapping, match_records
 from claro_dagster.operations.normalize import normalize_batch
@@ -29,6 +32,8 @@ from claro_dagster.resources.s3 import S3Connection
 from claro_dagster.sensors.inbound import TAG_SOURCE, TAG_URI, TAG_VERSION
 from claro_dagster.spec.models import PipelineSpec
 
+#: Source kinds whose files arrive in a local inbox folder (`upload`: through `claro upload` or the portal).
+INBOX_KINDS = ("inbox", "upload")
 STAGES = ("batch_raw", "batch_mapped", "batch_validated", "batch_normalized", "records")
 CHECKPOINT = "review_checkpoint"
 GATE = "within_error_budget"
@@ -53,96 +58,222 @@ def user_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if not str(c).startswith("__")]
 
 
-class BatchFailed(dg.Failure):
-    """A stage could not process a batch; the message says what to do next."""
+class BatchDataError(dg.Failure):
+    """The batch's own content is at fault (an unreadable file, columns that cannot be mapped): the file is
+    quarantined with this reason, and the step is not retried, since it would fail the same way again."""
+
+    def __init__(self, description: str, metadata: dict | None = None):
+        super().__init__(description=description, metadata=metadata, allow_retries=False)
+
+
+class BatchRefused(dg.Failure):
+    """A stage will not do what the run asks (an unknown batch, a file outside its source, a gate not passed):
+    nothing is moved and nothing retried; the message says what to do next."""
+
+    def __init__(self, description: str, metadata: dict | None = None):
+        super().__init__(description=description, metadata=metadata, allow_retries=False)
+
+
+class BatchUnavailable(dg.Failure):
+    """Something the stage depends on (the catalogue database, S3, the disk) failed, not the batch: the file
+    stays where it is and the stage's retry policy runs it again."""
+
+
+#: Failures of what a stage depends on rather than of the batch: a locked or unreachable database, S3 errors
+#: and timeouts, the file system. They never quarantine a file.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError,
+    BotoCoreError, ClientError, OSError, TimeoutError)
+
+#: Each stage's retry policy for transient failures: 3 more attempts, 15 s then about 30 s and 60 s apart
+#: (a locked SQLite file or a restarting database usually answers again within a minute).
+STAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 @contextmanager
 def settling(claro: CatalogueResource, batch: Batch, stage: str) -> Iterator[None]:
-    """On failure: mark the batch, quarantine its inbox file with the reason, and fail with a clear message."""
+    """Tell apart what a batch's file causes from what fails around it.
+
+    A data error marks the batch (quarantined before mapping completes, failed after), moves its inbox file to
+    quarantine/ with the reason and fails without retry. A transient failure (database, S3, disk) leaves the
+    file and the batch's status as they were and fails the step for its retry policy. Anything else is a
+    defect, not the file's fault: the batch is marked failed, the file stays, no retry.
+    """
     try:
         yield
-    except Exception as exc:
-        reason = str(exc.description if isinstance(exc, dg.Failure) else exc) or type(exc).__name__
-        registry = BatchRegistry(claro.store)
-        registry.set_status(batch.key, "quarantined" if stage in ("batch_raw", "batch_mapped") else "failed",
-                            stage=stage, message=reason)
+    except BatchDataError as exc:
+        reason = exc.description or type(exc).__name__
+        BatchRegistry(claro.store).set_status(
+            batch.key, "quarantined" if stage in ("batch_raw", "batch_mapped") else "failed", stage=stage,
+            message=reason)
         settle_inbox_file(claro, batch, reason=reason)
-        if isinstance(exc, dg.Failure):
-            raise
-        raise BatchFailed(description=f"{stage} failed for batch {batch.key} ({batch.filename}): {reason}") from exc
+        raise
+    except dg.Failure:
+        raise
+    except TRANSIENT as exc:
+        raise BatchUnavailable(
+            description=f"{stage} could not finish batch {batch.key} ({batch.filename}) because "
+                        f"{type(exc).__name__}: {exc}. This is not a problem of the file: it stays where it is and "
+                        "the step is retried; if the retries fail too, re-execute the run once the database or "
+                        f"S3 answers again (or `claro rerun {batch.key} {stage}`)") from exc
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        with suppress(Exception):  # the report of a defect must not hide the defect
+            BatchRegistry(claro.store).set_status(batch.key, "failed", stage=stage, message=reason)
+        raise BatchRefused(description=f"{stage} failed for batch {batch.key} ({batch.filename}) with an "
+                                       f"unexpected {type(exc).__name__}: {reason}. The file stays where it is; "
+                                       f"once the cause is fixed, `claro rerun {batch.key} {stage}`") from exc
 
 
-def settle_inbox_file(claro: CatalogueResource, batch: Batch, reason: str | None = None) -> Path | None:
-    """Move an inbox file to processed/ (reason None) or quarantine/ with a reason file. Never deletes."""
+def settle_inbox_file(claro: CatalogueResource, batch: Batch, reason: str | None = None,
+                      note: str | None = None) -> Path | None:
+    """Move a batch's file in its inbox to processed/ (reason None, with an optional note) or to quarantine/
+    with a reason file. Never deletes; never touches a file outside the source's inbox."""
     source = claro.spec.sources.get(batch.source)
     path = Path(batch.uri)
-    if source is None or source.kind != "inbox" or not path.exists():
+    if source is None or source.kind not in INBOX_KINDS or not path.exists():
         return None
     inbox = Inbox(claro.inbox_dir(batch.source))
     if inbox.root.resolve() not in path.resolve().parents:
         return None
     if reason is None:
-        return inbox.mark_processed(path, batch.key)
+        return inbox.mark_processed(path, batch.key, note=note)
     return inbox.quarantine(path, batch.key, reason)
 
 
-def resolve_batch(context: dg.AssetExecutionContext, claro: CatalogueResource, catalogue: str) -> Batch:
-    """The batch of this partition: from the registry, else registered from the run's sensor tags."""
+def already_published_note(batch: Batch) -> str:
+    return (f"already published: this file holds the same content as batch {batch.key}, published on "
+            f"{batch.updated_at:%Y-%m-%d %H:%M} UTC ({batch.message or batch.status}); nothing new in it, so it "
+            "was not processed again")
+
+
+def acknowledge_duplicate(claro: CatalogueResource, batch: Batch, uri: str | Path) -> Path | None:
+    """A copy (at `uri`) of a batch already published arrived again: move it to processed/ with a note saying so."""
+    return settle_inbox_file(claro, replace(batch, uri=str(uri)), note=already_published_note(batch))
+
+
+def receipt_uri(claro: CatalogueResource, catalogue: str, source_name: str, uri: str) -> tuple[str, str]:
+    """(uri, file name) of a file a run says it received, once it is known to lie where its source receives.
+
+    A local file must lie inside its source's inbox with every link resolved; an object must lie in its
+    source's bucket under its prefix. Anything else (a tag naming any file on the machine) is refused.
+    """
+    source = claro.spec.sources.get(source_name)
+    if source is None or source.catalogue != catalogue:
+        raise BatchRefused(f"the run names source {source_name!r}, which is not a source of catalogue "
+                           f"{catalogue!r} in {claro.spec_path}")
+    if source.kind == "s3":
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not uri.startswith("s3://") or bucket != source.bucket or not key.startswith(source.prefix):
+            raise BatchRefused(f"{uri} is not in source {source_name!r}'s bucket "
+                               f"(s3://{source.bucket}/{source.prefix}); batches are received from there only")
+        name = key.rsplit("/", 1)[-1]
+    else:
+        inbox = Inbox(claro.inbox_dir(source_name))
+        path = Path(uri)
+        if uri.startswith("s3://") or not path.is_absolute() or not inbox.contains(path):
+            raise BatchRefused(f"{uri} is not inside source {source_name!r}'s inbox ({inbox.root}); batches are "
+                               "received from there only (links out of the inbox are not followed)")
+        name = path.name
+    if name in ("", ".", "..") or "\\" in name:
+        raise BatchRefused(f"{uri} does not name a file")
+    return uri, name
+
+
+def resolve_batch(context: dg.AssetExecutionContext, claro: CatalogueResource, catalogue: str,
+                  receiving: bool = False) -> Batch:
+    """The batch of this partition: from the registry, else registered from the run's sensor tags.
+
+    `receiving` (batch_raw): a run that carries a sensor's tags receives that copy of the file, so a batch
+    quarantined before is received again from where the new copy lies.
+    """
     registry = BatchRegistry(claro.store)
-    key = context.partition_key
+    try:
+        key = check_batch_key(context.partition_key)
+    except InvalidBatchKey as exc:
+        raise BatchRefused(str(exc)) from None
     batch = registry.get(key)
-    if batch is not None:
-        return batch
     tags = context.run.tags
+    if batch is not None and not (receiving and TAG_URI in tags):
+        return batch
     if TAG_URI not in tags or TAG_SOURCE not in tags:
-        raise dg.Failure(f"batch {key} is not registered and the run carries no {TAG_URI} tag: receive it "
-                         "through an inbox, S3 or `claro upload` first")
-    uri = tags[TAG_URI]
-    return registry.register(key, catalogue=catalogue, source=tags[TAG_SOURCE], filename=Path(uri).name
-                             if not uri.startswith("s3://") else uri.rsplit("/", 1)[-1],
-                             uri=uri, content_version=tags.get(TAG_VERSION))
+        raise BatchRefused(f"batch {key} is not registered and the run carries no {TAG_URI} tag: receive it "
+                           "through an inbox, S3 or `claro upload` first")
+    uri, name = receipt_uri(claro, catalogue, tags[TAG_SOURCE], tags[TAG_URI])
+    if batch is not None and batch.source != tags[TAG_SOURCE]:
+        raise BatchRefused(f"batch {key} belongs to source {batch.source!r}, not {tags[TAG_SOURCE]!r}")
+    return registry.receive(key, catalogue=catalogue, source=tags[TAG_SOURCE], filename=name, uri=uri,
+                            content_version=tags.get(TAG_VERSION))
 
 
 def fetch(claro: CatalogueResource, batch: Batch, s3: S3Connection | None) -> Path:
     """Copy the received file into the batch's own folder (once), so later moves never lose it."""
-    target = claro.batch_dir(batch.key) / batch.filename
+    folder = claro.batch_dir(batch.key)
+    target = folder / batch.filename
+    if target.parent != folder or batch.filename in ("", ".", ".."):
+        raise BatchRefused(f"batch {batch.key}: {batch.filename!r} is not a file name")
     if target.exists():
         return target
     if batch.uri.startswith("s3://"):
         if s3 is None:
-            raise dg.Failure(f"batch {batch.key} comes from {batch.uri} but no S3 connection is configured")
+            raise BatchRefused(f"batch {batch.key} comes from {batch.uri} but source {batch.source!r} has no S3 "
+                               "connection in this code location; reload the definitions after editing the spec")
         bucket, _, key = batch.uri[len("s3://"):].partition("/")
-        return s3.download(bucket, key, target)
+        try:
+            return s3.download(bucket, key, target)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                raise BatchRefused(f"the object of batch {batch.key} is gone from {batch.uri}; upload it "
+                                   "again") from exc
+            raise
     source = Path(batch.uri)
+    inbox = Inbox(claro.inbox_dir(batch.source))
+    if not inbox.contains(source):
+        raise BatchRefused(f"the file of batch {batch.key} ({source}) is not inside source {batch.source!r}'s "
+                           f"inbox ({inbox.root}); it is not read")
     if not source.exists():
-        raise dg.Failure(f"the file of batch {batch.key} is gone from {source}; upload it again")
+        raise BatchRefused(f"the file of batch {batch.key} is gone from {source}; upload it again")
     tmp = target.with_suffix(target.suffix + ".part")
-    shutil.copyfile(source, tmp)
+    shutil.copyfile(source.resolve(), tmp)
     tmp.rename(target)
     return target
 
 
 def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.DynamicPartitionsDefinition,
-                     ) -> list[dg.AssetsDefinition]:
-    """The five stage assets of one pipeline, keyed `<catalogue>/<stage>`."""
+                     s3_resources: Mapping[str, str] | None = None) -> list[dg.AssetsDefinition]:
+    """The five stage assets of one pipeline, keyed `<catalogue>/<stage>`.
+
+    `s3_resources`: source name -> the resource key of that S3 source's connection (each source its own
+    endpoint); batch_raw requires them all and downloads a batch through its own source's connection.
+    """
     catalogue = pipeline.catalogue
     group = catalogue
+    s3_resources = dict(s3_resources or {})
     common = dict(partitions_def=partitions, group_name=group, io_manager_key="batch_frames",
-                  tags={"claro/pipeline": pipeline_name}, kinds={"python", "pandas"})
+                  tags={"claro/pipeline": pipeline_name}, kinds={"python", "pandas"}, retry_policy=STAGE_RETRY)
 
     def key(stage: str) -> dg.AssetKey:
         return dg.AssetKey([catalogue, stage])
 
-    @dg.asset(key=key("batch_raw"), description="Rows as received, with source line numbers.", **common)
-    def batch_raw(context: dg.AssetExecutionContext, claro: CatalogueResource) -> dg.Output[pd.DataFrame]:
-        batch = resolve_batch(context, claro, catalogue)
+    @dg.asset(key=key("batch_raw"), description="Rows as received, with source line numbers.",
+              required_resource_keys={"claro", *s3_resources.values()}, output_required=False, **common)
+    def batch_raw(context: dg.AssetExecutionContext) -> Iterator[dg.Output[pd.DataFrame]]:
+        claro: CatalogueResource = context.resources.claro
+        batch = resolve_batch(context, claro, catalogue, receiving=True)
+        received = context.run.tags.get(TAG_URI)
+        if batch.published and received and (received.startswith("s3://") or Path(received).exists()):
+            # The same content again, after it was published: acknowledged, not processed (no output, so
+            # the later stages of this run are skipped and the batch keeps its status).
+            moved = acknowledge_duplicate(claro, batch, received)
+            context.log.info(f"{batch.filename}: {already_published_note(batch)}"
+                             + (f"; moved to {moved}" if moved else ""))
+            return
         with settling(claro, batch, "batch_raw"):
             source = claro.spec.sources.get(batch.source)
             if source is None:
-                raise dg.Failure(f"batch {batch.key}: source {batch.source!r} is not in the spec; sources are: "
-                                 f"{', '.join(claro.spec.sources)}")
-            s3 = S3Connection.from_env(source.endpoint_url_env) if source.kind == "s3" else None
+                raise BatchRefused(f"batch {batch.key}: source {batch.source!r} is not in the spec; sources are: "
+                                   f"{', '.join(claro.spec.sources)}")
+            s3 = getattr(context.resources, s3_resources[batch.source]) if batch.source in s3_resources else None
             path = fetch(claro, batch, s3)
             cat = claro.store.catalogue(catalogue)
             identifiers = [n for n, a in cat.attributes.items() if a.identifier] + \
@@ -151,12 +282,12 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
                 raw = read_supplier_file(path, sheet=source.sheet, encoding=source.encoding,
                                          delimiter=source.delimiter, identifier_columns=identifiers)
             except SupplierFileError as exc:
-                raise dg.Failure(description=str(exc)) from exc
+                raise BatchDataError(str(exc)) from exc
             if len(raw.flags):
                 raw.flags.to_csv(claro.batch_dir(batch.key) / "identifier_flags.csv", index=False)
         BatchRegistry(claro.store).set_status(batch.key, "received", stage="batch_raw")
         frame = raw.frame
-        return dg.Output(frame, metadata={
+        yield dg.Output(frame, metadata={
             "file": batch.filename, "source": batch.source, "rows": len(frame),
             "columns": dg.MetadataValue.json(user_columns(frame)), "encoding": raw.encoding or "",
             "delimiter": raw.delimiter or "", "sheet": raw.sheet or "", "header_line": raw.header_line,
@@ -178,7 +309,7 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
             try:
                 mapped = apply_mapping(raw, mapping, cat, source=batch.source)
             except ValueError as exc:
-                raise dg.Failure(description=str(exc)) from exc
+                raise BatchDataError(str(exc)) from exc
             gtin = next((n for n, a in cat.attributes.items() if a.format == "gtin"), None)
             existing = claro.store.records(catalogue, columns=[gtin] if gtin else [cat.key])
             gtins = dict(zip(existing[gtin], existing[cat.key], strict=True)) if gtin else {}
@@ -258,12 +389,12 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
         registry = BatchRegistry(claro.store)
         if batch.status not in ("validated", "published") and not (batch.status == "failed" and
                                                                    batch.stage == "records"):
-            raise dg.Failure(description=f"batch {batch.key} is {batch.status} ({batch.message or 'not validated'}); "
-                             "records will not publish it until batch_validated passes its gate")
+            raise BatchRefused(f"batch {batch.key} is {batch.status} ({batch.message or 'not validated'}); "
+                               "records will not publish it until batch_validated passes its gate")
         if batch.spec_version != claro.spec_version:
-            raise dg.Failure(description=f"the spec ({claro.spec_path}) changed after batch {batch.key} was "
-                             "validated; re-run batch_validated (and batch_normalized) for it so the batch is "
-                             "checked against the current rules before it is published")
+            raise BatchRefused(f"the spec ({claro.spec_path}) changed after batch {batch.key} was "
+                               "validated; re-run batch_validated (and batch_normalized) for it so the batch is "
+                               "checked against the current rules before it is published")
         with settling(claro, batch, "records"):
             cat = claro.store.catalogue(catalogue)
             frame = normalized.copy()
@@ -293,6 +424,7 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
 
     @dg.asset(key=key(CHECKPOINT), deps=[key("records")], partitions_def=partitions, group_name=group,
               tags={"claro/pipeline": pipeline_name}, kinds={"python"}, output_required=False,
+              retry_policy=STAGE_RETRY,
               description="Holds the batch until the changes its publishing queued for review are decided; "
                           "the review-checkpoint sensor resumes it once they are.")
     def review_checkpoint(context: dg.AssetExecutionContext, claro: CatalogueResource):
@@ -302,7 +434,7 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
         batch = resolve_batch(context, claro, catalogue)
         registry = BatchRegistry(claro.store)
         if batch.status not in ("published", AWAITING_REVIEW):
-            raise dg.Failure(description=f"batch {batch.key} is {batch.status}: it has not been published")
+            raise BatchRefused(f"batch {batch.key} is {batch.status}: it has not been published")
         pending = open_items_of_batch(ReviewQueue(claro.store), catalogue, batch.key)
         if pending:
             registry.set_status(batch.key, AWAITING_REVIEW, stage=CHECKPOINT,

@@ -16,6 +16,26 @@ from claro_dagster.catalogue.common import dumps, loads, now
 from claro_dagster.catalogue.store import CatalogueStore
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+#: The one shape of a batch key: a single path segment (no `/`, never `.` or `..`) short enough to be a file name
+#: with a suffix. Every key that comes from outside (a partition key, a run tag, a command-line argument) is
+#: checked against it before it names a folder or a file.
+BATCH_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,239}")
+_MAX_STEM = 160
+#: Statuses of a batch whose changes reached the catalogue (`awaiting_review`: published, some changes held back).
+PUBLISHED = ("published", "awaiting_review")
+
+
+class InvalidBatchKey(ValueError):
+    """A batch key that could name a path outside the batch's own folder."""
+
+
+def check_batch_key(key: object) -> str:
+    """`key` if it is a well-formed batch key, else InvalidBatchKey saying what a key looks like."""
+    if not isinstance(key, str) or not BATCH_KEY.fullmatch(key):
+        raise InvalidBatchKey(
+            f"{key!r} is not a batch key: a batch key is 1 to 240 letters, digits, '_', '.' or '-', not starting "
+            "with '.' or '-' (e.g. 'acme_csv.weekly.csv.0123abcd45'); `claro batches` lists them")
+    return key
 
 
 def content_version(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -33,9 +53,10 @@ def batch_key(source: str, filename: str, version: str) -> str:
     Safe as a partition key, a folder name and a URL segment; the same file twice gives the same
     key (processed once), a changed file a new one (processed again).
     """
-    stem = _UNSAFE.sub("_", Path(filename).name).strip("_") or "file"
+    stem = _UNSAFE.sub("_", Path(filename).name).strip("_")[:_MAX_STEM] or "file"
     version = _UNSAFE.sub("", version)[:10] or "0"
-    return f"{_UNSAFE.sub('_', source)}.{stem}.{version}"
+    prefix = re.sub(r"^[.-]", "_", _UNSAFE.sub("_", source))[:60] or "source"
+    return check_batch_key(f"{prefix}.{stem}.{version}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,10 @@ class Batch:
     received_at: datetime
     updated_at: datetime
 
+    @property
+    def published(self) -> bool:
+        return self.status in PUBLISHED
+
 
 class BatchRegistry:
     """Where each batch came from and how far it got; rows it rejected, with their reasons."""
@@ -65,6 +90,7 @@ class BatchRegistry:
     def register(self, key: str, *, catalogue: str, source: str, filename: str, uri: str,
                  content_version: str | None = None) -> Batch:
         """Record a received batch once; registering it again returns what is stored."""
+        check_batch_key(key)
         existing = self.get(key)
         if existing is not None:
             return existing
@@ -73,6 +99,24 @@ class BatchRegistry:
             conn.execute(self.t.insert().values(
                 key=key, catalogue=catalogue, source=source, filename=filename, uri=uri,
                 content_version=content_version, status="received", received_at=stamp, updated_at=stamp))
+        return self.get(key)
+
+    def receive(self, key: str, *, catalogue: str, source: str, filename: str, uri: str,
+                content_version: str | None = None) -> Batch:
+        """Record that this content arrived (again) at `uri`.
+
+        A new batch is registered. A batch already published is returned as it is (the same content again
+        brings nothing new). Any other batch (quarantined, halted, failed, or never finished) is being
+        received again, from wherever this copy lies: its uri follows the new copy, so the run that
+        processes it settles that copy and not the one that was moved away.
+        """
+        existing = self.register(key, catalogue=catalogue, source=source, filename=filename, uri=uri,
+                                 content_version=content_version)
+        if existing.published or existing.uri == uri:
+            return existing
+        with self.store.engine.begin() as conn:
+            conn.execute(self.t.update().where(self.t.c.key == key).values(uri=uri, filename=filename,
+                                                                           updated_at=now()))
         return self.get(key)
 
     def get(self, key: str) -> Batch | None:

@@ -16,6 +16,7 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
+from claro_dagster.catalogue.batches import InvalidBatchKey, check_batch_key
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec import load_spec
 from claro_dagster.spec.models import ProjectSpec
@@ -55,7 +56,7 @@ class CatalogueResource(dg.ConfigurableResource):
         return Path(self.home)
 
     def batch_dir(self, batch: str) -> Path:
-        path = self.home_dir / "batches" / batch
+        path = self.home_dir / "batches" / check_batch_key(batch)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -77,6 +78,11 @@ class BatchFrameIOManager(dg.ConfigurableIOManager):
 
     def _path(self, asset_key: dg.AssetKey, partition: str | None, suffix: str) -> Path:
         # Batch keys contain dots: build the name whole (with_suffix would cut the content version off).
+        if partition is not None:
+            try:
+                check_batch_key(partition)  # a partition key is a file name here: never a path
+            except InvalidBatchKey as exc:
+                raise dg.Failure(str(exc), allow_retries=False) from None
         return Path(self.base_dir).joinpath(*asset_key.path) / f"{partition or 'all'}{suffix}"
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
@@ -104,4 +110,4 @@ class BatchFrameIOManager(dg.ConfigurableIOManager):
                 return pickle.load(handle)
         stage = "/".join(context.asset_key.path)
         raise dg.Failure(f"no stored output of {stage} for batch {partition}: "
-                         f"materialize {stage} for this batch first")
+                         f"materialize {stage} for this batch first", allow_retries=False)

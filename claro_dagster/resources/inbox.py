@@ -7,7 +7,8 @@ Layout of an inbox root:
     <root>/quarantine/<batch>/   files that were refused, each with `<name>.reason.txt` beside it
 
 `pending()` ignores dot-files and dot-folders, partial uploads (`*.part`, `*.tmp`, `*.partial`,
-`*.crdownload`), Office lock files (`~$*`) and the `processed/` and `quarantine/` folders. Files are
+`*.crdownload`), Office lock files (`~$*`), the `processed/` and `quarantine/` folders, and symbolic links
+that lead out of the inbox (a link must not turn any file the process can read into a batch). Files are
 moved, never deleted; a move never overwrites an existing file (a second file of the same name in
 the same batch folder is stored as `<stem>~2<suffix>`, `~3`, ...).
 """
@@ -15,7 +16,6 @@ the same batch folder is stored as `<stem>~2<suffix>`, `~3`, ...).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from claro_dagster.catalogue.batches import content_version
+from claro_dagster.catalogue.batches import check_batch_key, content_version
 
 PROCESSED = "processed"
 QUARANTINE = "quarantine"
 PARTIAL_SUFFIXES: tuple[str, ...] = (".part", ".tmp", ".partial", ".crdownload")
-_BATCH_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+NOTE_SUFFIXES: tuple[str, ...] = (".reason.txt", ".note.txt")
 
 #: relative path -> [size, mtime_ns, inode, version]; lets callers skip re-hashing unchanged files.
 HashCache = Mapping[str, list]
@@ -103,7 +103,16 @@ class Inbox:
         found.sort(key=lambda f: (f.mtime_ns, f.relative))
         return found
 
+    def contains(self, path: str | Path) -> bool:
+        """True when `path`, with every symbolic link resolved, lies inside this inbox."""
+        try:
+            Path(path).resolve().relative_to(self.root.resolve())
+        except (ValueError, OSError):
+            return False
+        return True
+
     def _walk(self) -> Iterator[Path]:
+        # os.walk does not descend into linked folders (followlinks=False); linked files are checked here.
         for dirpath, dirnames, filenames in os.walk(self.root):
             here = Path(dirpath)
             dirnames[:] = sorted(
@@ -112,34 +121,49 @@ class Inbox:
             )
             for filename in sorted(filenames):
                 path = here / filename
-                if not is_ignored_name(filename) and path.is_file():
-                    yield path
+                if is_ignored_name(filename) or not path.is_file():
+                    continue
+                if path.is_symlink() and not self.contains(path):
+                    continue
+                yield path
 
-    def mark_processed(self, path: str | Path, batch_key: str) -> Path:
-        """Move a pending file into `processed/<batch_key>/<name>`; returns the new path."""
-        return self._move(Path(path), PROCESSED, batch_key)
+    def times_settled(self, batch_key: str) -> int:
+        """How many copies of this batch's content were moved to processed/ or quarantine/ so far.
+
+        The inbox sensor puts this number in its run keys: a copy dropped again after the last one was
+        settled is a new receipt, and gets a run of its own.
+        """
+        check_batch_key(batch_key)
+        count = 0
+        for area in (self.processed_dir, self.quarantine_dir):
+            folder = area / batch_key
+            if folder.is_dir():
+                count += sum(1 for p in folder.iterdir() if not p.name.endswith(NOTE_SUFFIXES))
+        return count
+
+    def mark_processed(self, path: str | Path, batch_key: str, note: str | None = None) -> Path:
+        """Move a pending file into `processed/<batch_key>/<name>`; returns the new path.
+
+        A `note` (e.g. why nothing was done with it) is written beside it as `<name>.note.txt`.
+        """
+        source = Path(path)
+        moved = self._move(source, PROCESSED, batch_key)
+        if note:
+            _write_note(moved.with_name(moved.name + ".note.txt"), note, batch_key, source, "processed_at")
+        return moved
 
     def quarantine(self, path: str | Path, batch_key: str, reason: str) -> Path:
         """Move a pending file into `quarantine/<batch_key>/<name>` with `<name>.reason.txt` beside it."""
         source = Path(path)
         moved = self._move(source, QUARANTINE, batch_key)
-        note = moved.with_name(moved.name + ".reason.txt")
-        text = (
-            f"{reason.rstrip()}\n\n"
-            f"batch: {batch_key}\n"
-            f"file: {source}\n"
-            f"quarantined_at: {datetime.now(UTC).isoformat()}\n"
-        )
-        with open(note, "x", encoding="utf-8") as handle:
-            handle.write(text)
+        _write_note(moved.with_name(moved.name + ".reason.txt"), reason, batch_key, source, "quarantined_at")
         return moved
 
     def upload(self, src: str | Path) -> Path:
         return upload(src, self.root)
 
     def _move(self, path: Path, area: str, batch_key: str) -> Path:
-        if not isinstance(batch_key, str) or not _BATCH_KEY.fullmatch(batch_key):
-            raise ValueError(f"invalid batch key {batch_key!r}")
+        check_batch_key(batch_key)
         root = self.root.resolve()
         resolved = path.resolve()
         try:
@@ -189,6 +213,12 @@ def upload(src: str | Path, inbox_dir: str | Path) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _write_note(note: Path, text: str, batch_key: str, source: Path, stamp: str) -> None:
+    with open(note, "x", encoding="utf-8") as handle:
+        handle.write(f"{text.rstrip()}\n\nbatch: {batch_key}\nfile: {source}\n"
+                     f"{stamp}: {datetime.now(UTC).isoformat()}\n")
 
 
 def _candidates(folder: Path, name: str) -> Iterator[Path]:

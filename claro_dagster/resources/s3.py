@@ -45,6 +45,7 @@ import email.utils
 import functools
 import io
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -158,10 +159,17 @@ class S3Cursor:
         )
 
 
+class S3NotConfigured(RuntimeError):
+    """An S3 connection whose endpoint variable is not set where it is used."""
+
+
 class S3Connection(dg.ConfigurableResource):
     """An S3 (or S3-compatible) endpoint. Leave credentials unset to use the default AWS chain."""
 
     endpoint_url: str | None = None
+    endpoint_url_env: str | None = None
+    """The environment variable holding the endpoint, read when a client is made (a sensor tick or a run),
+    so a source whose variable is not set fails where it is used, saying so, and nowhere else."""
     region_name: str | None = "us-east-1"
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
@@ -187,9 +195,20 @@ class S3Connection(dg.ConfigurableResource):
         0.5-1 s, and Dagster hands a sensor a fresh resource object on every tick. boto3 clients
         are thread-safe.
         """
-        return _client_for(self.endpoint_url, self.region_name, self.aws_access_key_id,
+        return _client_for(self.endpoint(), self.region_name, self.aws_access_key_id,
                            self.aws_secret_access_key, self.aws_session_token, self.profile_name,
                            self.max_attempts)
+
+    def endpoint(self) -> str | None:
+        """`endpoint_url`, else the value of `endpoint_url_env`; None means AWS itself."""
+        if self.endpoint_url or not self.endpoint_url_env:
+            return self.endpoint_url
+        value = os.environ.get(self.endpoint_url_env)
+        if not value:
+            raise S3NotConfigured(f"the S3 endpoint variable {self.endpoint_url_env} is not set in this environment: "
+                                  "set it to the endpoint's URL, or leave endpoint_url_env out of the spec to use "
+                                  "AWS itself")
+        return value
 
     # -- listing -------------------------------------------------------------------------------
 
@@ -391,6 +410,11 @@ class S3Connection(dg.ConfigurableResource):
             if _error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
                 return False
             raise
+
+
+def source_resource_key(source: str) -> str:
+    """The key of an S3 source's own connection resource: each source reaches its own endpoint."""
+    return "s3_source_" + re.sub(r"[^A-Za-z0-9_]", "_", source)
 
 
 def snapshot_folder(prefix: str, name: str) -> str:

@@ -7,7 +7,7 @@ answers (a materialization, or a batch and its checkpoint), so it is launched ex
 import dagster as dg
 
 from claro_dagster.catalogue.batches import BatchRegistry
-from claro_dagster.catalogue.review import ReviewQueue
+from claro_dagster.catalogue.review import DECIDED, OPEN, ReviewQueue
 from claro_dagster.resources.catalogue import CatalogueResource
 
 AWAITING_REVIEW = "awaiting_review"
@@ -39,6 +39,19 @@ def open_items_of_batch(queue: ReviewQueue, catalogue: str, batch: str) -> list:
             if i.change_set.startswith(prefix)]
 
 
+def latest_proposal_of_batch(queue: ReviewQueue, catalogue: str, batch: str) -> int:
+    """Id of the newest review item publishing this batch queued, open or decided (0 if none)."""
+    prefix = f"publish:{batch}:"
+    return max((i.id for i in queue.list(catalogue=catalogue, status=OPEN + DECIDED)
+                if i.change_set.startswith(prefix)), default=0)
+
+
+def checkpoint_run_key(queue: ReviewQueue, catalogue: str, batch: str) -> str:
+    """`<batch>:review_checkpoint:<newest proposal id>`. Run keys are remembered forever: a batch that
+    reaches its checkpoint again waits on new proposals, so its next resume gets a key of its own."""
+    return f"{batch}:review_checkpoint:{latest_proposal_of_batch(queue, catalogue, batch)}"
+
+
 def build_review_checkpoint_sensor(pipeline: str, catalogue: str, checkpoint: dg.AssetKey,
                                    minimum_interval_seconds: int = 10) -> dg.SensorDefinition:
     """Resume each batch waiting at its review checkpoint once every item it queued is decided."""
@@ -53,7 +66,7 @@ def build_review_checkpoint_sensor(pipeline: str, catalogue: str, checkpoint: dg
         ready = [b for b in waiting if not open_items_of_batch(queue, catalogue, b.key)]
         if not ready:
             return dg.SkipReason(f"{len(waiting)} batch(es) of {catalogue} still wait for review decisions")
-        return [dg.RunRequest(run_key=f"{b.key}:review_checkpoint", partition_key=b.key,
+        return [dg.RunRequest(run_key=checkpoint_run_key(queue, catalogue, b.key), partition_key=b.key,
                               tags={"claro/source": b.source, "claro/batch": b.key}) for b in ready]
 
     return _resume

@@ -1,9 +1,18 @@
 """Inbound sensors: an inbox folder or an S3 prefix becomes a stream of batch runs.
 
 Each file (or object) becomes one batch: a dynamic partition whose key is
-`batch_key(source, filename, version)`, and one run request whose `run_key` is that same key.
-The version is the content hash (inbox) or the ETag (S3), so the same file twice gives the same run
-key (Dagster never launches a run key twice for a sensor) and a changed file a new one.
+`batch_key(source, filename, version)`. The version is the content hash (inbox) or the ETag (S3), so
+the same content is always the same batch and changed content a new one.
+
+Each receipt of a file is one run request. Dagster never launches a run key twice for a sensor, so the
+run key names the receipt, not only the content:
+
+* inbox: the batch key for the first copy, `<batch key>:<n>` for the n-th copy of the same content
+  (n - 1 copies already moved to processed/ or quarantine/). A pending file keeps its run key until the
+  run moves it; a file dropped again after it was quarantined is processed again, and one dropped again
+  after it was published gets a run that acknowledges it (moved to processed/ with a note).
+* S3: `<batch key>@<LastModified>`; an object is listed once per upload, so an identical re-upload is a
+  new receipt (processed again if its batch was quarantined, acknowledged if it was published).
 
 Sensors only list and decide: they never move, download or delete anything (the run does that).
 Tags on every run request:
@@ -77,7 +86,8 @@ def build_inbox_sensor(
     )
     def _inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         known = _load_hash_cache(context.cursor)
-        files = Inbox(inbox_path).pending(known, min_age_seconds=min_age_seconds)
+        inbox = Inbox(inbox_path)
+        files = inbox.pending(known, min_age_seconds=min_age_seconds)
         cursor = json.dumps({"v": 1, "files": {f.relative: f.cache_entry() for f in files}},
                             sort_keys=True, separators=(",", ":"))
         if not files:
@@ -89,8 +99,9 @@ def build_inbox_sensor(
             if key in keys:  # same name and content in two sub-folders: one batch
                 continue
             keys.append(key)
+            settled = inbox.times_settled(key)
             requests.append(dg.RunRequest(
-                run_key=key,
+                run_key=key if not settled else f"{key}:{settled + 1}",
                 partition_key=key,
                 tags={TAG_SOURCE: source_name, TAG_URI: str(item.path.resolve()),
                       TAG_VERSION: item.version, TAG_BATCH: key},
@@ -128,10 +139,12 @@ def build_s3_sensor(
     page_size: int = 1000,
     settle_seconds: float = DEFAULT_SETTLE_SECONDS,
     description: str | None = None,
+    resource_key: str = "s3",
 ) -> dg.SensorDefinition:
     """A sensor that requests one run per new or changed object under `s3://bucket/prefix`.
 
-    Needs the resource `s3` (`S3Connection`). Each tick lists ONE page (`page_size` keys) with
+    Needs the resource `resource_key` (an `S3Connection`: each S3 source has its own, with its own
+    endpoint). Each tick lists ONE page (`page_size` keys) with
     `S3Connection.list_since`, so a large prefix is paged across ticks; the sensor cursor is the
     `S3Cursor` JSON. Objects whose key ends in `/` (folder markers) are skipped.
     """
@@ -145,8 +158,10 @@ def build_s3_sensor(
         default_status=default_status,
         description=description or f"Requests one batch run per new or changed object in s3://{bucket}/{prefix}",
         tags={TAG_SOURCE: source_name},
+        required_resource_keys={resource_key},
     )
-    def _s3_sensor(context: dg.SensorEvaluationContext, s3: S3Connection) -> dg.SensorResult:
+    def _s3_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        s3: S3Connection = getattr(context.resources, resource_key)
         objects, cursor = s3.list_since(bucket, prefix, S3Cursor.from_json(context.cursor), page_size,
                                         settle_seconds=settle_seconds)
         objects = [o for o in objects if not o.key.endswith("/")]
@@ -162,7 +177,7 @@ def build_s3_sensor(
                 continue
             keys.append(key)
             requests.append(dg.RunRequest(
-                run_key=key,
+                run_key=f"{key}@{obj.last_modified.strftime('%Y%m%dT%H%M%S.%fZ')}",
                 partition_key=key,
                 tags={TAG_SOURCE: source_name, TAG_URI: obj.uri, TAG_VERSION: obj.etag, TAG_BATCH: key},
             ))

@@ -23,6 +23,10 @@ Problem = tuple[Loc, str]
 
 # Operations a schedule may run on a catalogue besides its destinations (`<catalogue>/<operation>`).
 SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
+# Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
+# refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
+AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3")
+AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres")
 # Slack channel ids: C (public), G (private), D (direct message) followed by upper-case alphanumerics.
 _SLACK_CHANNEL = re.compile(r"#[^\s#]+|[CGD][A-Z0-9]{6,}")
 
@@ -161,6 +165,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         loc = ("sources", sname)
         if source.catalogue not in spec.catalogues:
             out.append((loc + ("catalogue",), unknown(source.catalogue, catalogues, "a catalogue")))
+        if source.kind not in AVAILABLE_SOURCE_KINDS:
+            out.append((loc + ("kind",), _not_available("source", source.kind, AVAILABLE_SOURCE_KINDS)))
         if source.kind == "inbox" and not source.path:
             out.append((loc + ("path",), "an inbox source needs 'path': the folder suppliers drop "
                         "files into"))
@@ -173,6 +179,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         loc = ("destinations", dname)
         if dest.catalogue not in spec.catalogues:
             out.append((loc + ("catalogue",), unknown(dest.catalogue, catalogues, "a catalogue")))
+        if dest.kind not in AVAILABLE_DESTINATION_KINDS:
+            out.append((loc + ("kind",), _not_available("destination", dest.kind, AVAILABLE_DESTINATION_KINDS)))
         if dest.kind == "s3" and not dest.bucket:
             out.append((loc + ("bucket",), "an s3 destination needs 'bucket'"))
         if dest.kind == "postgres":
@@ -264,6 +272,11 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         if hook.cron is not None and (msg := _cron_problem(hook.cron)):
             out.append((loc + ("cron",), msg))
     return out
+
+
+def _not_available(what: str, kind: str, available: Iterable[str]) -> str:
+    return (f"{what} kind {kind!r} is not available yet (available now: {', '.join(available)}); "
+            f"remove this {what} or change its kind")
 
 
 def _target_problem(spec: ProjectSpec, target: str) -> str | None:

@@ -77,9 +77,44 @@ def test_review_checkpoint_holds_a_batch_until_its_reviews_are_decided(demo):
     assert item.reviewers == ("merchandising",)  # routing rule: confidence 80 is below 85
     queue.approve([item.id], by="ann")
     [resume] = tick(defs, instance, "products_onboarding_review_checkpoint").run_requests
-    assert (resume.run_key, resume.partition_key) == (f"{update.key}:review_checkpoint", update.key)
+    assert (resume.run_key, resume.partition_key) == (f"{update.key}:review_checkpoint:{item.id}", update.key)
     assert run_batch(defs, instance, BatchRegistry(claro.store).get(update.key),
                      stages=("review_checkpoint",)).success
     assert BatchRegistry(claro.store).get(update.key).status == "published"
     assert claro.store.record("products", "TST-0001")["title"] == "Trail mug one"
     assert tick(defs, instance, "products_onboarding_review_checkpoint").run_requests == []
+
+
+def test_a_batch_that_waits_for_review_a_second_time_is_resumed_again(demo, tmp_path):
+    """Run keys are remembered forever: the second resume of the same batch needs a key of its own."""
+    defs, claro, instance = demo
+    suppliers = DEMO_DIR / "inbox" / "suppliers" / "suppliers.csv"
+    assert run_batch(defs, instance, drop(claro, "suppliers_csv", "suppliers.csv", suppliers.read_text())).success
+    assert run_batch(defs, instance, drop(claro, "acme_csv", "first.csv", HEADER + ROWS[0] + "\n")).success
+    update = drop(claro, "globex_xlsx", "update.csv", HEADER + ROWS[0].replace("Trail mug 1", "Trail mug one") + "\n")
+    assert run_batch(defs, instance, update).success
+    queue = ReviewQueue(claro.store)
+    queue.approve([i.id for i in queue.list()], by="ann")
+    launched = set()  # what the daemon remembers: a run key it launched is never launched again
+    [first] = tick(defs, instance, "products_onboarding_review_checkpoint").run_requests
+    launched.add(first.run_key)
+    assert run_batch(defs, instance, BatchRegistry(claro.store).get(update.key), stages=("review_checkpoint",)).success
+    assert BatchRegistry(claro.store).get(update.key).status == "published"
+
+    # The spec now title-cases titles: the batch is checked and published again, and its new proposal waits.
+    spec = tmp_path / "claro.yaml"
+    spec.write_text(spec.read_text().replace("casing: none ", "casing: title"), encoding="utf-8")
+    defs = build_definitions(spec, tmp_path / "home")
+    claro = defs.resources["claro"]
+    assert run_batch(defs, instance, BatchRegistry(claro.store).get(update.key),
+                     stages=("batch_validated", "batch_normalized", "records", "review_checkpoint")).success
+    assert BatchRegistry(claro.store).get(update.key).status == "awaiting_review"
+    [item] = ReviewQueue(claro.store).list()
+    assert item.new == "Trail Mug One"
+    ReviewQueue(claro.store).approve([item.id], by="ann")
+
+    [second] = tick(defs, instance, "products_onboarding_review_checkpoint").run_requests
+    assert second.partition_key == update.key and second.run_key not in launched
+    assert run_batch(defs, instance, BatchRegistry(claro.store).get(update.key), stages=("review_checkpoint",)).success
+    assert BatchRegistry(claro.store).get(update.key).status == "published"
+    assert claro.store.record("products", "TST-0001")["title"] == "Trail Mug One"

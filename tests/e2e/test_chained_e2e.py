@@ -272,14 +272,14 @@ def test_chained_pipelines_review_checkpoint_and_halt(dagster_stack: DagsterStac
         [tick] = ticks_after(stack, CHECKPOINT_SENSOR, waiting_since)[:1]
         assert tick["status"] == "SKIPPED" and tick["runIds"] == [], brief_ticks([tick])
         assert "1 batch(es) of products still wait for review decisions" in tick["skipReason"], tick
-        assert stack.runs(**{"dagster/run_key": f"{gkey}:review_checkpoint"}) == []
+        assert stack.runs(**{"dagster/run_key": f"{gkey}:review_checkpoint:{item.id}"}) == []
         assert registry.get(gkey).status == "awaiting_review"
         mark("3. globex batch waits for review")
 
         # 4. Approve through the store: the checkpoint sensor resumes the batch, exactly once.
         result = queue.approve([item.id], by="e2e")
         assert result.applied == 1
-        run_key = f"{gkey}:review_checkpoint"
+        run_key = f"{gkey}:review_checkpoint:{item.id}"  # versioned by the batch's newest proposal
 
         def resumed() -> tuple[bool, Any]:
             runs = stack.runs(**{"dagster/run_key": run_key})

@@ -95,8 +95,8 @@ def test_moves_refuse_bad_paths_and_keys(tmp_path):
     inside = _write(tmp_path / "inbox" / "a.csv", b"a")
     with pytest.raises(ValueError, match="not inside"):
         inbox.mark_processed(outside, "k")
-    for bad_key in ["../escape", "a/b", "", ".hidden", "x\n"]:
-        with pytest.raises(ValueError, match="invalid batch key"):
+    for bad_key in ["../escape", "a/b", "", ".hidden", "x\n", "..", "-rf", "k" * 241]:
+        with pytest.raises(ValueError, match="is not a batch key"):
             inbox.mark_processed(inside, bad_key)
     moved = inbox.mark_processed(inside, "k")
     with pytest.raises(ValueError, match="already moved"):
@@ -126,3 +126,30 @@ def test_upload_is_atomic_and_never_overwrites(tmp_path):
 
     with pytest.raises(FileNotFoundError):
         upload(tmp_path / "missing.csv", inbox_dir)
+
+
+def test_pending_does_not_follow_links_out_of_the_inbox(tmp_path):
+    root = tmp_path / "inbox"
+    secret = _write(tmp_path / "secret" / "passwords.csv", b"user,password\n")
+    own = _write(root / "real.csv", b"sku\n001\n")
+    (root / "to_secret.csv").symlink_to(secret)
+    (root / "secret_folder").symlink_to(secret.parent, target_is_directory=True)
+    (root / "again.csv").symlink_to(own)  # a link that stays inside the inbox is an ordinary file
+    assert sorted(f.relative for f in Inbox(root).pending()) == ["again.csv", "real.csv"]
+    assert not Inbox(root).contains(root / "to_secret.csv")
+    with pytest.raises(ValueError, match="not inside"):
+        Inbox(root).quarantine(root / "to_secret.csv", "k", "moved through a link")
+    assert secret.exists()
+
+
+def test_processed_with_a_note_and_copies_settled_per_batch(tmp_path):
+    inbox = Inbox(tmp_path)
+    assert inbox.times_settled("acme.products.abc") == 0
+    moved = inbox.mark_processed(_write(tmp_path / "products.csv", b"v1"), "acme.products.abc",
+                                 note="already published: nothing new in it")
+    assert (moved.parent / "products.csv.note.txt").read_text().startswith("already published: nothing new")
+    inbox.quarantine(_write(tmp_path / "products.csv", b"v1"), "acme.products.abc", "unreadable")
+    assert inbox.times_settled("acme.products.abc") == 2  # notes and reasons are not copies
+    assert inbox.times_settled("acme.other.abc") == 0
+    with pytest.raises(ValueError, match="is not a batch key"):
+        inbox.times_settled("../acme")

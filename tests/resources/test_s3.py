@@ -236,3 +236,18 @@ def test_resource_in_an_asset_with_env_var_endpoint(moto_endpoint, bucket, monke
     reader = S3Connection(endpoint_url=moto_endpoint, aws_access_key_id="testing",
                           aws_secret_access_key="testing")
     pd.testing.assert_frame_equal(reader.read_snapshot(bucket, key), FRAME)
+
+
+def test_a_source_connection_reads_its_endpoint_variable_when_used(monkeypatch, moto_endpoint, bucket):
+    """Each S3 source names its own endpoint variable; it is read when the connection is used, not before."""
+    from claro_dagster.resources.s3 import S3NotConfigured
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("CLARO_TEST_FEED_S3", raising=False)
+    connection = S3Connection(endpoint_url_env="CLARO_TEST_FEED_S3")  # building it needs nothing set
+    with pytest.raises(S3NotConfigured, match="CLARO_TEST_FEED_S3 is not set"):
+        connection.client()
+    monkeypatch.setenv("CLARO_TEST_FEED_S3", moto_endpoint)
+    assert connection.endpoint() == moto_endpoint
+    assert bucket in [b["Name"] for b in connection.client().list_buckets()["Buckets"]]

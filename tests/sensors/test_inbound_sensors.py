@@ -140,6 +140,24 @@ def test_inbox_sensor_several_files_and_materialize_the_requested_partition(tmp_
     assert run.success and run.output_for_node("products__batch_raw") == request.tags["claro/uri"]
 
 
+def test_inbox_sensor_a_file_dropped_again_after_it_was_settled_is_a_new_receipt(tmp_path, instance):
+    ticker = Ticker(_inbox_sensor(tmp_path), instance)
+    path = tmp_path / "products.csv"
+    path.write_text("sku\n001\n")
+    [first] = ticker.tick().run_requests
+    key = first.partition_key
+    assert first.run_key == key
+    Inbox(tmp_path).quarantine(path, key, "no price column")  # what the run does with a bad file
+
+    path.write_text("sku\n001\n")  # the supplier sends the same bytes again
+    [second] = ticker.tick().run_requests
+    assert (second.partition_key, second.run_key) == (key, f"{key}:2")  # same batch, a run of its own
+    assert [r.run_key for r in ticker.tick().run_requests] == [f"{key}:2"]  # until the run moves it
+    Inbox(tmp_path).mark_processed(path, key)
+    path.write_text("sku\n001\n")
+    assert [r.run_key for r in ticker.tick().run_requests] == [f"{key}:3"]
+
+
 def test_inbox_sensor_survives_unreadable_cursor(tmp_path, instance):
     ticker = Ticker(_inbox_sensor(tmp_path), instance)
     (tmp_path / "a.csv").write_text("a")
@@ -177,10 +195,10 @@ def test_s3_sensor_pages_across_ticks(bucket, s3, instance):
     assert [S3Cursor.from_json(t.cursor).in_pass for t in ticks] == [True, True, False]
     requests = [r for t in ticks for r in t.run_requests]
     expected = {batch_key("acme", k.rsplit("/", 1)[1], etag): (k, etag) for k, etag in etags.items()}
-    assert {r.run_key for r in requests} == set(expected)
+    assert {r.partition_key for r in requests} == set(expected)
     for request in requests:
-        key, etag = expected[request.run_key]
-        assert request.partition_key == request.run_key
+        key, etag = expected[request.partition_key]
+        assert request.run_key.startswith(f"{request.partition_key}@")  # this upload of that content
         assert request.tags["claro/uri"] == f"s3://{bucket}/{key}"
         assert request.tags["claro/content_version"] == etag
         assert request.tags["claro/source"] == "acme"
@@ -201,7 +219,7 @@ def test_s3_sensor_reupload(bucket, s3, instance):
     _put(s3, bucket, "incoming/a.csv", b"a.csv")  # identical bytes: same ETag, not requested again
     new_etag = _put(s3, bucket, "incoming/b.csv", b"b.csv, corrected")
     [request] = ticker.tick().run_requests
-    assert request.run_key == batch_key("acme", "b.csv", new_etag) and request.run_key not in first
+    assert request.partition_key == batch_key("acme", "b.csv", new_etag) and request.run_key not in first
     assert _added(ticker.tick()) == [] and ticker.tick().run_requests == []
 
 

@@ -255,3 +255,31 @@ def test_route_to_an_undefined_channel_and_pipeline_rules(tmp_path, monkeypatch)
                                "triggered") for line in found)
     assert "claro.yaml:22 notifications.slack[0].channel: '#opps' is not a channel of notifications.channels, did " \
            "you mean '#ops'? (channels: #ops)" in found
+
+
+@pytest.mark.parametrize("kind", ["shopify", "amazon", "bigquery", "sheets", "webhook"])
+def test_a_destination_kind_that_is_not_built_is_refused(tmp_path, monkeypatch, kind: str) -> None:
+    rest = f"destinations:\n  shop:\n    kind: {kind}\n    catalogue: products\n"
+    assert problems(tmp_path, monkeypatch, rest=rest) == [
+        f"claro.yaml:9 destinations.shop.kind: destination kind {kind!r} is not available yet (available now: s3, "
+        "postgres); remove this destination or change its kind"]
+
+
+def test_every_kind_claro_check_accepts_does_something() -> None:
+    """The kinds `claro check` lets through are exactly those with an implementation behind them."""
+    from typing import get_args
+
+    from claro_dagster.assets.catalogue_ops import build_destination
+    from claro_dagster.spec.checks import AVAILABLE_DESTINATION_KINDS, AVAILABLE_SOURCE_KINDS
+    from claro_dagster.spec.models import DestinationSpec, SourceSpec
+
+    for kind in get_args(DestinationSpec.model_fields["kind"].annotation):
+        dest = DestinationSpec(kind=kind, catalogue="products", bucket="b", url_env="X", table="t")
+        assert (build_destination("d", dest, []) is not None) == (kind in AVAILABLE_DESTINATION_KINDS), kind
+    assert set(get_args(SourceSpec.model_fields["kind"].annotation)) == set(AVAILABLE_SOURCE_KINDS)
+
+
+def test_the_bundled_demo_passes_claro_check() -> None:
+    from claro_dagster.spec import DEMO_DIR
+
+    assert load_spec(DEMO_DIR / "claro.yaml").destinations
