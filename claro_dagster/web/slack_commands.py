@@ -276,7 +276,9 @@ class SlackCommands:
 
     def _interim(self, form: Mapping[str, str]) -> str:
         words = _clean_text(form.get("text", "")).split()
-        if len(words) >= 3 and words[0].lower() == "run":
+        # Promise a launch only to a user the spec names directly: a group member may still be refused.
+        named = set(self.spec_loader().notifications.slack_commands.run) & {"*", form.get("user_id") or "-"}
+        if len(words) >= 3 and words[0].lower() == "run" and named:
             return (f"Launching `{words[2]}` on `{words[1]}`… Dagster is taking a moment; "
                     "the run id and link follow here.")
         return "Working on it… the answer follows here in a moment."

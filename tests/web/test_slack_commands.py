@@ -527,3 +527,20 @@ def test_an_endless_chunked_body_is_cut_off_at_the_cap(client, launcher):
     status, body = raw_request(client, signed_head("Transfer-Encoding: chunked\r\n"), parts)
     assert status == 413 and b"not a Slack command" in body
     assert launcher.launches == []
+
+
+def test_a_slow_group_lookup_promises_no_launch_and_the_refusal_follows(launcher, store_url, monkeypatch,
+                                                                        http_server):
+    """Slack is slow to list the group: the interim answer promises nothing; the refusal comes on response_url."""
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+    spec = make_spec(SlackCommandsSpec(run=[GROUP]), token_env="SLACK_BOT_TOKEN")
+    with FakeSlackAPI({GROUP: [USER]}) as slack:
+        slack.answer("hang")
+        with make_client(launcher, store_url, spec, slack_api_url=f"{slack.url}/api/", ack_budget_seconds=0.2) as c:
+            text = answer(command(c, "run products export", user_id=OTHER,
+                                  response_url=http_server.url + "/commands/T1/1/abc"))
+            assert text == "Working on it… the answer follows here in a moment."
+            slack.release.set()  # the held lookup is dropped; the retry answers: OTHER is not a member
+            assert http_server.wait_for(1, WAIT)
+    [late] = [r.json() for r in http_server.requests]
+    assert refused(late["text"], "run", OTHER) and launcher.launches == []
