@@ -506,7 +506,7 @@ def test_a_failing_in_process_run_records_run_failed_and_alerts_like_the_sensor(
     assert len(fake_slack.posts) == 2
 
 
-def test_a_run_that_fails_outside_any_step_is_still_recorded_as_failed(project):
+def test_a_rerun_whose_stage_input_is_missing_is_recorded_as_failed_with_why(project):
     """`claro rerun` of a stage whose input was never stored: the run fails; the event says why."""
     project.run("acme_csv", "weekly.csv", good_rows(), stages=("batch_raw",))
     again = run_batch(project.defs, project.instance, project.batch, stages=("records",), quiet=True)
