@@ -58,10 +58,10 @@ def test_the_database_password_is_not_in_the_repository_snapshot_or_any_run(tmp_
     # The resource's field is the variable, shown by name; the UI never sees its value.
     claro = defs.resources["claro"]
     assert isinstance(claro.database_url, dg.EnvVar) and claro.database_url.env_var_name == "CLARO_DATABASE_URL"
-    snapshot = serialize_value(RepositorySnap.from_def(defs.get_repository_def()))
-    assert "CLARO_DATABASE_URL" in snapshot and PASSWORD not in snapshot
-
     with dg.instance_for_test() as instance:
+        snapshot = serialize_value(RepositorySnap.from_def(defs.get_repository_def()))
+        assert "CLARO_DATABASE_URL" in snapshot and PASSWORD not in snapshot
+
         batch = suppliers_batch(defs)
         result = run_batch(defs, instance, batch, quiet=True)
         assert result.success  # the store was reached with the planted URL
