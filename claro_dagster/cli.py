@@ -42,9 +42,9 @@ class Context:
 
     @cache  # noqa: B019 - one Context per process
     def store(self):
-        from claro_dagster.catalogue.store import CatalogueStore
+        from claro_dagster.resources.catalogue import open_store
 
-        return CatalogueStore(self.spec(), home=home_dir())
+        return open_store(self.spec(), home=home_dir())
 
     def catalogue(self, name: str | None) -> str:
         spec = self.spec()
@@ -366,11 +366,11 @@ def webhooks_serve(interval: Annotated[float, typer.Option(help="Seconds between
 
 
 def _claro():
-    from claro_dagster.resources.catalogue import CatalogueResource
+    from claro_dagster.resources.catalogue import CatalogueResource, database_url_setting
 
     path = ctx.spec_path or default_spec_path()
     return CatalogueResource(spec_path=str(Path(path).resolve()), home=str(home_dir()),
-                             database_url=os.environ.get("CLARO_DATABASE_URL"))
+                             database_url=database_url_setting())
 
 
 @app.command()
@@ -488,12 +488,12 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
 
     import uvicorn
 
-    from claro_dagster.catalogue.store import CatalogueStore
+    from claro_dagster.resources.catalogue import open_store
     from claro_dagster.resources.dagster_api import DagsterLauncher
     from claro_dagster.web.app import create_app
 
     def store_factory(spec):
-        return CatalogueStore(spec, home=home_dir())
+        return open_store(spec, home=home_dir())
 
     launcher = DagsterLauncher(ctx.spec, store_factory, port=dagster_port)
     stop = threading.Event()

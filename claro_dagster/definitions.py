@@ -22,7 +22,7 @@ from claro_dagster.assets.catalogue_ops import (
 )
 from claro_dagster.assets.onboarding import INBOX_KINDS, batches_partitions, build_onboarding, stages_of
 from claro_dagster.catalogue.schema import default_home
-from claro_dagster.resources.catalogue import BatchFrameIOManager, CatalogueResource
+from claro_dagster.resources.catalogue import BatchFrameIOManager, CatalogueResource, database_url_setting
 from claro_dagster.resources.s3 import S3Connection, source_resource_key
 from claro_dagster.resources.slack import SlackNotifier
 from claro_dagster.schedules import build_schedules
@@ -56,8 +56,7 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     spec_path = Path(spec_path or default_spec_path()).resolve()
     home = Path(home or default_home()).resolve()
     spec = load_spec(spec_path)
-    claro = CatalogueResource(spec_path=str(spec_path), home=str(home),
-                              database_url=os.environ.get("CLARO_DATABASE_URL"))
+    claro = CatalogueResource(spec_path=str(spec_path), home=str(home), database_url=database_url_setting())
     assets, sensors = [], []
     resources: dict[str, object] = {
         "claro": claro,

@@ -15,6 +15,7 @@ from claro_dagster.catalogue.batches import Batch, BatchRegistry, batch_key, con
 from claro_dagster.definitions import build_definitions, onboarding_pipelines, op_config
 from claro_dagster.resources.catalogue import CatalogueResource
 from claro_dagster.resources.inbox import Inbox
+from claro_dagster.sensors.notifications import default_webserver_url, record_run
 from claro_dagster.spec import DEMO_DIR
 
 REPO_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster.yaml"
@@ -89,17 +90,32 @@ def receive(claro: CatalogueResource, source: str, path: Path, version: str | No
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
+def announce_run(defs: dg.Definitions, instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -> None:
+    """Tell people about a run made in this process, as the run-status sensors do for the daemon's runs
+    (they do not see in-process runs): its `run.*` events in the outbox and, with Slack configured, its alerts."""
+    claro: CatalogueResource = defs.resources["claro"]
+    slack = defs.resources.get("slack")
+    if slack is not None:  # its token is an EnvVar, which Dagster resolves only for runs: resolve it here
+        slack = slack.process_config_and_initialize()
+    record_run(instance, result.dagster_run, claro.store, claro.spec, default_webserver_url(), slack=slack)
+
+
 def run_batch(defs: dg.Definitions, instance: dg.DagsterInstance, batch: Batch,
-              stages: tuple[str, ...] | None = None, *, quiet: bool = False) -> dg.ExecuteInProcessResult:
-    """Materialize a batch's stages in this process (the same assets the sensors launch)."""
+              stages: tuple[str, ...] | None = None, *, quiet: bool = False,
+              notify: bool = True) -> dg.ExecuteInProcessResult:
+    """Materialize a batch's stages in this process (the same assets the sensors launch) and record the run
+    (`notify=False` leaves that to the run-status sensors, as for a run the daemon launched)."""
     claro: CatalogueResource = defs.resources["claro"]
     if stages is None:
         stages = stages_of(claro.spec.pipelines[onboarding_pipelines(claro.spec)[batch.catalogue]])
     instance.add_dynamic_partitions(f"{batch.catalogue}_batches", [batch.key])
-    return dg.materialize(list(defs.assets), selection=[dg.AssetKey([batch.catalogue, s]) for s in stages],
-                          partition_key=batch.key, instance=instance, resources=defs.resources,
-                          raise_on_error=False, tags={"claro/source": batch.source},
-                          run_config=QUIET if quiet else None)
+    result = dg.materialize(list(defs.assets), selection=[dg.AssetKey([batch.catalogue, s]) for s in stages],
+                            partition_key=batch.key, instance=instance, resources=defs.resources,
+                            raise_on_error=False, tags={"claro/source": batch.source},
+                            run_config=QUIET if quiet else None)
+    if notify:
+        announce_run(defs, instance, result)
+    return result
 
 
 @dataclass
@@ -150,6 +166,7 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
                 continue
             result = dg.materialize(assets, selection=[dg.AssetKey([catalogue, dest_name])], instance=instance,
                                     resources=defs.resources, raise_on_error=False, run_config=QUIET)
+            announce_run(defs, instance, result)
             summary.destinations[dest_name] = "synced" if result.success else "failed: see the run in `claro dev`"
     for name, pipeline in claro.spec.pipelines.items():  # chained pipelines (the daemon's sensors start them)
         if pipeline.after is None or not pipeline.operations:
@@ -157,6 +174,7 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
         keys = [dg.AssetKey([pipeline.catalogue, op]) for op in pipeline.operations]
         result = dg.materialize(assets, selection=keys, instance=instance, resources=defs.resources,
                                 raise_on_error=False, run_config={**QUIET, **op_config(keys, pipeline.filter)})
+        announce_run(defs, instance, result)
         summary.chained[name] = "done" if result.success else "failed: see the run in `claro dev`"
     from claro_dagster.catalogue.review import ReviewQueue
 

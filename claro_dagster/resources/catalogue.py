@@ -2,24 +2,74 @@
 
 Stage outputs persist per (asset, batch) under the project home, so any one stage can be re-run for
 one batch from the UI without re-running the stages before it.
+
+The store's URL may hold a password. The resource's `database_url` is therefore the environment
+variable (`dg.EnvVar("CLARO_DATABASE_URL")`): the Dagster UI shows its name, and Dagster reads its value
+only when a run starts. Errors opening the store name it with the password hidden.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import pickle
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import quote
 
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
+import sqlalchemy as sa
 
 from claro_dagster.catalogue.batches import InvalidBatchKey, check_batch_key
+from claro_dagster.catalogue.changes import StoreError
+from claro_dagster.catalogue.schema import database_url as effective_database_url
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec import load_spec
 from claro_dagster.spec.models import ProjectSpec
+
+DATABASE_URL_ENV = "CLARO_DATABASE_URL"
+
+
+def database_url_setting() -> dg.EnvVar | None:
+    """`CatalogueResource.database_url` for this environment: the variable when it is set (the UI shows its
+    name, never the URL), else None (the embedded SQLite store under the project home)."""
+    return dg.EnvVar(DATABASE_URL_ENV) if os.environ.get(DATABASE_URL_ENV) else None
+
+
+def redacted_url(url: str) -> str:
+    """A database URL fit for a message: its password replaced by `***`."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # unparseable: it may still hold a password, so show none of it
+        return "(a database URL that cannot be parsed)"
+
+
+def redact(text: str, url: str) -> str:
+    """`text` with the URL's password (as written, and URL-encoded) replaced by `***`."""
+    try:
+        password = sa.engine.make_url(url).password
+    except Exception:
+        password = None
+    for secret in {password, quote(password or "", safe="")} - {None, ""}:
+        text = text.replace(secret, "***")
+    return text
+
+
+def open_store(spec: ProjectSpec, url: str | None = None, *, home: Path | None = None) -> CatalogueStore:
+    """Open the catalogue store (URL, else $CLARO_DATABASE_URL, else SQLite under `home`). When it cannot be
+    opened, a StoreError says which store (password hidden), why, and what to check."""
+    try:
+        return CatalogueStore(spec, url, home=home)
+    except (sa.exc.SQLAlchemyError, ValueError) as exc:
+        where = url or os.environ.get(DATABASE_URL_ENV) or effective_database_url(home)  # as the user wrote it
+        why = redact(next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__), where)
+        # `from None`: the driver's own error is summarised above, with the password taken out of it.
+        raise StoreError(f"could not open the catalogue store at {redacted_url(where)}: {why}. Check "
+                         f"{DATABASE_URL_ENV}: is the server running, does the database exist, are the user "
+                         "and password right?") from None
 
 
 @functools.lru_cache(maxsize=8)
@@ -34,6 +84,7 @@ class CatalogueResource(dg.ConfigurableResource):
 
     spec_path: str
     home: str
+    # Set it to `database_url_setting()` (an EnvVar): a plain string would show its password in the UI.
     database_url: str | None = None
 
     @property
@@ -49,7 +100,10 @@ class CatalogueResource(dg.ConfigurableResource):
 
     @cached_property
     def store(self) -> CatalogueStore:
-        return CatalogueStore(self.spec, self.database_url, home=Path(self.home))
+        url = self.database_url
+        if isinstance(url, dg.EnvVar):  # Dagster resolves it for runs; `claro` uses the resource outside them
+            url = url.get_value()
+        return open_store(self.spec, url, home=Path(self.home))
 
     @property
     def home_dir(self) -> Path:

@@ -1,6 +1,6 @@
 """Run-status sensors: tell people what happened (Slack) and record it in the outbox (signed webhooks).
 
-Three sensors watch the runs of this code location:
+Every run tells people, however it was launched. Three sensors watch the runs of this code location:
 
     claro_run_started    run.started    outbox only
     claro_run_completed  run.completed  outbox; Slack `run.completed` to the routes that list it in
@@ -12,12 +12,21 @@ Every event lands in `claro_events` (type `run.*`, `change_set` = `run:<run_id>`
 webhook receiver can act on: run id, job, status, catalogue, pipeline, asset keys, partition/batch,
 source, schedule, record filter, the error of a failure and a link to the run in the Dagster UI.
 
-A sensor may evaluate the same run again (the daemon crashed before it saved its cursor), so the
-event is written once per (run, type): looked up and inserted in one transaction that holds a write
-lock, so two evaluations at once cannot both insert. Slack messages go out only when the event was
-new, so a re-evaluated run is never announced twice. Slack trouble never fails a tick: the
-notifier does not raise, and the call is wrapped anyway. A failure to write the outbox does fail the
-tick (it shows in the UI's sensor history), after Slack has been tried.
+Runs the sensors do not see (`claro run` and `claro rerun` materialize in-process against the local
+instance, outside any code location) are recorded by `record_run` after they end: the same function
+the sensors use, reading everything from the run's record in the instance, so the events and alerts
+are the same whoever launched the run.
+
+A sensor may evaluate the same run again (the daemon crashed before it saved its cursor), and a run
+may be recorded both in-process and by a sensor, so each event is written once per (run, type):
+looked up and inserted in one transaction that holds the run's write lock, so two writers at once
+cannot both insert. The three sensors tick independently, so writing `run.completed` or `run.failed`
+first writes the run's `run.started` when it is missing, in the same transaction: `run.started` is
+always the run's first event in the outbox, and a later started tick finds it already there.
+Slack messages go out only when the event was new, so a re-evaluated run is never announced twice.
+Slack trouble never fails a tick: the notifier does not raise, and the call is wrapped anyway. A
+failure to write the outbox does fail the tick (it shows in the UI's sensor history), after Slack
+has been tried.
 """
 
 import hashlib
@@ -167,18 +176,26 @@ def _lock(conn: sa.Connection, store: CatalogueStore, name: str) -> None:
         conn.execute(e.update().where(e.c.id == -1).values(type=e.c.type))
 
 
-def write_run_event(store: CatalogueStore, event_type: str, catalogue: str | None, payload: dict[str, Any]) -> bool:
-    """Insert a run event unless this run already has one of this type; True when it was written."""
+def write_run_event(store: CatalogueStore, event_type: str, catalogue: str | None, payload: dict[str, Any], *,
+                    started: dict[str, Any] | None = None) -> bool:
+    """Insert a run event unless this run already has one of this type; True when it was written.
+
+    `started` is the run's `run.started` payload: given with a `run.completed`/`run.failed`, it is inserted
+    first when the run has no `run.started` yet, in the same transaction, so the outbox never shows a run
+    ending before it started. This is the one place run events are inserted.
+    """
     e = store.t["events"]
     change_set = run_change_set(payload["run_id"])
     with store.engine.begin() as conn:
-        _lock(conn, store, f"{change_set}:{event_type}")
-        exists = conn.execute(sa.select(e.c.id).where(e.c.change_set == change_set, e.c.type == event_type)
-                              .limit(1)).first()
-        if exists is not None:
+        # One lock per run (not per type): the started check and the insert below see every writer of this run.
+        _lock(conn, store, change_set)
+        present = set(conn.execute(sa.select(e.c.type).where(e.c.change_set == change_set)).scalars())
+        if event_type in present:
             return False
-        conn.execute(e.insert().values(type=event_type, catalogue=catalogue or "", record=None, field=None,
-                                       change_set=change_set, proposal=None, payload=dumps(payload), at=now()))
+        rows = [(RUN_STARTED, started)] if started is not None and RUN_STARTED not in present else []
+        for kind, body in [*rows, (event_type, payload)]:
+            conn.execute(e.insert().values(type=kind, catalogue=catalogue or "", record=None, field=None,
+                                           change_set=change_set, proposal=None, payload=dumps(body), at=now()))
     return True
 
 
@@ -187,7 +204,8 @@ def _record(store: CatalogueStore, event_type: str, facts: RunFacts, payload: di
     """(announce?, outbox error): announce when the event is new, or when it could not be written (Slack
     is then the only trace; the caller raises the error afterwards so the tick shows it)."""
     try:
-        if write_run_event(store, event_type, facts.catalogue, payload):
+        if write_run_event(store, event_type, facts.catalogue, payload,
+                           started=event_payload(facts, "STARTED")):
             return True, None
     except Exception as exc:
         logger.exception(f"run {facts.run_id}: could not write {event_type} to the outbox")
@@ -357,17 +375,17 @@ def _where(facts: RunFacts) -> str:
     return where + (f", batch {facts.batch}" if facts.batch else "")
 
 
-def handle_started(context: dg.RunStatusSensorContext, claro: CatalogueResource, spec: ProjectSpec,
-                   webserver_url: str) -> None:
-    facts = run_facts(context.instance, context.dagster_run, spec, webserver_url)
-    if not write_run_event(claro.store, RUN_STARTED, facts.catalogue, event_payload(facts, "STARTED")):
-        context.log.info(f"run {facts.run_id}: {RUN_STARTED} was recorded before")
+def handle_started(instance: dg.DagsterInstance, run: dg.DagsterRun, store: CatalogueStore, spec: ProjectSpec,
+                   webserver_url: str, logger: logging.Logger) -> None:
+    facts = run_facts(instance, run, spec, webserver_url)
+    if not write_run_event(store, RUN_STARTED, facts.catalogue, event_payload(facts, "STARTED")):
+        logger.info(f"run {facts.run_id}: {RUN_STARTED} was recorded before")
 
 
-def handle_completed(context: dg.RunStatusSensorContext, claro: CatalogueResource, slack: SlackNotifier | None,
-                     spec: ProjectSpec, webserver_url: str) -> None:
-    instance, store = context.instance, claro.store
-    facts = run_facts(instance, context.dagster_run, spec, webserver_url)
+def handle_completed(instance: dg.DagsterInstance, run: dg.DagsterRun, store: CatalogueStore,
+                     slack: SlackNotifier | None, spec: ProjectSpec, webserver_url: str,
+                     logger: logging.Logger) -> None:
+    facts = run_facts(instance, run, spec, webserver_url)
     mats = materializations(instance, facts.run_id)
     published = [m for m in mats if m.asset.endswith("/records")]
     counts: dict[str, int] = {}
@@ -378,23 +396,23 @@ def handle_completed(context: dg.RunStatusSensorContext, claro: CatalogueResourc
             counts[label] = sum(v for v in values if v is not None)
     payload = event_payload(facts, "SUCCESS", materialized=sorted({m.asset for m in mats})[:_SHOWN_ASSETS],
                             counts=counts)
-    announce, outbox_error = _record(store, RUN_COMPLETED, facts, payload, context.log)
+    announce, outbox_error = _record(store, RUN_COMPLETED, facts, payload, logger)
     if not announce:
         return
     _notify(slack, opted_in(alert_routes(spec)), Alert(
         event=RUN_COMPLETED, title=f"Run completed: {_where(facts)}", catalogue=facts.catalogue,
         operation=facts.operation, pipeline=facts.pipeline, source=facts.source, run_id=facts.run_id, batch=facts.batch,
-        counts=counts), context.log)
+        counts=counts), logger)
     for alert in _review_alerts(store, facts, mats):
-        _notify(slack, alert_routes(spec), alert, context.log)
+        _notify(slack, alert_routes(spec), alert, logger)
     if outbox_error is not None:
         raise outbox_error
 
 
-def handle_failed(context: dg.RunFailureSensorContext, claro: CatalogueResource, slack: SlackNotifier | None,
-                  spec: ProjectSpec, webserver_url: str) -> None:
-    instance, store = context.instance, claro.store
-    facts = run_facts(instance, context.dagster_run, spec, webserver_url)
+def handle_failed(instance: dg.DagsterInstance, run: dg.DagsterRun, store: CatalogueStore,
+                  slack: SlackNotifier | None, spec: ProjectSpec, webserver_url: str, logger: logging.Logger,
+                  failure_event: dg.DagsterEvent | None = None) -> None:
+    facts = run_facts(instance, run, spec, webserver_url)
     failures = step_failures(instance, facts)
     batch = _batch(store, facts)
     gate_asset = f"{batch.catalogue}/batch_validated" if batch else None
@@ -407,20 +425,20 @@ def handle_failed(context: dg.RunFailureSensorContext, claro: CatalogueResource,
     elif first is not None:
         error = first.error
     else:
-        error = _run_failure_summary(context.failure_event)
+        error = _run_failure_summary(failure_event or _run_failure_event(instance, facts.run_id))
     payload = event_payload(
         facts, "FAILURE", error=error, failed_stage=first.asset if first else None,
         failed_steps=[f.step_key for f in failures], halted=halted,
         batch_status=batch.status if batch else None, batch_message=batch.message if batch else None,
         rejected_rows=f"claro rejected {batch.key}" if halted else None)
 
-    announce, outbox_error = _record(store, RUN_FAILED, facts, payload, context.log)
+    announce, outbox_error = _record(store, RUN_FAILED, facts, payload, logger)
     if not announce:
         return
 
     mats = materializations(instance, facts.run_id) if slack is not None else []
     if halted:
-        _notify(slack, alert_routes(spec), _halted_alert(facts, batch, mats), context.log)
+        _notify(slack, alert_routes(spec), _halted_alert(facts, batch, mats), logger)
     if others or not failures:
         failed = others[0] if others else None
         stage_key = failed.asset if failed else None
@@ -432,12 +450,44 @@ def handle_failed(context: dg.RunFailureSensorContext, claro: CatalogueResource,
             catalogue=catalogue, operation=_operation(stage) if stage else facts.operation,
             pipeline=facts.pipeline, source=facts.source, stage=stage, run_id=facts.run_id, batch=facts.batch,
             error=failed.error if failed else error,
-            counts={"failed steps": len(others)} if len(others) > 1 else {}), context.log)
+            counts={"failed steps": len(others)} if len(others) > 1 else {}), logger)
     # Stages before the failure may have published: their queued changes still wait for a person.
     for alert in _review_alerts(store, facts, mats):
-        _notify(slack, alert_routes(spec), alert, context.log)
+        _notify(slack, alert_routes(spec), alert, logger)
     if outbox_error is not None:
         raise outbox_error
+
+
+def _run_failure_event(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterEvent | None:
+    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    return records[-1].dagster_event if records else None
+
+
+def record_run(instance: dg.DagsterInstance, run: dg.DagsterRun, store: CatalogueStore, spec: ProjectSpec,
+               webserver_url: str, *, slack: SlackNotifier | None = None,
+               logger: logging.Logger = log) -> str | None:
+    """Record a run's events from its record in the instance, and tell Slack as the sensors do; the event
+    type written for its status (None for a run that is neither started nor finished, e.g. canceled).
+
+    For runs the sensors do not see: `claro run` and `claro rerun` call it after each in-process run.
+    Idempotent like the sensors, so recording a run both ways writes and announces each event once.
+    """
+    run = instance.get_run_by_id(run.run_id) or run  # the stored record has the final status
+    if run.status == dg.DagsterRunStatus.SUCCESS:
+        handle_completed(instance, run, store, slack, spec, webserver_url, logger)
+        return RUN_COMPLETED
+    if run.status == dg.DagsterRunStatus.FAILURE:
+        handle_failed(instance, run, store, slack, spec, webserver_url, logger)
+        return RUN_FAILED
+    if run.status == dg.DagsterRunStatus.STARTED:
+        handle_started(instance, run, store, spec, webserver_url, logger)
+        return RUN_STARTED
+    return None
+
+
+def default_webserver_url() -> str:
+    """The Dagster UI that alerts and payloads link runs to: $CLARO_WEBSERVER_URL, else the local `claro dev`."""
+    return os.environ.get("CLARO_WEBSERVER_URL", "http://127.0.0.1:3000")
 
 
 # ---------------------------------------------------------------------------------------------- sensors
@@ -454,20 +504,24 @@ def build_notification_sensors(spec: ProjectSpec, webserver_url: str, *,
     with_slack = slack_configured(spec)
 
     def started(context: dg.RunStatusSensorContext, claro: CatalogueResource) -> None:
-        handle_started(context, claro, spec, webserver_url)
+        handle_started(context.instance, context.dagster_run, claro.store, spec, webserver_url, context.log)
 
     if with_slack:
         def completed(context: dg.RunStatusSensorContext, claro: CatalogueResource, slack: SlackNotifier) -> None:
-            handle_completed(context, claro, slack, spec, webserver_url)
+            handle_completed(context.instance, context.dagster_run, claro.store, slack, spec, webserver_url,
+                             context.log)
 
         def failed(context: dg.RunFailureSensorContext, claro: CatalogueResource, slack: SlackNotifier) -> None:
-            handle_failed(context, claro, slack, spec, webserver_url)
+            handle_failed(context.instance, context.dagster_run, claro.store, slack, spec, webserver_url,
+                          context.log, context.failure_event)
     else:
         def completed(context: dg.RunStatusSensorContext, claro: CatalogueResource) -> None:
-            handle_completed(context, claro, None, spec, webserver_url)
+            handle_completed(context.instance, context.dagster_run, claro.store, None, spec, webserver_url,
+                             context.log)
 
         def failed(context: dg.RunFailureSensorContext, claro: CatalogueResource) -> None:
-            handle_failed(context, claro, None, spec, webserver_url)
+            handle_failed(context.instance, context.dagster_run, claro.store, None, spec, webserver_url,
+                          context.log, context.failure_event)
 
     slack_note = " and posts to Slack" if with_slack else ""
     return [
@@ -483,4 +537,5 @@ def build_notification_sensors(spec: ProjectSpec, webserver_url: str, *,
 
 
 __all__ = ["RUN_COMPLETED", "RUN_FAILED", "RUN_STARTED", "SENSOR_NAMES", "RunFacts", "build_notification_sensors",
-           "event_payload", "run_facts", "write_run_event"]
+           "event_payload", "default_webserver_url", "record_run", "run_facts",
+           "write_run_event"]

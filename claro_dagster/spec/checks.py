@@ -29,6 +29,8 @@ AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3")
 AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres")
 # Slack channel ids: C (public), G (private), D (direct message) followed by upper-case alphanumerics.
 _SLACK_CHANNEL = re.compile(r"#[^\s#]+|[CGD][A-Z0-9]{6,}")
+# Who may use a slash command: a user id (U…, W… on Enterprise Grid), a user-group id (S…) or everyone.
+_SLACK_PRINCIPAL = re.compile(r"[UWS][A-Z0-9]{6,}|\*")
 
 
 def unknown(value: object, choices: Iterable[str], what: str, listing: str = "defined") -> str:
@@ -262,6 +264,17 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         for j, pipe_name in enumerate(route.pipelines):
             if pipe_name not in spec.pipelines:
                 out.append((loc + ("pipelines", j), unknown(pipe_name, spec.pipelines, "a pipeline")))
+    groups = False
+    for command, who in notes.slack_commands:
+        for j, entry in enumerate(who):
+            if not _SLACK_PRINCIPAL.fullmatch(entry):
+                out.append((("notifications", "slack_commands", command, j), f"{entry!r} is not a Slack user id "
+                            "(U0123ABCD, from the member's profile: ⋮ > Copy member ID), a user-group id "
+                            "(S0123ABCD) or '*' (every member of the workspace)"))
+            groups = groups or entry.startswith("S")
+    if groups and not notes.slack_token_env:
+        out.append((("notifications", "slack_token_env"), "user groups in 'slack_commands' need "
+                    "'slack_token_env': the bot token (with the usergroups:read scope) looks up their members"))
     for wname, hook in notes.webhooks.items():
         loc = ("notifications", "webhooks", wname)
         url = urlparse(hook.url)

@@ -216,11 +216,24 @@ class WebhookSpec(SpecModel):
     cron: str | None = None
 
 
+class SlackCommandsSpec(SpecModel):
+    """Who may use each `/claro` slash command: Slack user ids (`U…`, `W…`), user-group ids (`S…`, members
+    looked up with the bot token, which needs the `usergroups:read` scope) or `"*"` for every member of the
+    workspace. Nobody listed means nobody: a command is refused until the spec names who may use it.
+    `help` is open to everyone."""
+
+    run: list[str] = Field(default_factory=list, description="launch runs: pipelines, operations, exports, "
+                                                             "destinations")
+    status: list[str] = Field(default_factory=list, description="read how runs and batches are doing")
+    review: list[str] = Field(default_factory=list, description="read the review queue's counts")
+
+
 class NotificationsSpec(SpecModel):
     slack_token_env: str | None = None
     # The channels the bot has been invited to; when listed, every route must use one of them.
     channels: list[str] = Field(default_factory=list)
     slack: list[SlackRoute] = Field(default_factory=list)
+    slack_commands: SlackCommandsSpec = Field(default_factory=SlackCommandsSpec)
     webhooks: dict[str, WebhookSpec] = Field(default_factory=dict)
 
 

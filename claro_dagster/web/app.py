@@ -9,6 +9,10 @@ the app with uvicorn:
 Routes:
     POST /slack/commands   Slack slash commands (signed; see `web/slack_commands.py`)
     GET  /healthz          "ok"
+
+A slash command's body is a short form; anything over `MAX_BODY_BYTES` is refused with 413 before the
+signature is checked, read as a stream and never buffered beyond the cap (a declared Content-Length
+over the cap is refused without reading the body at all).
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from starlette.routing import BaseRoute, Route
 
 from claro_dagster.web.slack_commands import (
     DEFAULT_ACK_BUDGET_SECONDS,
+    SLACK_API_URL,
     Launcher,
     SlackCommands,
     SlackReply,
     SlackRequestVerifier,
+    SlackUserGroups,
     SpecLoader,
     StoreFactory,
     parse_form,
@@ -39,6 +45,25 @@ from claro_dagster.web.slack_commands import (
 log = logging.getLogger(__name__)
 
 SIGNING_SECRET_ENV = "SLACK_SIGNING_SECRET"
+# Slack's slash-command payloads are a few kilobytes (the command text plus a dozen short fields).
+MAX_BODY_BYTES = 64 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_capped(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, read as a stream; BodyTooLarge as soon as it (or its Content-Length) passes `limit`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"Content-Length {declared}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(f"over {limit} bytes received")
+    return bytes(body)
 
 
 def slack_routes(commands: SlackCommands, verifier: SlackRequestVerifier | None) -> list[BaseRoute]:
@@ -48,7 +73,13 @@ def slack_routes(commands: SlackCommands, verifier: SlackRequestVerifier | None)
         if verifier is None:
             return PlainTextResponse(f"Slack commands are not configured: set {SIGNING_SECRET_ENV} to the "
                                      "app's signing secret", status_code=503)
-        body = await request.body()
+        try:
+            body = await read_capped(request)
+        except BodyTooLarge as exc:
+            log.warning("Slack command refused: the body is over %d bytes (%s) from %s", MAX_BODY_BYTES, exc,
+                        request.client.host if request.client else "?")
+            return PlainTextResponse(f"request body over {MAX_BODY_BYTES} bytes: not a Slack command",
+                                     status_code=413, headers={"Connection": "close"})
         problem = verifier.problem(body, request.headers)
         if problem:
             log.warning("Slack command refused: %s", problem)
@@ -71,21 +102,28 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
                signing_secret: str | None = None, webserver_url: str = "http://127.0.0.1:3000",
                review_url: str | None = None, ack_budget_seconds: float = DEFAULT_ACK_BUDGET_SECONDS,
                clock: Callable[[], float] = time.time,
-               post_followup: Callable[[str, SlackReply], None] | None = None) -> Starlette:
+               post_followup: Callable[[str, SlackReply], None] | None = None,
+               slack_api_url: str = SLACK_API_URL) -> Starlette:
     """Build the web app.
 
     spec_loader() returns the current `ProjectSpec`; store_factory(spec) opens a `CatalogueStore`
     (disposed after each use); launcher starts and reports Dagster runs. The Slack signing secret is
     `signing_secret` or the `SLACK_SIGNING_SECRET` environment variable. `webserver_url` is the Dagster
-    UI (for run links); `review_url` the review page (default: `/review` on this app).
+    UI (for run links); `review_url` the review page (default: `/review` on this app). Who may use
+    which command is the spec's `notifications.slack_commands`; user-group members are looked up at
+    `slack_api_url` with the bot token named by `notifications.slack_token_env`.
     """
     secret = signing_secret or os.environ.get(SIGNING_SECRET_ENV, "")
     verifier = SlackRequestVerifier(secret, clock=clock) if secret.strip() else None
     if verifier is None:
         log.warning("%s is not set: /slack/commands will answer 503", SIGNING_SECRET_ENV)
+    def bot_token() -> str | None:
+        name = spec_loader().notifications.slack_token_env
+        return os.environ.get(name) if name else None
+
     commands = SlackCommands(spec_loader, store_factory, launcher, webserver_url=webserver_url,
                              review_url=review_url, ack_budget_seconds=ack_budget_seconds,
-                             post_followup=post_followup)
+                             post_followup=post_followup, groups=SlackUserGroups(bot_token, base_url=slack_api_url))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -7,6 +7,12 @@ from now, or when the same signature was already accepted within that window (a 
 replay memory lives in this process: run one web process, or put a shared store behind
 `ReplayGuard` if you run several.
 
+Who may use which command is in the spec (`notifications.slack_commands`: Slack user ids, user-group
+ids or "*" per command; `help` is open to all). Anyone else gets a polite ephemeral refusal naming the
+setting, and the refusal is logged with the user's id. User-group members are looked up with Slack's
+`usergroups.users.list` (the bot token of `notifications.slack_token_env`, scope `usergroups:read`)
+and kept for a minute; when the lookup fails, the user is refused (and told why).
+
 Slack shows "operation_timeout" unless the command is answered within 3 seconds. Every command
 therefore runs on a worker thread and the request waits at most `ack_budget_seconds` (default 2 s)
 for it. A command that finishes in time is answered directly; a slower one (a launch while the
@@ -28,6 +34,8 @@ from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs
 
 import sqlalchemy as sa
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 from slack_sdk.signature import Clock, SignatureVerifier
 from slack_sdk.webhook import WebhookClient
@@ -44,6 +52,11 @@ log = logging.getLogger(__name__)
 REPLAY_WINDOW_SECONDS = 300
 # Slack waits 3 s for the answer; keep a margin for the network and the signature check.
 DEFAULT_ACK_BUDGET_SECONDS = 2.0
+SLACK_API_URL = "https://slack.com/api/"
+# How long a user group's members are trusted before they are looked up again.
+GROUP_MEMBERS_TTL_SECONDS = 60.0
+#: The commands the spec grants (`notifications.slack_commands.<command>`); `help` needs no grant.
+GRANTED_COMMANDS: tuple[str, ...] = ("run", "status", "review")
 
 
 class Launcher(Protocol):
@@ -132,6 +145,70 @@ class SlackRequestVerifier:
         return None
 
 
+# ---------------------------------------------------------------------------------------- who may
+class GroupLookupError(Exception):
+    """The members of a Slack user group could not be read (no token, Slack down, missing scope)."""
+
+
+class SlackUserGroups:
+    """Members of Slack user groups, via `usergroups.users.list`, each kept for `ttl_seconds`."""
+
+    def __init__(self, token: Callable[[], str | None], *, base_url: str = SLACK_API_URL,
+                 ttl_seconds: float = GROUP_MEMBERS_TTL_SECONDS, timeout_seconds: int = 5,
+                 clock: Callable[[], float] = time.monotonic):
+        self.token = token
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.ttl = ttl_seconds
+        self.timeout = timeout_seconds
+        self.clock = clock
+        self._members: dict[str, tuple[float, frozenset[str]]] = {}  # group id -> (fetched at, user ids)
+        self._lock = threading.Lock()
+
+    def members(self, group_id: str) -> frozenset[str]:
+        now = self.clock()
+        with self._lock:
+            cached = self._members.get(group_id)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        token = self.token()
+        if not token:
+            raise GroupLookupError("no Slack bot token is set (notifications.slack_token_env)")
+        client = WebClient(token=token, base_url=self.base_url, timeout=self.timeout,
+                           retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=1),
+                                           ConnectionErrorRetryHandler(max_retry_count=1)])
+        try:
+            users = frozenset(client.usergroups_users_list(usergroup=group_id).get("users") or ())
+        except SlackApiError as exc:  # missing_scope, no_such_subteam, invalid_auth, ...
+            raise GroupLookupError(f"Slack did not list the members of {group_id}: "
+                                   f"{exc.response.get('error')}") from exc
+        except Exception as exc:  # connection errors, timeouts
+            raise GroupLookupError(f"Slack did not answer for {group_id}: {type(exc).__name__}") from exc
+        with self._lock:
+            self._members[group_id] = (now, users)
+        return users
+
+
+def permitted(granted: list[str], user_id: str, groups: SlackUserGroups | None) -> tuple[bool, str | None]:
+    """(may the user use the command?, why the groups could not be checked). User ids and "*" are checked
+    first, so a user named directly never waits for Slack."""
+    if not user_id:
+        return False, None
+    if "*" in granted or user_id in granted:
+        return True, None
+    problem = None
+    for group in (g for g in granted if g.startswith("S")):
+        if groups is None:
+            problem = "user groups cannot be looked up here"
+            continue
+        try:
+            if user_id in groups.members(group):
+                return True, None
+        except GroupLookupError as exc:
+            log.warning("Slack command access: %s", exc)
+            problem = str(exc)
+    return False, problem
+
+
 # ---------------------------------------------------------------------------------------- commands
 def _clean_text(text: str) -> str:
     """Undo what Slack does to command text: HTML escapes (&lt; &gt; &amp;) and smart quotes."""
@@ -156,8 +233,10 @@ class SlackCommands:
     def __init__(self, spec_loader: SpecLoader, store_factory: StoreFactory, launcher: Launcher, *,
                  webserver_url: str = "http://127.0.0.1:3000", review_url: str | None = None,
                  ack_budget_seconds: float = DEFAULT_ACK_BUDGET_SECONDS,
-                 post_followup: Callable[[str, SlackReply], None] | None = None, max_workers: int = 4):
+                 post_followup: Callable[[str, SlackReply], None] | None = None, max_workers: int = 4,
+                 groups: SlackUserGroups | None = None):
         self.spec_loader = spec_loader
+        self.groups = groups
         self.store_factory = store_factory
         self.launcher = launcher
         self.webserver_url = webserver_url.rstrip("/")
@@ -197,7 +276,9 @@ class SlackCommands:
 
     def _interim(self, form: Mapping[str, str]) -> str:
         words = _clean_text(form.get("text", "")).split()
-        if len(words) >= 3 and words[0].lower() == "run":
+        # Promise a launch only to a user the spec names directly: a group member may still be refused.
+        named = set(self.spec_loader().notifications.slack_commands.run) & {"*", form.get("user_id") or "-"}
+        if len(words) >= 3 and words[0].lower() == "run" and named:
             return (f"Launching `{words[2]}` on `{words[1]}`… Dagster is taking a moment; "
                     "the run id and link follow here.")
         return "Working on it… the answer follows here in a moment."
@@ -211,6 +292,8 @@ class SlackCommands:
         verb = words[0].lower() if words else "help"
         rest = words[1] if len(words) > 1 else ""
         try:
+            if verb in GRANTED_COMMANDS and (refusal := self._refusal(verb, form, command, text)):
+                return refusal
             if verb == "run":
                 return self._run(rest, command)
             if verb == "status":
@@ -223,6 +306,20 @@ class SlackCommands:
             log.exception("Slack command %r failed", text)
             return SlackReply(f"Sorry, `{command} {text}` failed: {exc}")
         return SlackReply(f"I don't know the command `{verb}`.\n{self.usage(command)}")
+
+    def _refusal(self, verb: str, form: Mapping[str, str], command: str, text: str) -> SlackReply | None:
+        """None when the spec lets the user use `verb`; else a polite answer only they see (and a log line)."""
+        user_id = form.get("user_id", "")
+        granted = list(getattr(self.spec_loader().notifications.slack_commands, verb))
+        allowed, problem = permitted(granted, user_id, self.groups)
+        if allowed:
+            return None
+        log.warning("Slack command refused: user %s (%s, team %s) may not use %r; asked %r", user_id or "?",
+                    form.get("user_name", "?"), form.get("team_id", "?"), verb, f"{command} {text}")
+        why = f" (I could not check your user groups: {problem})" if problem else ""
+        return SlackReply(f"Sorry, you are not allowed to use `{command} {verb}` here{why}. If you need it, ask "
+                          f"whoever looks after claro.yaml to add your Slack user id (`{user_id}`) or one of your "
+                          f"user groups to `notifications.slack_commands.{verb}`.")
 
     @staticmethod
     def usage(command: str = "/claro") -> str:

@@ -111,7 +111,8 @@ class Project:
         self.sensors = {s.name: s for s in build_notification_sensors(self.spec, WEBSERVER)}
 
     def run(self, source: str, name: str, text: str | None = None, src: Path | None = None,
-            stages: tuple[str, ...] | None = None) -> dg.ExecuteInProcessResult:
+            stages: tuple[str, ...] | None = None, *, notify: bool = False) -> dg.ExecuteInProcessResult:
+        """A run of a batch's stages; left to the sensors (as a run the daemon launched) unless `notify`."""
         inbox = self.claro.inbox_dir(source)
         inbox.mkdir(parents=True, exist_ok=True)
         path = inbox / name
@@ -121,7 +122,7 @@ class Project:
             path.write_text(text, encoding="utf-8")
         self.batch = receive(self.claro, source, path)
         kwargs = {"stages": stages} if stages else {}
-        return run_batch(self.defs, self.instance, self.batch, quiet=True, **kwargs)
+        return run_batch(self.defs, self.instance, self.batch, quiet=True, notify=notify, **kwargs)
 
     def evaluate(self, sensor_name: str, result: dg.ExecuteInProcessResult, slack: SlackNotifier | None = None,
                  sensors: dict[str, dg.SensorDefinition] | None = None) -> Any:
@@ -282,7 +283,7 @@ def test_a_scheduled_export_says_which_schedule_and_record_filter_it_ran(project
     assert result.success
     project.evaluate(SENSOR_COMPLETED, result, notifier(fake_slack.base_url))
 
-    [event] = project.run_events(result.run_id)
+    [_, event] = project.run_events(result.run_id)  # its run.started, then this
     payload = event["payload"]
     assert payload["schedule"] == "hourly_active_export" and payload["filter"] == 'status == "active"'
     assert payload["catalogue"] == "products" and payload["assets"] == ["products/export"]
@@ -298,7 +299,7 @@ def test_changes_queued_for_review_are_announced_with_their_records(project, fak
     assert result.success
     project.evaluate(SENSOR_COMPLETED, result, notifier(fake_slack.base_url))
 
-    [completed] = project.run_events(result.run_id)
+    [_, completed] = project.run_events(result.run_id)
     assert completed["payload"]["counts"]["queued for review"] == 1
     heard = fake_slack.heard()
     assert ("#completions", f":white_check_mark: Run completed: products_onboarding, batch {project.batch.key}") \
@@ -324,8 +325,9 @@ def test_a_halted_batch_sends_its_budget_message_and_the_rejected_rows_command(p
     slack = notifier(fake_slack.base_url)
     assert project.evaluate(SENSOR_FAILED, result, slack) is None
 
-    [event] = project.run_events(result.run_id)
+    [started, event] = project.run_events(result.run_id)  # the started sensor had not ticked: written with it
     payload = event["payload"]
+    assert started["type"] == "run.started" and started["payload"]["status"] == "STARTED"
     assert event["type"] == "run.failed" and event["catalogue"] == "products"
     assert payload["status"] == "FAILURE" and payload["halted"] is True
     assert payload["failed_stage"] == "products/batch_validated"
@@ -343,7 +345,7 @@ def test_a_halted_batch_sends_its_budget_message_and_the_rejected_rows_command(p
         assert button_url(post) == f"{WEBSERVER}/runs/{result.run_id}"
 
     project.evaluate(SENSOR_FAILED, result, slack)
-    assert len(project.run_events(result.run_id)) == 1 and len(fake_slack.posts) == 2
+    assert len(project.run_events(result.run_id)) == 2 and len(fake_slack.posts) == 2
 
 
 def test_a_failed_stage_alert_names_the_stage_and_links_the_run(project, fake_slack):
@@ -351,7 +353,7 @@ def test_a_failed_stage_alert_names_the_stage_and_links_the_run(project, fake_sl
     assert not result.success
     project.evaluate(SENSOR_FAILED, result, notifier(fake_slack.base_url))
 
-    [event] = project.run_events(result.run_id)
+    [_, event] = project.run_events(result.run_id)
     payload = event["payload"]
     assert payload["failed_stage"] == "products/batch_raw" and payload["halted"] is False
     assert payload["error"] == "empty.csv: the file is empty (0 bytes); export it again and resend it"
@@ -370,10 +372,10 @@ def test_a_failed_stage_alert_names_the_stage_and_links_the_run(project, fake_sl
 def test_publishing_a_halted_batch_by_hand_is_a_run_failure_at_records(project, fake_slack):
     assert not project.run("acme_csv", "bad.csv", bad_rows()).success
     again = run_batch(project.defs, project.instance, project.batch, stages=("batch_normalized", "records"),
-                      quiet=True)
+                      quiet=True, notify=False)
     assert not again.success
     project.evaluate(SENSOR_FAILED, again, notifier(fake_slack.base_url))
-    [event] = project.run_events(again.run_id)
+    [_, event] = project.run_events(again.run_id)
     assert event["payload"]["failed_stage"] == "products/records" and event["payload"]["halted"] is False
     assert "records will not publish it until batch_validated passes its gate" in event["payload"]["error"]
     assert [h for _, h in fake_slack.heard()] == [f":red_circle: Run failed: products/records, "
@@ -387,8 +389,8 @@ def test_slack_down_never_fails_the_tick_and_the_outbox_still_gets_the_event(pro
     assert project.evaluate(SENSOR_FAILED, failed, down) is None
     good = project.run("acme_csv", "good.csv", good_rows())
     assert project.evaluate(SENSOR_COMPLETED, good, down) is None
-    assert [e["type"] for e in project.run_events(failed.run_id)] == ["run.failed"]
-    assert [e["type"] for e in project.run_events(good.run_id)] == ["run.completed"]
+    assert [e["type"] for e in project.run_events(failed.run_id)] == ["run.started", "run.failed"]
+    assert [e["type"] for e in project.run_events(good.run_id)] == ["run.started", "run.completed"]
 
 
 def test_without_a_slack_token_the_sensors_only_write_the_outbox(tmp_path, fake_slack):
@@ -399,7 +401,7 @@ def test_without_a_slack_token_the_sensors_only_write_the_outbox(tmp_path, fake_
         assert p.run("suppliers_csv", "suppliers.csv", src=SUPPLIERS).success
         result = p.run("acme_csv", "bad.csv", bad_rows())
         p.evaluate(SENSOR_FAILED, result)  # no slack resource at all
-        [event] = p.run_events(result.run_id)
+        [_, event] = p.run_events(result.run_id)
         assert event["payload"]["halted"] is True
     assert fake_slack.posts == []
 
@@ -418,11 +420,12 @@ def test_through_the_run_status_machinery_the_first_tick_sets_the_cursor_then_ea
     assert project.run_events() == [] and first.cursor
     failed = project.run("acme_csv", "empty.csv", "")
     second = tick(first.cursor)
-    assert [e["payload"]["run_id"] for e in project.run_events()] == [failed.run_id]
+    assert [(e["type"], e["payload"]["run_id"]) for e in project.run_events()] == [
+        ("run.started", failed.run_id), ("run.failed", failed.run_id)]
     assert [r.run_status for r in second.dagster_run_reactions] == [dg.DagsterRunStatus.FAILURE]
     assert all(r.error is None for r in second.dagster_run_reactions)
     third = tick(second.cursor)
-    assert third.dagster_run_reactions == [] and len(project.run_events()) == 1
+    assert third.dagster_run_reactions == [] and len(project.run_events()) == 2
     assert len(fake_slack.posts) == 1
 
 
@@ -448,4 +451,108 @@ def test_concurrent_evaluations_write_a_run_event_once(backend, request, tmp_pat
     assert [(e["type"], e["change_set"]) for e in store.events()] == [("run.failed", f"run:{r}") for r in runs]
     # Another type for the same run is its own event.
     assert write_run_event(store, "run.started", "products", {"run_id": "r-0", "status": "STARTED"})
+    store.engine.dispose()
+
+
+# ---------------------------------------------------------------------------------------------- in-process runs
+def with_slack(project: Project, slack: SlackNotifier) -> Project:
+    """The project's definitions with Slack pointed at the fake (as `claro run` has them with a token set)."""
+    defs = project.defs
+    project.defs = dg.Definitions(assets=list(defs.assets), sensors=list(defs.sensors), executor=dg.in_process_executor,
+                                  resources={**defs.resources, "slack": slack})
+    return project
+
+
+def types_in_order(project: Project, run_id: str) -> list[str]:
+    events = project.run_events(run_id)
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    return [e["type"] for e in events]
+
+
+def evaluate_all(project: Project, result: dg.ExecuteInProcessResult, slack: SlackNotifier) -> None:
+    """What the daemon's three sensors would do with the run, if they saw it."""
+    project.evaluate(SENSOR_STARTED, result, slack)
+    project.evaluate(SENSOR_COMPLETED if result.success else SENSOR_FAILED, result, slack)
+
+
+def test_an_in_process_run_records_started_then_completed_and_the_sensors_add_nothing(project, fake_slack):
+    slack = notifier(fake_slack.base_url)
+    result = with_slack(project, slack).run("acme_csv", "weekly.csv", good_rows(), notify=True)
+    assert result.success
+    assert types_in_order(project, result.run_id) == ["run.started", "run.completed"]
+    started, completed = (e["payload"] for e in project.run_events(result.run_id))
+    assert started["status"] == "STARTED" and completed["status"] == "SUCCESS"
+    assert completed["batch"] == project.batch.key and completed["counts"]["rows published"] == 4
+    assert fake_slack.heard() == [("#completions", ":white_check_mark: Run completed: products_onboarding, "
+                                                   f"batch {project.batch.key}")]
+
+    evaluate_all(project, result, slack)
+    assert types_in_order(project, result.run_id) == ["run.started", "run.completed"]
+    assert len(fake_slack.posts) == 1
+
+
+def test_a_failing_in_process_run_records_run_failed_and_alerts_like_the_sensor(project, fake_slack):
+    slack = notifier(fake_slack.base_url)
+    result = with_slack(project, slack).run("acme_csv", "bad.csv", bad_rows(), notify=True)
+    assert not result.success
+    assert types_in_order(project, result.run_id) == ["run.started", "run.failed"]
+    failed = project.run_events(result.run_id)[1]["payload"]
+    assert failed["halted"] is True and failed["rejected_rows"] == f"claro rejected {project.batch.key}"
+    assert fake_slack.heard() == [("#catalogue-alerts", ":octagonal_sign: Batch halted: bad.csv (acme_csv)"),
+                                  ("#validation", ":octagonal_sign: Batch halted: bad.csv (acme_csv)")]
+
+    evaluate_all(project, result, slack)
+    assert types_in_order(project, result.run_id) == ["run.started", "run.failed"]
+    assert len(fake_slack.posts) == 2
+
+
+def test_a_rerun_whose_stage_input_is_missing_is_recorded_as_failed_with_why(project):
+    """`claro rerun` of a stage whose input was never stored: the run fails; the event says why."""
+    project.run("acme_csv", "weekly.csv", good_rows(), stages=("batch_raw",))
+    again = run_batch(project.defs, project.instance, project.batch, stages=("records",), quiet=True)
+    assert not again.success
+    assert types_in_order(project, again.run_id) == ["run.started", "run.failed"]
+    payload = project.run_events(again.run_id)[1]["payload"]
+    assert payload["status"] == "FAILURE" and "materialize products/batch_normalized for this batch first" \
+        in payload["error"]
+
+
+def test_started_comes_first_even_when_the_completed_sensor_ticks_before_the_started_one(project, fake_slack):
+    slack = notifier(fake_slack.base_url)
+    result = project.run("acme_csv", "weekly.csv", good_rows())
+    project.evaluate(SENSOR_COMPLETED, result, slack)
+    assert types_in_order(project, result.run_id) == ["run.started", "run.completed"]
+    project.evaluate(SENSOR_STARTED, result)
+    assert types_in_order(project, result.run_id) == ["run.started", "run.completed"]
+
+    failed = project.run("acme_csv", "bad.csv", bad_rows())
+    project.evaluate(SENSOR_FAILED, failed, slack)
+    project.evaluate(SENSOR_STARTED, failed)
+    assert types_in_order(project, failed.run_id) == ["run.started", "run.failed"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_run_end_written_concurrently_with_its_start_leaves_one_started_first(backend, request, tmp_path,
+                                                                                demo_spec):
+    url = f"sqlite:///{tmp_path / 'catalogue.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    store = CatalogueStore(demo_spec, url)
+    for i in range(5):
+        run_id = f"r-{i}"
+        start = threading.Barrier(6)
+
+        def write(kind: str, start=start, run_id=run_id) -> None:
+            start.wait()
+            payload = {"run_id": run_id, "status": kind}
+            if kind == "run.started":
+                write_run_event(store, kind, "products", payload)
+            else:
+                write_run_event(store, kind, "products", payload, started={"run_id": run_id, "status": "STARTED"})
+
+        threads = [threading.Thread(target=write, args=(kind,)) for kind in ["run.started", "run.completed"] * 3]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [e["type"] for e in store.events() if e["change_set"] == f"run:{run_id}"] == \
+            ["run.started", "run.completed"], run_id
     store.engine.dispose()

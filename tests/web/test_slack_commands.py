@@ -13,6 +13,8 @@ import hashlib
 import hmac
 import itertools
 import json
+import logging
+import select
 import socket
 import threading
 import time
@@ -22,11 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import pandas as pd
 import pytest
 import uvicorn
+from http_fakes import RecordingServer, Request
 
 from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.catalogue.store import CatalogueStore
@@ -34,10 +37,12 @@ from claro_dagster.spec.models import (
     AttributeSpec,
     CatalogueSpec,
     DestinationSpec,
+    NotificationsSpec,
     PipelineSpec,
     ProjectSpec,
+    SlackCommandsSpec,
 )
-from claro_dagster.web.app import create_app
+from claro_dagster.web.app import MAX_BODY_BYTES, create_app
 from claro_dagster.web.slack_commands import SlackRequestVerifier
 
 CONTRACTS = Path(__file__).resolve().parents[1] / "contracts" / "slack"
@@ -49,7 +54,11 @@ DAGSTER = "http://dagster.test:3000"
 WAIT = 10  # seconds: the longest any test waits for a background answer before failing
 
 
-def make_spec() -> ProjectSpec:
+USER = "U2CERLKJA"  # the user every `command(...)` comes from unless told otherwise
+EVERY_COMMAND = SlackCommandsSpec(run=[USER], status=[USER], review=[USER])
+
+
+def make_spec(slack_commands: SlackCommandsSpec = EVERY_COMMAND, token_env: str | None = None) -> ProjectSpec:
     return ProjectSpec(
         catalogues={
             "products": CatalogueSpec(key="sku", attributes={
@@ -63,6 +72,7 @@ def make_spec() -> ProjectSpec:
         pipelines={"products_onboarding": PipelineSpec(catalogue="products")},
         destinations={"warehouse": DestinationSpec(kind="postgres", catalogue="products", url_env="WAREHOUSE_URL",
                                                    table="catalogue_products")},
+        notifications=NotificationsSpec(slack_token_env=token_env, slack_commands=slack_commands),
     )
 
 
@@ -136,12 +146,13 @@ class Client:
 
 
 @contextlib.contextmanager
-def make_client(launcher, store_url, **kwargs) -> Iterator[Client]:
+def make_client(launcher, store_url, spec: ProjectSpec | None = None, **kwargs) -> Iterator[Client]:
     """The real app under uvicorn. The socket listens before the server thread starts, so requests
     queue in its backlog until uvicorn accepts them: no waiting for start-up."""
     kwargs.setdefault("signing_secret", SECRET)
     kwargs.setdefault("clock", lambda: NOW)
-    app = create_app(make_spec, lambda spec: CatalogueStore(spec, store_url), launcher, webserver_url=DAGSTER,
+    spec = spec or make_spec()
+    app = create_app(lambda: spec, lambda spec: CatalogueStore(spec, store_url), launcher, webserver_url=DAGSTER,
                      **kwargs)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -172,10 +183,11 @@ def sign(secret: str, timestamp: str, body: str) -> str:
     return f"v0={digest}"
 
 
-def command(client: Client, text: str, *, response_url: str = "https://hooks.slack.test/x", ts: int = NOW):
+def command(client: Client, text: str, *, response_url: str = "https://hooks.slack.test/x", ts: int = NOW,
+            user_id: str = USER):
     """POST a slash command as Slack does: form-encoded, signed, with a fresh trigger_id."""
     body = urlencode({"token": "deprecated", "team_id": "T1DC2JH3J", "channel_id": "C0123456789",
-                      "user_id": "U2CERLKJA", "user_name": "roadrunner", "command": "/claro", "text": text,
+                      "user_id": user_id, "user_name": "roadrunner", "command": "/claro", "text": text,
                       "response_url": response_url, "trigger_id": f"{next(_trigger)}.47445629121.803a0bc8"})
     headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": str(ts),
                "X-Slack-Signature": sign(SECRET, str(ts), body)}
@@ -367,3 +379,168 @@ def test_ssl_check_is_answered_with_nothing(client, launcher):
     response = client.post("/slack/commands", content=body, headers={
         "X-Slack-Request-Timestamp": str(NOW), "X-Slack-Signature": sign(SECRET, str(NOW), body)})
     assert response.status_code == 200 and response.content == b""
+
+
+# ---------------------------------------------------------------------------------------------- who may
+OTHER = "U0OTHER01"
+GROUP = "S0CATALOG"
+
+
+class FakeSlackAPI(RecordingServer):
+    """Slack's Web API on 127.0.0.1 for `usergroups.users.list`: members per group, or an error."""
+
+    def __init__(self, groups: dict[str, list[str]], error: str | None = None) -> None:
+        self.groups, self.error = groups, error
+        super().__init__(self._reply)
+
+    def lookups(self) -> list[dict[str, list[str]]]:
+        return [parse_qs(r.body.decode()) for r in self.requests if r.path.endswith("/usergroups.users.list")]
+
+    def _reply(self, request: Request):
+        if self.error:
+            return 200, {}, {"ok": False, "error": self.error}
+        group = parse_qs(request.body.decode())["usergroup"][0]
+        if group not in self.groups:
+            return 200, {}, {"ok": False, "error": "no_such_subteam"}
+        return 200, {}, {"ok": True, "users": self.groups[group]}
+
+
+def refused(text: str, verb: str, user: str = USER) -> bool:
+    return text.startswith(f"Sorry, you are not allowed to use `/claro {verb}` here") and \
+        f"(`{user}`)" in text and f"`notifications.slack_commands.{verb}`" in text
+
+
+def test_a_user_the_spec_does_not_name_is_refused_politely_and_the_refusal_is_logged(launcher, store_url, caplog):
+    spec = make_spec(SlackCommandsSpec(run=[OTHER], status=[USER]))
+    with caplog.at_level(logging.WARNING, logger="claro_dagster.web.slack_commands"), \
+            make_client(launcher, store_url, spec) as c:
+        assert refused(answer(command(c, "run products export")), "run")  # answer() checks it is ephemeral
+        assert answer(command(c, "run products export", user_id=OTHER)).startswith("Launched `export`")
+        assert answer(command(c, "status")) == "Recent runs: run-0001 SUCCESS"
+        assert refused(answer(command(c, "status", user_id=OTHER)), "status", OTHER)
+        assert "/claro run" in answer(command(c, "help", user_id=OTHER))  # help is for everyone
+    assert launcher.launches == [("products", "export", None)]
+    assert launcher.statuses == [None]
+    logged = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert logged == [f"Slack command refused: user {USER} (roadrunner, team T1DC2JH3J) may not use 'run'; "
+                      "asked '/claro run products export'",
+                      f"Slack command refused: user {OTHER} (roadrunner, team T1DC2JH3J) may not use 'status'; "
+                      "asked '/claro status'"]
+
+
+def test_nobody_listed_means_nobody_and_a_star_means_everyone(launcher, store_url):
+    with make_client(launcher, store_url, make_spec(SlackCommandsSpec())) as c:
+        for verb in ("run products export", "status", "review"):
+            assert refused(answer(command(c, verb)), verb.split()[0])
+    assert launcher.launches == [] and launcher.statuses == []
+    with make_client(launcher, store_url, make_spec(SlackCommandsSpec(status=["*"]))) as c:
+        assert answer(command(c, "status", user_id=OTHER)) == "Recent runs: run-0001 SUCCESS"
+        assert refused(answer(command(c, "run products export", user_id=OTHER)), "run", OTHER)
+
+
+def test_members_of_a_listed_user_group_may_use_the_command(launcher, store_url, monkeypatch):
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+    spec = make_spec(SlackCommandsSpec(run=[GROUP]), token_env="SLACK_BOT_TOKEN")
+    with FakeSlackAPI({GROUP: [USER, "U0SOMEONE"]}) as slack, \
+            make_client(launcher, store_url, spec, slack_api_url=f"{slack.url}/api/") as c:
+        assert answer(command(c, "run products export")).startswith("Launched `export`")
+        assert refused(answer(command(c, "run products export", user_id=OTHER)), "run", OTHER)
+        assert answer(command(c, "run products analyse")).startswith("Launched `analyse`")
+        # One lookup with the bot token, then the members are remembered for a minute.
+        assert slack.lookups() == [{"usergroup": [GROUP]}]
+        assert slack.requests[0].headers["Authorization"] == "Bearer xoxb-test"
+    assert launcher.launches == [("products", "export", None), ("products", "analyse", None)]
+
+
+def test_when_slack_cannot_list_a_group_the_user_is_refused_and_told_why(launcher, store_url, monkeypatch):
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+    spec = make_spec(SlackCommandsSpec(run=[GROUP]), token_env="SLACK_BOT_TOKEN")
+    with FakeSlackAPI({}, error="missing_scope") as slack, \
+            make_client(launcher, store_url, spec, slack_api_url=f"{slack.url}/api/") as c:
+        text = answer(command(c, "run products export"))
+    assert refused(text, "run")
+    assert f"I could not check your user groups: Slack did not list the members of {GROUP}: missing_scope" in text
+    assert launcher.launches == []
+
+
+# ---------------------------------------------------------------------------------------------- body size
+def raw_request(client: Client, head: str, body_parts: Iterator[bytes]) -> tuple[int, bytes]:
+    """Send a request over a plain socket, part by part, stopping early if the server has answered;
+    returns the status and body of the answer. A server that waits for the whole body never answers."""
+    host, port = client.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=WAIT) as sock:
+        sock.sendall(head.encode())
+        for part in body_parts:
+            if select.select([sock], [], [], 0)[0]:  # the server has answered: stop sending
+                break
+            try:
+                sock.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):  # the server answered and closed: stop sending
+                break
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.split(b"\r\n\r\n", 1)[1]
+
+
+def _length(data: bytes) -> int:
+    head = data.split(b"\r\n\r\n", 1)[0].decode().lower()
+    return next((int(line.split(":", 1)[1]) for line in head.splitlines() if line.startswith("content-length:")), 0)
+
+
+def signed_head(body_length: str, signature_body: str = "") -> str:
+    return ("POST /slack/commands HTTP/1.1\r\nHost: claro\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            f"X-Slack-Request-Timestamp: {NOW}\r\nX-Slack-Signature: {sign(SECRET, str(NOW), signature_body)}\r\n"
+            f"{body_length}\r\n")
+
+
+def test_an_oversize_signed_body_is_refused_with_413_before_anything_else(client, launcher):
+    body = urlencode({"user_id": USER, "command": "/claro", "text": "run products export " + "x" * MAX_BODY_BYTES})
+    response = client.post("/slack/commands", content=body, headers={
+        "Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": str(NOW),
+        "X-Slack-Signature": sign(SECRET, str(NOW), body)})
+    assert response.status_code == 413 and "not a Slack command" in response.text
+    assert launcher.launches == []
+    # A body at the cap is still read and checked (here: signed, so it is answered).
+    fits = urlencode({"user_id": USER, "command": "/claro", "text": "help"})
+    fits += "&pad=" + "x" * (MAX_BODY_BYTES - len(fits) - 5)
+    assert len(fits) == MAX_BODY_BYTES
+    assert "commands" in answer(client.post("/slack/commands", content=fits, headers={
+        "Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": str(NOW),
+        "X-Slack-Signature": sign(SECRET, str(NOW), fits)}))
+
+
+def test_a_huge_declared_length_is_refused_without_waiting_for_the_body(client):
+    status, body = raw_request(client, signed_head("Content-Length: 10000000000\r\n"), iter([b"text=help"]))
+    assert status == 413 and b"not a Slack command" in body
+
+
+def test_an_endless_chunked_body_is_cut_off_at_the_cap(client, launcher):
+    """No Content-Length: the body streams in chunks and never ends; the answer comes once the cap is passed."""
+    chunk = b"x" * 8192
+    parts = (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(4 * MAX_BODY_BYTES // len(chunk)))
+    status, body = raw_request(client, signed_head("Transfer-Encoding: chunked\r\n"), parts)
+    assert status == 413 and b"not a Slack command" in body
+    assert launcher.launches == []
+
+
+def test_a_slow_group_lookup_promises_no_launch_and_the_refusal_follows(launcher, store_url, monkeypatch,
+                                                                        http_server):
+    """Slack is slow to list the group: the interim answer promises nothing; the refusal comes on response_url."""
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+    spec = make_spec(SlackCommandsSpec(run=[GROUP]), token_env="SLACK_BOT_TOKEN")
+    with FakeSlackAPI({GROUP: [USER]}) as slack:
+        slack.answer("hang")
+        with make_client(launcher, store_url, spec, slack_api_url=f"{slack.url}/api/", ack_budget_seconds=0.2) as c:
+            text = answer(command(c, "run products export", user_id=OTHER,
+                                  response_url=http_server.url + "/commands/T1/1/abc"))
+            assert text == "Working on it… the answer follows here in a moment."
+            slack.release.set()  # the held lookup is dropped; the retry answers: OTHER is not a member
+            assert http_server.wait_for(1, WAIT)
+    [late] = [r.json() for r in http_server.requests]
+    assert refused(late["text"], "run", OTHER) and launcher.launches == []
