@@ -393,7 +393,7 @@ def upload(file: Path, source: Annotated[str, typer.Option(help="The source the 
     if not file.is_file():
         raise StoreError(f"{file}: no such file")
     target = Inbox(claro.inbox_dir(source)).upload(file)
-    console.print(f"{file.name} -> {target}")
+    console.print(f"{file.name} -> {target}", highlight=False, soft_wrap=True)  # a path is never wrapped
     console.print(f"the {source}_{kind} sensor (`claro dev`) or `claro run` processes it", highlight=False)
 
 

@@ -98,7 +98,9 @@ def test_upload_puts_the_files_in_the_sources_inbox(prepared):
     inbox = prepared.project.home / "inbox" / "shop"
     for path, result in zip(prepared.files, prepared.uploads, strict=True):
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == f"{path.name} -> {inbox / path.name}"
+        received, how = result.stdout.strip().splitlines()
+        assert received == f"{path.name} -> {inbox / path.name}"
+        assert how == "the shop_csv_inbox sensor (`claro dev`) or `claro run` processes it"
     # `claro run` took them: each now lies under processed/<batch>/, byte for byte as sent
     processed = {p.name: p.read_bytes() for p in (inbox / "processed").glob("*/*")}
     assert processed == {path.name: path.read_bytes() for path in prepared.files}

@@ -116,11 +116,13 @@ class CatalogueStore:
         return self.writer.apply(change_set)
 
     def append_event(self, event_type: str, *, change_set: str, payload: dict[str, Any],
-                     catalogue: str | None = None, once: bool = True) -> bool:
+                     catalogue: str | None = None, once: bool = True,
+                     preceded_by: tuple[str, dict[str, Any]] | None = None) -> bool:
         """Append an outbox event that changes no value (e.g. a run event); with `once`, at most one event
-        of this type per change set. True when this call wrote it."""
+        of this type per change set; `preceded_by` (type, payload) is written first when missing. True when
+        this call wrote the event."""
         return self.writer.append_event(event_type, change_set=change_set, payload=payload, catalogue=catalogue,
-                                        once=once)
+                                        once=once, preceded_by=preceded_by)
 
     def rollback(self, run_id: str, *, record: str | None = None, fields: Sequence[str] | None = None,
                  by: str = "claro", catalogue: str | None = None) -> RollbackResult:

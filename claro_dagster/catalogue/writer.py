@@ -83,13 +83,16 @@ class ChangeSetWriter:
 
     # ------------------------------------------------------------------ events that are not value changes
     def append_event(self, event_type: str, *, change_set: str, payload: dict[str, Any], catalogue: str | None = None,
-                     record: str | None = None, field: str | None = None, once: bool = True) -> bool:
+                     record: str | None = None, field: str | None = None, once: bool = True,
+                     preceded_by: tuple[str, dict[str, Any]] | None = None) -> bool:
         """Append an outbox event that records no value change (e.g. `run.started` with change_set
         `run:<run_id>`). With `once`, an event of this type for this change set is written at most once,
-        however many processes try at the same time; True when this call wrote it."""
+        however many processes try at the same time; True when this call wrote it. `preceded_by`
+        (type, payload) is written first, in the same transaction, when the change set has no event of
+        that type yet (a run's end never shows before its start)."""
         with self.transaction() as tx:
             return tx.append_event(event_type, change_set=change_set, payload=payload, catalogue=catalogue,
-                                   record=record, field=field, once=once)
+                                   record=record, field=field, once=once, preceded_by=preceded_by)
 
     # ------------------------------------------------------------------ bulk import
     def import_records(self, catalogue: str, frame: pd.DataFrame, *, change_set_id: str, operation: str = "import",
@@ -270,17 +273,21 @@ class WriteTransaction:
 
     def append_event(self, event_type: str, *, change_set: str, payload: dict[str, Any], catalogue: str | None = None,
                      record: str | None = None, field: str | None = None, proposal: int | None = None,
-                     once: bool = False) -> bool:
+                     once: bool = False, preceded_by: tuple[str, dict[str, Any]] | None = None) -> bool:
         e = self.writer.t["events"]
-        if once:
-            self._lock(f"{change_set}:{event_type}")
-            exists = self.conn.execute(sa.select(e.c.id).where(e.c.change_set == change_set, e.c.type == event_type)
-                                       .limit(1)).first()
-            if exists is not None:
+        events = [(event_type, payload)]
+        if once or preceded_by:
+            # One lock per change set (not per type): the check below sees every writer of its events.
+            self._lock(change_set)
+            present = set(self.conn.execute(sa.select(e.c.type).where(e.c.change_set == change_set)).scalars())
+            if once and event_type in present:
                 return False
-        self.conn.execute(e.insert().values(type=event_type, catalogue=catalogue or "", record=record, field=field,
-                                            change_set=change_set, proposal=proposal, payload=dumps(payload),
-                                            at=now()))
+            if preceded_by is not None and preceded_by[0] not in present:
+                events.insert(0, preceded_by)
+        for kind, body in events:
+            self.conn.execute(e.insert().values(type=kind, catalogue=catalogue or "", record=record, field=field,
+                                                change_set=change_set, proposal=proposal, payload=dumps(body),
+                                                at=now()))
         return True
 
     def _lock(self, name: str) -> None:

@@ -29,7 +29,6 @@ failure to write the outbox does fail the tick (it shows in the UI's sensor hist
 has been tried.
 """
 
-import hashlib
 import logging
 import os
 import re
@@ -38,12 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-import sqlalchemy as sa
 
 from claro_dagster.assets.onboarding import GATE, STAGES
 from claro_dagster.catalogue.batches import Batch, BatchRegistry
 from claro_dagster.catalogue.review import ReviewQueue
-from claro_dagster.catalogue.store import CatalogueStore, dumps, now
+from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.resources.catalogue import CatalogueResource
 from claro_dagster.resources.slack import Alert, SlackNotifier, run_url
 from claro_dagster.schedules import TAG_CATALOGUE, TAG_FILTER, TAG_SCHEDULE
@@ -164,39 +162,16 @@ def run_change_set(run_id: str) -> str:
     return f"run:{run_id}"
 
 
-def _lock(conn: sa.Connection, store: CatalogueStore, name: str) -> None:
-    """Hold the database's write lock for `name` until the transaction ends."""
-    if store.dialect == "postgresql":
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
-    else:
-        # SQLite has one writer at a time; a write statement (matching no row) takes that lock now,
-        # before the lookup below, instead of at the insert.
-        e = store.t["events"]
-        conn.execute(e.update().where(e.c.id == -1).values(type=e.c.type))
-
-
 def write_run_event(store: CatalogueStore, event_type: str, catalogue: str | None, payload: dict[str, Any], *,
                     started: dict[str, Any] | None = None) -> bool:
     """Insert a run event unless this run already has one of this type; True when it was written.
 
     `started` is the run's `run.started` payload: given with a `run.completed`/`run.failed`, it is inserted
     first when the run has no `run.started` yet, in the same transaction, so the outbox never shows a run
-    ending before it started. This is the one place run events are inserted.
+    ending before it started. Every run event goes through the store's one writer.
     """
-    e = store.t["events"]
-    change_set = run_change_set(payload["run_id"])
-    with store.engine.begin() as conn:
-        # One lock per run (not per type): the started check and the insert below see every writer of this run.
-        _lock(conn, store, change_set)
-        present = set(conn.execute(sa.select(e.c.type).where(e.c.change_set == change_set)).scalars())
-        if event_type in present:
-            return False
-        rows = [(RUN_STARTED, started)] if started is not None and RUN_STARTED not in present else []
-        for kind, body in [*rows, (event_type, payload)]:
-            conn.execute(e.insert().values(type=kind, catalogue=catalogue or "", record=None, field=None,
-                                           change_set=change_set, proposal=None, payload=dumps(body), at=now()))
-    return True
+    return store.append_event(event_type, change_set=run_change_set(payload["run_id"]), payload=payload,
+                              catalogue=catalogue, preceded_by=(RUN_STARTED, started) if started is not None else None)
 
 
 def _record(store: CatalogueStore, event_type: str, facts: RunFacts, payload: dict[str, Any],
