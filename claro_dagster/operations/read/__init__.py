@@ -29,9 +29,12 @@ Rules worth knowing (documented here because a supplier will meet them):
 * Files are untrusted: before any parser sees one, a cheap pre-scan refuses what is built to exhaust
   a parser (see ``ReadLimits``: huge declared sheets, shared-strings bombs, thousands of sheets, external
   links, XML entities, deep nesting, zip bombs, encrypted parts, gigantic lines, headers with more
-  columns than a spreadsheet holds); then the parse runs in a child process with a memory and a time
-  limit (``contained=True``, the default), so a native crash, a runaway allocation or a hang becomes a
-  ``SupplierFileError`` with its reason instead of taking the process down.
+  columns than a spreadsheet holds); then a workbook is parsed in a child process with a memory and a
+  time limit (``contained=True``, the default), so a native crash of the spreadsheet library, a runaway
+  allocation or a hang becomes a ``SupplierFileError`` with its reason instead of taking the process
+  down. A CSV is parsed in this process: pandas and pyarrow report bad input as exceptions, a CSV
+  cannot expand beyond its own size, and the pre-scan has bounded its lines and columns, so the child
+  (whose fork server costs seconds to start in every fresh run process) would buy nothing.
 * Flags cover the columns named in ``identifier_columns`` (case-insensitive) and columns whose
   header has the word gtin, ean, upc, jan, barcode/bar code, isbn, mpn or sku, or a code noun with a
   number word ("Part No.", "Item number", "Product code"). Any of them: scientific notation, and
@@ -87,11 +90,12 @@ def read_supplier_file(
 ) -> RawBatch:
     """Read a whole CSV or XLSX supplier file; raises SupplierFileError when it cannot be read.
 
-    ``contained=False`` parses in this process (tests, trusted files): a hostile file can then abort it.
+    ``contained=False`` parses a workbook in this process too (tests, trusted files): a hostile one can then
+    abort it.
     """
     path, kind, limits = _prepare(path, max_bytes, limits)
     ids = tuple(identifier_columns)
-    if not contained:
+    if not contained or kind == "csv":
         return _read(path, kind, sheet, encoding, delimiter, ids, limits)
     with _contained(_read_job, (path, kind, sheet, encoding, delimiter, ids, limits), path, kind, limits) as (
         meta, out
@@ -114,15 +118,15 @@ def iter_supplier_file(
     """Read a supplier file in chunks of at most ``chunk_rows`` rows, each with its true source lines.
 
     CSV is streamed with bounded memory; a workbook is loaded whole (Excel caps sheets at about a
-    million rows) and handed out in chunks. All chunks of one file have the same columns. Contained
-    (the default), the child writes the chunks to a temporary folder and they are handed out from there
-    once it is done: memory stays bounded, but the first chunk comes when the whole file is read.
+    million rows) and handed out in chunks. All chunks of one file have the same columns. A contained
+    workbook (the default) is read by the child, which writes the chunks to a temporary folder; they are
+    handed out from there once it is done.
     """
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
     path, kind, limits = _prepare(path, max_bytes, limits)
     ids = tuple(identifier_columns)
-    if not contained:
+    if not contained or kind == "csv":
         yield from _iter(path, kind, chunk_rows, sheet, encoding, delimiter, ids, limits)
         return
     args = (path, kind, chunk_rows, sheet, encoding, delimiter, ids, limits)
