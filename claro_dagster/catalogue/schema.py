@@ -40,6 +40,12 @@ def column_type(attribute: AttributeSpec) -> sa.types.TypeEngine:
     return COLUMN_TYPES[attribute.type]()
 
 
+def filter_columns(catalogue: CatalogueSpec) -> dict[str, sa.ColumnElement]:
+    """The catalogue's attributes as typed columns: enough to check a record filter (fields and literal
+    types) before any query runs, e.g. a filter typed in Slack or written in a schedule."""
+    return {name: sa.column(name, column_type(attr)) for name, attr in catalogue.attributes.items()}
+
+
 def _ts(name: str, **kw) -> sa.Column:
     return sa.Column(name, sa.DateTime(timezone=True), **kw)
 

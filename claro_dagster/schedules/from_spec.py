@@ -22,7 +22,8 @@ import dagster as dg
 # repeated one runs once). Dagster has no public equivalent; `spec/checks.py` uses the same module.
 from dagster._utils.schedules import schedule_execution_time_iterator
 
-from claro_dagster.catalogue.filters import FilterError, parse_filter
+from claro_dagster.catalogue.filters import FilterError, compile_filter
+from claro_dagster.catalogue.schema import filter_columns
 from claro_dagster.spec.checks import SCHEDULABLE_OPERATIONS
 from claro_dagster.spec.models import ProjectSpec, ScheduleSpec
 
@@ -176,12 +177,12 @@ def build_schedules(spec: ProjectSpec,
     for name, schedule in spec.schedules.items():
         cron = schedule_cron(name, schedule)
         filter_ = _filter(schedule)
+        keys = _resolve(spec, name, schedule, assets_by_key)
         if filter_ is not None:
-            try:
-                parse_filter(filter_)
+            try:  # fields and literal types, against the catalogue the schedule reads
+                compile_filter(filter_, filter_columns(spec.catalogues[keys[0].path[0]]))
             except FilterError as exc:
                 raise ScheduleError(f"{_where(spec)}schedules.{name}.filter: {exc}") from None
-        keys = _resolve(spec, name, schedule, assets_by_key)
         tags = {TAG_SCHEDULE: name, TAG_TARGET: schedule.target, TAG_CATALOGUE: keys[0].path[0]}
         if filter_ is not None:
             tags[TAG_FILTER] = filter_

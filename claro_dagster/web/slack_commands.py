@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs
 
-import sqlalchemy as sa
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
@@ -42,6 +41,7 @@ from slack_sdk.webhook import WebhookClient
 
 from claro_dagster.catalogue.filters import FilterError, compile_filter
 from claro_dagster.catalogue.review import ReviewQueue
+from claro_dagster.catalogue.schema import filter_columns
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec.checks import SCHEDULABLE_OPERATIONS, unknown
 from claro_dagster.spec.models import ProjectSpec
@@ -348,9 +348,8 @@ class SlackCommands:
             return SlackReply(unknown(target, choices, f"an operation or pipeline of {catalogue!r}",
                                       listing="one of") + ".")
         if filter_text:
-            columns = {name: sa.column(name) for name in spec.catalogues[catalogue].attributes}
             try:
-                compile_filter(filter_text, columns)
+                compile_filter(filter_text, filter_columns(spec.catalogues[catalogue]))
             except FilterError as exc:
                 return SlackReply(f"The filter does not work on `{catalogue}`:\n```{exc}```")
         try:

@@ -50,7 +50,8 @@ def _asset(catalogue: str, name: str) -> dg.AssetsDefinition:
 def small_spec(**schedules: ScheduleSpec) -> ProjectSpec:
     text = AttributeSpec(type="text")
     return ProjectSpec(
-        catalogues={"products": CatalogueSpec(key="sku", attributes={"sku": text, "brand": text, "status": text}),
+        catalogues={"products": CatalogueSpec(key="sku", attributes={"sku": text, "brand": text, "title": text,
+                                                                     "status": text}),
                     "suppliers": CatalogueSpec(key="supplier_id", attributes={"supplier_id": text})},
         pipelines={"products_onboarding": PipelineSpec(catalogue="products",
                                                        destinations=["dump", "warehouse", "shop"])},
@@ -242,6 +243,13 @@ def test_a_target_without_an_asset_is_an_error_that_names_the_schedule():
 def test_a_filter_that_does_not_parse_is_an_error_that_names_the_schedule():
     with pytest.raises(ScheduleError, match=r"schedules\.bad\.filter: filter error at position"):
         built(small_spec(bad=ScheduleSpec(target="products/analyse", every="daily", filter='status == "active')))
+
+
+def test_a_filter_naming_an_unknown_field_or_the_wrong_type_is_an_error_that_names_the_schedule():
+    with pytest.raises(ScheduleError, match=r"schedules\.bad\.filter: .*unknown field 'colour'"):
+        built(small_spec(bad=ScheduleSpec(target="products/analyse", every="daily", filter='colour == "red"')))
+    with pytest.raises(ScheduleError, match=r"schedules\.bad\.filter: .*'status' is a text attribute and 5 is not"):
+        built(small_spec(bad=ScheduleSpec(target="products/analyse", every="daily", filter="status == 5")))
 
 
 def test_the_demo_definitions_accept_every_schedules_run_config(tmp_path, monkeypatch):

@@ -313,6 +313,7 @@ def test_run_a_pipeline_or_a_destination(client, launcher):
     ("run products", "Usage: `/claro run <catalogue> <operation|pipeline> [filter]`. Catalogues: products, suppliers"),
     ("run products export colour == \"red\"", "unknown field 'colour'"),
     ("run products export price >", "The filter does not work on `products`"),
+    ("run products export price > \"100\"", "'price' is a number attribute and \"100\" is text"),
 ])
 def test_run_refuses_unknown_catalogues_targets_and_bad_filters_with_the_choices(client, launcher, text, expected):
     assert expected in answer(command(client, text))
