@@ -10,6 +10,11 @@ from claro_dagster.spec.models import AttributeSpec, Thresholds
 
 Outcome = Literal["applied", "queued", "suggested", "discarded"]
 
+#: Review statuses: items still waiting for a person, and decided ones (`withdrawn`: the run that
+#: proposed the change was rolled back before anyone decided).
+OPEN = ("queued", "suggested", "skipped", "snoozed")
+DECIDED = ("approved", "edited", "rejected", "discarded", "withdrawn")
+
 
 class StoreError(ValueError):
     """Something the catalogue store refuses, with the record and field it concerns."""

@@ -17,13 +17,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from claro_dagster.catalogue.changes import ApplyResult, Change, ChangeSet, StoreError
-from claro_dagster.catalogue.common import aware, dumps, loads, now
+from claro_dagster.catalogue.changes import DECIDED, OPEN, ApplyResult, Change, ChangeSet, StoreError
+from claro_dagster.catalogue.common import aware, loads, now
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.catalogue.writer import ValueProvenance
-
-OPEN = ("queued", "suggested", "skipped", "snoozed")
-DECIDED = ("approved", "edited", "rejected", "discarded")
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,6 @@ class ReviewQueue:
     def reject(self, ids: Iterable[int], *, by: str, note: str | None = None) -> int:
         """Keep the current values; each rejection is an event of a review change set of the proposing run."""
         items = self._open(ids)
-        stamp = now()
         with self.store.writer.transaction() as tx:
             for opened, group in self._change_sets(tx, items, by, f"review:{uuid.uuid4().hex[:16]}"):
                 for item in group:
@@ -137,7 +133,7 @@ class ReviewQueue:
                                           "new": item.new, "confidence": item.confidence,
                                           "operation": item.operation, "run_id": item.run_id, "by": by,
                                           "note": note})
-                    self._decide(tx.conn, item, "rejected", by, note, stamp)
+                    tx.decide(item.id, "rejected", by=by, note=note)
                 opened.result.rejected = len(group)
                 opened.finish()
         return len(items)
@@ -168,19 +164,11 @@ class ReviewQueue:
                              "(unknown or already decided); `claro review list` shows the open ones")
         return items
 
-    def _decide(self, conn, item: ReviewItem, decision: str, by: str, note: str | None, stamp: datetime,
-                value: Any = None, **extra) -> None:
-        conn.execute(self.t.update().where(self.t.c.id == item.id).values(
-            status=decision, decided_by=by, decided_at=stamp, **extra))
-        conn.execute(self.store.t["decisions"].insert().values(
-            proposal=item.id, decision=decision, by=by, value=dumps(value), note=note, at=stamp))
-
     def _mark(self, ids: Iterable[int], status: str, by: str, note: str | None, **extra) -> int:
         items = self._open(ids)
-        stamp = now()
-        with self.store.engine.begin() as conn:
+        with self.store.writer.transaction() as tx:
             for item in items:
-                self._decide(conn, item, status, by, note, stamp, **extra)
+                tx.decide(item.id, status, by=by, note=note, **extra)
         return len(items)
 
     @staticmethod
@@ -199,7 +187,6 @@ class ReviewQueue:
         items = self._open(ids)
         review_id = f"review:{uuid.uuid4().hex[:16]}"
         total = ApplyResult(review_id)
-        stamp = now()
         with self.store.writer.transaction() as tx:
             for opened, group in self._change_sets(tx, items, by, review_id):
                 changes, proposal, provs = [], {}, {}
@@ -221,6 +208,5 @@ class ReviewQueue:
                 total.unchanged += result.unchanged
                 total.created += result.created
                 for item in group:
-                    self._decide(tx.conn, item, decision, by, note, stamp,
-                                 value=value if decision == "edited" else None)
+                    tx.decide(item.id, decision, by=by, note=note, value=value if decision == "edited" else None)
         return total

@@ -2,8 +2,9 @@
 
 A run's writes are every change set carrying its run id: what its stages applied and what reviewers
 approved or edited of the changes it proposed (review change sets keep the proposing run). Fields
-written again by something else after that run are left alone and reported as conflicts. The
-rollback is itself a change set, written through the one writer.
+written again by something else after that run are left alone and reported as conflicts. Changes the
+run proposed that still wait for review are withdrawn, so nobody approves a rolled-back run's value
+later. The rollback is itself a change set, written through the one writer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from claro_dagster.catalogue.changes import ChangeSet, StoreError
+from claro_dagster.catalogue.changes import OPEN, ChangeSet, StoreError
 from claro_dagster.catalogue.common import loads
 from claro_dagster.catalogue.schema import prov_column
 from claro_dagster.catalogue.writer import ChangeSetWriter
@@ -27,9 +28,12 @@ class RollbackResult:
     restored: int
     deleted_records: int
     conflicts: list[str]
+    withdrawn: int = 0
 
     def summary(self) -> str:
         text = f"restored {self.restored} field values, removed {self.deleted_records} records created by the run"
+        if self.withdrawn:
+            text += f", withdrew {self.withdrawn} of its changes that waited for review"
         if self.conflicts:
             text += f"; skipped {len(self.conflicts)} fields changed again after that run"
         return text
@@ -72,7 +76,7 @@ def rollback(writer: ChangeSetWriter, run_id: str, *, record: str | None = None,
             opened = tx.open(cs)
             _rollback_catalogue(writer, opened, [r.id for r in run_sets if r.catalogue == cat_name], record, fields,
                                 result)
-        if result.restored == 0 and result.deleted_records == 0:
+        if result.restored == 0 and result.deleted_records == 0 and result.withdrawn == 0:
             # Raising rolls the transaction back: an empty rollback leaves no change set behind.
             raise NothingToRollBack(_why_nothing(writer, tx.conn, run_id, run_sets, record, fields, result),
                                     result.conflicts)
@@ -123,7 +127,30 @@ def _rollback_catalogue(writer: ChangeSetWriter, opened, run_cs: list[str], reco
             delete.append(key)
     opened.delete_records(delete)
     result.deleted_records += len(delete)
+    result.withdrawn += _withdraw_open_proposals(opened, run_cs, record, fields, reason)
     opened.finish()
+
+
+def _withdraw_open_proposals(opened, run_cs: list[str], record: str | None, fields: Sequence[str] | None,
+                             reason: str) -> int:
+    """Close the run's changes still waiting for review (status `withdrawn`), each with a change.rejected event."""
+    pr = opened.t["proposals"]
+    query = sa.select(pr).where(pr.c.catalogue == opened.catalogue, pr.c.change_set.in_(run_cs),
+                                pr.c.status.in_(OPEN)).order_by(pr.c.id)
+    if record:
+        query = query.where(pr.c.record == record)
+    if fields:
+        query = query.where(pr.c.field.in_(list(fields)))
+    by = opened.cs.reviewer
+    note = f"withdrawn: {reason}"
+    items = opened.conn.execute(query).fetchall()
+    for item in items:
+        opened.event("change.rejected", record=item.record, field=item.field, proposal=item.id,
+                     payload={"record": item.record, "field": item.field, "old": loads(item.old),
+                              "new": loads(item.new), "confidence": item.confidence, "operation": item.operation,
+                              "run_id": item.run_id, "by": by, "note": note})
+        opened.tx.decide(item.id, "withdrawn", by=by, note=note)
+    return len(items)
 
 
 def _why_nothing(writer: ChangeSetWriter, conn, run_id: str, run_sets, record: str | None,
@@ -140,8 +167,7 @@ def _why_nothing(writer: ChangeSetWriter, conn, run_id: str, run_sets, record: s
         return (f"nothing to roll back: every value run {run_id!r} wrote{scope} was written again after it ({shown}); "
                 "roll back the later runs first (`claro history RECORD` shows them)")
     waiting = conn.execute(sa.select(sa.func.count()).select_from(pr).where(
-        pr.c.change_set.in_([r.id for r in run_sets]), pr.c.status.in_(["queued", "suggested", "skipped",
-                                                                         "snoozed"]))).scalar_one()
+        pr.c.change_set.in_([r.id for r in run_sets]), pr.c.status.in_(OPEN))).scalar_one()
     text = f"nothing to roll back: run {run_id!r} wrote no values{scope}"
     if waiting:
         text += f"; {waiting} change(s) it proposed still wait for review (`claro review list`)"

@@ -271,6 +271,15 @@ class WriteTransaction:
         stored.already_applied = True
         return stored
 
+    def decide(self, proposal: int, decision: str, *, by: str, note: str | None, value: Any = None,
+               **extra: Any) -> None:
+        """Record a decision on a review item (its status, who and when) and keep it in the decision log."""
+        stamp = now()
+        self.conn.execute(self.writer.t["proposals"].update().where(self.writer.t["proposals"].c.id == proposal)
+                          .values(status=decision, decided_by=by, decided_at=stamp, **extra))
+        self.conn.execute(self.writer.t["decisions"].insert().values(
+            proposal=proposal, decision=decision, by=by, value=dumps(value), note=note, at=stamp))
+
     def append_event(self, event_type: str, *, change_set: str, payload: dict[str, Any], catalogue: str | None = None,
                      record: str | None = None, field: str | None = None, proposal: int | None = None,
                      once: bool = False, preceded_by: tuple[str, dict[str, Any]] | None = None) -> bool:

@@ -71,9 +71,14 @@ def test_rollback_after_approvals_restores_the_approved_values(project):
 
 def test_rollback_that_finds_nothing_exits_non_zero_and_says_why(project):
     _store, env = project
-    waiting = claro(env, "rollback", "--run", "r2")
-    assert waiting.returncode == 1
-    assert "run 'r2' wrote no values" in waiting.stderr and "2 change(s) it proposed still wait" in waiting.stderr
+    elsewhere = claro(env, "rollback", "--run", "r2", "--record", "C3")
+    assert elsewhere.returncode == 1
+    assert "run 'r2' wrote no values for record 'C3'" in elsewhere.stderr
+    assert "2 change(s) it proposed still wait" in elsewhere.stderr
+    withdrawn = claro(env, "rollback", "--run", "r2")
+    assert withdrawn.returncode == 0 and "withdrew 2 of its changes that waited for review" in withdrawn.stdout
+    again = claro(env, "rollback", "--run", "r2")
+    assert again.returncode == 1 and "nothing to roll back" in again.stderr
     unknown = claro(env, "rollback", "--run", "nope")
     assert unknown.returncode == 1 and "no change set was written by run 'nope'" in unknown.stderr
 

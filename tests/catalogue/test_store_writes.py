@@ -140,10 +140,29 @@ def test_history_names_who_decided_each_value(store):
     assert (rejected.old, rejected.new, rejected.by, rejected.reason) == (3.0, 8.0, "raj", "too dear")
 
 
+def test_rollback_withdraws_the_changes_of_the_run_that_still_wait_for_review(store):
+    items = queue_price_changes(store)
+    queue = ReviewQueue(store)
+    queue.approve([items[("A1", "price")].id], by="ann")
+    result = store.rollback("r2", by="zoe")
+    assert (result.restored, result.withdrawn) == (1, 2)
+    assert "withdrew 2 of its changes that waited for review" in result.summary()
+    assert queue.list(catalogue="products") == []  # nobody can approve a rolled-back run's value later
+    withdrawn = queue.list(status="withdrawn")
+    assert {(i.record, i.field, i.decided_by) for i in withdrawn} == {("B2", "price", "zoe"), ("B2", "title", "zoe")}
+    with pytest.raises(StoreError, match="not open"):
+        queue.approve([items[("B2", "price")].id], by="ann")
+    assert store.record("products", "B2")["price"] == 3.0
+    events = [e for e in store.events() if e["type"] == "change.rejected"]
+    assert {(e["record"], e["field"], e["payload"]["by"]) for e in events} == {("B2", "price", "zoe"),
+                                                                                ("B2", "title", "zoe")}
+    assert all(e["payload"]["note"].startswith("withdrawn: rollback of") for e in events)
+
+
 def test_rollback_that_finds_nothing_says_why(store):
     queue_price_changes(store)
-    with pytest.raises(NothingToRollBack, match="run 'r2' wrote no values; 3 change.s. it proposed still wait"):
-        store.rollback("r2", by="zoe")
+    with pytest.raises(NothingToRollBack, match="run 'r2' wrote no values for record 'C3'"):
+        store.rollback("r2", record="C3", by="zoe")
     store.apply(ChangeSet("e1", "products", "enrich", [Change("A1", "title", "Big mug", 99)], run_id="r3"))
     store.rollback("r3", by="zoe")
     with pytest.raises(NothingToRollBack, match="run 'r3' was already rolled back"):
