@@ -231,11 +231,17 @@ def test_rollback_restores_values_approved_from_the_run(project):
     assert project.value("SKU-4", "title") is None
 
 
-def test_rollback_that_finds_nothing_exits_non_zero_and_says_why(project):
-    # Issue 7 item 2: the update run wrote nothing to SKU-3 (its price change waits for review).
-    result = project.claro("rollback", "--run", update_run(project), "--record", "SKU-3")
+def test_rollback_withdraws_what_still_waits_then_finds_nothing_and_exits_non_zero(project):
+    # Issue 7 item 2: the update run wrote nothing to SKU-3; its price change waits for review.
+    run = update_run(project)
+    withdrawn = project.claro("rollback", "--run", run, "--record", "SKU-3")
+    assert withdrawn.returncode == 0, withdrawn.stderr
+    assert "withdrew 1 of its changes that waited for review" in withdrawn.stdout
+    with project.store() as store:
+        assert [i.record for i in ReviewQueue(store).list(status="withdrawn")] == ["SKU-3"]
+    result = project.claro("rollback", "--run", run, "--record", "SKU-3")
     assert result.returncode != 0
-    assert result.stderr.strip() and "Traceback" not in result.stderr
+    assert "nothing to roll back" in result.stderr and "Traceback" not in result.stderr
     assert "restored 0" not in result.stdout
 
 
