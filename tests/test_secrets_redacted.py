@@ -76,6 +76,8 @@ def test_the_database_password_is_not_in_the_repository_snapshot_or_any_run(tmp_
         failed = run_batch(unreachable, instance, batch, stages=("batch_raw",), quiet=True, notify=False)
         assert not failed.success
         [failure] = [e for e in failed.all_events if e.is_step_failure]
+        # Wrong settings (no such database) fail at once: the stage's retry policy is for transient failures.
+        assert not [e for e in failed.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
         error = failure.step_failure_data.error
         text = error.message + "".join(error.stack) + (error.cause.message if error.cause else "")
         assert "could not open the catalogue store at postgresql://postgres:***@127.0.0.1" in text

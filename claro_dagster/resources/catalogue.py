@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import pickle
+import re
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import quote
@@ -58,18 +59,36 @@ def redact(text: str, url: str) -> str:
     return text
 
 
+#: PostgreSQL's answers to wrong settings (no such database or user, wrong password): retrying cannot help.
+#: Matched on the text: libpq reports a failed connection without an SQLSTATE.
+_MISCONFIGURED = re.compile(r'database "[^"]*" does not exist|role "[^"]*" does not exist|'
+                            r"password authentication failed|no password supplied")
+
+
+class StoreMisconfigured(dg.Failure, StoreError):
+    """The catalogue store's settings are wrong: a stage fails at once instead of being retried, and the
+    command line prints it like any other StoreError."""
+
+    def __init__(self, description: str):
+        super().__init__(description=description, allow_retries=False)
+
+
 def open_store(spec: ProjectSpec, url: str | None = None, *, home: Path | None = None) -> CatalogueStore:
     """Open the catalogue store (URL, else $CLARO_DATABASE_URL, else SQLite under `home`). When it cannot be
-    opened, a StoreError says which store (password hidden), why, and what to check."""
+    opened, a StoreError says which store (password hidden), why, and what to check; StoreMisconfigured when
+    the settings are at fault, so a run does not retry what cannot succeed."""
     try:
         return CatalogueStore(spec, url, home=home)
     except (sa.exc.SQLAlchemyError, ValueError) as exc:
         where = url or os.environ.get(DATABASE_URL_ENV) or effective_database_url(home)  # as the user wrote it
         why = redact(next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__), where)
+        message = (f"could not open the catalogue store at {redacted_url(where)}: {why}. Check "
+                   f"{DATABASE_URL_ENV}: is the server running, does the database exist, are the user "
+                   "and password right?")
         # `from None`: the driver's own error is summarised above, with the password taken out of it.
-        raise StoreError(f"could not open the catalogue store at {redacted_url(where)}: {why}. Check "
-                         f"{DATABASE_URL_ENV}: is the server running, does the database exist, are the user "
-                         "and password right?") from None
+        if _MISCONFIGURED.search(str(exc)):
+            raise StoreMisconfigured(message) from None
+        raise StoreError(message) from None
 
 
 @functools.lru_cache(maxsize=8)
