@@ -31,6 +31,7 @@ from claro_dagster.definitions import build_definitions
 from claro_dagster.local import receive, run_batch
 from claro_dagster.resources.s3 import S3Connection
 from claro_dagster.spec import DEMO_DIR
+from tests.e2e.harness import wait_until
 
 HEADER = "sku,title,brand,gtin,price,weight,colour,size,supplier,status\n"
 ROW = "TST-{i:04d},Trail mug {i},Acme Outdoor,{gtin},{i}.50,0.3,grey,M,SUP-0001,active"
@@ -348,15 +349,16 @@ def second_endpoint():
                                "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+
+    def listening() -> tuple[bool, str]:
+        socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+        return True, "listening"
+
+    def alive() -> None:
+        assert server.poll() is None, "moto_server did not start"
+
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                server.poll()
-                assert server.returncode is None, "moto_server did not start"
-                time.sleep(0.05)  # waiting for a server process to listen, not synchronising the test
+        wait_until(listening, timeout=10, interval=0.05, what=f"moto_server on port {port}", guard=alive)
         yield url
     finally:
         server.terminate()

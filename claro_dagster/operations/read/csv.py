@@ -409,30 +409,30 @@ def _read_csv_whole(plan: _CsvPlan) -> pd.DataFrame:
 def _iter_csv(plan: _CsvPlan, chunk_rows: int) -> Iterator[pd.DataFrame]:
     done = 0  # records (blank ones included) already handed out, so a fallback can resume after them
     yielded = False
-    if plan.arrow_ok:
+
+    def rechunked(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        nonlocal done, yielded
         buffer = _Rechunker(chunk_rows)
+
+        def chunks() -> Iterator[pd.DataFrame]:
+            for frame in frames:
+                yield from buffer.add(frame)
+            yield from buffer.flush()
+
+        for chunk in chunks():
+            done = int(chunk["__record__"].iloc[-1]) + 1
+            yielded = True
+            yield chunk.drop(columns="__record__")
+
+    if plan.arrow_ok:
         try:
-            for frame in _arrow_frames(plan, whole=False):
-                for chunk in buffer.add(frame):
-                    done = int(chunk["__record__"].iloc[-1]) + 1
-                    yielded = True
-                    yield chunk.drop(columns="__record__")
-            for chunk in buffer.flush():
-                yielded = True
-                yield chunk.drop(columns="__record__")
+            yield from rechunked(_arrow_frames(plan, whole=False))
             if not yielded:
                 raise _no_rows(plan)
             return
         except _ArrowCannotParse:
             pass
-    buffer = _Rechunker(chunk_rows)
-    for frame in _stdlib_frames(plan, rows_per_frame=chunk_rows, skip_records=done):
-        for chunk in buffer.add(frame):
-            yielded = True
-            yield chunk.drop(columns="__record__")
-    for chunk in buffer.flush():
-        yielded = True
-        yield chunk.drop(columns="__record__")
+    yield from rechunked(_stdlib_frames(plan, rows_per_frame=chunk_rows, skip_records=done))
     if not yielded:
         raise _no_rows(plan)
 
