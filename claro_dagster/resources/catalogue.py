@@ -14,55 +14,26 @@ import functools
 import hashlib
 import os
 import pickle
-import re
 from functools import cached_property
 from pathlib import Path
-from urllib.parse import quote
 
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
-import sqlalchemy as sa
 
 from claro_dagster.catalogue.batches import InvalidBatchKey, check_batch_key
 from claro_dagster.catalogue.changes import StoreError
-from claro_dagster.catalogue.schema import database_url as effective_database_url
+from claro_dagster.catalogue.opening import DATABASE_URL_ENV, redact, redacted_url  # noqa: F401 - re-exported
+from claro_dagster.catalogue.opening import open_store as _open_store
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec import load_spec
 from claro_dagster.spec.models import ProjectSpec
-
-DATABASE_URL_ENV = "CLARO_DATABASE_URL"
 
 
 def database_url_setting() -> dg.EnvVar | None:
     """`CatalogueResource.database_url` for this environment: the variable when it is set (the UI shows its
     name, never the URL), else None (the embedded SQLite store under the project home)."""
     return dg.EnvVar(DATABASE_URL_ENV) if os.environ.get(DATABASE_URL_ENV) else None
-
-
-def redacted_url(url: str) -> str:
-    """A database URL fit for a message: its password replaced by `***`."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # unparseable: it may still hold a password, so show none of it
-        return "(a database URL that cannot be parsed)"
-
-
-def redact(text: str, url: str) -> str:
-    """`text` with the URL's password (as written, and URL-encoded) replaced by `***`."""
-    try:
-        password = sa.engine.make_url(url).password
-    except Exception:
-        password = None
-    for secret in {password, quote(password or "", safe="")} - {None, ""}:
-        text = text.replace(secret, "***")
-    return text
-
-
-#: PostgreSQL's answers to wrong settings (no such database or user, wrong password): retrying cannot help.
-#: Matched on the text: libpq reports a failed connection without an SQLSTATE.
-_MISCONFIGURED = re.compile(r'database "[^"]*" does not exist|role "[^"]*" does not exist|'
-                            r"password authentication failed|no password supplied")
 
 
 class StoreMisconfigured(dg.Failure, StoreError):
@@ -74,21 +45,9 @@ class StoreMisconfigured(dg.Failure, StoreError):
 
 
 def open_store(spec: ProjectSpec, url: str | None = None, *, home: Path | None = None) -> CatalogueStore:
-    """Open the catalogue store (URL, else $CLARO_DATABASE_URL, else SQLite under `home`). When it cannot be
-    opened, a StoreError says which store (password hidden), why, and what to check; StoreMisconfigured when
-    the settings are at fault, so a run does not retry what cannot succeed."""
-    try:
-        return CatalogueStore(spec, url, home=home)
-    except (sa.exc.SQLAlchemyError, ValueError) as exc:
-        where = url or os.environ.get(DATABASE_URL_ENV) or effective_database_url(home)  # as the user wrote it
-        why = redact(next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__), where)
-        message = (f"could not open the catalogue store at {redacted_url(where)}: {why}. Check "
-                   f"{DATABASE_URL_ENV}: is the server running, does the database exist, are the user "
-                   "and password right?")
-        # `from None`: the driver's own error is summarised above, with the password taken out of it.
-        if _MISCONFIGURED.search(str(exc)):
-            raise StoreMisconfigured(message) from None
-        raise StoreError(message) from None
+    """Open the catalogue store (see `catalogue.opening.open_store`); StoreMisconfigured when the settings are at
+    fault, so a run does not retry what cannot succeed."""
+    return _open_store(spec, url, home=home, misconfigured=StoreMisconfigured)
 
 
 @functools.lru_cache(maxsize=8)

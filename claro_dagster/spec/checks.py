@@ -72,11 +72,11 @@ def _timezone_problem(name: str) -> str | None:
 
 
 def _cron_problem(cron: str) -> str | None:
-    # Validate with the parser Dagster itself will use for the schedule, so `claro check` and the
-    # code location agree. Imported lazily: the spec layer must stay importable without Dagster.
-    from dagster._utils.schedules import is_valid_cron_string
+    # Dagster's own rules for a schedule's cron (spec/cron.py), so `claro check` and the code location agree,
+    # without importing Dagster: `claro check` answers at once.
+    from .cron import is_valid_cron
 
-    if is_valid_cron_string(cron):
+    if is_valid_cron(cron):
         return None
     return (f"{cron!r} is not a valid cron expression (five fields: minute hour day-of-month month "
             f"day-of-week, e.g. '0 * * * *', or @hourly/@daily/@weekly)")
