@@ -17,8 +17,14 @@ from rich.table import Table
 from claro_dagster.catalogue.changes import StoreError
 from claro_dagster.spec import SpecError, default_spec_path, load_spec, summarize
 
-app = typer.Typer(help="claro: continuous product-catalogue automation on Dagster.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+FORMATS = ("table", "csv", "json")
+FORMAT_HELP = ("table (default), csv, or json: one JSON array with an object per row (the same fields as the csv "
+               "columns)")
+
+app = typer.Typer(help="claro: continuous product-catalogue automation on Dagster.\n\nListing commands (records, "
+                       "history, batches, rejected, review list, webhooks log, schedules, mapping show) take "
+                       "--format table|csv|json; json is one JSON array with an object per row.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 review_app = typer.Typer(help="Decide on changes the gate held back for review.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
 console = Console(soft_wrap=True)
@@ -28,6 +34,7 @@ SpecOption = Annotated[Path | None, typer.Option("--spec", help="Project spec (d
                                                                  "else the bundled demo).")]
 CatalogueOption = Annotated[str | None, typer.Option("--catalogue", "-c", help="Catalogue (default: the first).")]
 ByOption = Annotated[str | None, typer.Option("--by", help="Who decides (default: $CLARO_USER or your login).")]
+FormatOption = Annotated[str, typer.Option("--format", help=FORMAT_HELP)]
 
 
 class Context:
@@ -42,7 +49,7 @@ class Context:
 
     @cache  # noqa: B019 - one Context per process
     def store(self):
-        from claro_dagster.resources.catalogue import open_store
+        from claro_dagster.catalogue.opening import open_store  # not the Dagster resource: reads answer at once
 
         return open_store(self.spec(), home=home_dir())
 
@@ -77,15 +84,44 @@ def main_options(spec: SpecOption = None) -> None:
 TABLE_COLUMNS = 8
 
 
-def print_frame(frame, fmt: str) -> None:
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise StoreError(f"unknown format {fmt!r}; formats are: {', '.join(FORMATS)}")
+    return fmt
+
+
+def _plain(value):
+    """A cell as JSON has it: None for missing (None, NaN, NaT), ISO text for times, Python numbers for numpy's."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if hasattr(value, "isoformat"):
+        return None if str(value) == "NaT" else value.isoformat()
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict, str)):
+        return value.item()  # numpy scalars
+    return value
+
+
+def write_json(rows: list[dict]) -> None:
+    """One JSON array with an object per row, on stdout."""
+    import orjson
+
+    sys.stdout.write(orjson.dumps([{k: _plain(v) for k, v in row.items()} for row in rows], default=str).decode()
+                     + "\n")
+
+
+def print_frame(frame, fmt: str, *, has_columns_option: bool = False, all_columns: bool = False) -> None:
+    """A listing on stdout as a table, CSV or one JSON array. A table shows the first TABLE_COLUMNS fields unless
+    `all_columns`; the note saying so names --columns only for commands that have it."""
+    check_format(fmt)
     if fmt == "csv":
         frame.to_csv(sys.stdout, index=False)
     elif fmt == "json":
-        sys.stdout.write(frame.to_json(orient="records", lines=True, force_ascii=False))
+        write_json(frame.to_dict(orient="records"))
     else:
-        if len(frame.columns) > TABLE_COLUMNS:
-            err.print(f"showing {TABLE_COLUMNS} of {len(frame.columns)} fields; pick them with --columns or use "
-                      "--format csv|json for all", highlight=False)
+        if len(frame.columns) > TABLE_COLUMNS and not all_columns:
+            pick = "pick them with --columns or " if has_columns_option else ""
+            err.print(f"showing {TABLE_COLUMNS} of {len(frame.columns)} fields; {pick}use --format csv|json for all",
+                      highlight=False)
             frame = frame.iloc[:, :TABLE_COLUMNS]
         table = Table(show_lines=False)
         for col in frame.columns:
@@ -93,6 +129,18 @@ def print_frame(frame, fmt: str) -> None:
         for row in frame.itertuples(index=False):
             table.add_row(*["" if v is None or v != v else str(v) for v in row])
         console.print(table)
+
+
+def print_rows(rows: list[dict], columns: list[str], fmt: str, **kw) -> None:
+    """`print_frame` for a listing built as dicts (lists in a cell are joined by '; ' outside JSON)."""
+    import pandas as pd
+
+    check_format(fmt)
+    if fmt == "json":
+        write_json(rows)
+        return
+    flat = [{k: "; ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in row.items()} for row in rows]
+    print_frame(pd.DataFrame(flat, columns=columns), fmt, **kw)
 
 
 # --------------------------------------------------------------------------- spec
@@ -110,38 +158,36 @@ def records(catalogue: CatalogueOption = None,
             filter: Annotated[str | None, typer.Option(
                 "--filter", "-f", help='e.g. brand == "Acme" and price > 100')] = None,
             columns: Annotated[str | None, typer.Option(help="Comma-separated fields to show.")] = None,
-            format: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+            format: FormatOption = "table",
             limit: Annotated[int | None, typer.Option(help="At most this many records.")] = None) -> None:
     """List records of a catalogue, optionally filtered."""
-    if format not in ("table", "csv", "json"):
-        raise StoreError(f"unknown format {format!r}; formats are: table, csv, json")
+    check_format(format)
     name = ctx.catalogue(catalogue)
     frame = ctx.store().records(name, filter=filter, columns=columns.split(",") if columns else None, limit=limit)
-    print_frame(frame, format)
+    print_frame(frame, format, has_columns_option=True)
 
 
 @app.command()
 def history(record: str, catalogue: CatalogueOption = None,
             field: Annotated[str | None, typer.Option(help="Only this field.")] = None,
-            format: Annotated[str, typer.Option("--format", help="table or json")] = "table") -> None:
+            format: FormatOption = "table") -> None:
     """Show every value a record's fields have had, with provenance (operation, run, source, confidence) and
     who decided it (the reviewer of an approval or rejection, the author of a rollback)."""
-    if format not in ("table", "json"):
-        raise StoreError(f"unknown format {format!r}; formats are: table, json")
+    check_format(format)
     name = ctx.catalogue(catalogue)
     entries = ctx.store().history(name, record, field)
-    if format == "json":
-        import orjson
-
+    if format != "table":
+        rows = []
         for e in entries:
             p = e.provenance
-            sys.stdout.write(orjson.dumps({
+            rows.append({
                 "at": e.at.isoformat(), "record": e.record, "field": e.field, "kind": e.kind, "old": e.old,
                 "new": e.new, "by": e.by, "reason": e.reason, "change_set": e.change_set, "proposal": e.proposal,
                 "proposed_in": e.proposed_in,
                 "operation": p.operation if p else None, "run_id": p.run_id if p else None,
                 "source": p.source if p else None, "reviewer": p.reviewer if p else None,
-                "confidence": p.confidence if p else None}).decode() + "\n")
+                "confidence": p.confidence if p else None})
+        print_rows(rows, list(HISTORY_FIELDS), format, all_columns=True)
         return
     table = Table(title=f"{name} {record}")
     for col in ("when", "field", "kind", "old", "new", "by", "operation", "run", "source", "reviewer", "confidence"):
@@ -152,6 +198,10 @@ def history(record: str, catalogue: CatalogueOption = None,
                       p.operation if p else "", (p.run_id or "") if p else "", (p.source or "") if p else "",
                       (p.reviewer or "") if p else "", f"{p.confidence:g}" if p else "")
     console.print(table)
+
+
+HISTORY_FIELDS = ("at", "record", "field", "kind", "old", "new", "by", "reason", "change_set", "proposal",
+                  "proposed_in", "operation", "run_id", "source", "reviewer", "confidence")
 
 
 def _show(value) -> str:
@@ -185,10 +235,11 @@ def review_list(catalogue: str | None = _F["catalogue"], operation: str | None =
                 min_confidence: float | None = _F["min_confidence"],
                 max_confidence: float | None = _F["max_confidence"], reviewer: str | None = _F["reviewer"],
                 status: str | None = _F["status"],
-                format: Annotated[str, typer.Option("--format")] = "table") -> None:
+                format: FormatOption = "table") -> None:
     """List review items (by catalogue, operation, attribute, source, confidence range, reviewer)."""
     import pandas as pd
 
+    check_format(format)
     items = _queue().list(**_criteria(catalogue, operation, attribute, source, min_confidence, max_confidence,
                                       reviewer, status))
     columns = ["id", "record", "field", "old", "new", "confidence", "source", "status", "operation", "catalogue",
@@ -324,19 +375,20 @@ app.add_typer(webhooks_app, name="webhooks")
 @webhooks_app.command("log")
 def webhooks_log(subscription: Annotated[str | None, typer.Option(help="Only this subscription.")] = None,
                  status: Annotated[str | None, typer.Option(help="pending, delivered, failed or dead.")] = None,
-                 limit: int = 50) -> None:
+                 limit: int = 50, format: FormatOption = "table") -> None:
     """The delivery log: each delivery's webhook-id, events, status, attempts and last error."""
     import pandas as pd
 
     from claro_dagster.catalogue.outbox import WebhookOutbox
 
+    check_format(format)
     rows = WebhookOutbox(ctx.store()).log(subscription, status, limit)
     print_frame(pd.DataFrame([{"id": d.id, "subscription": d.subscription, "status": d.status,
                                "events": len(d.event_ids), "attempts": d.attempts,
                                "next attempt": d.next_attempt_at or "", "last": d.last_status_code or "",
                                "error": d.last_error or "", "webhook-id": d.webhook_id} for d in rows],
                              columns=["id", "subscription", "status", "events", "attempts", "next attempt", "last",
-                                      "error", "webhook-id"]), "table")
+                                      "error", "webhook-id"]), format, all_columns=True)
 
 
 @webhooks_app.command("retry")
@@ -440,10 +492,11 @@ def dev(port: Annotated[int, typer.Option(help="Port of the Dagster UI.")] = 300
 @app.command()
 def rejected(batch: str, out: Annotated[Path | None, typer.Option(
         "--out", help="Write the rejected rows (as received, with line and reasons) to a CSV to send back.")] = None,
-             format: Annotated[str, typer.Option("--format")] = "table") -> None:
+             format: FormatOption = "table") -> None:
     """Rows of a batch that failed validation, with their line numbers and reasons."""
     from claro_dagster.catalogue.batches import BatchRegistry
 
+    check_format(format)
     registry = BatchRegistry(ctx.store())
     info = registry.get(batch)
     if info is None:
@@ -459,13 +512,21 @@ def rejected(batch: str, out: Annotated[Path | None, typer.Option(
 
 
 @app.command()
-def schedules() -> None:
+def schedules(format: FormatOption = "table") -> None:
     """Schedules of the spec: target, when (cron, timezone), record filter, status and the next three runs."""
     from rich.markup import escape
 
     from claro_dagster.schedules import describe_schedules
 
+    check_format(format)
     infos = describe_schedules(ctx.spec(), datetime.now(UTC))
+    if format != "table":
+        print_rows([{"schedule": i.name, "target": i.target, "cron": i.cron, "timezone": i.timezone,
+                     "filter": i.filter, "status": i.status, "next_runs": [t.isoformat() for t in i.next_runs],
+                     "description": i.description} for i in infos],
+                   ["schedule", "target", "cron", "timezone", "filter", "status", "next_runs", "description"],
+                   format)
+        return
     if not infos:
         console.print("no schedules in the spec (add them under `schedules:`)")
         return
@@ -546,16 +607,18 @@ def rerun(batch: str, stage: Annotated[str, typer.Argument(help="batch_raw, batc
 
 
 @app.command()
-def batches(catalogue: CatalogueOption = None, status: Annotated[str | None, typer.Option()] = None) -> None:
+def batches(catalogue: CatalogueOption = None, status: Annotated[str | None, typer.Option()] = None,
+            format: FormatOption = "table") -> None:
     """Received batches and how far each got."""
     import pandas as pd
 
     from claro_dagster.catalogue.batches import BatchRegistry
 
+    check_format(format)
     rows = BatchRegistry(ctx.store()).list(ctx.catalogue(catalogue) if catalogue else None, status)
     print_frame(pd.DataFrame([{"batch": b.key, "file": b.filename, "status": b.status, "stage": b.stage or "",
                                "message": b.message or ""} for b in rows],
-                             columns=["batch", "file", "status", "stage", "message"]), "table")
+                             columns=["batch", "file", "status", "stage", "message"]), format)
 
 
 @app.command()
@@ -585,12 +648,30 @@ def export(catalogue: CatalogueOption = None,
 
 
 @mapping_app.command("show")
-def mapping_show(source: str) -> None:
+def mapping_show(source: str, format: Annotated[str, typer.Option("--format", help=(
+        "table (default: each mapping file as it is), csv, or json: one JSON array with an object per mapped "
+        "column (source, shape, status, column, attribute, score, path)"))] = "table") -> None:
     """Show the saved mappings of a source (column -> attribute), drafts included."""
-    from claro_dagster.catalogue.mappings import MappingBook
+    from claro_dagster.catalogue.mappings import MappingBook, MappingError
 
+    check_format(format)
     book = MappingBook(home_dir() / "mappings")
     entries = book.list(source)
+    if format != "table":
+        rows = []
+        for src, shape, path, status in entries:
+            try:
+                mapping = book.get(src, shape)
+            except MappingError:  # a broken file: listed, with no columns
+                mapping = None
+            columns = mapping.source_columns if mapping is not None else (None,)
+            rows += [{"source": src, "shape": shape, "status": status, "column": c,
+                      "attribute": mapping.attribute_for[c] if mapping is not None else None,
+                      "score": mapping.scores.get(c) if mapping is not None else None, "path": str(path)}
+                     for c in columns]
+        print_rows(rows, ["source", "shape", "status", "column", "attribute", "score", "path"], format,
+                   all_columns=True)
+        return
     if not entries:
         console.print(f"no mapping saved for {source} yet: the first batch from it drafts one")
     for _, shape, path, status in entries:
