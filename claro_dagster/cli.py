@@ -105,7 +105,7 @@ def write_json(rows: list[dict]) -> None:
     """One JSON array with an object per row, on stdout."""
     import orjson
 
-    sys.stdout.write(orjson.dumps([{k: _plain(v) for k, v in row.items()} for row in rows], default=str).decode()
+    sys.stdout.write(orjson.dumps([{str(k): _plain(v) for k, v in row.items()} for row in rows], default=str).decode()
                      + "\n")
 
 
