@@ -444,7 +444,10 @@ def upload(file: Path, source: Annotated[str, typer.Option(help="The source the 
                          "upload: put the file there, or upload it to an upload or inbox source")
     if not file.is_file():
         raise StoreError(f"{file}: no such file")
-    target = Inbox(claro.inbox_dir(source)).upload(file)
+    from claro_dagster.progress import progress
+
+    with progress(f"upload {file.name}", total=file.stat().st_size, unit="bytes") as bar:
+        target = Inbox(claro.inbox_dir(source)).upload(file, on_progress=bar.advance)
     console.print(f"{file.name} -> {target}", highlight=False, soft_wrap=True)  # a path is never wrapped
     console.print(f"the {source}_{kind} sensor (`claro dev`) or `claro run` processes it", highlight=False)
 
@@ -639,11 +642,21 @@ def export(catalogue: CatalogueOption = None,
            columns: Annotated[str | None, typer.Option(help="Comma-separated fields, in order.")] = None,
            out: Annotated[Path | None, typer.Option("--out", help="File to write (default: under CLARO_HOME).")] = None
            ) -> None:
-    """Export a catalogue (the same as the Export asset)."""
-    from claro_dagster.assets.catalogue_ops import run_export
+    """Export a catalogue (the same as the Export asset), with its progress on stderr."""
+    import inspect
 
-    result = run_export(_claro(), ctx.catalogue(catalogue), format, filter,
-                        columns.split(",") if columns else None, "cli", path=out)
+    from claro_dagster.assets.catalogue_ops import run_export
+    from claro_dagster.progress import progress
+
+    claro, name = _claro(), ctx.catalogue(catalogue)
+    total = None if filter else claro.store.count(name)  # a filter's count would cost a query of its own
+    # Chunk by chunk where the export streams from the store (`on_progress`); else all at once when it is written.
+    streams = "on_progress" in inspect.signature(run_export).parameters
+    with progress(f"export {name}", total=total, unit="records") as bar:
+        result = run_export(claro, name, format, filter, columns.split(",") if columns else None, "cli", path=out,
+                            **({"on_progress": bar.advance} if streams else {}))
+        if not streams:
+            bar.advance(result.rows)
     console.print(f"{result.rows} record(s) -> {result.path}")
 
 

@@ -104,6 +104,9 @@ def test_upload_puts_the_files_in_the_sources_inbox(prepared):
         received, how = result.stdout.strip().splitlines()
         assert received == f"{path.name} -> {inbox / path.name}"
         assert how == "the shop_csv_inbox sensor (`claro dev`) or `claro run` processes it"
+        # Issue 8 item 7: progress on stderr, as plain lines when stderr is not a terminal
+        size = path.stat().st_size
+        assert result.stderr.startswith(f"upload {path.name}: {size:,} of {size:,} bytes ("), result.stderr
     # `claro run` took them: each now lies under processed/<batch>/, byte for byte as sent
     processed = {p.name: p.read_bytes() for p in (inbox / "processed").glob("*/*")}
     assert processed == {path.name: path.read_bytes() for path in prepared.files}
@@ -165,6 +168,10 @@ def test_export_writes_the_filtered_records(project, tmp_path):
                            "--columns", "sku,price", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"1 record(s) -> {out}"
+    assert result.stderr.startswith("export products: 1 records ("), result.stderr  # progress, plain lines
+    everything = project.claro("export", "--out", str(tmp_path / "all.csv"))
+    assert everything.returncode == 0, everything.stderr
+    assert everything.stderr.startswith("export products: 4 of 4 records ("), everything.stderr
     with out.open(newline="", encoding="utf-8") as f:
         assert list(csv.reader(f)) == [["sku", "price"], ["SKU-2", "3"]]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,8 +159,8 @@ class Inbox:
         _write_note(moved.with_name(moved.name + ".reason.txt"), reason, batch_key, source, "quarantined_at")
         return moved
 
-    def upload(self, src: str | Path) -> Path:
-        return upload(src, self.root)
+    def upload(self, src: str | Path, on_progress: Callable[[int], None] | None = None) -> Path:
+        return upload(src, self.root, on_progress)
 
     def _move(self, path: Path, area: str, batch_key: str) -> Path:
         check_batch_key(batch_key)
@@ -182,11 +182,12 @@ class Inbox:
         raise AssertionError("unreachable")
 
 
-def upload(src: str | Path, inbox_dir: str | Path) -> Path:
+def upload(src: str | Path, inbox_dir: str | Path, on_progress: Callable[[int], None] | None = None) -> Path:
     """Copy `src` into `inbox_dir` atomically (write `.<name>.*.part`, then rename into place).
 
     A file of the same name is never overwritten: if it holds the same bytes the upload is a
     no-op and returns it, otherwise the copy is stored as `<stem>~2<suffix>` (or `~3`, ...).
+    `on_progress(n)` hears of every n bytes copied.
     """
     src = Path(src)
     if not src.is_file():
@@ -197,7 +198,12 @@ def upload(src: str | Path, inbox_dir: str | Path) -> Path:
     tmp = Path(tmp_name)
     try:
         with os.fdopen(handle, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
+            if on_progress is None:
+                shutil.copyfileobj(inp, out, 1 << 20)
+            else:
+                while block := inp.read(1 << 20):
+                    out.write(block)
+                    on_progress(len(block))
             out.flush()
             os.fsync(out.fileno())
         version = None
