@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from claro_dagster.catalogue.changes import StoreError
-from claro_dagster.spec import SpecError, default_spec_path, load_spec, summarize
+# Only what every command needs is imported here: `claro --help` and the read-only commands answer at once, and
+# Dagster is imported only by the commands that run things (run, rerun, dev, serve, upload, analyse, export...).
 
 FORMATS = ("table", "csv", "json")
 FORMAT_HELP = ("table (default), csv, or json: one JSON array with an object per row (the same fields as the csv "
@@ -35,6 +35,25 @@ SpecOption = Annotated[Path | None, typer.Option("--spec", help="Project spec (d
 CatalogueOption = Annotated[str | None, typer.Option("--catalogue", "-c", help="Catalogue (default: the first).")]
 ByOption = Annotated[str | None, typer.Option("--by", help="Who decides (default: $CLARO_USER or your login).")]
 FormatOption = Annotated[str, typer.Option("--format", help=FORMAT_HELP)]
+
+
+def user_error(message: str) -> Exception:
+    """An error the user can fix: printed as one line (`error: ...`), exit 1, never a traceback."""
+    from claro_dagster.catalogue.changes import StoreError
+
+    return StoreError(message)
+
+
+def default_spec_path() -> Path:
+    from claro_dagster.spec import default_spec_path
+
+    return default_spec_path()
+
+
+def load_spec(path: Path):
+    from claro_dagster.spec import load_spec
+
+    return load_spec(path)
 
 
 class Context:
@@ -58,7 +77,7 @@ class Context:
         if name is None:
             return next(iter(spec.catalogues))
         if name not in spec.catalogues:
-            raise StoreError(f"unknown catalogue {name!r}; catalogues are: {', '.join(spec.catalogues)}")
+            raise user_error(f"unknown catalogue {name!r}; catalogues are: {', '.join(spec.catalogues)}")
         return name
 
 
@@ -86,7 +105,7 @@ TABLE_COLUMNS = 8
 
 def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
-        raise StoreError(f"unknown format {fmt!r}; formats are: {', '.join(FORMATS)}")
+        raise user_error(f"unknown format {fmt!r}; formats are: {', '.join(FORMATS)}")
     return fmt
 
 
@@ -148,8 +167,9 @@ def print_rows(rows: list[dict], columns: list[str], fmt: str, **kw) -> None:
 def check(spec: SpecOption = None) -> None:
     """Validate the project spec; exit 1 with file:line errors, 0 with a one-line summary."""
     path = spec or ctx.spec_path or default_spec_path()
-    loaded = load_spec(path)
-    console.print(summarize(loaded), highlight=False)
+    from claro_dagster.spec import summarize
+
+    console.print(summarize(load_spec(path)), highlight=False)
 
 
 # --------------------------------------------------------------------------- records
@@ -256,9 +276,9 @@ def review_list(catalogue: str | None = _F["catalogue"], operation: str | None =
 def _bulk(decision: str, ids: list[int], by: str | None, note: str | None, criteria: dict) -> None:
     queue = _queue()
     if ids and any(v for k, v in criteria.items() if k != "status"):
-        raise StoreError("give item ids or filter options, not both")
+        raise user_error("give item ids or filter options, not both")
     if not ids and not any(v for v in criteria.values()):
-        raise StoreError(f"give item ids, or filter options (--catalogue, --operation, ...) to {decision} in bulk")
+        raise user_error(f"give item ids, or filter options (--catalogue, --operation, ...) to {decision} in bulk")
     if decision == "approve":
         result = queue.approve_where(by=who(by), note=note, **criteria) if not ids else \
             queue.approve(ids, by=who(by), note=note)
@@ -311,7 +331,7 @@ def review_snooze(ids: list[int], until: Annotated[str, typer.Option(help="ISO t
     try:
         when = datetime.fromisoformat(until)
     except ValueError:
-        raise StoreError(f"--until {until!r} is not an ISO time such as 2026-12-01T09:00+00:00") from None
+        raise user_error(f"--until {until!r} is not an ISO time such as 2026-12-01T09:00+00:00") from None
     console.print(f"snoozed {_queue().snooze(ids, when, by=who(by), note=note)} item(s) until {when.isoformat()}")
 
 
@@ -356,7 +376,7 @@ def schema_diff_command(apply: Annotated[str | None, typer.Option(
     catalogue, _, attribute = apply.partition(".")
     match = [c for c in diff.type_changes if (c.catalogue, c.attribute) == (catalogue, attribute)]
     if not match:
-        raise StoreError(f"{apply} has no pending type change; run `claro schema-diff` to list them")
+        raise user_error(f"{apply} has no pending type change; run `claro schema-diff` to list them")
     if match[0].failures and not yes:
         typer.confirm(f"{len(match[0].failures)} value(s) will not convert and will be cleared (kept in history). "
                       "Apply?", abort=True)
@@ -433,17 +453,17 @@ def upload(file: Path, source: Annotated[str, typer.Option(help="The source the 
 
     claro = _claro()
     if source not in claro.spec.sources:
-        raise StoreError(f"unknown source {source!r}; sources are: {', '.join(claro.spec.sources)}")
+        raise user_error(f"unknown source {source!r}; sources are: {', '.join(claro.spec.sources)}")
     if catalogue and claro.spec.sources[source].catalogue != ctx.catalogue(catalogue):
-        raise StoreError(f"source {source!r} feeds catalogue {claro.spec.sources[source].catalogue!r}, "
+        raise user_error(f"source {source!r} feeds catalogue {claro.spec.sources[source].catalogue!r}, "
                          f"not {catalogue!r}")
     kind = claro.spec.sources[source].kind
     if kind not in ("inbox", "upload"):
         spec = claro.spec.sources[source]
-        raise StoreError(f"source {source!r} receives its files from s3://{spec.bucket}/{spec.prefix}, not by "
+        raise user_error(f"source {source!r} receives its files from s3://{spec.bucket}/{spec.prefix}, not by "
                          "upload: put the file there, or upload it to an upload or inbox source")
     if not file.is_file():
-        raise StoreError(f"{file}: no such file")
+        raise user_error(f"{file}: no such file")
     from claro_dagster.progress import progress
 
     with progress(f"upload {file.name}", total=file.stat().st_size, unit="bytes") as bar:
@@ -504,7 +524,7 @@ def rejected(batch: str, out: Annotated[Path | None, typer.Option(
     info = registry.get(batch)
     if info is None:
         known = ", ".join(b.key for b in registry.list()[-5:]) or "none yet"
-        raise StoreError(f"no batch {batch!r}; recent batches: {known}")
+        raise user_error(f"no batch {batch!r}; recent batches: {known}")
     frame = registry.rejected_rows(batch)
     if out:
         frame.to_csv(out, index=False)
@@ -590,16 +610,16 @@ def rerun(batch: str, stage: Annotated[str, typer.Argument(help="batch_raw, batc
     from claro_dagster.local import instance_for, run_batch
 
     if stage not in (*STAGES, CHECKPOINT):
-        raise StoreError(f"unknown stage {stage!r}; stages are: {', '.join((*STAGES, CHECKPOINT))}")
+        raise user_error(f"unknown stage {stage!r}; stages are: {', '.join((*STAGES, CHECKPOINT))}")
     try:
         check_batch_key(batch)
     except InvalidBatchKey as exc:
-        raise StoreError(str(exc)) from None
+        raise user_error(str(exc)) from None
     defs = build_definitions(ctx.spec_path, home_dir())
     registry = BatchRegistry(defs.resources["claro"].store)
     info = registry.get(batch)
     if info is None:
-        raise StoreError(f"no batch {batch!r}; `claro batches` lists them")
+        raise user_error(f"no batch {batch!r}; `claro batches` lists them")
     result = run_batch(defs, instance_for(home_dir()), info, stages=(stage,), quiet=True)
     after = registry.get(batch)
     verdict = "done" if result.success else "failed"
@@ -700,10 +720,10 @@ def mapping_edit(source: str, shape: Annotated[str | None, typer.Argument()] = N
     entries = MappingBook(home_dir() / "mappings").list(source)
     entries = [e for e in entries if shape is None or e[1] == shape]
     if not entries:
-        raise StoreError(f"no mapping saved for {source}" + (f" with shape {shape}" if shape else "") +
+        raise user_error(f"no mapping saved for {source}" + (f" with shape {shape}" if shape else "") +
                          "; `claro mapping show SOURCE` lists them")
     if len(entries) > 1:
-        raise StoreError(f"{source} has {len(entries)} mappings; name the shape: " +
+        raise user_error(f"{source} has {len(entries)} mappings; name the shape: " +
                          ", ".join(e[1] for e in entries))
     typer.edit(filename=str(entries[0][2]))
     console.print(f"saved {entries[0][2]}")
@@ -711,16 +731,27 @@ def mapping_edit(source: str, shape: Annotated[str | None, typer.Argument()] = N
 
 def main() -> None:
     """Entry point: user errors print as one clear line and exit 1, never as a traceback."""
-    from claro_dagster.catalogue.filters import FilterError
-
     try:
         app()
-    except SpecError as exc:
-        err.print(str(exc), highlight=False, markup=False)
+    except Exception as exc:
+        message = _user_message(exc)
+        if message is None:
+            raise
+        err.print(message, highlight=False, markup=False)
         sys.exit(1)
-    except (StoreError, FilterError) as exc:
-        err.print(f"error: {exc}", highlight=False, markup=False)
-        sys.exit(1)
+
+
+def _user_message(exc: Exception) -> str | None:
+    """The line to print for an error the user can fix, else None. The error classes are looked up among the
+    modules already loaded: an instance of a class whose module was never imported cannot have been raised."""
+    loader, changes, filters = (sys.modules.get(f"claro_dagster.{m}") for m in
+                                ("spec.loader", "catalogue.changes", "catalogue.filters"))
+    if loader is not None and isinstance(exc, loader.SpecError):
+        return str(exc)
+    if (changes is not None and isinstance(exc, changes.StoreError)) or \
+            (filters is not None and isinstance(exc, filters.FilterError)):
+        return f"error: {exc}"
+    return None
 
 
 if __name__ == "__main__":
