@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from claro_dagster.catalogue.filters import FilterError, compile_filter
-from claro_dagster.catalogue.schema import filter_columns
 from claro_dagster.spec.checks import SCHEDULABLE_OPERATIONS
 
 # Ticks as Dagster's own scheduler computes them (croniter and Dagster's DST rules, without importing Dagster), so
@@ -173,6 +171,9 @@ def build_schedules(spec: ProjectSpec,
     Raises ScheduleError when an entry's target has no asset or its filter does not parse.
     """
     import dagster as dg
+
+    from claro_dagster.catalogue.filters import FilterError, compile_filter  # SQL: not needed to describe schedules
+    from claro_dagster.catalogue.schema import filter_columns
 
     schedules: list[dg.ScheduleDefinition] = []
     for name, schedule in spec.schedules.items():
