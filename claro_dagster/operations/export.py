@@ -536,13 +536,15 @@ def _xlsx_text(text: pa.Array, letter: str, numbers_: pa.Array) -> pa.Array:
         text = pc.replace_substring_regex(text, _XLSX_ILLEGAL_RE, "")  # XML 1.0 cannot hold them
     if pc.any(pc.greater(pc.utf8_length(text), XLSX_MAX_CELL)).as_py():
         text = pc.utf8_slice_codeunits(text, 0, XLSX_MAX_CELL)
-    text = pc.replace_substring(text, "&", "&amp;")
-    text = pc.replace_substring(pc.replace_substring(text, "<", "&lt;"), ">", "&gt;")
-    text = pc.replace_substring(text, "\r", "&#13;")  # a bare CR would be read back as a line feed
-    # Excel reads _xHHHH_ as an escaped character: escape the underscore so such text stays as written.
-    text = pc.replace_substring_regex(text, r"_(x[0-9A-Fa-f]{4}_)", r"_x005F_\1")
+    for character, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("\r", "&#13;")):  # CR: not read as LF
+        if pc.any(pc.match_substring(text, character)).as_py():  # looking is ~8x cheaper than replacing
+            text = pc.replace_substring(text, character, entity)
+    if pc.any(pc.match_substring(text, "_x")).as_py():
+        # Excel reads _xHHHH_ as an escaped character: escape the underscore so such text stays as written.
+        text = pc.replace_substring_regex(text, r"_(x[0-9A-Fa-f]{4}_)", r"_x005F_\1")
     # Leading or trailing spaces survive only with xml:space="preserve".
-    spaced = pc.fill_null(pc.match_substring_regex(text, r"^\s|\s$"), False)
+    spaced = pc.fill_null(pc.not_equal(pc.binary_length(text), pc.binary_length(pc.ascii_trim_whitespace(text))),
+                          False)
     opening = pc.if_else(spaced, '<t xml:space="preserve">', "<t>")
     cells = pc.binary_join_element_wise(f'<c r="{letter}', numbers_, '" t="inlineStr"><is>', opening, text,
                                         "</t></is></c>", "")
