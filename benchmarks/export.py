@@ -118,19 +118,22 @@ def main() -> None:
 
     print(f"\nExport from the catalogue store ({args.backend}), 15 attributes; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
-    print("| records | export | seconds | CPU s | records/s | x CSV export | peak RSS MiB | file MiB |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("| records | export | seconds | CPU s | records/s | x CSV export (wall) | x CSV export (CPU) | "
+          "peak RSS MiB | file MiB |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for rows, phases in results.items():
-        csv_seconds = phases["csv"]["seconds"]
         for name, r in phases.items():
             if name == "idle":
-                print(f"| {rows:,} | idle (imports, store opened) | {r['seconds']:.2f} | {r['cpu']:.2f} | - | - | "
+                print(f"| {rows:,} | idle (imports, store opened) | {r['seconds']:.2f} | {r['cpu']:.2f} | - | - | - | "
                       f"{r['peak_rss_mb']:,.0f} | - |")
                 continue
-            ratio = r["seconds"] / csv_seconds
-            verdict = "" if name == "csv" else (" (target <= 3x: met)" if ratio <= 3 else " (target <= 3x: missed)")
+            ratios = [r[k] / phases["csv"][k] for k in ("seconds", "cpu")]
+            verdicts = ["" if name == "csv" else " met" if x <= 3 else " missed" for x in ratios]
             print(f"| {rows:,} | {name} | {r['seconds']:.2f} | {r['cpu']:.2f} | {rows / r['seconds']:,.0f} | "
-                  f"{ratio:.2f}{verdict} | {r['peak_rss_mb']:,.0f} | {r['size_mb']:,.0f} |")
+                  f"{ratios[0]:.2f}{verdicts[0]} | {ratios[1]:.2f}{verdicts[1]} | {r['peak_rss_mb']:,.0f} | "
+                  f"{r['size_mb']:,.0f} |")
+    print("\nTarget: XLSX within 3x the CSV export of the same records. On a busy machine wall time varies with the "
+          "load; CPU seconds less so.")
     if len(results) > 1:
         small, large = min(results), max(results)
         for fmt in FORMATS:
