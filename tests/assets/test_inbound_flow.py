@@ -255,6 +255,27 @@ def test_a_file_changed_under_the_same_name_is_a_new_batch(demo):
     assert demo.claro.store.record("products", "TST-0004") is not None and not path.exists()
 
 
+def test_other_content_under_a_published_receipt_is_refused_until_touched(demo):
+    """Name, size and modification time alike, bytes not (a rewrite within the file system's clock tick): the run
+    hashes the file, so it is neither acknowledged as a copy nor mistaken for the published batch."""
+    stamp = 1_700_000_000_000_000_000
+    path = drop(demo.claro, "acme_csv", "weekly.csv", rows(1))
+    os.utime(path, ns=(stamp, stamp))
+    [first] = demo.tick("acme_csv_inbox")
+    assert first.success
+    key = first.dagster_run.tags["claro/batch"]
+    path = drop(demo.claro, "acme_csv", "weekly.csv", rows(5))  # as long as rows(1)
+    os.utime(path, ns=(stamp, stamp))
+    [second] = demo.tick("acme_csv_inbox")
+    assert second.dagster_run.tags["claro/batch"] == key and not second.success
+    assert "touch the file" in failures(second) and path.exists()
+    assert demo.claro.store.record("products", "TST-0005") is None and demo.batch(key).status == "published"
+    settled(path)  # touched: a new receipt, processed
+    [third] = demo.tick("acme_csv_inbox")
+    assert third.success and third.dagster_run.tags["claro/batch"] != key
+    assert demo.claro.store.record("products", "TST-0005") is not None and not path.exists()
+
+
 # -- item 7: upload sources are processed ---------------------------------------------------------------------
 
 def test_an_upload_source_receives_files_through_claro_upload(tmp_path):
