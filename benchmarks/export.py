@@ -25,23 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: the sibling benchmark modules
 
-from baselines import measure, scratch_database, table  # noqa: E402
+from baselines import measure, peak_rss_mib, scratch_database, table  # noqa: E402
 from store import make_csv, read, spec  # noqa: E402
 
 FORMATS = ("csv", "xlsx")
-
-
-def peak_rss_mib() -> float:
-    """This process's own peak RSS. Not `ru_maxrss`: on Linux a child started by subprocess inherits the parent's
-    peak in it (through fork and exec), so a benchmark's parent that once held a big frame would show in every
-    phase. VmHWM belongs to the process's own address space."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):  # not Linux
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def phase(args) -> dict:
