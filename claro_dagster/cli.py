@@ -663,20 +663,14 @@ def export(catalogue: CatalogueOption = None,
            out: Annotated[Path | None, typer.Option("--out", help="File to write (default: under CLARO_HOME).")] = None
            ) -> None:
     """Export a catalogue (the same as the Export asset), with its progress on stderr."""
-    import inspect
-
     from claro_dagster.assets.catalogue_ops import run_export
     from claro_dagster.progress import progress
 
     claro, name = _claro(), ctx.catalogue(catalogue)
     total = None if filter else claro.store.count(name)  # a filter's count would cost a query of its own
-    # Chunk by chunk where the export streams from the store (`on_progress`); else all at once when it is written.
-    streams = "on_progress" in inspect.signature(run_export).parameters
-    with progress(f"export {name}", total=total, unit="records") as bar:
+    with progress(f"export {name}", total=total, unit="records") as bar:  # advanced after each chunk written
         result = run_export(claro, name, format, filter, columns.split(",") if columns else None, "cli", path=out,
-                            **({"on_progress": bar.advance} if streams else {}))
-        if not streams:
-            bar.advance(result.rows)
+                            on_progress=bar.advance)
     console.print(f"{result.rows} record(s) -> {result.path}")
 
 

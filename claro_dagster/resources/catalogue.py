@@ -3,6 +3,10 @@
 Stage outputs persist per (asset, batch) under the project home, so any one stage can be re-run for
 one batch from the UI without re-running the stages before it.
 
+One catalogue store per process: Dagster builds the resource anew for every sensor tick and every run, and
+opening a store creates an engine and syncs the schema, so `shared_store` keeps the stores it opened (per spec
+version, home and database URL) and disposes their engines when they are replaced or the process ends.
+
 The store's URL may hold a password. The resource's `database_url` is therefore the environment
 variable (`dg.EnvVar("CLARO_DATABASE_URL")`): the Dagster UI shows its name, and Dagster reads its value
 only when a run starts. Errors opening the store name it with the password hidden.
@@ -10,10 +14,14 @@ only when a run starts. Errors opening the store name it with the password hidde
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import hashlib
 import os
 import pickle
+import threading
+from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
 
@@ -57,6 +65,54 @@ def _load_spec(path: str, mtime_ns: int, size: int) -> ProjectSpec:
     return load_spec(path)
 
 
+#: Stores this process opened, least recently used first: (spec file, its mtime and size, home, URL) -> store.
+_STORES: OrderedDict[tuple, CatalogueStore] = OrderedDict()
+_STORES_LOCK = threading.Lock()
+#: More than one project per process happens in tests and benchmarks; beyond this many, the oldest is closed.
+MAX_STORES = 8
+
+
+def shared_store(spec_path: str | Path, home: str | Path, url: str | None = None) -> CatalogueStore:
+    """This process's catalogue store for a spec file (as it is now), a project home and a database URL.
+
+    Opened once and then reused by every sensor tick and run of the process. An edited spec opens a new store
+    (its schema synced to the edit) and the store of the older version is disposed; so is the least recently
+    used beyond `MAX_STORES`, and every store when the process exits. Disposing closes pooled connections
+    only: a caller still holding a store keeps working, on fresh connections.
+    """
+    path = Path(spec_path)
+    stat = path.stat()
+    place = (str(path.resolve()), str(Path(home).resolve()), url)
+    key = (*place, stat.st_mtime_ns, stat.st_size)
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is not None:
+            _STORES.move_to_end(key)
+            return store
+        store = open_store(_load_spec(str(path), stat.st_mtime_ns, stat.st_size), url, home=Path(home))
+        for older in [k for k in _STORES if k[:3] == place]:  # an earlier version of the same spec
+            _dispose(_STORES.pop(older))
+        _STORES[key] = store
+        while len(_STORES) > MAX_STORES:
+            _dispose(_STORES.popitem(last=False)[1])
+        return store
+
+
+def close_stores() -> None:
+    """Dispose every store `shared_store` opened (at process exit; tests call it to start afresh)."""
+    with _STORES_LOCK:
+        while _STORES:
+            _dispose(_STORES.popitem()[1])
+
+
+def _dispose(store: CatalogueStore) -> None:
+    with contextlib.suppress(Exception):  # a database already gone (dropped, server stopped) has nothing to close
+        store.dispose()
+
+
+atexit.register(close_stores)
+
+
 class CatalogueResource(dg.ConfigurableResource):
     """The project: its spec, its home folder and its catalogue store."""
 
@@ -78,10 +134,12 @@ class CatalogueResource(dg.ConfigurableResource):
 
     @cached_property
     def store(self) -> CatalogueStore:
+        """The process's store for this project (`shared_store`), the same for the whole life of this resource
+        (a run keeps the store it started with even if the spec is edited meanwhile)."""
         url = self.database_url
         if isinstance(url, dg.EnvVar):  # Dagster resolves it for runs; `claro` uses the resource outside them
             url = url.get_value()
-        return open_store(self.spec, url, home=Path(self.home))
+        return shared_store(self.spec_path, self.home, url)
 
     @property
     def home_dir(self) -> Path:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from claro_dagster.catalogue.batches import check_batch_key, content_version
+from claro_dagster.catalogue.batches import check_batch_key, content_version, receipt_version
 
 PROCESSED = "processed"
 QUARANTINE = "quarantine"
@@ -68,12 +68,14 @@ class Inbox:
     def quarantine_dir(self) -> Path:
         return self.root / QUARANTINE
 
-    def pending(self, known: HashCache | None = None, *, min_age_seconds: float = 0.0) -> list[InboxFile]:
+    def pending(self, known: HashCache | None = None, *, min_age_seconds: float = 0.0,
+                read_contents: bool = True) -> list[InboxFile]:
         """Files waiting to be processed, oldest first (by mtime, then relative path).
 
-        `version` is the file's content hash (`content_version`). `known` (relative path ->
-        `InboxFile.cache_entry()`) avoids re-hashing a file whose size, mtime and inode are
-        unchanged. `min_age_seconds` > 0 skips files modified more recently than that (for
+        `version` is the file's content hash (`content_version`); with `read_contents=False` no file is read
+        and `version` is its `receipt_version` (name, size, modification time): what a sensor tick uses.
+        `known` (relative path -> `InboxFile.cache_entry()`) avoids re-hashing a file whose size, mtime and
+        inode are unchanged. `min_age_seconds` > 0 skips files modified more recently than that (for
         uploaders that write in place without a `.part` name).
         """
         if not self.root.is_dir():
@@ -90,7 +92,9 @@ class Inbox:
                 continue
             relative = path.relative_to(self.root).as_posix()
             cached = known.get(relative)
-            if cached and list(cached[:3]) == [stat.st_size, stat.st_mtime_ns, stat.st_ino]:
+            if not read_contents:
+                version = receipt_version(path.name, stat.st_size, stat.st_mtime_ns)
+            elif cached and list(cached[:3]) == [stat.st_size, stat.st_mtime_ns, stat.st_ino]:
                 version = str(cached[3])
             else:
                 try:

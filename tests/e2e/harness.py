@@ -365,6 +365,16 @@ def drop_file(inbox: Path, name: str, data: bytes) -> Path:
     return final
 
 
+def receipt_key(source: str, path: Path) -> str:
+    """The batch key the inbox sensor gives a dropped file: from its name, size and modification time (a tick never
+    reads files). Take it right after the drop: the sensor lists a file a second after its last change, and only
+    the run moves it."""
+    from claro_dagster.catalogue.batches import batch_key, receipt_version
+
+    stat = path.stat()
+    return batch_key(source, path.name, receipt_version(path.name, stat.st_size, stat.st_mtime_ns))
+
+
 def tags_of(run: dict) -> dict[str, str]:
     return {t["key"]: t["value"] for t in run["tags"]}
 
