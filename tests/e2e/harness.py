@@ -25,7 +25,7 @@ import requests
 from dagster_graphql import DagsterGraphQLClient
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "examples" / "demo"
+DEMO = REPO / "claro_dagster" / "demo"  # the bundled demo (package data)
 LOCATION = "claro_dagster.definitions"  # the code location name of `-m claro_dagster.definitions`, as `claro dev`
 REPOSITORY = "__repository__"  # the repository name Dagster gives a module's `Definitions`
 
