@@ -71,6 +71,9 @@ cursors = sa.Table(
     sa.Column("subscription", sa.Text, primary_key=True),
     sa.Column("last_event_id", sa.Integer, nullable=False),
     _ts("planned_at"),  # when the subscription was last planned (scheduled mode plans at cron ticks)
+    # The delivery process serving the subscription now, and until when (see `WebhookOutbox.claim`).
+    sa.Column("claimed_by", sa.Text),
+    _ts("claimed_until"),
 )
 
 deliveries = sa.Table(
@@ -166,6 +169,22 @@ class WebhookOutbox:
         self._range_query = self._event_columns.where(
             e.c.id.between(sa.bindparam("first"), sa.bindparam("last"))).order_by(e.c.id)
         metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring outbox tables created by an earlier version up to date (columns are only ever added)."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns(cursors.name)}
+        missing = [c for c in cursors.columns if c.name not in present]
+        if not missing:
+            return
+        quote = self.engine.dialect.identifier_preparer.quote
+        for column in missing:
+            kind = column.type.compile(dialect=self.engine.dialect)
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text(f"ALTER TABLE {quote(cursors.name)} ADD COLUMN {quote(column.name)} {kind}"))
+            except sa.exc.DBAPIError:  # pragma: no cover - another process added it at the same moment
+                pass
 
     # ------------------------------------------------------------------ cursors
     def cursor(self, subscription: str) -> int:
@@ -210,6 +229,82 @@ class WebhookOutbox:
                 conn.execute(cursors.insert().values(subscription=subscription, last_event_id=0, planned_at=now))
         except sa.exc.IntegrityError:
             pass  # another planner registered it first: same row, nothing to do
+
+    # ------------------------------------------------------------------ claims (several delivery processes)
+    def waiting(self, subscriptions: Iterable[str], now: datetime) -> dict[str, tuple[bool, bool]]:
+        """Per subscription: (events after its cursor, a delivery due now). Read-only, so an idle
+        delivery process polls without writing."""
+        names = list(subscriptions)
+        if not names:
+            return {}
+        now = _aware(now)
+        d = deliveries
+        with self.engine.connect() as conn:
+            newest = conn.execute(sa.select(sa.func.coalesce(sa.func.max(self.events_table.c.id), 0))).scalar_one()
+            planned = dict(conn.execute(sa.select(cursors.c.subscription, cursors.c.last_event_id)
+                                        .where(cursors.c.subscription.in_(names))).all())
+            due = set(conn.execute(sa.select(d.c.subscription).where(
+                d.c.subscription.in_(names), d.c.status.in_(_OPEN),
+                sa.or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= now)).distinct()).scalars())
+        return {n: (newest > planned.get(n, 0), n in due) for n in names}
+
+    def claim(self, subscriptions: Iterable[str], owner: str, now: datetime, lease_seconds: float, *,
+              gone: Iterable[str] = ()) -> list[str]:
+        """Claim the subscriptions no other delivery process is serving, for `lease_seconds`; return
+        those `owner` now holds.
+
+        The claim is per subscription, not per delivery, because a subscription's deliveries must
+        reach its receiver in order: one process at a time sends them, and several processes share
+        the subscriptions between them. PostgreSQL locks the free cursor rows `FOR UPDATE SKIP
+        LOCKED` (a process never waits for another's claim, it takes what is free); SQLite has one
+        writer at a time, so the conditional update below is atomic there. A process that dies
+        keeps its claim until the lease runs out; then another takes the subscription over.
+        `gone` names owners known to have ended (a dead process on this host): their claims are free.
+        """
+        names = list(dict.fromkeys(subscriptions))
+        if not names:
+            return []
+        now = _aware(now)
+        for name in names:
+            self._ensure_cursor(name, None)
+        c = cursors
+        free = sa.or_(c.c.claimed_by.is_(None), c.c.claimed_by.in_([owner, *gone]), c.c.claimed_until.is_(None),
+                      c.c.claimed_until < now)
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                names = list(conn.execute(sa.select(c.c.subscription).where(c.c.subscription.in_(names), free)
+                                          .with_for_update(skip_locked=True)).scalars())
+                if not names:
+                    return []
+            conn.execute(c.update().where(c.c.subscription.in_(names), free).values(
+                claimed_by=owner, claimed_until=now + timedelta(seconds=lease_seconds)))
+            return sorted(conn.execute(sa.select(c.c.subscription).where(c.c.subscription.in_(names),
+                                                                         c.c.claimed_by == owner)).scalars())
+
+    def renew(self, subscription: str, owner: str, now: datetime, lease_seconds: float) -> bool:
+        """Extend `owner`'s claim on a subscription; False if it no longer holds it (its lease ran out
+        and another process took the subscription over): it must stop sending."""
+        c = cursors
+        with self.engine.begin() as conn:
+            return conn.execute(c.update().where(c.c.subscription == subscription, c.c.claimed_by == owner).values(
+                claimed_until=_aware(now) + timedelta(seconds=lease_seconds))).rowcount == 1
+
+    def release(self, subscriptions: Iterable[str], owner: str) -> None:
+        """Give up `owner`'s claims, so another process may serve the subscriptions at once."""
+        names = list(subscriptions)
+        if not names:
+            return
+        c = cursors
+        with self.engine.begin() as conn:
+            conn.execute(c.update().where(c.c.subscription.in_(names), c.c.claimed_by == owner)
+                         .values(claimed_by=None, claimed_until=None))
+
+    def claims(self) -> dict[str, tuple[str, datetime]]:
+        """Subscription -> (process, until when) of the claims held now."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(cursors.c.subscription, cursors.c.claimed_by, cursors.c.claimed_until)
+                                .where(cursors.c.claimed_by.is_not(None))).all()
+        return {s: (by, _aware(until)) for s, by, until in rows}
 
     # ------------------------------------------------------------------ planning
     def plan(self, subscription_name: str, spec: WebhookSpec, now: datetime, *, limit: int = 1000) -> list[Delivery]:

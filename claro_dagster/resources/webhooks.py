@@ -22,7 +22,11 @@ or dead receiver never holds up another. `run_delivery_loop` is the long-running
 `claro webhooks serve`: one worker thread per subscription.
 
 Delivery is at least once: a sender killed after a receiver got a message but before the answer
-was recorded sends it again, with the same `webhook-id`. Run one delivery process per database.
+was recorded sends it again, with the same `webhook-id`. Several delivery processes may serve one
+database (`claro webhooks serve` on several hosts): each pass claims the subscriptions that have
+work and that no other process is serving (`WebhookOutbox.claim`: `FOR UPDATE SKIP LOCKED` on
+PostgreSQL, an atomic conditional update on SQLite, with a lease renewed while sending), so a
+delivery is sent by one process only and each subscription's deliveries stay in order.
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -160,6 +166,8 @@ class WebhookSender(dg.ConfigurableResource):
     timeout: float = Field(10.0, description="seconds to wait for a receiver's answer, per request")
     max_workers: int = Field(4, description="subscriptions served at the same time")
     max_attempts: int = Field(10, description="failed attempts before a delivery is dead-lettered")
+    lease_seconds: float = Field(30.0, description="how long a delivery process's claim on a subscription lasts "
+                                 "unless renewed (another process takes the subscription over after a crash)")
 
     _clients: dict[str, HttpClient] = PrivateAttr(default_factory=dict)
     _outboxes: Any = PrivateAttr(default_factory=weakref.WeakKeyDictionary)
@@ -226,35 +234,56 @@ class WebhookSender(dg.ConfigurableResource):
         for name in names:
             try:
                 signers[name] = self.secret(name, hooks[name])
-                if self._should_plan(outbox, name, hooks[name], clock()):
-                    report.planned += len(outbox.plan(name, hooks[name], clock(), limit=max(max_deliveries, 1)))
             except WebhookConfigError as exc:
                 report.errors[name] = str(exc)
                 log.error("%s", exc)
-            except Exception as exc:  # the database hiccuped: this subscription waits for the next call
-                report.errors[name] = f"planning failed: {exc}"
-                log.exception("webhook %r: planning failed", name)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"  # this pass, in this process
         try:
-            due = outbox.due(clock(), subscriptions=list(signers), limit=max_deliveries)
+            waiting = outbox.waiting(signers, clock())
+            should_plan = {n: self._should_plan(outbox, n, hooks[n], clock()) for n in signers}
+            wanted = [n for n in signers if waiting[n][1] or (should_plan[n] and (
+                waiting[n][0] or hooks[n].mode == "scheduled"))]
+            gone = [by for by, _ in outbox.claims().values() if _process_ended(by)] if wanted else []
+            claimed = outbox.claim(wanted, owner, clock(), self.lease_seconds, gone=gone)
         except Exception as exc:
-            report.errors["*"] = f"reading due deliveries failed: {exc}"
-            log.exception("reading due webhook deliveries failed")
+            report.errors["*"] = f"reading the outbox failed: {exc}"
+            log.exception("reading the webhook outbox failed")
             return report
-        groups: dict[str, list[Delivery]] = {}
-        for delivery in due:
-            groups.setdefault(delivery.subscription, []).append(delivery)
+        try:
+            for name in claimed:
+                try:
+                    if should_plan[name]:
+                        report.planned += len(outbox.plan(name, hooks[name], clock(), limit=max(max_deliveries, 1)))
+                except Exception as exc:  # the database hiccuped: this subscription waits for the next call
+                    report.errors[name] = f"planning failed: {exc}"
+                    log.exception("webhook %r: planning failed", name)
+            try:
+                due = outbox.due(clock(), subscriptions=claimed, limit=max_deliveries)
+            except Exception as exc:
+                report.errors["*"] = f"reading due deliveries failed: {exc}"
+                log.exception("reading due webhook deliveries failed")
+                return report
+            groups: dict[str, list[Delivery]] = {}
+            for delivery in due:
+                groups.setdefault(delivery.subscription, []).append(delivery)
 
-        def work(name: str) -> list[DeliveryOutcome]:
-            return self._send_in_order(outbox, name, hooks[name], signers[name], groups[name], clock, policy, report)
+            def work(name: str) -> list[DeliveryOutcome]:
+                return self._send_in_order(outbox, name, hooks[name], signers[name], groups[name], clock, policy,
+                                           report, owner)
 
-        if len(groups) == 1 or not _threads_share_database(outbox.engine):
-            for group in groups:
-                report.outcomes.extend(work(group))
-        elif groups:
-            with ThreadPoolExecutor(max_workers=min(self.max_workers, len(groups)),
-                                    thread_name_prefix="claro-webhooks") as pool:
-                for outcomes in pool.map(work, list(groups)):
-                    report.outcomes.extend(outcomes)
+            if len(groups) == 1 or not _threads_share_database(outbox.engine):
+                for group in groups:
+                    report.outcomes.extend(work(group))
+            elif groups:
+                with ThreadPoolExecutor(max_workers=min(self.max_workers, len(groups)),
+                                        thread_name_prefix="claro-webhooks") as pool:
+                    for outcomes in pool.map(work, list(groups)):
+                        report.outcomes.extend(outcomes)
+        finally:
+            try:
+                outbox.release(claimed, owner)
+            except Exception:  # the claims lapse at the end of their lease
+                log.exception("releasing webhook subscriptions %s failed", ", ".join(claimed))
         return report
 
     def _should_plan(self, outbox: WebhookOutbox, name: str, hook: WebhookSpec, now: datetime) -> bool:
@@ -270,7 +299,7 @@ class WebhookSender(dg.ConfigurableResource):
 
     def _send_in_order(self, outbox: WebhookOutbox, name: str, hook: WebhookSpec, signer: Webhook,
                        items: list[Delivery], clock: Callable[[], datetime], policy: RetryPolicy,
-                       report: DeliveryReport) -> list[DeliveryOutcome]:
+                       report: DeliveryReport, owner: str) -> list[DeliveryOutcome]:
         """Send one subscription's due deliveries in order; stop at the first failure.
 
         Successes are recorded in small groups (one transaction per MARK_EVERY deliveries or
@@ -280,11 +309,22 @@ class WebhookSender(dg.ConfigurableResource):
         outcomes: list[DeliveryOutcome] = []
         answered: list[tuple[int, int]] = []
         flushed = time.monotonic()
+        # The claim on the subscription is renewed before it could lapse during the next request, after
+        # recording what was answered: a process that took over never re-sends what this one delivered.
+        margin = timedelta(seconds=self.timeout + 5)
+        lease_until = clock() + timedelta(seconds=self.lease_seconds)
 
         try:
             client = self._client(name)
             rows: dict[int, list[tuple]] = {}
             for i, delivery in enumerate(items):
+                if lease_until - clock() < margin:
+                    outbox.mark_delivered_many(answered, clock())
+                    answered, flushed = [], time.monotonic()
+                    if not outbox.renew(name, owner, clock(), self.lease_seconds):
+                        log.warning("webhook %r: another delivery process took the subscription over", name)
+                        break
+                    lease_until = clock() + timedelta(seconds=self.lease_seconds)
                 if delivery.id not in rows:  # read the events of the next few deliveries at once
                     ahead, size = [], 0
                     for d in items[i:]:
@@ -360,6 +400,22 @@ class WebhookSender(dg.ConfigurableResource):
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
+
+
+def _process_ended(owner: str) -> bool:
+    """Whether the delivery process that made a claim (`host:pid:...`) ran on this host and has ended,
+    so a restarted process takes its subscriptions over at once instead of when the lease runs out."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists, owned by another user
+    return False
 
 
 def _threads_share_database(engine: Any) -> bool:
