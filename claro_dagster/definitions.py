@@ -129,7 +129,7 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     webserver_url = os.environ.get("CLARO_WEBSERVER_URL", "http://127.0.0.1:3000")
     if slack_configured(spec):
         resources["slack"] = SlackNotifier(token=dg.EnvVar(spec.notifications.slack_token_env),
-                                           webserver_url=webserver_url)
+                                           base_url=spec.notifications.slack_api_url, webserver_url=webserver_url)
     sensors += build_notification_sensors(spec, webserver_url)
     schedules = build_schedules(spec, {key: a for a in assets for key in a.keys})
     return dg.Definitions(assets=assets, sensors=sensors, schedules=schedules, resources=resources,

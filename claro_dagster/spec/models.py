@@ -230,11 +230,20 @@ class SlackCommandsSpec(SpecModel):
 
 class NotificationsSpec(SpecModel):
     slack_token_env: str | None = None
+    # Every Slack Web API call goes here: Slack's own, a Slack-compatible gateway, or a local test server.
+    slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL")
     # The channels the bot has been invited to; when listed, every route must use one of them.
     channels: list[str] = Field(default_factory=list)
     slack: list[SlackRoute] = Field(default_factory=list)
     slack_commands: SlackCommandsSpec = Field(default_factory=SlackCommandsSpec)
     webhooks: dict[str, WebhookSpec] = Field(default_factory=dict)
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1].strip("/")) == 0:
+            raise ValueError(f"{value!r} is not an http(s) URL; Slack's own is https://slack.com/api/")
+        return value if value.endswith("/") else value + "/"
 
 
 class ProjectSpec(SpecModel):

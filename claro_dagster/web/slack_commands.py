@@ -153,16 +153,21 @@ class GroupLookupError(Exception):
 class SlackUserGroups:
     """Members of Slack user groups, via `usergroups.users.list`, each kept for `ttl_seconds`."""
 
-    def __init__(self, token: Callable[[], str | None], *, base_url: str = SLACK_API_URL,
+    def __init__(self, token: Callable[[], str | None], *, base_url: str | Callable[[], str] = SLACK_API_URL,
                  ttl_seconds: float = GROUP_MEMBERS_TTL_SECONDS, timeout_seconds: int = 5,
                  clock: Callable[[], float] = time.monotonic):
         self.token = token
-        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self._base_url = base_url  # or a callable: the spec's `notifications.slack_api_url`, read when used
         self.ttl = ttl_seconds
         self.timeout = timeout_seconds
         self.clock = clock
         self._members: dict[str, tuple[float, frozenset[str]]] = {}  # group id -> (fetched at, user ids)
         self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        url = self._base_url() if callable(self._base_url) else self._base_url
+        return url if url.endswith("/") else url + "/"
 
     def members(self, group_id: str) -> frozenset[str]:
         now = self.clock()

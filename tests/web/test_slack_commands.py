@@ -442,14 +442,17 @@ def test_nobody_listed_means_nobody_and_a_star_means_everyone(launcher, store_ur
 def test_members_of_a_listed_user_group_may_use_the_command(launcher, store_url, monkeypatch):
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
     spec = make_spec(SlackCommandsSpec(run=[GROUP]), token_env="SLACK_BOT_TOKEN")
-    with FakeSlackAPI({GROUP: [USER, "U0SOMEONE"]}) as slack, \
-            make_client(launcher, store_url, spec, slack_api_url=f"{slack.url}/api/") as c:
-        assert answer(command(c, "run products export")).startswith("Launched `export`")
-        assert refused(answer(command(c, "run products export", user_id=OTHER)), "run", OTHER)
-        assert answer(command(c, "run products analyse")).startswith("Launched `analyse`")
-        # One lookup with the bot token, then the members are remembered for a minute.
-        assert slack.lookups() == [{"usergroup": [GROUP]}]
-        assert slack.requests[0].headers["Authorization"] == "Bearer xoxb-test"
+    with FakeSlackAPI({GROUP: [USER, "U0SOMEONE"]}) as slack:
+        # The lookup goes to the spec's notifications.slack_api_url (a Slack-compatible gateway, here local).
+        spec = spec.model_copy(update={"notifications": spec.notifications.model_copy(
+            update={"slack_api_url": f"{slack.url}/api/"})})
+        with make_client(launcher, store_url, spec) as c:
+            assert answer(command(c, "run products export")).startswith("Launched `export`")
+            assert refused(answer(command(c, "run products export", user_id=OTHER)), "run", OTHER)
+            assert answer(command(c, "run products analyse")).startswith("Launched `analyse`")
+            # One lookup with the bot token, then the members are remembered for a minute.
+            assert slack.lookups() == [{"usergroup": [GROUP]}]
+            assert slack.requests[0].headers["Authorization"] == "Bearer xoxb-test"
     assert launcher.launches == [("products", "export", None), ("products", "analyse", None)]
 
 
