@@ -570,6 +570,39 @@ class WebhookOutbox:
         return _delivery(row) if row is not None else None
 
 
+RUN_EVENTS: tuple[str, ...] = ("run.started", "run.completed", "run.failed")
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """A run as the outbox last recorded it (its newest `run.*` event)."""
+
+    run_id: str
+    status: str  # started | completed | failed (the event's)
+    at: datetime
+    payload: dict[str, Any]
+
+
+def recent_runs(store: Any, limit: int = 5) -> list[RecordedRun]:
+    """The last `limit` runs recorded in the outbox, newest first: what `/claro status` shows when the
+    Dagster webserver is down. Read through the indexed `change_set` column (`run:<run id>`)."""
+    e = store.t["events"]
+    # change_set >= 'run:' and < 'run;' is the prefix 'run:' as a range the index serves on both backends.
+    query = (sa.select(e.c.change_set, e.c.type, e.c.payload, _raw(e.c.at))
+             .where(e.c.change_set >= "run:", e.c.change_set < "run;", e.c.type.in_(RUN_EVENTS))
+             .order_by(e.c.id.desc()).limit(max(limit, 1) * 3 + 50))
+    runs: dict[str, RecordedRun] = {}
+    with store.engine.connect() as conn:
+        for change_set, event_type, payload, at in conn.execute(query):
+            run_id = change_set[len("run:"):]
+            if run_id not in runs:
+                runs[run_id] = RecordedRun(run_id, event_type.split(".", 1)[1], stored_time(at),
+                                           orjson.loads(payload) if payload else {})
+            if len(runs) >= limit:
+                break
+    return list(runs.values())
+
+
 def _delivery(r: Any) -> Delivery:
     return Delivery(r.id, r.subscription, r.webhook_id, tuple(orjson.loads(r.event_ids)), r.status, r.attempts,
                     _aware(r.next_attempt_at), r.last_status_code, r.last_error, _aware(r.created_at),
@@ -600,5 +633,5 @@ def _chunks(items: list, size: int = 500):
         yield items[i:i + size]
 
 
-__all__ = ["Delivery", "OutboxError", "RetryPolicy", "STATUSES", "WebhookOutbox", "event_matches", "stored_time",
-           "webhook_id"]
+__all__ = ["Delivery", "OutboxError", "RecordedRun", "RetryPolicy", "STATUSES", "WebhookOutbox", "event_matches",
+           "recent_runs", "stored_time", "webhook_id"]
