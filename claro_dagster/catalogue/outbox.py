@@ -565,6 +565,37 @@ class WebhookOutbox:
             return conn.execute(d.delete().where(d.c.status == "delivered",
                                                  d.c.delivered_at < _aware(delivered_before))).rowcount
 
+    def prune_events(self, before: datetime, subscriptions: Iterable[str]) -> int:
+        """Forget outbox events older than a date that no webhook subscription still needs; returns how many.
+
+        An event is still needed while a subscription has not planned it (its cursor is behind, or it has
+        never run: it starts at the beginning of the outbox) or while a delivery carrying it is not
+        delivered (pending, failed, or dead and retryable). Subscriptions no longer in the spec are not
+        waited for. History and rollback never read events.
+        """
+        names = list(subscriptions)
+        e, d = self.events_table, deliveries
+        with self.engine.begin() as conn:
+            keep_from: int | None = None  # the oldest event id still needed
+            if names:
+                planned = dict(conn.execute(sa.select(cursors.c.subscription, cursors.c.last_event_id)
+                                            .where(cursors.c.subscription.in_(names))).all())
+                keep_from = min(planned.get(n, 0) for n in names) + 1
+                for chunk in conn.execute(sa.select(d.c.event_ids).where(
+                        d.c.subscription.in_(names), d.c.status != "delivered")).scalars().partitions(500):
+                    firsts = [orjson.loads(ids)[0] for ids in chunk]
+                    keep_from = min([keep_from, *firsts])
+            # The newest event always stays: SQLite gives a new row the largest id + 1, so an emptied table
+            # would hand out ids again from 1, below every subscription's cursor.
+            newest = conn.execute(sa.select(sa.func.max(e.c.id))).scalar()
+            if newest is None:
+                return 0
+            keep_from = newest if keep_from is None else min(keep_from, newest)
+            query = e.delete().where(e.c.at < _aware(before))
+            if keep_from is not None:
+                query = query.where(e.c.id < keep_from)
+            return conn.execute(query).rowcount
+
     def _get(self, conn: sa.Connection, delivery_id: int) -> Delivery | None:
         row = conn.execute(sa.select(deliveries).where(deliveries.c.id == delivery_id)).first()
         return _delivery(row) if row is not None else None

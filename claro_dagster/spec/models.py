@@ -246,6 +246,20 @@ class NotificationsSpec(SpecModel):
         return value if value.endswith("/") else value + "/"
 
 
+class RetentionSpec(SpecModel):
+    """How long what only serves delivery and re-runs is kept; a daily schedule prunes what is older. `null`
+    keeps it forever. History, provenance, change sets, review decisions and batch records are never pruned
+    (rollback and `claro history` read them)."""
+
+    webhook_deliveries_days: int | None = Field(30, ge=1, description="delivered webhook deliveries (failed "
+                                                                          "and dead ones are kept)")
+    events_days: int | None = Field(90, ge=1, description="outbox events every webhook subscription has "
+                                                          "received")
+    stage_files_days: int | None = Field(14, ge=1, description="stage outputs (Parquet) of published batches")
+    batches_days: int | None = Field(90, ge=1, description="Dagster partitions of published batches")
+    cron: str = Field("30 3 * * *", description="when the daily prune runs (UTC)")
+
+
 class ProjectSpec(SpecModel):
     """The whole `claro.yaml`."""
 
@@ -258,6 +272,7 @@ class ProjectSpec(SpecModel):
     schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
     destinations: dict[str, DestinationSpec] = Field(default_factory=dict)
     notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
 
     def alert_routes(self) -> list[SlackRoute]:
         """The Slack routes of `notifications`, plus one per pipeline routing rule that names a channel
