@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ import sqlalchemy as sa
 
 from claro_dagster.catalogue.changes import StoreError
 from claro_dagster.spec.models import WebhookSpec
+
+log = logging.getLogger(__name__)
 
 STATUSES: tuple[str, ...] = ("pending", "delivered", "failed", "dead")
 _OPEN = ("pending", "failed")  # not delivered yet and still to be tried
@@ -91,6 +94,62 @@ deliveries = sa.Table(
     _ts("delivered_at"),
     sa.Index("ix_claro_webhook_deliveries_queue", "subscription", "status", "id"),
 )
+
+
+# Each event's webhook message (the single-event JSON body), rendered by the database as the event is
+# written (see `WebhookOutbox._install_renderer`), so sending reads finished bodies instead of
+# rendering every event again in Python: the delivery loop then costs little more than the POSTs.
+messages = sa.Table(
+    "claro_webhook_messages", metadata,
+    sa.Column("event_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("message", sa.Text, nullable=False),
+)
+
+RENDERER = "claro_webhook_message"  # the trigger (and on PostgreSQL its function)
+
+# SQLite: the JSON1 functions render the same object `build_payload` does: the payload's keys, then the
+# event's own (json_set overwrites a key in place, as dict.update does). Timestamps are stored as
+# 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC. A payload that is not a JSON object gets no message (the sender
+# renders it), so the trigger can never make a catalogue write fail.
+_SQLITE_RENDERER = f"""
+CREATE TRIGGER IF NOT EXISTS {RENDERER} AFTER INSERT ON claro_events
+WHEN CASE WHEN NEW.payload IS NULL THEN 1 WHEN json_valid(NEW.payload) THEN json_type(NEW.payload) = 'object'
+     ELSE 0 END
+BEGIN
+  INSERT OR REPLACE INTO claro_webhook_messages (event_id, message) VALUES (NEW.id,
+    '{{"type":' || json_quote(NEW.type) || ',"timestamp":"' || replace(NEW.at, ' ', 'T') || 'Z","data":'
+    || json_set(coalesce(NEW.payload, '{{}}'), '$.event_id', NEW.id, '$.catalogue', NEW.catalogue,
+                '$.record', NEW.record, '$.field', NEW.field, '$.change_set', NEW.change_set,
+                '$.proposal', NEW.proposal) || '}}');
+END
+"""
+
+# PostgreSQL: one statement-level trigger renders every row an INSERT (or COPY) wrote, set-based. jsonb
+# orders keys its own way: the same object, other bytes, rendered once and sent as stored. A payload
+# jsonb refuses (e.g. a NUL character in a string) leaves the whole statement to the sender's renderer.
+_POSTGRES_RENDERER = [f"""
+CREATE OR REPLACE FUNCTION {RENDERER}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  BEGIN
+    INSERT INTO claro_webhook_messages (event_id, message)
+    SELECT n.id, json_build_object(
+      'type', n.type,
+      'timestamp', to_char(n.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+      'data', coalesce(n.payload, '{{}}')::jsonb || jsonb_build_object(
+        'event_id', n.id, 'catalogue', n.catalogue, 'record', n.record, 'field', n.field,
+        'change_set', n.change_set, 'proposal', n.proposal))::text
+    FROM claro_new_events n
+    WHERE n.payload IS NULL OR left(ltrim(n.payload), 1) = '{{'
+    ON CONFLICT (event_id) DO UPDATE SET message = EXCLUDED.message;
+  EXCEPTION WHEN others THEN
+    NULL;
+  END;
+  RETURN NULL;
+END $$
+""", f"DROP TRIGGER IF EXISTS {RENDERER} ON claro_events", f"""
+CREATE TRIGGER {RENDERER} AFTER INSERT ON claro_events REFERENCING NEW TABLE AS claro_new_events
+FOR EACH STATEMENT EXECUTE FUNCTION {RENDERER}()
+"""]
 
 
 class OutboxError(StoreError):
@@ -168,8 +227,16 @@ class WebhookOutbox:
                                         e.c.proposal, e.c.payload, _raw(e.c.at))
         self._range_query = self._event_columns.where(
             e.c.id.between(sa.bindparam("first"), sa.bindparam("last"))).order_by(e.c.id)
+        m, in_range = messages, messages.c.event_id.between(sa.bindparam("first"), sa.bindparam("last"))
+        if self.engine.dialect.name == "postgresql":
+            self._rendered_range = sa.select(sa.func.count(), sa.func.string_agg(
+                m.c.message, sa.literal_column("',' ORDER BY event_id"))).where(in_range)
+        else:  # SQLite 3.40 has no ORDER BY inside group_concat: it joins in the order the subquery yields
+            inner = sa.select(m.c.message).where(in_range).order_by(m.c.event_id).subquery()
+            self._rendered_range = sa.select(sa.func.count(), sa.func.group_concat(inner.c.message, ","))
         metadata.create_all(self.engine)
         self._add_missing_columns()
+        self._install_renderer()
 
     def _add_missing_columns(self) -> None:
         """Bring outbox tables created by an earlier version up to date (columns are only ever added)."""
@@ -185,6 +252,36 @@ class WebhookOutbox:
                     conn.execute(sa.text(f"ALTER TABLE {quote(cursors.name)} ADD COLUMN {quote(column.name)} {kind}"))
             except sa.exc.DBAPIError:  # pragma: no cover - another process added it at the same moment
                 pass
+
+    def _install_renderer(self) -> None:
+        """Have the database render each event's webhook message as the event is written (once per database).
+
+        Events written before (or whose payload the database cannot render) have no message; the sender
+        renders those itself, to the same JSON."""
+        dialect = self.engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            return
+        with self.engine.connect() as conn:
+            if dialect == "sqlite":
+                present = conn.execute(sa.text("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = :n"),
+                                       {"n": RENDERER}).first()
+            else:
+                present = conn.execute(sa.text(
+                    "SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                    "WHERE t.tgname = :n AND c.oid = to_regclass('claro_events')"), {"n": RENDERER}).first()
+        if present:
+            return
+        try:
+            with self.engine.begin() as conn:
+                if dialect == "sqlite":
+                    conn.exec_driver_sql(_SQLITE_RENDERER)
+                else:
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(7243150518)"))  # one installer at a time
+                    for statement in _POSTGRES_RENDERER:
+                        conn.exec_driver_sql(statement)
+        except sa.exc.DBAPIError as exc:  # e.g. no right to create triggers: the sender renders every message
+            log.warning("webhook messages are rendered while sending (the database refused the trigger: %s)",
+                        str(exc).splitlines()[0])
 
     # ------------------------------------------------------------------ cursors
     def cursor(self, subscription: str) -> int:
@@ -388,8 +485,13 @@ class WebhookOutbox:
                 return ids, scanned, True
             if top - scanned == count:  # no gap: let the database filter
                 in_page = (e.c.id > scanned) & (e.c.id <= top)
-                types = wanted_types(list(conn.execute(sa.select(e.c.type).where(in_page).distinct()).scalars()))
-                if types:
+                present = list(conn.execute(sa.select(e.c.type).where(in_page).distinct()).scalars())
+                types = wanted_types(present)
+                if len(types) == len(present):  # every event of the page is wanted: its ids are a range
+                    ids.extend(range(scanned + 1, min(top, scanned + wanted - len(ids)) + 1))
+                    if len(ids) >= wanted:
+                        return ids, ids[-1], False
+                elif types:
                     found = conn.execute(sa.select(e.c.id).where(in_page, e.c.type.in_(types)).order_by(e.c.id)
                                          .limit(wanted - len(ids))).scalars().all()
                     ids.extend(found)
@@ -550,6 +652,43 @@ class WebhookOutbox:
                 delivery_id = owner.get(row[0])
                 if delivery_id is not None:
                     out[delivery_id].append(row)
+        return out
+
+    def rendered(self, items: Sequence[Delivery]) -> dict[int, bytes]:
+        """The database-rendered messages of each delivery's events, joined by commas in event order
+        (delivery id -> bytes), for the deliveries whose every event has one; the others are missing."""
+        out: dict[int, bytes] = {}
+        if not items:
+            return out
+        m = messages
+        postgres = self.engine.dialect.name == "postgresql"
+        with self.engine.connect() as conn:
+            singles = [d for d in items if len(d.event_ids) == 1]
+            if len(singles) > 1:  # per-change deliveries: one range read for all of them
+                owner = {d.first_event_id: d.id for d in singles}
+                first, last = min(owner), max(owner)
+                if last - first < 4 * len(owner) + 1000:
+                    for event_id, message in conn.execute(sa.select(m.c.event_id, m.c.message)
+                                                          .where(m.c.event_id.between(first, last))):
+                        if event_id in owner:
+                            out[owner[event_id]] = message.encode()
+                    items = [d for d in items if len(d.event_ids) != 1]
+            for d in items:
+                contiguous = len(d.event_ids) == d.last_event_id - d.first_event_id + 1
+                if contiguous:  # the common case: a range, with statements compiled once
+                    query, params = self._rendered_range, {"first": d.first_event_id, "last": d.last_event_id}
+                else:
+                    wanted = m.c.event_id.in_(d.event_ids)
+                    if postgres:
+                        query = sa.select(sa.func.count(), sa.func.string_agg(
+                            m.c.message, sa.literal_column("',' ORDER BY event_id"))).where(wanted)
+                    else:
+                        inner = sa.select(m.c.message).where(wanted).order_by(m.c.event_id).subquery()
+                        query = sa.select(sa.func.count(), sa.func.group_concat(inner.c.message, ","))
+                    params = {}
+                count, joined = conn.execute(query, params).one()
+                if count == len(d.event_ids) and joined is not None:
+                    out[d.id] = joined.encode()
         return out
 
     def events_of(self, delivery: Delivery) -> list[dict[str, Any]]:
