@@ -706,6 +706,7 @@ class WebhookOutbox:
 
     def prune_events(self, before: datetime, subscriptions: Iterable[str]) -> int:
         """Forget outbox events older than a date that no webhook subscription still needs; returns how many.
+        Their rendered messages go as soon as every subscription has received them.
 
         An event is still needed while a subscription has not planned it (its cursor is behind, or it has
         never run: it starts at the beginning of the outbox) or while a delivery carrying it is not
@@ -730,10 +731,10 @@ class WebhookOutbox:
             if newest is None:
                 return 0
             keep_from = newest if keep_from is None else min(keep_from, newest)
-            query = e.delete().where(e.c.at < _aware(before))
-            if keep_from is not None:
-                query = query.where(e.c.id < keep_from)
-            return conn.execute(query).rowcount
+            # Rendered messages serve delivery only: every subscription has those below keep_from, whatever
+            # their age.
+            conn.execute(messages.delete().where(messages.c.event_id < keep_from))
+            return conn.execute(e.delete().where(e.c.at < _aware(before), e.c.id < keep_from)).rowcount
 
     def _get(self, conn: sa.Connection, delivery_id: int) -> Delivery | None:
         row = conn.execute(sa.select(deliveries).where(deliveries.c.id == delivery_id)).first()

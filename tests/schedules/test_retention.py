@@ -80,6 +80,7 @@ def test_prune_removes_what_is_old_and_keeps_what_rollback_history_and_delivery_
     remaining = [e["id"] for e in store.events(limit=100)]
     assert report.events == 3 and remaining == list(waiting.event_ids)
     assert [e["id"] for e in outbox.events_of(waiting)] == list(waiting.event_ids)
+    assert set(outbox.rendered([waiting])) == {waiting.id}  # its rendered message too
     assert outbox.log(status="pending") == [waiting]
     # Rollback and history read nothing that was pruned; batch records stay for `claro batches`.
     assert store.history("products", "A1") == history_before
