@@ -229,11 +229,12 @@ class WebhookOutbox:
             e.c.id.between(sa.bindparam("first"), sa.bindparam("last"))).order_by(e.c.id)
         m, in_range = messages, messages.c.event_id.between(sa.bindparam("first"), sa.bindparam("last"))
         if self.engine.dialect.name == "postgresql":
-            self._rendered_range = sa.select(sa.func.count(), sa.func.string_agg(
-                m.c.message, sa.literal_column("',' ORDER BY event_id"))).where(in_range)
+            self._rendered_range = sa.select(sa.func.count(), _utf8(sa.func.string_agg(
+                m.c.message, sa.literal_column("',' ORDER BY event_id")), postgres=True)).where(in_range)
         else:  # SQLite 3.40 has no ORDER BY inside group_concat: it joins in the order the subquery yields
             inner = sa.select(m.c.message).where(in_range).order_by(m.c.event_id).subquery()
-            self._rendered_range = sa.select(sa.func.count(), sa.func.group_concat(inner.c.message, ","))
+            self._rendered_range = sa.select(sa.func.count(), _utf8(sa.func.group_concat(inner.c.message, ","),
+                                                                    postgres=False))
         metadata.create_all(self.engine)
         self._add_missing_columns()
         self._install_renderer()
@@ -440,10 +441,11 @@ class WebhookOutbox:
                                     .values(last_event_id=cursor, planned_at=now)).rowcount
             if advanced != 1:
                 return []  # another planner advanced the cursor first and planned these events
-            rows = [dict(subscription=subscription_name,
-                         webhook_id=webhook_id(subscription_name, ids[a], ids[b - 1], times[ids[a]]),
-                         event_ids=orjson.dumps(ids[a:b]).decode(), status="pending", attempts=0,
-                         next_attempt_at=now, created_at=now) for a, b in bounds]
+            carried = {webhook_id(subscription_name, ids[a], ids[b - 1], times[ids[a]]): tuple(ids[a:b])
+                       for a, b in bounds}
+            rows = [dict(subscription=subscription_name, webhook_id=w, event_ids=orjson.dumps(e).decode(),
+                         status="pending", attempts=0, next_attempt_at=now, created_at=now)
+                    for w, e in carried.items()]
             if not rows:
                 return []
             seen = set()
@@ -451,12 +453,14 @@ class WebhookOutbox:
                 seen.update(conn.execute(sa.select(deliveries.c.webhook_id)
                                          .where(deliveries.c.webhook_id.in_(chunk))).scalars())
             rows = [r for r in rows if r["webhook_id"] not in seen]  # planned before (cursor moved back)
-            if rows:
-                conn.execute(deliveries.insert(), rows)
-            created = []
-            for chunk in _chunks([r["webhook_id"] for r in rows]):
-                created.extend(conn.execute(sa.select(deliveries).where(deliveries.c.webhook_id.in_(chunk))))
-        return sorted((_delivery(r) for r in created), key=lambda d: d.id)
+            if not rows:
+                return []
+            # The new ids come back with the insert: the deliveries are built from what was written, not read again.
+            new_ids = conn.execute(deliveries.insert().returning(deliveries.c.id, sort_by_parameter_order=True),
+                                   rows).scalars().all()
+        return sorted((Delivery(i, subscription_name, r["webhook_id"], carried[r["webhook_id"]], "pending", 0, now,
+                                None, None, now, None) for i, r in zip(new_ids, rows, strict=True)),
+                      key=lambda d: d.id)
 
     def _scan(self, conn: sa.Connection, start: int, patterns: Sequence[str], wanted: int, now: datetime
               ) -> tuple[list[int], int, bool]:
@@ -680,15 +684,16 @@ class WebhookOutbox:
                 else:
                     wanted = m.c.event_id.in_(d.event_ids)
                     if postgres:
-                        query = sa.select(sa.func.count(), sa.func.string_agg(
-                            m.c.message, sa.literal_column("',' ORDER BY event_id"))).where(wanted)
+                        query = sa.select(sa.func.count(), _utf8(sa.func.string_agg(
+                            m.c.message, sa.literal_column("',' ORDER BY event_id")), postgres=True)).where(wanted)
                     else:
                         inner = sa.select(m.c.message).where(wanted).order_by(m.c.event_id).subquery()
-                        query = sa.select(sa.func.count(), sa.func.group_concat(inner.c.message, ","))
+                        query = sa.select(sa.func.count(), _utf8(sa.func.group_concat(inner.c.message, ","),
+                                                                 postgres=False))
                     params = {}
                 count, joined = conn.execute(query, params).one()
                 if count == len(d.event_ids) and joined is not None:
-                    out[d.id] = joined.encode()
+                    out[d.id] = bytes(joined)
         return out
 
     def events_of(self, delivery: Delivery) -> list[dict[str, Any]]:
@@ -778,6 +783,13 @@ def _delivery(r: Any) -> Delivery:
     return Delivery(r.id, r.subscription, r.webhook_id, tuple(orjson.loads(r.event_ids)), r.status, r.attempts,
                     _aware(r.next_attempt_at), r.last_status_code, r.last_error, _aware(r.created_at),
                     _aware(r.delivered_at))
+
+
+def _utf8(text: Any, *, postgres: bool) -> Any:
+    # The joined messages as bytes straight from the database: a 100 kB body is neither decoded nor encoded.
+    if postgres:
+        return sa.type_coerce(sa.func.convert_to(text, "UTF8"), sa.LargeBinary)
+    return sa.type_coerce(sa.cast(text, sa.LargeBinary), sa.LargeBinary)
 
 
 def _raw(column: sa.Column) -> Any:
