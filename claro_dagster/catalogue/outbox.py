@@ -109,12 +109,12 @@ RENDERER = "claro_webhook_message"  # the trigger (and on PostgreSQL its functio
 
 # SQLite: the JSON1 functions render the same object `build_payload` does: the payload's keys, then the
 # event's own (json_set overwrites a key in place, as dict.update does). Timestamps are stored as
-# 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC. A payload that is not a JSON object gets no message (the sender
-# renders it), so the trigger can never make a catalogue write fail.
+# 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC. Payloads are the writer's JSON objects (`dumps` of a dict); one
+# that is not an object gets no message (the sender renders it). The check is on the first character:
+# validating the JSON as well about doubled what the trigger costs a write (measured on 100,000 events).
 _SQLITE_RENDERER = f"""
 CREATE TRIGGER IF NOT EXISTS {RENDERER} AFTER INSERT ON claro_events
-WHEN CASE WHEN NEW.payload IS NULL THEN 1 WHEN json_valid(NEW.payload) THEN json_type(NEW.payload) = 'object'
-     ELSE 0 END
+WHEN NEW.payload IS NULL OR substr(NEW.payload, 1, 1) = '{{'
 BEGIN
   INSERT OR REPLACE INTO claro_webhook_messages (event_id, message) VALUES (NEW.id,
     '{{"type":' || json_quote(NEW.type) || ',"timestamp":"' || replace(NEW.at, ' ', 'T') || 'Z","data":'
