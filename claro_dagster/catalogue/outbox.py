@@ -32,6 +32,15 @@ A delivery that exhausts its attempts becomes `dead` (the dead-letter list) and 
 A subscription seen for the first time starts at the beginning of the outbox (its backlog is
 delivered); `seek()` moves its cursor, e.g. to the newest event so that only new events go out.
 
+Several delivery processes may share one database: each pass claims the subscriptions it serves
+(`claim`: `FOR UPDATE SKIP LOCKED` on PostgreSQL, an atomic conditional update on SQLite, with a
+lease in `claro_webhook_cursors.claimed_by/claimed_until`), so a delivery is sent by one process
+and a subscription's deliveries stay in order; the subscriptions are spread over the processes.
+
+Bodies: once the outbox exists, the database renders each event's message as the event is written
+(a trigger filling `claro_webhook_messages`), and a delivery's body is its messages joined in SQL;
+events written before that (or whose payload the database cannot render) are rendered by the sender.
+
 On PostgreSQL, event ids are allocated before their transaction commits, so a later id can
 become visible before an earlier one. Planning stops at a gap in the ids unless the event after
 the gap is older than `gap_grace_seconds` (then the gap is a rolled-back transaction), so an event
