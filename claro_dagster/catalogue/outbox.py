@@ -465,11 +465,10 @@ class WebhookOutbox:
             if not rows:
                 return []
             # The new ids come back with the insert: the deliveries are built from what was written, not read again.
-            new_ids = conn.execute(deliveries.insert().returning(deliveries.c.id, sort_by_parameter_order=True),
-                                   rows).scalars().all()
-        return sorted((Delivery(i, subscription_name, r["webhook_id"], carried[r["webhook_id"]], "pending", 0, now,
-                                None, None, now, None) for i, r in zip(new_ids, rows, strict=True)),
-                      key=lambda d: d.id)
+            # (Asking for them in parameter order would make SQLAlchemy insert row by row.)
+            new_ids = conn.execute(deliveries.insert().returning(deliveries.c.webhook_id, deliveries.c.id), rows).all()
+        return sorted((Delivery(i, subscription_name, w, carried[w], "pending", 0, now, None, None, now, None)
+                       for w, i in new_ids), key=lambda d: d.id)
 
     def _scan(self, conn: sa.Connection, start: int, patterns: Sequence[str], wanted: int, now: datetime
               ) -> tuple[list[int], int, bool]:
