@@ -246,7 +246,8 @@ class WebhookOutbox:
                                                                     postgres=False))
         metadata.create_all(self.engine)
         self._add_missing_columns()
-        self._install_renderer()
+        spec = getattr(store, "spec", None)
+        self._install_renderer(bool(spec is None or spec.notifications.webhooks))
 
     def _add_missing_columns(self) -> None:
         """Bring outbox tables created by an earlier version up to date (columns are only ever added)."""
@@ -263,8 +264,10 @@ class WebhookOutbox:
             except sa.exc.DBAPIError:  # pragma: no cover - another process added it at the same moment
                 pass
 
-    def _install_renderer(self) -> None:
-        """Have the database render each event's webhook message as the event is written (once per database).
+    def _install_renderer(self, wanted: bool) -> None:
+        """Have the database render each event's webhook message as the event is written (once per database),
+        while the spec has webhook subscriptions: without any, the trigger is removed, so writes cost nothing
+        extra (the daily retention job opens the outbox of every project).
 
         Events written before (or whose payload the database cannot render) have no message; the sender
         renders those itself, to the same JSON."""
@@ -279,6 +282,12 @@ class WebhookOutbox:
                 present = conn.execute(sa.text(
                     "SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
                     "WHERE t.tgname = :n AND c.oid = to_regclass('claro_events')"), {"n": RENDERER}).first()
+        if not wanted:
+            if present:
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {RENDERER}"
+                                         + (" ON claro_events" if dialect == "postgresql" else ""))
+            return
         if present:
             return
         try:

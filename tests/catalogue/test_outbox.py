@@ -430,3 +430,28 @@ def test_the_database_renders_each_event_as_the_sender_would_and_leaves_what_it_
     nul = events[-1]["id"]
     expected = {e["id"] for e in events} - ({nul} if store.engine.dialect.name == "postgresql" else set())
     assert set(rendered) == expected and single[0] in rendered
+
+
+def test_messages_are_rendered_only_while_the_spec_has_webhook_subscriptions(store, store_url):
+    """The retention job opens the outbox of every project: without subscriptions it must not make writes dearer."""
+    from claro_dagster.resources.webhooks import delivery_body
+
+    outbox = WebhookOutbox(store)
+    create(store, 2)
+    spec = hook("batched", max_batch=10, max_wait_seconds=0)
+    [first] = outbox.plan("erp", spec, now() + timedelta(minutes=1))
+    assert set(outbox.rendered([first])) == {first.id}
+    no_hooks = project()
+    no_hooks.notifications.webhooks.clear()
+    other = CatalogueStore(no_hooks, store_url)
+    WebhookOutbox(other)  # removes the renderer
+    create(store, 2, first=10)
+    [second] = outbox.plan("erp", spec, now() + timedelta(minutes=1))
+    assert outbox.rendered([second]) == {}
+    body = orjson.loads(delivery_body(outbox, second, "batched"))  # the sender renders it instead
+    assert [e["data"]["record"] for e in body["data"]["events"]] == ["SKU-0010", "SKU-0011"]
+    WebhookOutbox(store)  # subscriptions again: rendered again from the next event on
+    create(store, 1, first=20)
+    [third] = outbox.plan("erp", spec, now() + timedelta(minutes=1))
+    assert set(outbox.rendered([third])) == {third.id}
+    other.dispose()
