@@ -30,6 +30,7 @@ from claro_dagster.resources.catalogue import BatchFrameIOManager, CatalogueReso
 from claro_dagster.resources.s3 import S3Connection, source_resource_key
 from claro_dagster.resources.slack import SlackNotifier
 from claro_dagster.schedules import build_schedules
+from claro_dagster.schedules.retention import build_retention_schedule
 from claro_dagster.sensors.chaining import build_completion_sensor, build_review_checkpoint_sensor
 from claro_dagster.sensors.inbound import build_inbox_sensor, build_s3_sensor
 from claro_dagster.sensors.notifications import build_notification_sensors, slack_configured
@@ -133,9 +134,9 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     webserver_url = os.environ.get("CLARO_WEBSERVER_URL", "http://127.0.0.1:3000")
     if slack_configured(spec):
         resources["slack"] = SlackNotifier(token=dg.EnvVar(spec.notifications.slack_token_env),
-                                           webserver_url=webserver_url)
+                                           base_url=spec.notifications.slack_api_url, webserver_url=webserver_url)
     sensors += build_notification_sensors(spec, webserver_url)
-    schedules = build_schedules(spec, {key: a for a in assets for key in a.keys})
+    schedules = [*build_schedules(spec, {key: a for a in assets for key in a.keys}), build_retention_schedule(spec)]
     return dg.Definitions(assets=assets, sensors=sensors, schedules=schedules, resources=resources,
                           executor=dg.in_process_executor)
 

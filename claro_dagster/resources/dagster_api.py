@@ -1,14 +1,17 @@
-"""Dagster's own GraphQL API, as the web app and the CLI use it to launch and report runs."""
+"""Dagster's own GraphQL API, as the web app and the CLI use it to launch and report runs.
+
+Every call goes through `DagsterLauncher._call`, which turns the GraphQL client's errors (whose text
+repeats the whole query and its variables) into a sentence a person can act on: when the webserver
+does not answer, `WebserverUnreachable` says where it was expected and how to start it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from dagster_graphql import DagsterGraphQLClient
+from typing import Any
 
 from claro_dagster.catalogue.batches import BatchRegistry
 from claro_dagster.catalogue.store import CatalogueStore
-from claro_dagster.schedules.from_spec import target_keys
 from claro_dagster.spec.models import ProjectSpec
 
 ASSET_JOB = "__ASSET_JOB"  # Dagster's implicit job over every asset of a code location
@@ -16,29 +19,97 @@ RECENT_RUNS = """
 query RecentRuns($limit: Int!) {
   runsOrError(limit: $limit) { ... on Runs { results { runId status tags { key value } } } }
 }"""
+START_HINT = "Start it with `claro dev` (the Dagster webserver and daemon), then try again."
+
+
+class DagsterApiError(RuntimeError):
+    """Dagster answered, but could not do what was asked (its own words, never the raw query)."""
+
+
+class WebserverUnreachable(DagsterApiError):
+    """The Dagster webserver did not answer (not started, stopped, or a proxy in front of it failed)."""
+
+    def __init__(self, url: str, why: str):
+        self.url, self.why = url, why
+        super().__init__(f"The Dagster webserver at {url} is unreachable ({why}). {START_HINT}")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words (requests' messages nest the whole retry story)."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "it did not answer in time"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        text = str(exc).lower()
+        if "refused" in text:
+            return "connection refused: nothing listens on that port"
+        if "name or service not known" in text or "nodename nor servname" in text or "resolution" in text:
+            return "its host name does not resolve"
+        return "the connection failed"
+    return type(exc).__name__
+
+
+def explain(exc: Exception, url: str, what: str) -> DagsterApiError:
+    """The error to show for a failed GraphQL call (`what`: e.g. "launch export on products")."""
+    import requests
+    from gql.transport.exceptions import TransportQueryError, TransportServerError
+
+    causes = []
+    cause: BaseException | None = exc
+    while cause is not None and len(causes) < 10:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for c in causes:
+        if isinstance(c, requests.exceptions.RequestException):
+            return WebserverUnreachable(url, _reason(c))
+        if isinstance(c, TransportServerError):
+            return WebserverUnreachable(url, f"it answered HTTP {c.code}" if c.code else "it answered with an error")
+        if isinstance(c, TransportQueryError):
+            messages = [e.get("message", "") for e in (c.errors or []) if isinstance(e, dict)]
+            return DagsterApiError(f"Dagster could not {what}: {'; '.join(m for m in messages if m) or c}")
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    if "query" in text and "variables" in text:  # the client's generic wrapper: never show the query
+        text = type(causes[-1]).__name__
+    details = [str(a) for a in exc.args[1:2] if a]
+    return DagsterApiError(f"Dagster could not {what}: {text}" + (f" ({details[0]})" if details else ""))
 
 
 class DagsterLauncher:
     """Launches operations and pipelines as runs of a running Dagster (webserver + daemon) and reports them."""
 
     def __init__(self, spec_loader: Callable[[], ProjectSpec], store_factory: Callable[[ProjectSpec], CatalogueStore],
-                 host: str = "127.0.0.1", port: int = 3000):
+                 host: str = "127.0.0.1", port: int = 3000, *, timeout: int = 10):
+        from dagster_graphql import DagsterGraphQLClient
+
         self.spec_loader, self.store_factory = spec_loader, store_factory
-        self.client = DagsterGraphQLClient(host, port_number=port, use_https=False, timeout=10)
+        self.url = f"http://{host}:{port}"
+        self.client = DagsterGraphQLClient(host, port_number=port, use_https=False, timeout=timeout)
+
+    def _call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from dagster_graphql import DagsterGraphQLClientError
+
+        try:
+            return function(*args, **kwargs)
+        except DagsterGraphQLClientError as exc:
+            raise explain(exc, self.url, what) from None
 
     def launch(self, catalogue: str, target: str, filter: str | None) -> str:
+        from claro_dagster.schedules.from_spec import target_keys
+
         spec = self.spec_loader()
         keys = target_keys(spec, "slack", target if target in spec.pipelines else f"{catalogue}/{target}")
         run_config = {"ops": {"__".join(k.path): {"config": {"filter": filter}} for k in keys}} if filter else {}
         tags = {"claro/catalogue": catalogue, "claro/target": target, "claro/launched_by": "slack"}
         if filter:
             tags["claro/filter"] = filter
-        return self.client.submit_job_execution(ASSET_JOB, asset_selection=[k.path for k in keys],
-                                                run_config=run_config, tags=tags)
+        return self._call(f"launch {target} on {catalogue}", self.client.submit_job_execution, ASSET_JOB,
+                          asset_selection=[k.path for k in keys], run_config=run_config, tags=tags)
 
     def status(self, ref: str | None) -> str:
         if ref is None:
-            result = self.client._execute(RECENT_RUNS, {"limit": 5})  # the client has no public "recent runs"
+            # The client has no public "recent runs".
+            result = self._call("list recent runs", self.client._execute, RECENT_RUNS, {"limit": 5})
             runs = result["runsOrError"].get("results", [])
             return "\n".join(f"{r['runId'][:8]} {r['status'].lower()}" for r in runs) or "no runs yet"
         spec = self.spec_loader()
@@ -49,4 +120,4 @@ class DagsterLauncher:
             store.dispose()
         if batch is not None:
             return f"batch {batch.key} ({batch.filename}): {batch.status}: {batch.message or ''}"
-        return f"run {ref}: {self.client.get_run_status(ref).value.lower()}"
+        return f"run {ref}: {self._call(f'read run {ref}', self.client.get_run_status, ref).value.lower()}"

@@ -297,6 +297,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
             out.append((loc + ("cron",), "a webhook in 'scheduled' mode needs 'cron'"))
         if hook.cron is not None and (msg := _cron_problem(hook.cron)):
             out.append((loc + ("cron",), msg))
+    if msg := _cron_problem(spec.retention.cron):
+        out.append((("retention", "cron"), msg))
     return out
 
 

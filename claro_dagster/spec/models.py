@@ -230,11 +230,34 @@ class SlackCommandsSpec(SpecModel):
 
 class NotificationsSpec(SpecModel):
     slack_token_env: str | None = None
+    # Every Slack Web API call goes here: Slack's own, a Slack-compatible gateway, or a local test server.
+    slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL")
     # The channels the bot has been invited to; when listed, every route must use one of them.
     channels: list[str] = Field(default_factory=list)
     slack: list[SlackRoute] = Field(default_factory=list)
     slack_commands: SlackCommandsSpec = Field(default_factory=SlackCommandsSpec)
     webhooks: dict[str, WebhookSpec] = Field(default_factory=dict)
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1].strip("/")) == 0:
+            raise ValueError(f"{value!r} is not an http(s) URL; Slack's own is https://slack.com/api/")
+        return value if value.endswith("/") else value + "/"
+
+
+class RetentionSpec(SpecModel):
+    """How long what only serves delivery and re-runs is kept; a daily schedule prunes what is older. `null`
+    keeps it forever. History, provenance, change sets, review decisions and batch records are never pruned
+    (rollback and `claro history` read them)."""
+
+    webhook_deliveries_days: int | None = Field(30, ge=1, description="delivered webhook deliveries (failed "
+                                                                          "and dead ones are kept)")
+    events_days: int | None = Field(90, ge=1, description="outbox events every webhook subscription has "
+                                                          "received")
+    stage_files_days: int | None = Field(14, ge=1, description="stage outputs (Parquet) of published batches")
+    batches_days: int | None = Field(90, ge=1, description="Dagster partitions of published batches")
+    cron: str = Field("30 3 * * *", description="when the daily prune runs (UTC)")
 
 
 class ProjectSpec(SpecModel):
@@ -249,6 +272,7 @@ class ProjectSpec(SpecModel):
     schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
     destinations: dict[str, DestinationSpec] = Field(default_factory=dict)
     notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
 
     def alert_routes(self) -> list[SlackRoute]:
         """The Slack routes of `notifications`, plus one per pipeline routing rule that names a channel

@@ -31,7 +31,6 @@ from starlette.routing import BaseRoute, Route
 
 from claro_dagster.web.slack_commands import (
     DEFAULT_ACK_BUDGET_SECONDS,
-    SLACK_API_URL,
     Launcher,
     SlackCommands,
     SlackReply,
@@ -103,7 +102,7 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
                review_url: str | None = None, ack_budget_seconds: float = DEFAULT_ACK_BUDGET_SECONDS,
                clock: Callable[[], float] = time.time,
                post_followup: Callable[[str, SlackReply], None] | None = None,
-               slack_api_url: str = SLACK_API_URL) -> Starlette:
+               slack_api_url: str | None = None) -> Starlette:
     """Build the web app.
 
     spec_loader() returns the current `ProjectSpec`; store_factory(spec) opens a `CatalogueStore`
@@ -111,7 +110,8 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
     `signing_secret` or the `SLACK_SIGNING_SECRET` environment variable. `webserver_url` is the Dagster
     UI (for run links); `review_url` the review page (default: `/review` on this app). Who may use
     which command is the spec's `notifications.slack_commands`; user-group members are looked up at
-    `slack_api_url` with the bot token named by `notifications.slack_token_env`.
+    `slack_api_url` (default: the spec's `notifications.slack_api_url`) with the bot token named by
+    `notifications.slack_token_env`.
     """
     secret = signing_secret or os.environ.get(SIGNING_SECRET_ENV, "")
     verifier = SlackRequestVerifier(secret, clock=clock) if secret.strip() else None
@@ -123,7 +123,8 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
 
     commands = SlackCommands(spec_loader, store_factory, launcher, webserver_url=webserver_url,
                              review_url=review_url, ack_budget_seconds=ack_budget_seconds,
-                             post_followup=post_followup, groups=SlackUserGroups(bot_token, base_url=slack_api_url))
+                             post_followup=post_followup, groups=SlackUserGroups(bot_token, base_url=slack_api_url or (
+                                 lambda: spec_loader().notifications.slack_api_url)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

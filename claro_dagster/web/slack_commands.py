@@ -39,10 +39,13 @@ from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, R
 from slack_sdk.signature import Clock, SignatureVerifier
 from slack_sdk.webhook import WebhookClient
 
+from claro_dagster.catalogue.batches import BatchRegistry
 from claro_dagster.catalogue.filters import FilterError, compile_filter
+from claro_dagster.catalogue.outbox import recent_runs
 from claro_dagster.catalogue.review import ReviewQueue
 from claro_dagster.catalogue.schema import filter_columns
 from claro_dagster.catalogue.store import CatalogueStore
+from claro_dagster.resources.dagster_api import WebserverUnreachable
 from claro_dagster.spec.checks import SCHEDULABLE_OPERATIONS, unknown
 from claro_dagster.spec.models import ProjectSpec
 
@@ -57,6 +60,8 @@ SLACK_API_URL = "https://slack.com/api/"
 GROUP_MEMBERS_TTL_SECONDS = 60.0
 #: The commands the spec grants (`notifications.slack_commands.<command>`); `help` needs no grant.
 GRANTED_COMMANDS: tuple[str, ...] = ("run", "status", "review")
+STATUS_RUNS = 5  # runs and batches `/claro status` lists
+STATUS_BATCHES = 5
 
 
 class Launcher(Protocol):
@@ -67,7 +72,9 @@ class Launcher(Protocol):
         ...
 
     def status(self, ref: str | None) -> str:
-        """Human-readable status of a run id or a batch (recent runs when `ref` is None)."""
+        """Human-readable status of a run id or a batch (recent runs when `ref` is None).
+
+        Both methods raise `WebserverUnreachable` when Dagster's webserver does not answer."""
         ...
 
 
@@ -153,16 +160,21 @@ class GroupLookupError(Exception):
 class SlackUserGroups:
     """Members of Slack user groups, via `usergroups.users.list`, each kept for `ttl_seconds`."""
 
-    def __init__(self, token: Callable[[], str | None], *, base_url: str = SLACK_API_URL,
+    def __init__(self, token: Callable[[], str | None], *, base_url: str | Callable[[], str] = SLACK_API_URL,
                  ttl_seconds: float = GROUP_MEMBERS_TTL_SECONDS, timeout_seconds: int = 5,
                  clock: Callable[[], float] = time.monotonic):
         self.token = token
-        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self._base_url = base_url  # or a callable: the spec's `notifications.slack_api_url`, read when used
         self.ttl = ttl_seconds
         self.timeout = timeout_seconds
         self.clock = clock
         self._members: dict[str, tuple[float, frozenset[str]]] = {}  # group id -> (fetched at, user ids)
         self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        url = self._base_url() if callable(self._base_url) else self._base_url
+        return url if url.endswith("/") else url + "/"
 
     def members(self, group_id: str) -> frozenset[str]:
         now = self.clock()
@@ -221,6 +233,11 @@ def run_targets(spec: ProjectSpec, catalogue: str) -> list[str]:
     pipelines = [name for name, p in spec.pipelines.items() if p.catalogue == catalogue]
     destinations = [name for name, d in spec.destinations.items() if d.catalogue == catalogue]
     return [*pipelines, *SCHEDULABLE_OPERATIONS, *destinations]
+
+
+def _first_line(text: str | None, limit: int = 200) -> str:
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 def _link(url: str, label: str) -> str:
@@ -362,7 +379,56 @@ class SlackCommands:
         return SlackReply(f"Launched {where}: run {_link(url, run_id)}")
 
     def _status(self, ref: str | None) -> SlackReply:
-        return SlackReply(self.launcher.status(ref))
+        """Runs from Dagster when its webserver answers; otherwise the runs the outbox recorded. Batches and
+        the review queue always come from the catalogue store, so the answer never depends on Dagster."""
+        try:
+            live, down = self.launcher.status(ref), None
+        except WebserverUnreachable as exc:
+            live, down = None, exc
+        if ref is not None and live is not None:
+            return SlackReply(live)
+        spec = self.spec_loader()
+        store = self.store_factory(spec)
+        try:
+            if ref is not None:
+                return SlackReply(f"{down}\n{self._stored_status(store, ref)}")
+            lines = [f"_{down}_", "*Last runs recorded in the catalogue store*"] if down else ["*Recent runs*"]
+            lines += self._stored_runs(store) if down else [live]
+            batches = sorted(BatchRegistry(store).list(), key=lambda b: b.updated_at, reverse=True)[:STATUS_BATCHES]
+            lines.append("*Batches*")
+            lines += [f"• `{b.key}` ({b.filename}): {b.status}" + (f" at {b.stage}" if b.stage else "")
+                      + (f": {_first_line(b.message)}" if b.message else "") for b in batches] or ["no batches yet"]
+            counts = ReviewQueue(store).pending_counts()
+            total = sum(counts.values())
+            lines.append(f"*Review queue*: {total:,} change{'s' if total != 1 else ''} waiting"
+                         + (": " + ", ".join(f"{c} {n:,}" for c, n in counts.items() if n) if total else ""))
+        finally:
+            store.dispose()
+        return SlackReply("\n".join(lines))
+
+    def _stored_runs(self, store: CatalogueStore) -> list[str]:
+        runs = recent_runs(store, STATUS_RUNS)
+        if not runs:
+            return ["no runs recorded yet"]
+        out = []
+        for run in runs:
+            p = run.payload
+            what = p.get("pipeline") or p.get("job") or "run"
+            where = f" on {p['catalogue']}" if p.get("catalogue") else ""
+            batch = f" batch `{p['batch']}`" if p.get("batch") else ""
+            error = f": {_first_line(p.get('error'))}" if run.status == "failed" and p.get("error") else ""
+            out.append(f"• `{run.run_id[:8]}` {what}{where}{batch}: {run.status} {run.at:%Y-%m-%d %H:%M} UTC{error}")
+        return out
+
+    def _stored_status(self, store: CatalogueStore, ref: str) -> str:
+        batch = BatchRegistry(store).get(ref)
+        if batch is not None:
+            return f"batch {batch.key} ({batch.filename}): {batch.status}: {batch.message or ''}"
+        for run in recent_runs(store, 200):
+            if run.run_id.startswith(ref):
+                return f"Last recorded in the catalogue store: run {run.run_id[:8]} {run.status} " \
+                       f"{run.at:%Y-%m-%d %H:%M} UTC"
+        return f"The catalogue store has no batch or recent run `{ref}`."
 
     def _review(self, base_url: str) -> SlackReply:
         spec = self.spec_loader()

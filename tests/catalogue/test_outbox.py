@@ -11,12 +11,14 @@ import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 
 from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.catalogue.outbox import (
+    Delivery,
     OutboxError,
     RetryPolicy,
     WebhookOutbox,
@@ -392,3 +394,64 @@ def test_the_outbox_does_not_import_dagster():
     code = "import sys, claro_dagster.catalogue.outbox; print('dagster' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# ---------------------------------------------------------------------- messages rendered by the database
+def test_the_database_renders_each_event_as_the_sender_would_and_leaves_what_it_cannot_to_the_sender(store, outbox):
+    """Every kind of event (bulk-created records, updates whose payload repeats record and field, review
+    proposals, run events with nested values, text that needs escaping) gets a stored message that parses to
+    the same JSON `build_payload` renders; a value PostgreSQL's jsonb refuses (a NUL character) leaves the
+    write intact and the message to the sender."""
+    from claro_dagster.resources.webhooks import build_payload, delivery_body
+
+    create(store, 3)
+    store.apply(ChangeSet("edit-1", "products", "normalize", [
+        Change("SKU-0000", "price", 12.5, reason='quotes " and \\ backslash, é, 🦆, \u2028'),
+        Change("SKU-0001", "price", 99.0, 70, "needs a look")]))  # 70: queued for review (a proposal id)
+    store.append_event("run.completed", change_set="run:r-1", catalogue="products", payload={
+        "run_id": "r-1", "assets": ["products/records"], "counts": {"rows": 3}, "error": None, "score": 0.5})
+    store.append_event("run.failed", change_set="run:r-2", catalogue="products", payload={"error": "nul\x00 byte"})
+    events = store.events(limit=100)
+    types = [e["type"] for e in events]
+    assert {"change.applied", "change.queued_for_review", "run.completed", "run.failed"} <= set(types)
+    spec = hook("batched", events=("*",), max_batch=100, max_wait_seconds=0)
+    [delivery] = outbox.plan("all", spec, now() + timedelta(minutes=1))
+    assert list(delivery.event_ids) == [e["id"] for e in events]
+    python = orjson.loads(build_payload(delivery, outbox.event_rows(delivery), "batched"))
+    assert orjson.loads(delivery_body(outbox, delivery, "batched")) == python
+    single = [e["id"] for e in events if e["type"] == "run.completed"]
+    rendered = {}
+    for event_id in (e["id"] for e in events):
+        one = Delivery(delivery.id, "all", "msg", (event_id,), "pending", 0, None, None, None, now(), None)
+        body = outbox.rendered([one]).get(one.id)
+        if body is not None:
+            rendered[event_id] = body
+            assert orjson.loads(body) == orjson.loads(build_payload(one, outbox.event_rows(one), "per_change"))
+    nul = events[-1]["id"]
+    expected = {e["id"] for e in events} - ({nul} if store.engine.dialect.name == "postgresql" else set())
+    assert set(rendered) == expected and single[0] in rendered
+
+
+def test_messages_are_rendered_only_while_the_spec_has_webhook_subscriptions(store, store_url):
+    """The retention job opens the outbox of every project: without subscriptions it must not make writes dearer."""
+    from claro_dagster.resources.webhooks import delivery_body
+
+    outbox = WebhookOutbox(store)
+    create(store, 2)
+    spec = hook("batched", max_batch=10, max_wait_seconds=0)
+    [first] = outbox.plan("erp", spec, now() + timedelta(minutes=1))
+    assert set(outbox.rendered([first])) == {first.id}
+    no_hooks = project()
+    no_hooks.notifications.webhooks.clear()
+    other = CatalogueStore(no_hooks, store_url)
+    WebhookOutbox(other)  # removes the renderer
+    create(store, 2, first=10)
+    [second] = outbox.plan("erp", spec, now() + timedelta(minutes=1))
+    assert outbox.rendered([second]) == {}
+    body = orjson.loads(delivery_body(outbox, second, "batched"))  # the sender renders it instead
+    assert [e["data"]["record"] for e in body["data"]["events"]] == ["SKU-0010", "SKU-0011"]
+    WebhookOutbox(store)  # subscriptions again: rendered again from the next event on
+    create(store, 1, first=20)
+    [third] = outbox.plan("erp", spec, now() + timedelta(minutes=1))
+    assert set(outbox.rendered([third])) == {third.id}
+    other.dispose()

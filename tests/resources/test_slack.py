@@ -25,6 +25,7 @@ from http_fakes import RecordingServer, Request
 
 from claro_dagster.resources import slack
 from claro_dagster.resources.slack import Alert, SlackNotifier, build_messages, routes_for
+from claro_dagster.spec.loader import load_spec
 from claro_dagster.spec.models import NotificationsSpec, SlackRoute
 
 CONTRACTS = Path(__file__).resolve().parents[1] / "contracts" / "slack"
@@ -418,3 +419,23 @@ def test_in_a_dagster_run_the_token_comes_from_the_env_var_and_slack_trouble_doe
     assert [r.ok for r in reports] == [True, False]
     [post] = fake_slack.posts()
     assert post.headers["Authorization"] == "Bearer xoxb-from-env"
+
+
+# ---------------------------------------------------------------------------------- notifications.slack_api_url
+def test_the_code_location_sends_alerts_to_the_specs_slack_api_url(fake_slack, tmp_path, monkeypatch):
+    """`notifications.slack_api_url` (a Slack-compatible gateway, here a local server) is where the code
+    location's Slack resource posts; without it, Slack's own API."""
+    from claro_dagster.definitions import build_definitions
+
+    monkeypatch.setenv("CLARO_TEST_SLACK_TOKEN", "xoxb-from-env")
+    spec_path = tmp_path / "claro.yaml"
+    text = ("catalogues:\n  products: {key: sku, attributes: {sku: {type: text}}}\n"
+            "notifications:\n  slack_token_env: CLARO_TEST_SLACK_TOKEN\n  slack: [{channel: '#p'}]\n")
+    spec_path.write_text(text + f"  slack_api_url: {fake_slack.url}/api\n")
+    defs = build_definitions(spec_path, tmp_path / "home")
+    resource = defs.resources["slack"]
+    assert resource.base_url == fake_slack.base_url
+    report = resource.notify(load_spec(spec_path).notifications, alert())
+    assert report.ok and [p.json()["channel"] for p in fake_slack.posts()] == ["#p"]
+    spec_path.write_text(text)
+    assert build_definitions(spec_path, tmp_path / "home").resources["slack"].base_url == "https://slack.com/api/"

@@ -459,3 +459,67 @@ def test_a_delivery_process_killed_mid_batch_loses_nothing_and_resends_with_the_
     assert [m["id"] for m in messages].count(held) >= 1  # the message cut off by the kill was sent again
     assert len(bodies) == 40
     assert outbox.counts("erp") == {"pending": 0, "delivered": 40, "failed": 0, "dead": 0}
+
+
+# ---------------------------------------------------------------------- three delivery processes on one store
+SERVE = """
+import os, sys, threading
+from claro_dagster.catalogue.store import CatalogueStore
+from claro_dagster.resources.webhooks import WebhookSender, run_delivery_loop
+from claro_dagster.spec.models import ProjectSpec
+spec = ProjectSpec.model_validate_json(os.environ["CLARO_TEST_SPEC"])
+store = CatalogueStore(spec, os.environ["CLARO_TEST_STORE"])
+stop = threading.Event()
+def until_stdin_closes():
+    sys.stdin.read()
+    stop.set()
+threading.Thread(target=until_stdin_closes, daemon=True).start()
+print("ready", flush=True)
+run_delivery_loop(store, spec, stop, 0.05, sender=WebhookSender(timeout=30), max_deliveries=7)
+"""
+
+
+def test_three_delivery_processes_on_one_store_send_every_delivery_exactly_once(receiver, store_url):
+    """Three `claro webhooks serve` processes share one store (SQLite file, then the real PostgreSQL):
+    each delivery reaches its receiver once, none is missing, and each subscription's events arrive in order."""
+    names = [f"sub{i}" for i in range(6)]
+    spec = project(**{n: hook(receiver.url + f"/{n}", "per_change" if i % 2 else "batched", max_batch=3,
+                              max_wait_seconds=0) for i, n in enumerate(names)})
+    store = CatalogueStore(spec, store_url)
+    WebhookOutbox(store)  # the outbox tables exist before the processes race to create them
+    env = {**os.environ, "CLARO_TEST_SPEC": spec.model_dump_json(), "CLARO_TEST_STORE": store_url,
+           SECRET_ENV: SECRET}
+    processes = [subprocess.Popen([sys.executable, "-c", SERVE], env=env, cwd=REPO, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    try:
+        for p in processes:
+            assert p.stdout.readline().strip() == b"ready", p.stderr.read().decode()[-2000:]
+        for first in range(0, 120, 30):  # four change sets while the three processes poll
+            create(store, 30, first)
+        wait_until(lambda: all(len(set(receiver.event_ids(f"/{n}"))) == 120 for n in names)
+                   or any(p.poll() is not None for p in processes), timeout=240,
+                   what="every event to reach every subscription")
+        assert all(p.poll() is None for p in processes)
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.stdin.close()
+        for p in processes:
+            try:
+                p.wait(timeout=60)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+    errors = [p.stderr.read().decode() for p in processes]
+    assert all(p.returncode == 0 for p in processes), errors
+    outbox = WebhookOutbox(store)
+    stored = {d.webhook_id: d for d in outbox.log(limit=10_000)}
+    assert all(d.status == "delivered" for d in stored.values())
+    for n in names:
+        ids = [m["id"] for m in receiver.at(f"/{n}")]
+        assert len(ids) == len(set(ids)), f"{n}: a delivery was sent twice"
+        assert set(ids) == {w for w, d in stored.items() if d.subscription == n}  # none missing
+        assert receiver.event_ids(f"/{n}") == sorted(receiver.event_ids(f"/{n}"))  # in order
+    assert all(m["error"] is None for m in receiver.messages)
+    assert outbox.claims() == {}  # every process gave its subscriptions back
+    store.dispose()

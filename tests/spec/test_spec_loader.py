@@ -166,6 +166,21 @@ def test_webhook_without_secret_env(write) -> None:
     ]
 
 
+def test_slack_api_url_defaults_to_slacks_own_and_must_be_an_http_url(write) -> None:
+    base = """
+        catalogues:
+          products: {key: sku, attributes: {sku: {type: text}}}
+        notifications:
+          slack_token_env: SLACK_BOT_TOKEN
+        """
+    assert load_spec(write(base)).notifications.slack_api_url == "https://slack.com/api/"
+    gateway = load_spec(write(base + "  slack_api_url: http://127.0.0.1:8070/api\n"))
+    assert gateway.notifications.slack_api_url == "http://127.0.0.1:8070/api/"
+    assert errors(write(base + "  slack_api_url: slack.example/api\n")) == [
+        "claro.yaml:5 notifications.slack_api_url: 'slack.example/api' is not an http(s) URL; Slack's own is "
+        "https://slack.com/api/"]
+
+
 def test_bound_and_type_errors(write) -> None:
     path = write("""
         catalogues:
@@ -295,7 +310,7 @@ def test_top_level_not_a_mapping(write) -> None:
     path = write("- products\n- suppliers\n")
     assert errors(path) == [
         "claro.yaml:1: the top level must be a mapping of sections (name, catalogues, thresholds, "
-        "reviewers, sources, pipelines, schedules, destinations, notifications), got a list"
+        "reviewers, sources, pipelines, schedules, destinations, notifications, retention), got a list"
     ]
 
 

@@ -346,8 +346,55 @@ def test_a_slow_launch_is_acknowledged_in_time_and_the_run_id_follows_on_respons
 # ---------------------------------------------------------------------------------------------- status, review
 def test_status_with_and_without_a_reference(client, launcher):
     assert answer(command(client, "status 4f1d2c3b")) == "Run 4f1d2c3b: SUCCESS"
-    assert answer(command(client, "status")) == "Recent runs: run-0001 SUCCESS"
+    assert answer(command(client, "status")) == ("*Recent runs*\nRecent runs: run-0001 SUCCESS\n*Batches*\n"
+                                                 "no batches yet\n*Review queue*: 0 changes waiting")
     assert launcher.statuses == ["4f1d2c3b", None]
+
+
+# ---------------------------------------------------------------------------------------------- Dagster is down
+def test_with_the_webserver_down_commands_say_so_and_status_answers_from_the_store(store_url, closed_port):
+    """The real launcher against a port nothing listens on: `run` says the webserver is unreachable and how to
+    start it (never a GraphQL query); `status` lists the runs the outbox recorded, the batches and the queue."""
+    from claro_dagster.catalogue.batches import BatchRegistry
+    from claro_dagster.resources.dagster_api import DagsterLauncher
+
+    spec = make_spec()
+    store = CatalogueStore(spec, store_url)
+    store.import_records("products", pd.DataFrame({"sku": ["A1", "B2"], "title": ["Mug", "Cup"]}),
+                         change_set_id="import-1")
+    store.apply(ChangeSet("enrich-1", "products", "enrich", [Change("A1", "title", "Mug XL", 70, "longer")]))
+    batches = BatchRegistry(store)
+    batches.register("acme-2026-12-01-abc", catalogue="products", source="acme", filename="acme.csv", uri="/in/x")
+    batches.set_status("acme-2026-12-01-abc", "halted", stage="batch_validated",
+                       message="23 of 500 rows failed validation\nrow 12: price")
+    run = "4f1d2c3b-aaaa-bbbb-cccc-0123456789ab"
+    for event, extra in (("run.started", {}), ("run.failed", {"error": "batch_validated: 23 rows failed"})):
+        store.append_event(event, change_set=f"run:{run}", catalogue="products", payload={
+            "run_id": run, "job": "products_onboarding", "status": event.split(".")[1], "catalogue": "products",
+            "pipeline": "products_onboarding", "batch": "acme-2026-12-01-abc", **extra})
+    store.dispose()
+    launcher = DagsterLauncher(lambda: spec, lambda s: CatalogueStore(s, store_url), port=closed_port, timeout=2)
+    down = (f"The Dagster webserver at http://127.0.0.1:{closed_port} is unreachable (connection refused: nothing "
+            "listens on that port). Start it with `claro dev` (the Dagster webserver and daemon), then try again.")
+    with make_client(launcher, store_url, spec) as c:
+        assert answer(command(c, "run products export")) == f"Could not launch `export` on `products`: {down}"
+        status = answer(command(c, "status"))
+        assert status.splitlines() == [
+            f"_{down}_",
+            "*Last runs recorded in the catalogue store*",
+            status.splitlines()[2],
+            "*Batches*",
+            "• `acme-2026-12-01-abc` (acme.csv): halted at batch_validated: 23 of 500 rows failed validation",
+            "*Review queue*: 1 change waiting: products 1"]
+        assert status.splitlines()[2].startswith("• `4f1d2c3b` products_onboarding on products batch "
+                                                 "`acme-2026-12-01-abc`: failed ")
+        assert status.splitlines()[2].endswith(" UTC: batch_validated: 23 rows failed")
+        by_run = answer(command(c, "status 4f1d2c3b"))
+        assert by_run.startswith(f"{down}\nLast recorded in the catalogue store: run 4f1d2c3b failed ")
+        by_batch = answer(command(c, "status acme-2026-12-01-abc"))
+        assert by_batch.startswith("batch acme-2026-12-01-abc (acme.csv): halted")
+    for text in (status, by_run):
+        assert "query" not in text.lower() and "variables" not in text
 
 
 def test_review_counts_pending_changes_per_catalogue_with_a_link(client, store_url):
@@ -417,7 +464,7 @@ def test_a_user_the_spec_does_not_name_is_refused_politely_and_the_refusal_is_lo
             make_client(launcher, store_url, spec) as c:
         assert refused(answer(command(c, "run products export")), "run")  # answer() checks it is ephemeral
         assert answer(command(c, "run products export", user_id=OTHER)).startswith("Launched `export`")
-        assert answer(command(c, "status")) == "Recent runs: run-0001 SUCCESS"
+        assert "Recent runs: run-0001 SUCCESS" in answer(command(c, "status"))
         assert refused(answer(command(c, "status", user_id=OTHER)), "status", OTHER)
         assert "/claro run" in answer(command(c, "help", user_id=OTHER))  # help is for everyone
     assert launcher.launches == [("products", "export", None)]
@@ -435,21 +482,24 @@ def test_nobody_listed_means_nobody_and_a_star_means_everyone(launcher, store_ur
             assert refused(answer(command(c, verb)), verb.split()[0])
     assert launcher.launches == [] and launcher.statuses == []
     with make_client(launcher, store_url, make_spec(SlackCommandsSpec(status=["*"]))) as c:
-        assert answer(command(c, "status", user_id=OTHER)) == "Recent runs: run-0001 SUCCESS"
+        assert "Recent runs: run-0001 SUCCESS" in answer(command(c, "status", user_id=OTHER))
         assert refused(answer(command(c, "run products export", user_id=OTHER)), "run", OTHER)
 
 
 def test_members_of_a_listed_user_group_may_use_the_command(launcher, store_url, monkeypatch):
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
     spec = make_spec(SlackCommandsSpec(run=[GROUP]), token_env="SLACK_BOT_TOKEN")
-    with FakeSlackAPI({GROUP: [USER, "U0SOMEONE"]}) as slack, \
-            make_client(launcher, store_url, spec, slack_api_url=f"{slack.url}/api/") as c:
-        assert answer(command(c, "run products export")).startswith("Launched `export`")
-        assert refused(answer(command(c, "run products export", user_id=OTHER)), "run", OTHER)
-        assert answer(command(c, "run products analyse")).startswith("Launched `analyse`")
-        # One lookup with the bot token, then the members are remembered for a minute.
-        assert slack.lookups() == [{"usergroup": [GROUP]}]
-        assert slack.requests[0].headers["Authorization"] == "Bearer xoxb-test"
+    with FakeSlackAPI({GROUP: [USER, "U0SOMEONE"]}) as slack:
+        # The lookup goes to the spec's notifications.slack_api_url (a Slack-compatible gateway, here local).
+        spec = spec.model_copy(update={"notifications": spec.notifications.model_copy(
+            update={"slack_api_url": f"{slack.url}/api/"})})
+        with make_client(launcher, store_url, spec) as c:
+            assert answer(command(c, "run products export")).startswith("Launched `export`")
+            assert refused(answer(command(c, "run products export", user_id=OTHER)), "run", OTHER)
+            assert answer(command(c, "run products analyse")).startswith("Launched `analyse`")
+            # One lookup with the bot token, then the members are remembered for a minute.
+            assert slack.lookups() == [{"usergroup": [GROUP]}]
+            assert slack.requests[0].headers["Authorization"] == "Bearer xoxb-test"
     assert launcher.launches == [("products", "export", None), ("products", "analyse", None)]
 
 

@@ -1,0 +1,38 @@
+"""Dagster's GraphQL API as the web app uses it: errors a person can act on, never the raw query."""
+
+from __future__ import annotations
+
+import pytest
+
+from claro_dagster.catalogue.store import CatalogueStore
+from claro_dagster.resources.dagster_api import DagsterApiError, DagsterLauncher, WebserverUnreachable
+from claro_dagster.spec.models import AttributeSpec, CatalogueSpec, ProjectSpec
+
+SPEC = ProjectSpec(catalogues={"products": CatalogueSpec(key="sku", attributes={"sku": AttributeSpec(type="text")})})
+
+
+def launcher(port: int, tmp_path) -> DagsterLauncher:
+    return DagsterLauncher(lambda: SPEC, lambda s: CatalogueStore(s, f"sqlite:///{tmp_path / 'c.db'}"), port=port,
+                           timeout=2)
+
+
+def test_nothing_listening_is_unreachable_with_how_to_start_it(closed_port, tmp_path):
+    for call in (lambda d: d.launch("products", "export", None), lambda d: d.status(None),
+                 lambda d: d.status("4f1d2c3b")):
+        with pytest.raises(WebserverUnreachable) as info:
+            call(launcher(closed_port, tmp_path))
+        assert str(info.value) == (
+            f"The Dagster webserver at http://127.0.0.1:{closed_port} is unreachable (connection refused: nothing "
+            "listens on that port). Start it with `claro dev` (the Dagster webserver and daemon), then try again.")
+
+
+def test_a_failing_proxy_is_unreachable_and_graphql_errors_are_dagsters_words(http_server, tmp_path):
+    http_server.answer((502, {}, b"Bad Gateway"))
+    with pytest.raises(WebserverUnreachable, match=r"unreachable \(it answered HTTP 502\)\. Start it with `claro dev`"):
+        launcher(http_server.port, tmp_path).status(None)
+    http_server.answer((200, {}, {"errors": [{"message": 'Cannot query field "runsOrError" on type "Query".'}]}))
+    with pytest.raises(DagsterApiError) as info:
+        launcher(http_server.port, tmp_path).status(None)
+    assert not isinstance(info.value, WebserverUnreachable)
+    assert str(info.value) == 'Dagster could not list recent runs: Cannot query field "runsOrError" on type "Query".'
+    assert "query RecentRuns" not in str(info.value)
