@@ -486,8 +486,9 @@ def run(export_format: Annotated[str, typer.Option("--export-format", help="Form
         console.print(f"  [{colour}]{b.status:<11}[/{colour}] {b.filename}: {b.message or ''}", highlight=False)
         console.print(f"              batch {b.key}", style="dim", highlight=False)
     for catalogue, report in summary.reports.items():
-        console.print(f"{catalogue}: {report.records} records, quality score {report.score:.1f}/100, "
-                      f"{len(report.critical)} critical issue(s); export: {summary.exports[catalogue]}")
+        quality = (f"{report.records} records, quality score {report.score:.1f}/100, {report.critical} critical "
+                   "issue(s)") if report else "analyse failed (see its run in `claro dev`)"
+        console.print(f"{catalogue}: {quality}; export: {summary.exports[catalogue] or 'failed'}", highlight=False)
     for dest, outcome in summary.destinations.items():
         console.print(f"destination {dest}: {outcome}")
     for name, outcome in summary.chained.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -37,6 +38,9 @@ from claro_dagster.sensors.notifications import build_notification_sensors, slac
 from claro_dagster.spec import default_spec_path, load_spec
 from claro_dagster.spec.models import ProjectSpec
 
+if TYPE_CHECKING:  # what `define_asset_job` returns (Dagster does not export the class)
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
 
 def onboarding_pipelines(spec: ProjectSpec) -> dict[str, str]:
     """catalogue -> the pipeline that onboards batches into it (one per catalogue: its stage assets are
@@ -57,12 +61,38 @@ def op_config(keys: list[dg.AssetKey], filter: str | None) -> dict:
     return {"ops": {"__".join(k.path): {"config": {"filter": filter}} for k in keys}} if filter else {}
 
 
+def inbound_sensor_name(source_name: str, kind: str) -> str:
+    """The sensor that receives a source's files (`<source>_<kind>`): its run keys say what was received."""
+    return f"{source_name}_{kind}"
+
+
+def operation_job_name(catalogue: str, operation: str) -> str:
+    """The job of one catalogue operation or destination (`products_analyse`), as the UI lists its runs."""
+    return f"{catalogue}_{operation}"
+
+
+def destinations_job_name(pipeline_name: str) -> str:
+    """The job (and sensor) syncing an onboarding pipeline's configured destinations after each batch."""
+    return f"{pipeline_name}_destinations"
+
+
 def build_definitions(spec_path: Path | None = None, home: Path | None = None) -> dg.Definitions:
     spec_path = Path(spec_path or default_spec_path()).resolve()
     home = Path(home or default_home()).resolve()
     spec = load_spec(spec_path)
     claro = CatalogueResource(spec_path=str(spec_path), home=str(home), database_url=database_url_setting())
     assets, sensors = [], []
+    # Every run, whoever starts it (`claro run`, a sensor, the UI), is a run of a job named after its pipeline or
+    # operation, so the UI, the command line and Slack name it the same way.
+    jobs: dict[str, UnresolvedAssetJobDefinition] = {}
+
+    def job(name: str, selection: list[dg.AssetKey], description: str, **kwargs) -> UnresolvedAssetJobDefinition:
+        if name in jobs:
+            raise ValueError(f"two jobs would be named {name!r} (a pipeline's name is also '<catalogue>_<operation>' "
+                             "or '<pipeline>_destinations' of another): rename the pipeline in the spec")
+        jobs[name] = dg.define_asset_job(name, selection=selection, description=description, **kwargs)
+        return jobs[name]
+
     resources: dict[str, object] = {
         "claro": claro,
         "batch_frames": BatchFrameIOManager(base_dir=str(home / "stages")),
@@ -79,12 +109,18 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
             assets.append(asset)
             resources[destination_resource_key(dest_name)] = destination_resource(dest)
             destinations[dest_name] = asset.key
+            job(operation_job_name(dest.catalogue, dest_name), [asset.key], f"Sync {dest.catalogue} to {dest_name}")
         return destinations[dest_name]
 
     for catalogue in spec.catalogues:
         records = [dg.AssetKey([catalogue, "records"])] if catalogue in onboarding else []
-        assets += [build_analyse(catalogue, records), build_export(catalogue, records),
-                   build_validate(catalogue, records)]
+        operations = [build_analyse(catalogue, records), build_export(catalogue, records),
+                      build_validate(catalogue, records)]
+        assets += operations
+        for operation in operations:
+            job(operation_job_name(catalogue, operation.key.path[-1]), [operation.key],
+                f"{operation.key.to_user_string()}: {operation.descriptions_by_key[operation.key]}",
+                tags={"claro/catalogue": catalogue})
     for catalogue, pipeline_name in onboarding.items():
         pipeline = spec.pipelines[pipeline_name]
         partitions = batches_partitions(catalogue)
@@ -95,16 +131,18 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
         assets += build_onboarding(pipeline_name, pipeline, partitions, s3_resources=s3_keys)
         stages = [dg.AssetKey([catalogue, s]) for s in stages_of(pipeline)]
         published = stages[-1]  # records, or the review checkpoint after it
+        batch_job = job(pipeline_name, stages, pipeline.description or f"Onboard a batch into {catalogue}",
+                        partitions_def=partitions, tags={"claro/pipeline": pipeline_name, "claro/catalogue": catalogue})
         for source_name in pipeline.sources:
             source = spec.sources[source_name]
             if source.kind in INBOX_KINDS:  # upload: files dropped by `claro upload` (or the portal)
                 sensors.append(build_inbox_sensor(
-                    f"{source_name}_{source.kind}", source_name, claro.inbox_dir(source_name), target=stages,
-                    partitions_def=partitions, min_age_seconds=1.0))
+                    inbound_sensor_name(source_name, source.kind), source_name, claro.inbox_dir(source_name),
+                    target=batch_job, partitions_def=partitions, min_age_seconds=1.0))
             elif source.kind == "s3":
                 resources[s3_keys[source_name]] = S3Connection(endpoint_url_env=source.endpoint_url_env)
-                sensors.append(build_s3_sensor(f"{source_name}_s3", source_name, source.bucket, source.prefix,
-                                               target=stages, partitions_def=partitions,
+                sensors.append(build_s3_sensor(inbound_sensor_name(source_name, "s3"), source_name, source.bucket,
+                                               source.prefix, target=batch_job, partitions_def=partitions,
                                                resource_key=s3_keys[source_name]))
         if pipeline.review_checkpoint:
             sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published))
@@ -114,23 +152,25 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
         targets = [k for k in (destination(d, [published]) for d in pipeline.destinations) if k is not None
                    and k.path[-1] in configured]
         if targets:
-            sensors.append(build_completion_sensor(
-                f"{pipeline_name}_destinations", published, targets, run_config={},
-                tags={"claro/pipeline": pipeline_name, "claro/catalogue": catalogue},
-                description=f"Syncs {', '.join(configured)} after each batch {catalogue} publishes"))
+            name = destinations_job_name(pipeline_name)
+            description = f"Syncs {', '.join(configured)} after each batch {catalogue} publishes"
+            tags = {"claro/pipeline": pipeline_name, "claro/catalogue": catalogue}
+            sensors.append(build_completion_sensor(name, published, targets, run_config={}, tags=tags,
+                                                   description=description,
+                                                   job=job(name, targets, description, tags=tags)))
     for pipeline_name, pipeline in spec.pipelines.items():
         if pipeline.after is None:
             continue
         watched = dg.AssetKey([pipeline.after.catalogue, pipeline.after.operation])
         operations = [dg.AssetKey([pipeline.catalogue, op]) for op in pipeline.operations]
         targets = operations + [k for k in (destination(d, []) for d in pipeline.destinations) if k is not None]
+        description = (f"Runs {', '.join(k.to_user_string() for k in targets)} whenever {watched.to_user_string()} "
+                       "completes" + (f", for records where {pipeline.filter}" if pipeline.filter else ""))
+        tags = {"claro/pipeline": pipeline_name, "claro/catalogue": pipeline.catalogue,
+                **({"claro/filter": pipeline.filter} if pipeline.filter else {})}
         sensors.append(build_completion_sensor(
-            pipeline_name, watched, targets, run_config=op_config(targets, pipeline.filter),
-            tags={"claro/pipeline": pipeline_name, "claro/catalogue": pipeline.catalogue,
-                  **({"claro/filter": pipeline.filter} if pipeline.filter else {})},
-            description=f"Runs {', '.join(k.to_user_string() for k in targets)} whenever "
-                        f"{watched.to_user_string()} completes" + (f", for records where {pipeline.filter}"
-                                                                   if pipeline.filter else "")))
+            pipeline_name, watched, targets, run_config=op_config(targets, pipeline.filter), tags=tags,
+            description=description, job=job(pipeline_name, targets, description, tags=tags)))
     webserver_url = os.environ.get("CLARO_WEBSERVER_URL", "http://127.0.0.1:3000")
     if slack_configured(spec):
         resources["slack"] = SlackNotifier(token=dg.EnvVar(spec.notifications.slack_token_env),
@@ -138,7 +178,7 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     sensors += build_notification_sensors(spec, webserver_url)
     schedules = [*build_schedules(spec, {key: a for a in assets for key in a.keys}), build_retention_schedule(spec)]
     return dg.Definitions(assets=assets, sensors=sensors, schedules=schedules, resources=resources,
-                          executor=dg.in_process_executor)
+                          jobs=list(jobs.values()), executor=dg.in_process_executor)
 
 
 @dg.definitions

@@ -4,28 +4,38 @@ Both are sensors that only look and decide. Each run they request has a run key 
 answers (a materialization, or a batch and its checkpoint), so it is launched exactly once.
 """
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from claro_dagster.catalogue.batches import BatchRegistry
 from claro_dagster.catalogue.review import DECIDED, OPEN, ReviewQueue
 from claro_dagster.resources.catalogue import CatalogueResource
 
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
 AWAITING_REVIEW = "awaiting_review"
 
 
-def build_completion_sensor(name: str, watched: dg.AssetKey, targets: list[dg.AssetKey], *, run_config: dict,
-                            tags: dict[str, str], description: str,
-                            minimum_interval_seconds: int = 10) -> dg.SensorDefinition:
-    """Request a run of `targets` after every materialization of `watched` (any batch of it)."""
+def completion_run_key(name: str, run_id: str, partition: str | None) -> str:
+    """The run key of completion sensor `name` answering the materialization of `watched` in run `run_id`."""
+    return f"{name}:{run_id}:{partition or ''}"
 
-    job = dg.define_asset_job(f"{name}_job", selection=targets, description=description)
+
+def build_completion_sensor(name: str, watched: dg.AssetKey, targets: list[dg.AssetKey], *, run_config: dict,
+                            tags: dict[str, str], description: str, minimum_interval_seconds: int = 10,
+                            job: "UnresolvedAssetJobDefinition | None" = None) -> dg.SensorDefinition:
+    """Request a run of `targets` (as `job`, default `<name>_job`) after every materialization of `watched`."""
+
+    job = job or dg.define_asset_job(f"{name}_job", selection=targets, description=description)
 
     @dg.asset_sensor(name=name, asset_key=watched, job=job, default_status=dg.DefaultSensorStatus.RUNNING,
                      minimum_interval_seconds=minimum_interval_seconds, description=description)
     def _completion(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
         partition = asset_event.dagster_event.partition if asset_event.dagster_event else None
         # One materialization per (run, partition): that pair names the completion this run answers.
-        return dg.RunRequest(run_key=f"{name}:{asset_event.run_id}:{partition or ''}", run_config=run_config,
+        return dg.RunRequest(run_key=completion_run_key(name, asset_event.run_id, partition), run_config=run_config,
                              tags={**tags, "claro/after": watched.to_user_string(),
                                    **({"claro/after_batch": partition} if partition else {})})
 

@@ -56,6 +56,12 @@ def _new_partitions(
     return [partitions_def.build_add_request(new)] if new else []
 
 
+def inbox_run_key(inbox: Inbox, key: str) -> str:
+    """The run key of the next receipt of batch `key` from `inbox` (see the module docstring)."""
+    settled = inbox.times_settled(key)
+    return key if not settled else f"{key}:{settled + 1}"
+
+
 def build_inbox_sensor(
     name: str,
     source_name: str,
@@ -101,9 +107,8 @@ def build_inbox_sensor(
             if key in keys:  # same name and content in two sub-folders: one batch
                 continue
             keys.append(key)
-            settled = inbox.times_settled(key)
             requests.append(dg.RunRequest(
-                run_key=key if not settled else f"{key}:{settled + 1}",
+                run_key=inbox_run_key(inbox, key),
                 partition_key=key,
                 tags={TAG_SOURCE: source_name, TAG_URI: str(item.path.resolve()),
                       TAG_VERSION: item.version, TAG_BATCH: key},
