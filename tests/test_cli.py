@@ -130,6 +130,22 @@ def test_run_publishes_the_inbox_files_and_queues_contradictions(prepared):
     assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == []  # both moved to processed/
 
 
+def test_run_is_in_the_instance_claro_dev_shows_with_its_progress_on_stderr(prepared):
+    import dagster as dg
+
+    from claro_dagster.local import instance_for
+
+    result = prepared.run
+    assert "claro run: 2 of 2 batches" in result.stderr  # the plain progress line: stderr is not a terminal
+    with instance_for(prepared.project.home) as instance:
+        runs = instance.get_runs()
+        assert sorted(run.job_name for run in runs) == ["products_analyse", "products_export", "products_onboarding",
+                                                        "products_onboarding"]
+        analysed = instance.get_latest_materialization_event(dg.AssetKey(["products", "analyse"]))
+    score = analysed.asset_materialization.metadata["score"].value
+    assert f"products: 4 records, quality score {score:.1f}/100" in result.stdout
+
+
 def test_rerun_repeats_one_stage_of_a_batch_and_changes_nothing(project):
     with project.store() as store:
         batch = _batch_of(store, FIRST_FILE)
