@@ -500,17 +500,21 @@ def run(export_format: Annotated[str, typer.Option("--export-format", help="Form
 @app.command()
 def dev(port: Annotated[int, typer.Option(help="Port of the Dagster UI.")] = 3000,
         host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1") -> None:
-    """Start the Dagster UI and daemon on this project, with its sensors running."""
-    import subprocess
-
+    """Start the Dagster UI and daemon on this project, with its sensors running; links point at this port.
+    Ctrl-C or TERM stops everything it started."""
+    from claro_dagster.dev import link_url, recorded_webserver, supervise
     from claro_dagster.local import dev_environment, seed_demo_inboxes
 
     claro = _claro()
     seed_demo_inboxes(claro)
-    env = dev_environment(claro.home_dir, Path(claro.spec_path))
-    console.print(f"Dagster UI on http://{host}:{port} (instance in {env['DAGSTER_HOME']})")
-    raise typer.Exit(subprocess.call(["dagster", "dev", "-m", "claro_dagster.definitions", "-h", host,
-                                      "-p", str(port)], env=env))
+    url = link_url(host, port)
+    env = dev_environment(claro.home_dir, Path(claro.spec_path), webserver_url=url)
+    console.print(f"Dagster UI on {url} (instance in {env['DAGSTER_HOME']}); Slack, webhook and slash-command "
+                  "links point there", highlight=False)
+    with recorded_webserver(claro.home_dir, url):
+        code = supervise([sys.executable, "-m", "dagster", "dev", "-m", "claro_dagster.definitions", "-h", host,
+                          "-p", str(port)], env)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -566,10 +570,12 @@ def schedules(format: FormatOption = "table") -> None:
 @app.command()
 def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080,
           host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-          dagster_port: Annotated[int, typer.Option(help="Port of the running Dagster UI (`claro dev`).")] = 3000
+          dagster_port: Annotated[int | None, typer.Option(
+              help="Port of the running Dagster UI (default: the running `claro dev`'s, else 3000).")] = None
           ) -> None:
     """Start the web app (Slack slash commands, launching runs through Dagster's API) and deliver webhooks."""
     import threading
+    from urllib.parse import urlsplit
 
     import uvicorn
 
@@ -580,7 +586,10 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
     def store_factory(spec):
         return open_store(spec, home=home_dir())
 
-    launcher = DagsterLauncher(ctx.spec, store_factory, port=dagster_port)
+    from claro_dagster.dev import webserver_url
+
+    dagster_url = f"http://127.0.0.1:{dagster_port}" if dagster_port else webserver_url(home_dir())
+    launcher = DagsterLauncher(ctx.spec, store_factory, port=dagster_port or urlsplit(dagster_url).port or 3000)
     stop = threading.Event()
     if ctx.spec().notifications.webhooks:
         from claro_dagster.resources.webhooks import WebhookConfigError, WebhookSender, run_delivery_loop
@@ -594,7 +603,7 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
                              name="webhooks").start()
             console.print(f"delivering webhooks to {', '.join(ctx.spec().notifications.webhooks)}")
     try:
-        uvicorn.run(create_app(ctx.spec, store_factory, launcher, webserver_url=f"http://127.0.0.1:{dagster_port}"),
+        uvicorn.run(create_app(ctx.spec, store_factory, launcher, webserver_url=dagster_url),
                     host=host, port=port)
     finally:
         stop.set()

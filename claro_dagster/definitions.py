@@ -10,7 +10,6 @@ never reads ./claro.yaml, and a broken spec fails where the definitions are aske
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,7 @@ from claro_dagster.assets.catalogue_ops import (
 )
 from claro_dagster.assets.onboarding import INBOX_KINDS, batches_partitions, build_onboarding, stages_of
 from claro_dagster.catalogue.schema import default_home
+from claro_dagster.dev import webserver_url as dev_webserver_url
 from claro_dagster.resources.catalogue import BatchFrameIOManager, CatalogueResource, database_url_setting
 from claro_dagster.resources.s3 import S3Connection, source_resource_key
 from claro_dagster.resources.slack import SlackNotifier
@@ -171,7 +171,7 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
         sensors.append(build_completion_sensor(
             pipeline_name, watched, targets, run_config=op_config(targets, pipeline.filter), tags=tags,
             description=description, job=job(pipeline_name, targets, description, tags=tags)))
-    webserver_url = os.environ.get("CLARO_WEBSERVER_URL", "http://127.0.0.1:3000")
+    webserver_url = dev_webserver_url(home)  # where links point: $CLARO_WEBSERVER_URL, set by `claro dev --port`
     if slack_configured(spec):
         resources["slack"] = SlackNotifier(token=dg.EnvVar(spec.notifications.slack_token_env),
                                            base_url=spec.notifications.slack_api_url, webserver_url=webserver_url)

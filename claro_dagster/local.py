@@ -22,12 +22,13 @@ from claro_dagster.definitions import (
     op_config,
     operation_job_name,
 )
+from claro_dagster.dev import WEBSERVER_URL_ENV, webserver_url
 from claro_dagster.progress import progress as progress_bar
 from claro_dagster.resources.catalogue import CatalogueResource
 from claro_dagster.resources.inbox import Inbox
 from claro_dagster.sensors.chaining import completion_run_key
 from claro_dagster.sensors.inbound import TAG_BATCH, TAG_SOURCE, TAG_URI, TAG_VERSION, inbox_run_key
-from claro_dagster.sensors.notifications import default_webserver_url, record_run
+from claro_dagster.sensors.notifications import record_run
 from claro_dagster.spec import DEMO_DIR
 
 REPO_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster.yaml"
@@ -145,7 +146,7 @@ def announce_run(defs: dg.Definitions, instance: dg.DagsterInstance, result: dg.
     slack = defs.resources.get("slack")
     if slack is not None:  # its token is an EnvVar, which Dagster resolves only for runs: resolve it here
         slack = slack.process_config_and_initialize()
-    record_run(instance, result.dagster_run, claro.store, claro.spec, default_webserver_url(), slack=slack)
+    record_run(instance, result.dagster_run, claro.store, claro.spec, webserver_url(claro.home_dir), slack=slack)
 
 
 def run_batch(defs: dg.Definitions, instance: dg.DagsterInstance, batch: Batch,
@@ -308,8 +309,11 @@ def run_destinations(defs: dg.Definitions, instance: dg.DagsterInstance, pipelin
         summary.destinations[dest_name] = "synced" if synced else FAILED
 
 
-def dev_environment(home: Path, spec_path: Path) -> dict[str, str]:
-    """Environment for `dagster dev` on this project: the shared instance and the same home and spec."""
+def dev_environment(home: Path, spec_path: Path, webserver_url: str | None = None) -> dict[str, str]:
+    """Environment for `dagster dev` on this project: the shared instance, the same home and spec, and the address
+    of its UI (`webserver_url`), which every link its daemon and code servers make points at."""
     env = dict(os.environ)
     env.update(DAGSTER_HOME=str(dagster_home(home)), CLARO_HOME=str(home), CLARO_SPEC=str(spec_path))
+    if webserver_url:
+        env[WEBSERVER_URL_ENV] = webserver_url
     return env
