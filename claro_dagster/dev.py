@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -109,6 +110,7 @@ def stop_group(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
             break
         time.sleep(0.1)
     else:
+        print(f"claro dev: processes still running {grace:.0f} s after the interrupt were killed", file=sys.stderr)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):

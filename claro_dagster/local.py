@@ -228,9 +228,9 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
             pipeline = spec.pipelines[pipeline_name]
             for source, item in waiting[catalogue]:
                 batch = receive(claro, source, item.path, item.version)
-                batches.advance(1)
                 if batch.published:  # the same file again: nothing new in it
                     acknowledge_duplicate(claro, batch, item.path)
+                    batches.advance(1)
                     continue
                 progress(f"{catalogue}: batch {batch.key} ({item.name})")
                 kind = spec.sources[source].kind
@@ -239,6 +239,7 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
                                       inbox_run_key(Inbox(claro.inbox_dir(source)), batch.key))}
                 result = run_batch(defs, instance, batch, quiet=True, notify=False, tags=tags)
                 record(result)
+                batches.advance(1)
                 raw = metadata(result, dg.AssetKey([catalogue, "batch_raw"]))
                 done = registry.get(batch.key)
                 summary.batches.append(done)
