@@ -190,7 +190,7 @@ def test_chained_pipelines_review_checkpoint_and_halt(dagster_stack: DagsterStac
     assert tags["claro/after_batch"] == skey
     assert tags["dagster/sensor_name"] == REVALIDATION
     assert tags["dagster/run_key"].startswith(f"{REVALIDATION}:")
-    assert reval["jobName"] == f"{REVALIDATION}_job"
+    assert reval["jobName"] == REVALIDATION  # the job is named after its pipeline
     assert steps_of(reval) == {"products__validate": "SUCCESS"}
     meta = metadata_of(validate_mat)
     assert meta["filter"] == ACTIVE, meta  # the record filter reached the op through the run config
