@@ -11,14 +11,22 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import requests
-from cli_project import REPO, WEBHOOK_SECRET_ENV, claro_command, write_spec
+from cli_project import FIRST, FIRST_FILE, REPO, WEBHOOK_SECRET_ENV, claro, claro_command, write_spec
 
 from claro_dagster.definitions import build_definitions
 from claro_dagster.dev import DEFAULT_WEBSERVER_URL, link_url, recorded_webserver, supervise, webserver_url
-from claro_dagster.local import dev_environment, receive, run_batch
+from claro_dagster.local import dev_environment, instance_for, receive, run_batch
 from claro_dagster.sensors.notifications import SENSOR_COMPLETED
 from claro_dagster.spec import DEMO_DIR
-from tests.e2e.harness import free_port, processes_with_env, wait_until
+from tests.e2e.harness import (
+    LOCATION,
+    REPOSITORY,
+    RUNS,
+    SENSOR_TICKS,
+    free_port,
+    processes_with_env,
+    wait_until,
+)
 
 SUPPLIERS = DEMO_DIR / "inbox" / "suppliers" / "suppliers.csv"
 
@@ -98,20 +106,42 @@ def test_supervise_returns_the_exit_code_of_what_it_runs(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ end to end
+RECHECK = "products_recheck"  # a chained pipeline: its completion sensor answers each publication of products
+
+
+def graphql(http: requests.Session, url: str, query: str, **variables) -> dict:
+    body = http.post(f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60).json()
+    assert not body.get("errors"), body["errors"]
+    return body["data"]
+
+
 @pytest.mark.e2e
-@pytest.mark.timeout(300)
-def test_term_stops_the_webserver_daemon_and_code_servers_of_claro_dev(tmp_path):
+@pytest.mark.timeout(400)
+def test_claro_dev_after_claro_run_repeats_nothing_and_term_stops_all_it_started(tmp_path):
     home, log = tmp_path / "home", tmp_path / "claro-dev.log"
-    home.mkdir()
+    (home / "inbox" / "shop").mkdir(parents=True)
     spec = write_spec(tmp_path / "claro.yaml")
+    spec.write_text(spec.read_text().replace("    error_budget: 0.5\n", f"""    error_budget: 0.5
+  {RECHECK}:
+    catalogue: products
+    after: {{catalogue: products, operation: records}}
+    operations: [validate]
+""", 1))
+    (home / "inbox" / "shop" / FIRST_FILE).write_text(FIRST, encoding="utf-8")
+    ran = claro("run", home=home, spec=spec)
+    assert ran.returncode == 0 and f"chained pipeline {RECHECK}: done" in ran.stdout, ran.stdout + ran.stderr
+    with instance_for(home) as instance:
+        by_claro_run = sorted(run.job_name for run in instance.get_runs())
+    assert by_claro_run == sorted(["products_onboarding", "products_analyse", "products_export", RECHECK])
+
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLARO_", "DAGSTER_"))}
     env.update(CLARO_HOME=str(home), CLARO_SPEC=str(spec), PYTHONPATH=str(REPO), **{WEBHOOK_SECRET_ENV: "secret"})
     marker = f"DAGSTER_HOME={home / 'dagster'}"  # in the environment of every process `claro dev` starts
     with log.open("w") as out:
-        claro = subprocess.Popen([*claro_command(), "dev", "--port", str(port)], env=env, cwd=home, stdout=out,
-                                 stderr=subprocess.STDOUT)
+        claro_dev = subprocess.Popen([*claro_command(), "dev", "--port", str(port)], env=env, cwd=home, stdout=out,
+                                     stderr=subprocess.STDOUT)
     http = requests.Session()
     http.trust_env = False
 
@@ -121,8 +151,13 @@ def test_term_stops_the_webserver_daemon_and_code_servers_of_claro_dev(tmp_path)
         return answers and len(started) >= 4, started  # dagster dev, webserver, daemon, code server(s)
 
     def alive():
-        if claro.poll() is not None:
-            raise AssertionError(f"claro dev exited with {claro.returncode}:\n{log.read_text()}")
+        if claro_dev.poll() is not None:
+            raise AssertionError(f"claro dev exited with {claro_dev.returncode}:\n{log.read_text()}")
+
+    def ticked(sensor: str):
+        selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": sensor}
+        ticks = graphql(http, url, SENSOR_TICKS, selector=selector, limit=5)["sensorOrError"]["sensorState"]["ticks"]
+        return any(t["status"] != "STARTED" for t in ticks), ticks
 
     try:
         started = wait_until(up, 180, what="claro dev's UI and its processes", guard=alive, details=log.read_text)
@@ -131,13 +166,22 @@ def test_term_stops_the_webserver_daemon_and_code_servers_of_claro_dev(tmp_path)
             assert f"CLARO_WEBSERVER_URL={url}".encode() in environ, pid
         assert webserver_url(home) == url  # other shells' `claro run` and `claro serve` link there too
 
-        claro.send_signal(signal.SIGTERM)
-        wait_until(lambda: (claro.poll() is not None and not processes_with_env(marker), processes_with_env(marker)),
+        # The daemon ticks the sensors: the chained pipeline's asks for what `claro run` already ran, and gets nothing
+        [tick, *_] = wait_until(lambda: ticked(RECHECK), 120, what=f"a tick of {RECHECK}", guard=alive,
+                                details=log.read_text)
+        assert tick["runKeys"] and tick["runIds"] == [], tick
+        wait_until(lambda: ticked("shop_csv_inbox"), 60, what="a tick of the inbox sensor", guard=alive)
+        runs = graphql(http, url, RUNS, tags=[])["runsOrError"]["results"]
+        assert sorted(run["jobName"] for run in runs) == by_claro_run  # no run repeated
+
+        claro_dev.send_signal(signal.SIGTERM)
+        wait_until(lambda: (claro_dev.poll() is not None and not processes_with_env(marker),
+                            processes_with_env(marker)),
                    10, what="every process claro dev started to stop within 10 s", details=log.read_text)
-        assert claro.returncode == 0, log.read_text()
+        assert claro_dev.returncode == 0, log.read_text()
         assert webserver_url(home) == DEFAULT_WEBSERVER_URL
     finally:
-        if claro.poll() is None:
-            claro.kill()
+        if claro_dev.poll() is None:
+            claro_dev.kill()
         for pid in processes_with_env(marker):
             os.kill(pid, signal.SIGKILL)
