@@ -145,7 +145,7 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
                                                source.prefix, target=batch_job, partitions_def=partitions,
                                                resource_key=s3_keys[source_name]))
         if pipeline.review_checkpoint:
-            sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published))
+            sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published, job=batch_job))
         # A destination whose settings are not in this environment keeps its asset (runnable by hand, with a
         # message naming the variable) but is left out of the automatic sync.
         configured = [d for d in pipeline.destinations if not missing_env(spec.destinations[d])]

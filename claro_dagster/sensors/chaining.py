@@ -63,10 +63,12 @@ def checkpoint_run_key(queue: ReviewQueue, catalogue: str, batch: str) -> str:
 
 
 def build_review_checkpoint_sensor(pipeline: str, catalogue: str, checkpoint: dg.AssetKey,
-                                   minimum_interval_seconds: int = 10) -> dg.SensorDefinition:
-    """Resume each batch waiting at its review checkpoint once every item it queued is decided."""
+                                   minimum_interval_seconds: int = 10,
+                                   job: "UnresolvedAssetJobDefinition | None" = None) -> dg.SensorDefinition:
+    """Resume each batch waiting at its review checkpoint once every item it queued is decided (a run of `job`,
+    the pipeline's, on the checkpoint alone)."""
 
-    @dg.sensor(name=f"{pipeline}_review_checkpoint", target=[checkpoint],
+    @dg.sensor(name=f"{pipeline}_review_checkpoint", target=job if job is not None else [checkpoint],
                minimum_interval_seconds=minimum_interval_seconds, default_status=dg.DefaultSensorStatus.RUNNING,
                description=f"Resumes batches of {pipeline} whose review items are all decided")
     def _resume(context: dg.SensorEvaluationContext, claro: CatalogueResource):
@@ -77,6 +79,7 @@ def build_review_checkpoint_sensor(pipeline: str, catalogue: str, checkpoint: dg
         if not ready:
             return dg.SkipReason(f"{len(waiting)} batch(es) of {catalogue} still wait for review decisions")
         return [dg.RunRequest(run_key=checkpoint_run_key(queue, catalogue, b.key), partition_key=b.key,
+                              asset_selection=[checkpoint] if job is not None else None,
                               tags={"claro/source": b.source, "claro/batch": b.key}) for b in ready]
 
     return _resume

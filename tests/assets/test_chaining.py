@@ -78,6 +78,9 @@ def test_review_checkpoint_holds_a_batch_until_its_reviews_are_decided(demo):
     queue.approve([item.id], by="ann")
     [resume] = tick(defs, instance, "products_onboarding_review_checkpoint").run_requests
     assert (resume.run_key, resume.partition_key) == (f"{update.key}:review_checkpoint:{item.id}", update.key)
+    # a run of the pipeline's job (as the batch's other runs), on the checkpoint alone
+    assert defs.resolve_sensor_def("products_onboarding_review_checkpoint").job_name == "products_onboarding"
+    assert resume.asset_selection == [dg.AssetKey(["products", "review_checkpoint"])]
     assert run_batch(defs, instance, BatchRegistry(claro.store).get(update.key),
                      stages=("review_checkpoint",)).success
     assert BatchRegistry(claro.store).get(update.key).status == "published"
