@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -103,6 +104,29 @@ def test_a_record_left_by_a_claro_dev_that_died_is_ignored(tmp_path):
 
 def test_supervise_returns_the_exit_code_of_what_it_runs(tmp_path):
     assert supervise(["sh", "-c", "exit 3"], dict(os.environ)) == 3
+
+
+SUPERVISOR = "import os, sys; from claro_dagster.dev import supervise; " \
+             "sys.exit(supervise(['sh', '-c', sys.argv[1]], dict(os.environ), grace=1.0))"
+DEAF = "trap '' INT TERM; sleep 600 & sleep 600"  # a shell and two children that ignore Ctrl-C and TERM
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_stops_the_whole_group_killing_what_ignores_it(tmp_path, sig):
+    marker = f"CLARO_TEST_SUPERVISED={tmp_path}"
+    env = {**os.environ, "CLARO_TEST_SUPERVISED": str(tmp_path), "PYTHONPATH": str(REPO)}
+    supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISOR, DEAF], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        # the supervisor, the shell and its two sleeps
+        wait_until(lambda: (len(found := processes_with_env(marker)) >= 4, found), 30, what="the supervised group")
+        supervisor.send_signal(sig)
+        _, stderr = supervisor.communicate(timeout=30)
+        assert supervisor.returncode == 0
+        assert "killed" in stderr  # they ignored the interrupt: killed after the grace
+        wait_until(lambda: (not (left := processes_with_env(marker)), left), 10, what="no process left")
+    finally:
+        for pid in processes_with_env(marker):
+            os.kill(pid, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------------------ end to end
