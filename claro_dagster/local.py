@@ -214,7 +214,10 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
             if spec.sources[source].kind not in INBOX_KINDS:
                 progress(f"{catalogue}: source {source} is received by its {source}_s3 sensor (`claro dev`), not here")
                 continue
-            waiting[catalogue] += [(source, item) for item in Inbox(claro.inbox_dir(source)).pending()]
+            # Named as the inbox sensor names them (name, size and modification time; the run hashes the content), so
+            # the run of a file carries the run key the sensor would request for it.
+            waiting[catalogue] += [(source, item) for item in Inbox(claro.inbox_dir(source)).pending(
+                read_contents=False)]
 
     def record(result: dg.ExecuteInProcessResult) -> dg.ExecuteInProcessResult:
         announce_run(defs, instance, result)
@@ -242,10 +245,12 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
                 batches.advance(1)
                 raw = metadata(result, dg.AssetKey([catalogue, "batch_raw"]))
                 done = registry.get(batch.key)
+                if done is None or (raw is None and result.success):  # batch_raw found its content published
+                    progress("  the same content as a published batch: acknowledged, moved to processed/")
+                    continue
                 summary.batches.append(done)
-                if raw is not None:
-                    progress(f"  {raw.get('rows', '?'):,} rows, {done.status}" if isinstance(raw.get("rows"), int)
-                             else f"  {done.status}")
+                rows = raw.get("rows") if raw else None
+                progress(f"  {rows:,} rows, {done.status}" if isinstance(rows, int) else f"  {done.status}")
             run_operations(defs, instance, catalogue, summary, export_format, record)
             run_destinations(defs, instance, pipeline_name, summary, record)
     asset_keys = {key for asset in defs.assets or () for key in asset.keys}
