@@ -27,6 +27,11 @@ def _eta(done: int, total: int | None, seconds: float) -> str:
     return f", ~{(total - done) * seconds / done:.0f} s left"
 
 
+def _rate(per_second: float) -> str:
+    """Whole numbers for fast work (rows), two decimals for slow work (batches)."""
+    return f"{per_second:,.0f}" if per_second >= 10 else f"{per_second:.2f}"
+
+
 class Progress:
     """Counts work done; `advance` after each piece. Prefer the `progress` context manager to building one."""
 
@@ -44,7 +49,7 @@ class Progress:
 
             class Rate(ProgressColumn):
                 def render(self, task):  # noqa: ANN001, ANN202 - rich's column protocol
-                    return f"{task.speed or 0:,.0f} {unit}/s"
+                    return f"{_rate(task.speed or 0)} {unit}/s"
 
             self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
                             Rate(), TimeRemainingColumn(), console=Console(file=self.stream))
@@ -70,7 +75,7 @@ class Progress:
         seconds = max(now - self._start, 1e-9)
         of = f" of {self.total:,}" if self.total is not None else ""
         tail = f" in {seconds:.1f} s" if final else _eta(self.done, self.total, seconds)
-        print(f"{self.label}: {self.done:,}{of} {self.unit} ({self.done / seconds:,.0f} {self.unit}/s{tail})",
+        print(f"{self.label}: {self.done:,}{of} {self.unit} ({_rate(self.done / seconds)} {self.unit}/s{tail})",
               file=self.stream, flush=True)
 
     def close(self) -> None:
