@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import sqlalchemy as sa
 
 from claro_dagster.catalogue.changes import ApplyResult, StoreError
-from claro_dagster.catalogue.common import aware, chunks, loads
+from claro_dagster.catalogue.common import aware, chunks, loads, row_hash
 from claro_dagster.catalogue.filters import compile_filter
 from claro_dagster.catalogue.schema import prov_column
 from claro_dagster.catalogue.schema_sync import StoredSchema
@@ -216,11 +217,24 @@ class CatalogueReader:
                 frame[col] = series.where(series.notna(), None)
         return frame
 
-    def row_hash(self, catalogue: str, frame: pd.DataFrame) -> np.ndarray:
+    def arrow_rows(self, catalogue: str, frame: pd.DataFrame | dict[str, list] | pa.Table) -> pa.Table:
+        """Rows in the store's Arrow types (float64 numbers, large_string text), every attribute in spec order;
+        the input holds canonical values (as `canonical` or the writer's coercion leaves them)."""
         cat = self.schema.catalogue(catalogue)
-        ordered = frame[list(cat.attributes)]
-        # categorize=False: factorizing first only pays when values repeat a lot; catalogue rows rarely do.
-        return pd.util.hash_pandas_object(ordered, index=False, categorize=False).to_numpy().view(np.int64)
+        if isinstance(frame, pa.Table):
+            return frame.select(list(cat.attributes))
+        columns = []
+        for a, attr in cat.attributes.items():
+            values = frame[a]
+            kind = pa.float64() if attr.type == "number" else pa.large_string()
+            columns.append(pa.array(values, type=kind, from_pandas=True))
+        return pa.Table.from_arrays(columns, names=list(cat.attributes))
+
+    def row_hash(self, catalogue: str, frame: pd.DataFrame | pa.Table) -> np.ndarray:
+        """The content hash of each row over every attribute (see `common.row_hash`)."""
+        cat = self.schema.catalogue(catalogue)
+        numbers = {a for a, attr in cat.attributes.items() if attr.type == "number"}
+        return row_hash(self.arrow_rows(catalogue, frame), numbers)
 
     def fetch_rows(self, conn, catalogue: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Whole stored rows by key; a value written at creation gets `_created_prov` as its provenance."""

@@ -46,6 +46,7 @@ class CatalogueStore:
         self.schema = StoredSchema(spec, self.engine)
         self.reader = CatalogueReader(self.schema)
         self.writer = ChangeSetWriter(self.schema, self.reader)
+        self.writer.ensure_row_hashes()
         self.cursors = Cursors(self.reader)
 
     # ------------------------------------------------------------------ schema
