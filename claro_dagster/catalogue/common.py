@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,10 +79,11 @@ def _text_hash(array: pa.Array) -> np.ndarray:
     """Per value: sum of its 8-byte words times odd per-position keys (any one changed word changes the sum),
     mixed with its byte length; nulls hash to a constant."""
     n = len(array)
-    if array.type != pa.large_string():
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
         array = array.cast(pa.large_string())
     _validity, offsets_buf, data_buf = array.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[array.offset:array.offset + n + 1]
+    width = np.int64 if pa.types.is_large_string(array.type) else np.int32
+    offsets = np.frombuffer(offsets_buf, dtype=width)[array.offset:array.offset + n + 1].astype(np.int64)
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     start = int(offsets[0])
     data = np.concatenate([data[start:int(offsets[-1])], np.zeros(8, np.uint8)])  # padded: last words read past
@@ -121,7 +124,8 @@ def row_hash(table: pa.Table, numbers: set[str] | frozenset[str] = frozenset()) 
     """The content hash (int64) of each row of `table`, over its columns in order: `numbers` are hashed as
     float64, every other column as text. Equal values give equal hashes whatever the Arrow layout."""
     out = np.empty(table.num_rows, dtype=np.int64)
-    for begin in range(0, table.num_rows, _BATCH):
+
+    def hash_batch(begin: int) -> None:
         batch = table.slice(begin, _BATCH)
         h = np.zeros(batch.num_rows, dtype=np.uint64)
         for i, name in enumerate(batch.column_names):
@@ -129,4 +133,12 @@ def row_hash(table: pa.Table, numbers: set[str] | frozenset[str] = frozenset()) 
             part = _number_hash(column) if name in numbers else _text_hash(column)
             h = _mix(h * _M2 + part + np.uint64(i))
         out[begin:begin + batch.num_rows] = h.view(np.int64)
+
+    starts = range(0, table.num_rows, _BATCH)
+    if len(starts) < 4:
+        for begin in starts:
+            hash_batch(begin)
+    else:  # numpy releases the GIL on these arrays: batches hash in parallel on every core
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            list(pool.map(hash_batch, starts))
     return out

@@ -37,7 +37,7 @@ from claro_dagster.catalogue.changes import (
     gate,
     is_missing,
 )
-from claro_dagster.catalogue.common import ROW_HASH_VERSION, chunks, dumps, now, values_equal
+from claro_dagster.catalogue.common import ROW_HASH_VERSION, chunks, dumps, now, row_hash, values_equal
 from claro_dagster.catalogue.reader import CatalogueReader
 from claro_dagster.catalogue.schema import prov_column
 from claro_dagster.catalogue.schema_sync import StoredSchema
@@ -48,6 +48,7 @@ EmptyCells = Literal["ignore", "clear"]
 MARK_PREFIX = "claro:row-hash:"
 _COPY_ROWS = 1 << 16  # rows per CSV block sent through COPY
 _INSERT_ROWS = 1 << 16  # rows per executemany: bounds the Python values alive at once
+_SCAN_ROWS = 1 << 19  # rows of (key, hash) SQLite renders as one text
 
 
 @dataclass(frozen=True)
@@ -160,29 +161,40 @@ class ChangeSetWriter:
         keys = data.column(key)
         if keys.null_count:
             raise StoreError(f"{catalogue}: {keys.null_count} row(s) have no {key!r}; every record needs its key")
-        if pc.count_distinct(keys).as_py() != len(keys):
-            counts = pc.value_counts(keys)
-            dup = counts.filter(pc.greater(counts.field("counts"), 1))
-            raise StoreError(f"{catalogue}: key {dup.field('values')[0].as_py()!r} appears more than once in the "
-                             f"change set ({sum(c.as_py() - 1 for c in dup.field('counts'))} duplicate keys); "
-                             "deduplicate before importing")
+        _refuse_duplicate_keys(catalogue, key, keys)
+        whole = set(data.column_names) == set(cat.attributes)
+        # A row's hash covers every attribute, its key too: a row whose hash is stored is a record stored as is.
+        hashes = self.reader.row_hash(catalogue, data) if whole else None
         cs = ChangeSet(change_set_id, catalogue, operation, run_id=run_id, source=source, model=model)
         with self.transaction() as tx:
             opened = tx.open(cs)
             if opened is None:
                 return tx.already_applied(change_set_id)
             result = opened.result
-            stored_keys, stored_hashes = self._existing_hashes(tx.conn, catalogue, keys)
-            # One hash-table lookup gives both "is it new" and "where is its stored hash".
-            position = (pc.index_in(keys, value_set=stored_keys).fill_null(-1).to_numpy()
-                        if len(stored_keys) else np.full(len(data), -1))
-            is_new = position < 0
+            fields = data.num_columns - 1
+            total = tx.conn.execute(sa.select(sa.func.count()).select_from(self.schema.rec[catalogue])).scalar_one()
+            if hashes is not None and total:
+                same = pc.is_in(pa.array(hashes), value_set=pa.array(self._stored_hashes(tx.conn, catalogue)))
+                same = same.to_numpy(zero_copy_only=False)
+                result.unchanged += int(same.sum()) * fields
+                if same.all():
+                    return opened.finish()
+                if same.any():
+                    data, hashes = data.filter(pa.array(~same)), hashes[~same]
+                    keys = data.column(key)
+            stored_keys = self._existing_keys(tx.conn, catalogue, keys, total)
+            is_new = (~pc.is_in(keys, value_set=stored_keys.cast(keys.type)).to_numpy(zero_copy_only=False)
+                      if len(stored_keys) else np.ones(len(data), dtype=bool))
             if is_new.any():
-                new = self._with_defaults(catalogue, data.filter(pa.array(is_new)) if not is_new.all() else data)
+                new = data.filter(pa.array(is_new)) if not is_new.all() else data
+                new_hashes = None if hashes is None else hashes[is_new]
+                new, defaulted = self._with_defaults(catalogue, new)
                 outcomes = {a: gate(confidence, self.thresholds(catalogue, operation, a, source))
                             for a in new.column_names if a != key}
                 result.created = new.num_rows
-                opened.insert_new(new, outcomes, ValueProvenance(operation, run_id, source, model, None, confidence))
+                reuse = new_hashes is not None and not defaulted and all(o == "applied" for o in outcomes.values())
+                opened.insert_new(new, outcomes, ValueProvenance(operation, run_id, source, model, None, confidence),
+                                  hashes=new_hashes if reuse else None)
                 result.applied += sum(new.num_rows - new.column(a).null_count
                                       for a, o in outcomes.items() if o == "applied")
                 # Fields the gate held back on new records become proposals like any other change.
@@ -193,21 +205,12 @@ class ChangeSetWriter:
                             for k, v in zip(held_frame[key], held_frame[a], strict=True) if not is_missing(v)]
                     if held:
                         opened.write(held, kind="update")
-            old_mask = ~is_new
-            if old_mask.any():
-                old = data.filter(pa.array(old_mask)) if not old_mask.all() else data
-                if set(data.column_names) == set(cat.attributes):
-                    hashes = self.reader.row_hash(catalogue, old)
-                    differs = hashes != stored_hashes[position[old_mask]]
-                    changed = old.filter(pa.array(differs)) if differs.any() else old.slice(0, 0)
-                else:
-                    changed = old
-                fields = data.num_columns - 1
-                result.unchanged += (old.num_rows - changed.num_rows) * fields
-                if changed.num_rows:
-                    self._write_changed(opened, catalogue, changed.to_pandas(), confidence=confidence,
-                                        overwrite=overwrite, reason=reason, empty_cells=empty_cells,
-                                        clear_reason=clear_reason)
+            if not is_new.all():
+                # Existing records whose content differs (or, for rows lacking some attributes, may differ).
+                changed = data.filter(pa.array(~is_new)) if is_new.any() else data
+                self._write_changed(opened, catalogue, changed.to_pandas(), confidence=confidence,
+                                    overwrite=overwrite, reason=reason, empty_cells=empty_cells,
+                                    clear_reason=clear_reason)
             return opened.finish()
 
     def _write_changed(self, opened: OpenChangeSet, catalogue: str, changed: pd.DataFrame, *, confidence: float,
@@ -231,21 +234,27 @@ class ChangeSetWriter:
         opened.result.unchanged += len(changed) * (changed.shape[1] - 1) - len(changes)
         opened.write(changes, kind="update", current=current)
 
-    def _with_defaults(self, catalogue: str, new: pa.Table) -> pa.Table:
-        """New records get each attribute's `default` where the row has no value (column absent or cell empty).
-        Defaults apply to new records only: on an existing record a missing value is no information."""
+    def _with_defaults(self, catalogue: str, new: pa.Table) -> tuple[pa.Table, bool]:
+        """New records get each attribute's `default` where the row has no value (column absent or cell empty);
+        True when a default filled something. Defaults apply to new records only: on an existing record a
+        missing value is no information."""
         cat = self.schema.catalogue(catalogue)
+        defaulted = False
         for name, attr in cat.attributes.items():
             if attr.default is None or name == cat.key:
                 continue
             value = coerce_value(attr.default, attr, where=f"{catalogue} attribute {name!r} default")
-            kind = pa.float64() if attr.type == "number" else pa.large_string()
             if name not in new.column_names:
-                new = new.append_column(pa.field(name, kind), pa.array([value] * new.num_rows, kind))
+                kind = pa.float64() if attr.type == "number" else pa.large_string()
+                new = new.append_column(pa.field(name, kind), pa.repeat(pa.scalar(value, kind), new.num_rows))
+                defaulted = True
             else:
                 i = new.column_names.index(name)
-                new = new.set_column(i, name, pc.fill_null(new.column(i), pa.scalar(value, kind)))
-        return new
+                if new.column(i).null_count:
+                    kind = new.column(i).type
+                    new = new.set_column(i, name, pc.fill_null(new.column(i), pa.scalar(value, kind)))
+                    defaulted = True
+        return new, defaulted
 
     def _coerce_table(self, catalogue: str, frame: pd.DataFrame | pa.Table) -> pa.Table:
         """The rows as an Arrow table in the store's types: float64 for numbers, large_string for the rest,
@@ -258,6 +267,8 @@ class ChangeSetWriter:
             attr = cat.attributes[name]
             kind = pa.float64() if attr.type == "number" else pa.large_string()
             column = frame.column(name) if isinstance(frame, pa.Table) else None
+            if column is not None and attr.type != "number" and pa.types.is_string(column.type):
+                kind = pa.string()  # Arrow's default text type is as good as large_string: no copy
             if column is not None and pa.types.is_dictionary(column.type):
                 column = column.cast(column.type.value_type)
             fast = column is not None and (
@@ -273,7 +284,7 @@ class ChangeSetWriter:
                 column = pa.chunked_array([pa.array(self._coerce_series(catalogue, cat.key, frame, name, series),
                                                     type=kind, from_pandas=True)], type=kind)
             columns.append(column)
-            fields.append(pa.field(name, kind))
+            fields.append(pa.field(name, column.type))
         return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
     def _coerce_series(self, catalogue: str, key: str, frame, col: str, series: pd.Series) -> pd.Series:
@@ -296,48 +307,87 @@ class ChangeSetWriter:
             series = series.map(lambda v: v if v is None or isinstance(v, str) else str(v))
         return series
 
-    def _existing_hashes(self, conn, catalogue: str, keys: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
-        """(key, content hash) of the stored records among `keys`, as an Arrow array and an int64 array."""
+    def _existing_keys(self, conn, catalogue: str, keys: pa.ChunkedArray, total: int) -> pa.Array:
+        """The stored keys among `keys` (all stored keys when `keys` are much of the table)."""
         table = self.schema.rec[catalogue]
         key_col = table.c[self.schema.catalogue(catalogue).key]
-        total = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
         key_type = pa.float64() if self.schema.catalogue(catalogue).attributes[key_col.name].type == "number" \
             else pa.large_string()
         if total == 0:
-            return pa.array([], key_type), np.zeros(0, dtype=np.int64)
+            return pa.array([], key_type)
+        if len(keys) * 4 >= total:  # most of the table: one sequential read rendered as text, parsed by Arrow
+            return self._scan(conn, table.name, key_col.name, key_type)
+        found = []
+        for chunk in chunks(keys.to_pylist()):
+            found.extend(conn.execute(sa.select(key_col).where(key_col.in_(chunk))).scalars())
+        return pa.array(found, key_type)
+
+    def _stored_hashes(self, conn, catalogue: str) -> np.ndarray:
+        """Every stored content hash of a catalogue, read in one pass without a Python object per row."""
+        table = self.schema.rec[catalogue].name
         quote = self.engine.dialect.identifier_preparer.quote
-        if len(keys) * 4 >= total:  # most of the table: one sequential read on the driver's own cursor
-            query = f"SELECT {quote(key_col.name)}, _hash FROM {quote(table.name)}"
-            if self.schema.dialect == "postgresql":
-                return _copy_out(conn, query, key_type)
-            cur = conn.connection.driver_connection.cursor()
-            cur.execute(query)
-            rows = cur.fetchall()
-            cur.close()
+        if self.schema.dialect == "postgresql":
+            buffer = io.BytesIO()
+            with conn.connection.driver_connection.cursor() as cur, \
+                    cur.copy(f"COPY (SELECT _hash FROM {quote(table)}) TO STDOUT") as copy:
+                for block in copy:
+                    buffer.write(block)
+            return np.fromstring(buffer.getvalue().decode(), dtype=np.int64, sep="\n") if buffer.tell() else \
+                np.zeros(0, dtype=np.int64)
+        parts = [np.fromstring(block, dtype=np.int64, sep=",")
+                 for block in _sqlite_blocks(conn, table, "CAST(_hash AS TEXT)", ",")]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def _scan(self, conn, table: str, key: str, key_type: pa.DataType) -> pa.Array:
+        """Every stored key of a table as an Arrow array."""
+        quote = self.engine.dialect.identifier_preparer.quote
+        buffer = io.BytesIO()
+        if self.schema.dialect == "postgresql":
+            with conn.connection.driver_connection.cursor() as cur, \
+                    cur.copy(f"COPY (SELECT {quote(key)} FROM {quote(table)}) TO STDOUT (FORMAT csv)") as copy:
+                for block in copy:
+                    buffer.write(block)
         else:
-            rows = []
-            for chunk in chunks(keys.to_pylist()):
-                rows.extend(conn.execute(sa.select(key_col, table.c._hash).where(key_col.in_(chunk))).fetchall())
-        if not rows:
-            return pa.array([], key_type), np.zeros(0, dtype=np.int64)
-        k, h = zip(*rows, strict=True)
-        return pa.array(k, key_type), np.array(h, dtype=np.int64)  # _hash is never NULL
+            text = f"'\"' || replace(CAST({quote(key)} AS TEXT), '\"', '\"\"') || '\"'"
+            for block in _sqlite_blocks(conn, table, text, "\n"):
+                buffer.write(block.encode())
+                buffer.write(b"\n")
+        if not buffer.tell():
+            return pa.array([], key_type)
+        buffer.seek(0)
+        convert = pacsv.ConvertOptions(column_types={"k": pa.large_string()}, strings_can_be_null=False,
+                                       quoted_strings_can_be_null=False)
+        parsed = pacsv.read_csv(buffer, read_options=pacsv.ReadOptions(column_names=["k"]),
+                                parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=convert)
+        return parsed.column("k").combine_chunks().cast(key_type)
 
 
-def _copy_out(conn, query: str, key_type: pa.DataType) -> tuple[pa.Array, np.ndarray]:
-    """A (key, hash) query read through PostgreSQL's COPY as CSV and parsed by Arrow: no Python object per row."""
-    buffer = io.BytesIO()
-    with conn.connection.driver_connection.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT (FORMAT csv)") as copy:
-        for block in copy:
-            buffer.write(block)
-    buffer.seek(0)
-    if not buffer.getbuffer().nbytes:
-        return pa.array([], key_type), np.zeros(0, dtype=np.int64)
-    convert = pacsv.ConvertOptions(column_types={"k": key_type, "h": pa.int64()}, strings_can_be_null=False,
-                                   quoted_strings_can_be_null=False)
-    parsed = pacsv.read_csv(buffer, read_options=pacsv.ReadOptions(column_names=["k", "h"]),
-                            parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=convert)
-    return parsed.column("k").combine_chunks(), parsed.column("h").to_numpy()
+def _refuse_duplicate_keys(catalogue: str, key: str, keys: pa.ChunkedArray) -> None:
+    # Equal keys hash equal: sorting the keys' hashes (fast for int64) proves most files duplicate-free at once.
+    hashed = np.sort(row_hash(pa.table({key: keys})))
+    if len(hashed) < 2 or not (hashed[1:] == hashed[:-1]).any():
+        return
+    counts = pc.value_counts(keys)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        raise StoreError(f"{catalogue}: key {dup.field('values')[0].as_py()!r} appears more than once in the "
+                         f"change set ({sum(c.as_py() - 1 for c in dup.field('counts'))} duplicate keys); "
+                         "deduplicate before importing")
+
+
+def _sqlite_blocks(conn, table: str, expression: str, separator: str) -> Iterator[str]:
+    """`expression` of every row of a SQLite table, joined by SQLite itself (group_concat) in ranges of `_id`:
+    a million values cost one text per range instead of a Python tuple per row."""
+    quote = conn.dialect.identifier_preparer.quote
+    cur = conn.connection.driver_connection.cursor()
+    low, high = cur.execute(f"SELECT min(_id), max(_id) FROM {quote(table)}").fetchone()
+    if low is not None:
+        for begin in range(low, high + 1, _SCAN_ROWS):
+            block = cur.execute(f"SELECT group_concat({expression}, ?) FROM {quote(table)} WHERE _id >= ? AND _id < ?",
+                                (separator, begin, begin + _SCAN_ROWS)).fetchone()[0]
+            if block:
+                yield block
+    cur.close()
 
 
 class WriteTransaction:
@@ -536,8 +586,10 @@ class OpenChangeSet:
                 proposal=pid, payload=dumps(payload), at=stamp))
 
     # ------------------------------------------------------------------ bulk insert of new records
-    def insert_new(self, new: pa.Table, outcomes: dict[str, Outcome], prov: ValueProvenance) -> None:
-        """Bulk-insert new records (values the gate applies; the others wait as proposals), one event each."""
+    def insert_new(self, new: pa.Table, outcomes: dict[str, Outcome], prov: ValueProvenance,
+                   hashes: np.ndarray | None = None) -> None:
+        """Bulk-insert new records (values the gate applies; the others wait as proposals), one event each.
+        `hashes`: the rows' content hashes when the caller has them already (the rows are stored as given)."""
         catalogue, change_set_id = self.cs.catalogue, self.cs.id
         cat = self.schema.catalogue(catalogue)
         table = self.schema.rec[catalogue]
@@ -551,7 +603,9 @@ class OpenChangeSet:
             fields.append(pa.field(a, kind))
         stored = pa.Table.from_arrays(columns, schema=pa.schema(fields))
         n = stored.num_rows
-        stored = (stored.append_column("_hash", pa.array(self.reader.row_hash(catalogue, stored)))
+        if hashes is None:
+            hashes = self.reader.row_hash(catalogue, stored)
+        stored = (stored.append_column("_hash", pa.array(hashes))
                   .append_column("_created_cs", pa.repeat(pa.scalar(change_set_id, pa.large_string()), n))
                   .append_column("_created_prov", pa.repeat(pa.scalar(self.provenance(prov), pa.int64()), n))
                   .append_column("_seq", pa.repeat(pa.scalar(self.seq, pa.int64()), n)))
