@@ -54,6 +54,7 @@ ROW_HASH_VERSION = "arrow-words-v1"
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _NULL = np.uint64(0x9E3779B97F4A7C15)
 _BATCH = 1 << 16  # rows hashed at a time: the word arrays of one batch stay in the CPU cache
+_TAIL_MASKS = np.array([(1 << (8 * i)) - 1 for i in range(8)], dtype=np.uint64)
 _WORD_KEYS = np.random.default_rng(20261202).integers(1, 2**63, size=4096, dtype=np.uint64) | np.uint64(1)
 
 
@@ -89,23 +90,24 @@ def _text_hash(array: pa.Array) -> np.ndarray:
     data = np.concatenate([data[start:int(offsets[-1])], np.zeros(8, np.uint8)])  # padded: last words read past
     starts = offsets[:-1] - start
     lengths = np.diff(offsets)
-    words_per = (lengths + 7) >> 3
-    total = int(words_per.sum())
-    first = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(words_per, out=first[1:])
+    view = np.ndarray(shape=(len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))  # unaligned 8-byte words
+    full, tail = lengths >> 3, lengths & 7
+    keys = _word_keys(int(full.max(initial=0)) + 1)
     sums = np.zeros(n, dtype=np.uint64)
-    if total:
-        word_of = np.arange(total, dtype=np.int64) - np.repeat(first[:-1], words_per)  # word number in its value
-        view = np.ndarray(shape=(len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
-        words = view[np.repeat(starts, words_per) + (word_of << 3)]
-        tail = lengths & 7  # the last word of a value whose length is not a multiple of 8 holds foreign bytes
-        partial = np.flatnonzero(tail)
-        last = first[1:][partial] - 1
-        words[last] &= (np.uint64(1) << (tail[partial].astype(np.uint64) << np.uint64(3))) - np.uint64(1)
-        words *= _word_keys(int(words_per.max()))[word_of]
-        running = np.zeros(total + 1, dtype=np.uint64)
-        np.cumsum(words, out=running[1:])
-        sums = running[first[1:]] - running[first[:-1]]
+    # Word k of every value long enough: all rows while all are, then a shrinking set (a long text costs only
+    # its own words, not a pass over every row).
+    active, shortest = None, int(full.min(initial=0))
+    for k in range(int(full.max(initial=0))):
+        if active is None and shortest > k:
+            sums += view[starts + (k << 3)] * keys[k]
+            continue
+        active = np.flatnonzero(full > k) if active is None else active[full[active] > k]
+        sums[active] += view[starts[active] + (k << 3)] * keys[k]
+    # The last, partial word of each value: only its own bytes count.
+    partial = np.flatnonzero(tail)
+    if len(partial):
+        words = view[starts[partial] + (full[partial] << 3)] & _TAIL_MASKS[tail[partial]]
+        sums[partial] += words * keys[full[partial]]
     hashed = _mix(sums ^ _mix(lengths.astype(np.uint64) + _NULL))
     if array.null_count:
         hashed[np.asarray(array.is_null())] = _NULL
