@@ -36,7 +36,7 @@ class Cursors:
 
     def changed_since(self, catalogue: str, seq: int, filter: str | None = None,
                       columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """Records written after a change-set seq (an outbound destination's cursor), ordered by key: selected in
-        SQL on the indexed seq column with the record filter compiled to SQL. Columns are Arrow-backed
+        """Records written after a change-set seq (an outbound destination's cursor), in no particular order:
+        selected in SQL on the indexed seq column with the record filter compiled to SQL. Columns are Arrow-backed
         (`pd.ArrowDtype`), so a large sync never turns every value into a Python object."""
         return self.reader.changed(catalogue, seq, filter, columns).to_pandas(types_mapper=pd.ArrowDtype)

@@ -90,11 +90,11 @@ class CatalogueReader:
 
     def changed(self, catalogue: str, since: int, filter: str | None = None,
                 columns: Sequence[str] | None = None) -> pa.Table:
-        """Records last written by a change set after seq `since` (and matching `filter`), ordered by key, as an
-        Arrow table (float64 numbers, text as large_string). The seq condition and the filter run in the
-        database on the indexed `_seq` column; rows travel as CSV text the database renders (PostgreSQL COPY;
-        on SQLite one text per row) and Arrow parses, so a million changed records cost no Python object per
-        value."""
+        """Records last written by a change set after seq `since` (and matching `filter`), as an Arrow table
+        (float64 numbers, text as large_string), in no particular order (a destination needs none, and sorting
+        a million rows is not free). The seq condition and the filter run in the database on the indexed `_seq`
+        column; rows travel as CSV text the database renders (PostgreSQL COPY; on SQLite one text per row)
+        and Arrow parses, so a million changed records cost no Python object per value."""
         cat = self.schema.catalogue(catalogue)
         table = self.rec[catalogue]
         cols = {a: table.c[a] for a in cat.attributes}
@@ -110,7 +110,7 @@ class CatalogueReader:
             condition = sa.and_(condition, compile_filter(filter, cols))
         buffer = io.BytesIO()
         if self.schema.dialect == "postgresql":
-            query = sa.select(*[cols[a] for a in wanted]).where(condition).order_by(cols[cat.key])
+            query = sa.select(*[cols[a] for a in wanted]).where(condition)
             compiled = query.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
             with self.engine.connect() as conn, conn.connection.driver_connection.cursor() as cur, \
                     cur.copy(f"COPY ({compiled}) TO STDOUT (FORMAT csv)", compiled.params) as copy:
@@ -125,7 +125,7 @@ class CatalogueReader:
                     f"printf('%!.17g', {c})" if cat.attributes[a].type == "number"  # 17 digits: exact round trip
                     else f"'\"' || replace({c}, '\"', '\"\"') || '\"'") + " END")
             line = sa.literal_column(" || ',' || ".join(parts))
-            query = sa.select(line).where(condition).order_by(cols[cat.key])
+            query = sa.select(line).where(condition)
             compiled = query.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
             params = [compiled.params[name] for name in compiled.positiontup or []]
             with self.engine.connect() as conn:

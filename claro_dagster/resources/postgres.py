@@ -10,7 +10,9 @@
 3. adds the frame's new columns (`ALTER TABLE ... ADD COLUMN`); columns are never dropped, and
    table columns missing from the frame are left as they are;
 4. COPYs the frame into a TEMP staging table (`COPY ... FROM STDIN` via psycopg 3's
-   `cursor.copy()`, as CSV that pyarrow writes from whole columns), typed like the target columns;
+   `cursor.copy()`, as CSV that pyarrow writes from whole columns), typed like the target columns; a table
+   created by this very upsert has nothing to conflict with, so the rows are COPYed straight into it and
+   step 5 is skipped;
 5. `INSERT INTO t SELECT ... FROM staging ON CONFLICT (key) DO UPDATE SET ... WHERE
    ROW(t.cols) IS DISTINCT FROM ROW(EXCLUDED.cols)`: only the frame's columns are compared, so an
    unchanged row is not rewritten (no new tuple, `_synced_at` kept) and re-running the same upsert
@@ -144,21 +146,19 @@ class PostgresDestination(dg.ConfigurableResource):
                         added.append(column)
             types = _table_columns(cur, qualified)
 
+            column_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+            rows = _arrow_rows(frame, columns, types)
+            if created:
+                # A table made in this transaction has no row to conflict with (the frame's keys are unique):
+                # COPY straight into it, `_synced_at` takes its default.
+                _copy_in(cur, target, column_list, rows)
+                return UpsertResult(table=table, inserted=len(frame), updated=0, unchanged=0, created_table=True)
             # The staging table lives in this session's temp schema and is dropped at commit.
             stage = sql.Identifier("pg_temp", _STAGE)
-            column_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
             cur.execute(sql.SQL(
                 "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA"
             ).format(sql.Identifier(_STAGE), column_list, target))
-            rows = _arrow_rows(frame, columns, types)
-            # Arrow writes the CSV (every valid value quoted, nulls bare: COPY tells NULL from "" that way), so
-            # no Python object is made per value.
-            options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
-            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(stage, column_list)) as copy:
-                for begin in range(0, rows.num_rows, _COPY_ROWS):
-                    sink = io.BytesIO()
-                    pacsv.write_csv(rows.slice(begin, _COPY_ROWS), sink, options)
-                    copy.write(sink.getbuffer())
+            _copy_in(cur, stage, column_list, rows)
 
             if data_columns:
                 conflict = sql.SQL("DO UPDATE SET {sets}, {synced} = EXCLUDED.{synced} "
@@ -229,6 +229,17 @@ def _has_unique_key(cur: psycopg.Cursor, qualified: str, key: str) -> bool:
         (qualified, key),
     )
     return cur.fetchone() is not None
+
+
+def _copy_in(cur: psycopg.Cursor, table: sql.Composable, column_list: sql.Composable, rows: pa.Table) -> None:
+    """COPY Arrow rows into a table as CSV Arrow writes from whole columns (no Python object per value); every
+    valid value is quoted and nulls are bare, which is how COPY's CSV format tells NULL from ""."""
+    options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, column_list)) as copy:
+        for begin in range(0, rows.num_rows, _COPY_ROWS):
+            sink = io.BytesIO()
+            pacsv.write_csv(rows.slice(begin, _COPY_ROWS), sink, options)
+            copy.write(sink.getbuffer())
 
 
 def _arrow_rows(frame: pd.DataFrame, columns: list[str], types: dict[str, str]) -> pa.Table:

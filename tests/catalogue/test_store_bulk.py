@@ -127,16 +127,17 @@ def test_changed_since_selects_in_sql_what_changed_after_a_seq(store):
     table = rows()
     table = table.set_column(3, "brand", pa.array(["Acme", "Globex", "Acme", "Globex", "Acme", "Acme"]))
     store.import_records("products", table, change_set_id="import-2")  # S001 and S003 change brand
-    changed = store.changed_since("products", seq)
+    changed = store.changed_since("products", seq).sort_values("sku")
     assert changed["sku"].tolist() == ["S001", "S003"]
     assert changed.to_dict("records")[0] == {"sku": "S001", "title": "two\nlines", "price": 0.1 + 0.2,
                                               "brand": "Globex"}
-    everything = store.changed_since("products", 0)
+    everything = store.changed_since("products", 0).sort_values("sku")
     assert everything["title"].tolist() == AWKWARD  # quotes, commas, newlines, "" and unicode survive
     assert everything["price"].isna().tolist() == [False, False, True, False, False, False]
-    assert store.changed_since("products", 0, 'brand == "Globex" and price > 0.2', columns=["brand"]) \
-        .to_dict("records") == [{"sku": "S001", "brand": "Globex"}, {"sku": "S003", "brand": "Globex"}]
-    assert store.changed_since("products", 0, 'sku in ["S000", "S005"]')["sku"].tolist() == ["S000", "S005"]
+    narrow = store.changed_since("products", 0, 'brand == "Globex" and price > 0.2', columns=["brand"])
+    assert narrow.sort_values("sku").to_dict("records") == [{"sku": "S001", "brand": "Globex"},
+                                                             {"sku": "S003", "brand": "Globex"}]
+    assert sorted(store.changed_since("products", 0, 'sku in ["S000", "S005"]')["sku"]) == ["S000", "S005"]
     with pytest.raises(StoreError, match="unknown field"):
         store.changed_since("products", 0, columns=["colour"])
 
@@ -154,7 +155,26 @@ def test_a_large_import_goes_through_the_bulk_paths(store):
     assert (result.applied, result.unchanged) == (n // 1000, n * 2 - n // 1000)
     changed = store.changed_since("products", store.last_seq() - 1)
     expected = sorted((f"K{i}", prices[i]) for i in range(0, n, 1000))
-    assert list(zip(changed["sku"], changed["price"], strict=True)) == expected
+    assert sorted(zip(changed["sku"], changed["price"], strict=True)) == expected
     everything = store.changed_since("products", 0)
-    assert list(zip(everything["sku"], everything["price"], strict=True)) == sorted(
+    assert sorted(zip(everything["sku"], everything["price"], strict=True)) == sorted(
         (f"K{i}", prices[i]) for i in range(n))
+
+
+def test_changed_since_reads_through_the_seq_index_on_sqlite(tmp_path):
+    store = CatalogueStore(make_spec(), f"sqlite:///{tmp_path / 'catalogue.db'}")
+    try:
+        for i in range(3):
+            store.import_records("products", rows(20).set_column(1, "title", pa.array([f"v{i}"] * 20)),
+                                 change_set_id=f"import-{i}")
+        store.engine.dispose()
+        statements: list[str] = []
+        sa.event.listen(store.engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(statements.append))
+        changed = store.changed_since("products", store.last_seq() - 1, 'brand == "Acme"')
+        assert len(changed) == 19 and set(changed["title"]) == {"v2"}
+        query = next(s for s in statements if "_seq" in s and "SELECT" in s.upper())
+        with store.engine.connect() as conn:
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
+        assert "ix_rec_products__seq" in plan, plan
+    finally:
+        store.dispose()
