@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -602,29 +603,32 @@ class OpenChangeSet:
                 columns.append(new.column(a))
             fields.append(pa.field(a, kind))
         stored = pa.Table.from_arrays(columns, schema=pa.schema(fields))
-        n = stored.num_rows
         if hashes is None:
             hashes = self.reader.row_hash(catalogue, stored)
-        stored = (stored.append_column("_hash", pa.array(hashes))
-                  .append_column("_created_cs", pa.repeat(pa.scalar(change_set_id, pa.large_string()), n))
-                  .append_column("_created_prov", pa.repeat(pa.scalar(self.provenance(prov), pa.int64()), n))
-                  .append_column("_seq", pa.repeat(pa.scalar(self.seq, pa.int64()), n)))
-        self._bulk_insert(table, stored)
+        stored = stored.append_column("_hash", pa.array(hashes))
+        before = self.conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c._id), 0))).scalar_one()
+        self._bulk_insert(table, stored, {"_created_cs": change_set_id, "_created_prov": self.provenance(prov),
+                                          "_seq": self.seq})
         e = self.t["events"]
         payload = dumps({"created": True})
         self.conn.execute(e.insert().from_select(
             ["type", "catalogue", "record", "change_set", "payload", "at"],
             sa.select(sa.literal("change.applied"), sa.literal(catalogue), table.c[cat.key],
                       sa.literal(change_set_id), sa.literal(payload), sa.literal(now(), sa.DateTime(timezone=True)))
-            .where(table.c._created_cs == change_set_id)))
+            # The new rows are past the largest id before the insert: a range of the primary key, not a scan.
+            .where(table.c._id > before, table.c._created_cs == change_set_id)))
 
-    def _bulk_insert(self, table: sa.Table, rows: pa.Table) -> None:
+    def _bulk_insert(self, table: sa.Table, rows: pa.Table, constants: dict[str, Any]) -> None:
         """Dialect-specific bulk path: COPY of Arrow-written CSV on PostgreSQL (no Python object per value),
-        executemany on SQLite's raw cursor (its driver takes Python values only)."""
+        executemany on SQLite's raw cursor (its driver takes Python values only). `constants`: columns with one
+        value for every row."""
         raw = self.conn.connection.driver_connection
         quote = self.writer.engine.dialect.identifier_preparer.quote
-        cols = ", ".join(quote(c) for c in rows.column_names)
+        n = rows.num_rows
+        cols = ", ".join(quote(c) for c in [*rows.column_names, *constants])
         if self.schema.dialect == "postgresql":
+            for name, value in constants.items():
+                rows = rows.append_column(name, pa.repeat(pa.scalar(value), n))
             # Every valid value quoted, nulls bare: COPY's CSV format tells NULL from the empty string that way.
             options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
             with raw.cursor() as cur, cur.copy(f"COPY {quote(table.name)} ({cols}) FROM STDIN (FORMAT csv)") as copy:
@@ -633,10 +637,13 @@ class OpenChangeSet:
                     pacsv.write_csv(rows.slice(begin, _COPY_ROWS), sink, options)
                     copy.write(sink.getbuffer())
         else:
-            sql = f"INSERT INTO {quote(table.name)} ({cols}) VALUES ({', '.join('?' * rows.num_columns)})"
+            marks = ", ".join("?" * (rows.num_columns + len(constants)))
+            sql = f"INSERT INTO {quote(table.name)} ({cols}) VALUES ({marks})"
             cur = raw.cursor()
             for batch in rows.to_batches(_INSERT_ROWS):
-                cur.executemany(sql, zip(*(column.to_pylist() for column in batch.columns), strict=True))
+                values = [column.to_pylist() for column in batch.columns]
+                fixed = [itertools.repeat(value, batch.num_rows) for value in constants.values()]
+                cur.executemany(sql, zip(*values, *fixed, strict=True))
             cur.close()
 
     # ------------------------------------------------------------------ exact writes (rollback, schema)
