@@ -178,3 +178,19 @@ def test_changed_since_reads_through_the_seq_index_on_sqlite(tmp_path):
         assert "ix_rec_products__seq" in plan, plan
     finally:
         store.dispose()
+
+
+def test_many_changed_records_come_column_by_column_with_the_same_values(store, monkeypatch):
+    from claro_dagster.catalogue import reader
+
+    table = rows(40)
+    table = table.set_column(3, "brand", pa.array([None if i % 5 == 0 else f"b{i}" for i in range(40)]))
+    store.import_records("products", table, change_set_id="import-1")
+    by_rows = store.changed_since("products", 0).sort_values("sku").reset_index(drop=True)
+    monkeypatch.setattr(reader, "_COLUMNAR_FROM", 1)
+    monkeypatch.setattr(reader, "_COLUMNAR_BLOCK", 7)  # several blocks
+    by_columns = store.changed_since("products", 0, "price > 1").sort_values("sku").reset_index(drop=True)
+    expected = by_rows[by_rows["price"] > 1].reset_index(drop=True)
+    assert len(by_columns) == len(expected) > 10
+    assert by_columns.equals(expected)
+    assert set(by_columns["title"]) == set(AWKWARD) and by_columns["brand"].isna().sum() == 7
