@@ -267,7 +267,7 @@ class ChangeSetWriter:
         for name in (frame.column_names if isinstance(frame, pa.Table) else frame.columns):
             attr = cat.attributes[name]
             kind = pa.float64() if attr.type == "number" else pa.large_string()
-            column = frame.column(name) if isinstance(frame, pa.Table) else None
+            column = frame.column(name) if isinstance(frame, pa.Table) else _arrow_friendly(frame[name], attr.type)
             if column is not None and attr.type != "number" and pa.types.is_string(column.type):
                 kind = pa.string()  # Arrow's default text type is as good as large_string: no copy
             if column is not None and pa.types.is_dictionary(column.type):
@@ -361,6 +361,17 @@ class ChangeSetWriter:
         parsed = pacsv.read_csv(buffer, read_options=pacsv.ReadOptions(column_names=["k"]),
                                 parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=convert)
         return parsed.column("k").combine_chunks().cast(key_type)
+
+
+def _arrow_friendly(series: pd.Series, kind: str) -> pa.ChunkedArray | None:
+    """A pandas column Arrow can take as it is (Arrow-backed or string dtypes, numbers for a number attribute);
+    None for the rest (object columns), which go through the per-value coercion."""
+    dtype = series.dtype
+    if isinstance(dtype, pd.ArrowDtype | pd.StringDtype) or (
+            kind == "number" and pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)):
+        array = pa.array(series, from_pandas=True)
+        return array if isinstance(array, pa.ChunkedArray) else pa.chunked_array([array])
+    return None
 
 
 def _refuse_duplicate_keys(catalogue: str, key: str, keys: pa.ChunkedArray) -> None:

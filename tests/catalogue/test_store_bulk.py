@@ -4,6 +4,7 @@ on the embedded SQLite and on the real PostgreSQL."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
@@ -194,3 +195,11 @@ def test_many_changed_records_come_column_by_column_with_the_same_values(store, 
     assert len(by_columns) == len(expected) > 10
     assert by_columns.equals(expected)
     assert set(by_columns["title"]) == set(AWKWARD) and by_columns["brand"].isna().sum() == 7
+
+
+def test_arrow_backed_and_numeric_frames_are_taken_as_they_are(store):
+    frame = pd.DataFrame({"sku": pd.array(["A", "B"], dtype="string[pyarrow]"), "price": pd.array([3, None],
+                          dtype="Int64"), "title": pd.Series(["x", None], dtype=pd.ArrowDtype(pa.large_string()))})
+    store.import_records("products", frame, change_set_id="import-1")
+    assert store.record("products", "B") == {"sku": "B", "title": None, "price": None, "brand": None}
+    assert store.import_records("products", frame, change_set_id="import-2").unchanged == 4
