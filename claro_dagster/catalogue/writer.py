@@ -217,13 +217,26 @@ class ChangeSetWriter:
     def _write_changed(self, opened: OpenChangeSet, catalogue: str, changed: pd.DataFrame, *, confidence: float,
                        overwrite: float, reason: str, empty_cells: EmptyCells, clear_reason: str) -> None:
         """Existing records whose content differs: compare field by field, write what changed through the gate."""
-        key = self.schema.catalogue(catalogue).key
+        cat = self.schema.catalogue(catalogue)
+        key = cat.key
         current = self.reader.fetch_rows(opened.conn, catalogue, changed[key])
+        keys = changed[key].tolist()
         changes = []
         for a in changed.columns:
             if a == key:
                 continue
-            for k, v in zip(changed[key], changed[a], strict=True):
+            # Compare whole columns first; only the cells that differ become changes.
+            if cat.attributes[a].type == "number":
+                new = changed[a].to_numpy(dtype=float, na_value=np.nan)
+                stored = np.array([current[k][a] for k in keys], dtype=float)
+                differ = ~((new == stored) | (np.isnan(new) & np.isnan(stored)))
+            else:
+                new = changed[a].to_numpy(dtype=object)
+                stored = np.array([current[k][a] for k in keys], dtype=object)
+                missing = pd.isna(new)
+                differ = (missing != pd.isna(stored)) | (~missing & (new != stored))
+            for i in np.flatnonzero(differ):
+                k, v = keys[i], new[i]
                 was = current[k][a]
                 if values_equal(was, v):
                     continue
