@@ -12,7 +12,8 @@ A catalogue of ROWS records x 15 attributes is imported (not timed). Then, twice
 - raw: the same rows from the CSV file, `COPY` into a staging table and `INSERT ... ON CONFLICT (sku) DO UPDATE`
   into a table of the same shape, nothing else: the floor of the same work in PostgreSQL.
 
-Throughput ratio = raw seconds / sync seconds; the target is at least 0.7.
+Throughput ratio = raw seconds / sync seconds, for the whole sync (reading the changes from the catalogue store
+and upserting them) and for the upsert alone (the destination's own write path); the target is at least 0.7.
 """
 
 from __future__ import annotations
@@ -38,17 +39,18 @@ TARGET = 0.7
 COLUMNS = ["sku", *TEXT, *NUMBERS]
 
 
-def sync(store: CatalogueStore, destination: PostgresDestination, table: str) -> tuple[float, int]:
-    """The destination asset's work for one run; (seconds, rows sent)."""
+def sync(store: CatalogueStore, destination: PostgresDestination, table: str) -> tuple[float, float, int]:
+    """The destination asset's work for one run; (seconds reading the changes, seconds upserting, rows sent)."""
     start = time.perf_counter()
     cursor = f"destination:{table}"
     since = int(store.get_cursor(cursor, "0"))
     upto = store.last_seq()
     frame = store.changed_since("products", since)
+    read_done = time.perf_counter()
     if len(frame):
         destination.upsert(table, frame, "sku")
     store.set_cursor(cursor, str(upto))
-    return time.perf_counter() - start, len(frame)
+    return read_done - start, time.perf_counter() - read_done, len(frame)
 
 
 def raw(url: str, csv: Path, table: str) -> float:
@@ -94,19 +96,20 @@ def main() -> None:
             for label, csv in (("all records new (insert)", first), ("every record changed (update)", changed)):
                 store.import_records("products", read(csv), change_set_id=uuid.uuid4().hex)
                 bar.advance()
-                seconds, sent = sync(store, destination, "synced_products")
+                reading, upserting, sent = sync(store, destination, "synced_products")
                 bar.advance()
-                results.append((label, sent, seconds, raw(destination_url, csv, "raw_products")))
+                results.append((label, sent, reading, upserting, raw(destination_url, csv, "raw_products")))
                 bar.advance()
             store.dispose()
     print(f"\n{args.rows:,} records x 15 attributes, catalogue store on {args.backend}, destination PostgreSQL; "
           f"load average {load_before} before, {load_average()} after (2 cores)\n")
-    print("| sync | rows | destination sync s | raw COPY + INSERT ON CONFLICT s | throughput ratio | target | |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for label, sent, seconds, floor in results:
-        ratio = floor / seconds
-        print(f"| {label} | {sent:,} | {seconds:.2f} | {floor:.2f} | {ratio:.2f} | {TARGET:g} "
-              f"| {'met' if ratio >= TARGET else 'MISSED'} |")
+    print("| sync | rows | read changes s | upsert s | raw COPY + INSERT ON CONFLICT s | throughput ratio, whole "
+          "sync (target 0.7) | | throughput ratio, upsert alone | |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---|")
+    for label, sent, reading, upserting, floor in results:
+        whole, alone = floor / (reading + upserting), floor / upserting
+        print(f"| {label} | {sent:,} | {reading:.2f} | {upserting:.2f} | {floor:.2f} | {whole:.2f} "
+              f"| {'met' if whole >= TARGET else 'MISSED'} | {alone:.2f} | {'met' if alone >= TARGET else 'MISSED'} |")
 
 
 if __name__ == "__main__":
