@@ -55,7 +55,6 @@ _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _NULL = np.uint64(0x9E3779B97F4A7C15)
 _BATCH = 1 << 16  # rows hashed at a time: the word arrays of one batch stay in the CPU cache
 _TAIL_MASKS = np.array([(1 << (8 * i)) - 1 for i in range(8)], dtype=np.uint64)
-_WORD_KEYS = np.random.default_rng(20261202).integers(1, 2**63, size=4096, dtype=np.uint64) | np.uint64(1)
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -68,11 +67,19 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z
 
 
+def _positions(count: int) -> np.ndarray:
+    """Odd 64-bit keys, one per word position: splitmix64 of the position, fixed by this code alone (a random
+    generator's stream may change with a numpy release, and stored hashes must not)."""
+    return _mix(np.arange(count, dtype=np.uint64) * _NULL + _M1) | np.uint64(1)
+
+
+_WORD_KEYS = _positions(4096)
+
+
 def _word_keys(count: int) -> np.ndarray:
     global _WORD_KEYS
-    if count > len(_WORD_KEYS):  # a very long text: extend the (odd) per-position keys deterministically
-        extra = np.random.default_rng(len(_WORD_KEYS)).integers(1, 2**63, size=count, dtype=np.uint64)
-        _WORD_KEYS = np.concatenate([_WORD_KEYS, extra | np.uint64(1)])
+    if count > len(_WORD_KEYS):  # a very long text: more positions
+        _WORD_KEYS = _positions(count)
     return _WORD_KEYS
 
 

@@ -203,3 +203,11 @@ def test_arrow_backed_and_numeric_frames_are_taken_as_they_are(store):
     store.import_records("products", frame, change_set_id="import-1")
     assert store.record("products", "B") == {"sku": "B", "title": None, "price": None, "brand": None}
     assert store.import_records("products", frame, change_set_id="import-2").unchanged == 4
+
+
+def test_stored_hashes_stay_what_they_were():
+    # Stored hashes outlive releases: a change to `row_hash` must bump ROW_HASH_VERSION (the store then rehashes).
+    table = pa.table({"sku": ["A1", "B2", None], "title": ["Mug", "", "a longer title of more than eight bytes"],
+                      "price": [4.5, None, -0.0]})
+    assert ROW_HASH_VERSION == "arrow-words-v1"
+    assert row_hash(table, {"price"}).tolist() == [-5964288426069056099, 3267383372975786586, 6819893557634609792]
