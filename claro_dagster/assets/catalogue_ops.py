@@ -168,7 +168,7 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
         cursor_name = f"destination:{name}"
         since = int(store.get_cursor(cursor_name, "0"))
         upto = store.last_seq()
-        frame = store.changed_since(catalogue, since, filter=where)
+        frame = store.changed_since(catalogue, since, filter=where, columns=columns)
         key = store.catalogue(catalogue).key
         if columns:
             frame = frame[[key, *[c for c in columns if c != key]]]

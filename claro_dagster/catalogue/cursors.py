@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 import sqlalchemy as sa
 
@@ -32,7 +34,9 @@ class Cursors:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.coalesce(sa.func.max(cs.c.seq), 0))).scalar_one()
 
-    def changed_since(self, catalogue: str, seq: int, filter: str | None = None) -> pd.DataFrame:
-        """Records written after a change-set seq (an outbound destination's cursor)."""
-        frame = self.reader.records(catalogue, filter=filter, with_seq=True)
-        return frame[frame["_seq"] > seq].drop(columns="_seq").reset_index(drop=True)
+    def changed_since(self, catalogue: str, seq: int, filter: str | None = None,
+                      columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Records written after a change-set seq (an outbound destination's cursor), in no particular order:
+        selected in SQL on the indexed seq column with the record filter compiled to SQL. Columns are Arrow-backed
+        (`pd.ArrowDtype`), so a large sync never turns every value into a Python object."""
+        return self.reader.changed(catalogue, seq, filter, columns).to_pandas(types_mapper=pd.ArrowDtype)

@@ -7,6 +7,7 @@ and hashes is exactly what readers see.
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,10 +15,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
 from claro_dagster.catalogue.changes import ApplyResult, StoreError
-from claro_dagster.catalogue.common import aware, chunks, loads
+from claro_dagster.catalogue.common import aware, chunks, loads, row_hash
 from claro_dagster.catalogue.filters import compile_filter
 from claro_dagster.catalogue.schema import prov_column
 from claro_dagster.catalogue.schema_sync import StoredSchema
@@ -51,6 +54,10 @@ class HistoryEntry:
     by: str | None = None  # who decided: the reviewer of an approval or rejection, the author of a rollback
     proposal: int | None = None  # the review item decided
     proposed_in: str | None = None  # the change set that proposed what a reviewer decided (its run is the value's)
+
+
+_COLUMNAR_FROM = 1 << 14  # changed rows from which SQLite hands them over column by column
+_COLUMNAR_BLOCK = 1 << 18  # rows per column block
 
 
 class CatalogueReader:
@@ -103,6 +110,125 @@ class CatalogueReader:
         if limit:
             query = query.limit(limit)
         return query, [c.name for c in select_cols]
+
+    def changed(self, catalogue: str, since: int, filter: str | None = None,
+                columns: Sequence[str] | None = None) -> pa.Table:
+        """Records last written by a change set after seq `since` (and matching `filter`), as an Arrow table
+        (float64 numbers, text as large_string), in no particular order (a destination needs none, and sorting
+        a million rows is not free). The seq condition and the filter run in the database on the indexed `_seq`
+        column; rows travel as CSV text the database renders (PostgreSQL COPY; on SQLite one text per row)
+        and Arrow parses, so a million changed records cost no Python object per value."""
+        cat = self.schema.catalogue(catalogue)
+        table = self.rec[catalogue]
+        cols = {a: table.c[a] for a in cat.attributes}
+        wanted = list(dict.fromkeys(columns)) if columns else list(cat.attributes)
+        unknown = [c for c in wanted if c not in cols]
+        if unknown:
+            raise StoreError(f"unknown field(s) {', '.join(unknown)} in {catalogue}; fields are: {', '.join(cols)}")
+        if cat.key not in wanted:
+            wanted.insert(0, cat.key)
+        types = {a: pa.float64() if cat.attributes[a].type == "number" else pa.large_string() for a in wanted}
+        condition = table.c._seq > since
+        if filter:
+            condition = sa.and_(condition, compile_filter(filter, cols))
+        buffer = io.BytesIO()
+        if self.schema.dialect == "postgresql":
+            query = sa.select(*[cols[a] for a in wanted]).where(condition)
+            compiled = query.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
+            with self.engine.connect() as conn, conn.connection.driver_connection.cursor() as cur, \
+                    cur.copy(f"COPY ({compiled}) TO STDOUT (FORMAT csv)", compiled.params) as copy:
+                for block in copy:
+                    buffer.write(block)
+        else:
+            columnar = self._sqlite_columns(table, wanted, types, condition)
+            if columnar is not None:
+                return columnar
+            quote = self.engine.dialect.identifier_preparer.quote
+            parts = []
+            for a in wanted:
+                c = quote(a)
+                parts.append(f"CASE WHEN {c} IS NULL THEN '' ELSE " + (
+                    f"printf('%!.17g', {c})" if cat.attributes[a].type == "number"  # 17 digits: exact round trip
+                    else f"'\"' || replace({c}, '\"', '\"\"') || '\"'") + " END")
+            line = sa.literal_column(" || ',' || ".join(parts))
+            query = sa.select(line).where(condition)
+            compiled = query.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
+            params = [compiled.params[name] for name in compiled.positiontup or []]
+            with self.engine.connect() as conn:
+                cur = conn.connection.driver_connection.cursor()
+                cur.execute(str(compiled), params)
+                while rows := cur.fetchmany(1 << 16):
+                    buffer.write("\n".join(r[0] for r in rows).encode())
+                    buffer.write(b"\n")
+                cur.close()
+        if not buffer.tell():
+            return pa.table({a: pa.array([], types[a]) for a in wanted})
+        buffer.seek(0)
+        return pacsv.read_csv(buffer, read_options=pacsv.ReadOptions(column_names=wanted),
+                              parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                              convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
+                                                                   quoted_strings_can_be_null=False))
+
+    def _sqlite_columns(self, table: sa.Table, wanted: list[str], types: dict[str, pa.DataType],
+                        condition: sa.ColumnElement) -> pa.Table | None:
+        """Many changed records from SQLite, column by column: SQLite concatenates each column of a range of
+        rows (group_concat: the text with its byte lengths, numbers as exact text) and Arrow arrays are built
+        from those buffers, so neither a Python object per value nor per row is made. None when few rows
+        match (one text per row is cheaper then)."""
+        quote = self.engine.dialect.identifier_preparer.quote
+
+        def compiled(query: sa.Select) -> tuple[str, list]:
+            c = query.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
+            return str(c), [c.params[name] for name in c.positiontup or []]
+
+        aggregates = []
+        for a in wanted:
+            c = quote(a)
+            if pa.types.is_floating(types[a]):  # 17 digits: exact round trip; '' for NULL keeps rows aligned
+                aggregates.append(f"group_concat(CASE WHEN {c} IS NULL THEN '' ELSE printf('%!.17g', {c}) END, "
+                                  "char(10))")
+            else:
+                aggregates += [f"group_concat({c}, '')", f"group_concat(coalesce(length(CAST({c} AS BLOB)), -1))"]
+        lo, hi = sa.bindparam("lo", type_=sa.Integer), sa.bindparam("hi", type_=sa.Integer)
+        ids_sql, ids_params = compiled(sa.select(sa.literal_column("group_concat(_id)")).where(condition))
+        block_compiled = sa.select(*map(sa.literal_column, aggregates)).where(
+            condition, table.c._id.between(lo, hi)).compile(dialect=self.engine.dialect,
+                                                            compile_kwargs={"render_postcompile": True})
+        block_sql = str(block_compiled)
+        columns: dict[str, list[pa.Array]] = {a: [] for a in wanted}
+        with self.engine.connect() as conn:
+            cur = conn.connection.driver_connection.cursor()
+            text = cur.execute(ids_sql, ids_params).fetchone()[0]
+            ids = np.sort(np.fromstring(text, dtype=np.int64, sep=",")) if text else np.zeros(0, dtype=np.int64)
+            if len(ids) < _COLUMNAR_FROM:
+                cur.close()
+                return None
+            for begin in range(0, len(ids), _COLUMNAR_BLOCK):
+                bounds = {"lo": int(ids[begin]), "hi": int(ids[min(begin + _COLUMNAR_BLOCK, len(ids)) - 1])}
+                params = [bounds.get(name, block_compiled.params.get(name)) for name in block_compiled.positiontup]
+                values = list(cur.execute(block_sql, params).fetchone())
+                for a in wanted:
+                    if pa.types.is_floating(types[a]):
+                        block = (values.pop(0) or "").encode()
+                        columns[a].append(pacsv.read_csv(
+                            io.BytesIO(block + b"\n"), read_options=pacsv.ReadOptions(column_names=["v"]),
+                            parse_options=pacsv.ParseOptions(ignore_empty_lines=False),
+                            convert_options=pacsv.ConvertOptions(column_types={"v": pa.float64()}))
+                            .column("v").combine_chunks())
+                    else:
+                        data, lengths = (values.pop(0) or "").encode(), values.pop(0)
+                        sizes = np.fromstring(lengths, dtype=np.int64, sep=",")
+                        valid = sizes >= 0
+                        offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+                        np.cumsum(np.where(valid, sizes, 0), out=offsets[1:])
+                        if offsets[-1] != len(data):
+                            cur.close()
+                            return None  # not UTF-8 text as stored: let the row path handle it
+                        columns[a].append(pa.LargeStringArray.from_buffers(
+                            len(sizes), pa.py_buffer(offsets), pa.py_buffer(data),
+                            pa.array(valid).buffers()[1], int((~valid).sum())))
+            cur.close()
+        return pa.table({a: pa.chunked_array(arrays, types[a]) for a, arrays in columns.items()})
 
     def count(self, catalogue: str) -> int:
         with self.engine.connect() as conn:
@@ -235,11 +361,24 @@ class CatalogueReader:
                 frame[col] = series.where(series.notna(), None)
         return frame
 
-    def row_hash(self, catalogue: str, frame: pd.DataFrame) -> np.ndarray:
+    def arrow_rows(self, catalogue: str, frame: pd.DataFrame | dict[str, list] | pa.Table) -> pa.Table:
+        """Rows in the store's Arrow types (float64 numbers, large_string text), every attribute in spec order;
+        the input holds canonical values (as `canonical` or the writer's coercion leaves them)."""
         cat = self.schema.catalogue(catalogue)
-        ordered = frame[list(cat.attributes)]
-        # categorize=False: factorizing first only pays when values repeat a lot; catalogue rows rarely do.
-        return pd.util.hash_pandas_object(ordered, index=False, categorize=False).to_numpy().view(np.int64)
+        if isinstance(frame, pa.Table):
+            return frame.select(list(cat.attributes))
+        columns = []
+        for a, attr in cat.attributes.items():
+            values = frame[a]
+            kind = pa.float64() if attr.type == "number" else pa.large_string()
+            columns.append(pa.array(values, type=kind, from_pandas=True))
+        return pa.Table.from_arrays(columns, names=list(cat.attributes))
+
+    def row_hash(self, catalogue: str, frame: pd.DataFrame | pa.Table) -> np.ndarray:
+        """The content hash of each row over every attribute (see `common.row_hash`)."""
+        cat = self.schema.catalogue(catalogue)
+        numbers = {a for a, attr in cat.attributes.items() if attr.type == "number"}
+        return row_hash(self.arrow_rows(catalogue, frame), numbers)
 
     def fetch_rows(self, conn, catalogue: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Whole stored rows by key; a value written at creation gets `_created_prov` as its provenance."""

@@ -46,6 +46,7 @@ class CatalogueStore:
         self.schema = StoredSchema(spec, self.engine)
         self.reader = CatalogueReader(self.schema)
         self.writer = ChangeSetWriter(self.schema, self.reader)
+        self.writer.ensure_row_hashes()
         self.cursors = Cursors(self.reader)
 
     # ------------------------------------------------------------------ schema
@@ -150,9 +151,11 @@ class CatalogueStore:
     def last_seq(self) -> int:
         return self.cursors.last_seq()
 
-    def changed_since(self, catalogue: str, seq: int, filter: str | None = None) -> pd.DataFrame:
-        """Records written after a change-set seq (an outbound destination's cursor)."""
-        return self.cursors.changed_since(catalogue, seq, filter)
+    def changed_since(self, catalogue: str, seq: int, filter: str | None = None,
+                      columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Records written after a change-set seq (an outbound destination's cursor), filtered in SQL; the key
+        and `columns` (default: every attribute), Arrow-backed columns."""
+        return self.cursors.changed_since(catalogue, seq, filter, columns)
 
     def dispose(self) -> None:
         self.engine.dispose()

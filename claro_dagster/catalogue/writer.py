@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
+import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,12 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as sa_postgresql
+from sqlalchemy.dialects import sqlite as sa_sqlite
 
 from claro_dagster.catalogue.changes import (
     ApplyResult,
@@ -31,13 +38,18 @@ from claro_dagster.catalogue.changes import (
     gate,
     is_missing,
 )
-from claro_dagster.catalogue.common import chunks, dumps, now, values_equal
+from claro_dagster.catalogue.common import ROW_HASH_VERSION, chunks, dumps, now, row_hash, values_equal
 from claro_dagster.catalogue.reader import CatalogueReader
 from claro_dagster.catalogue.schema import prov_column
 from claro_dagster.catalogue.schema_sync import StoredSchema
 from claro_dagster.spec.models import AttributeSpec, Thresholds
 
 EmptyCells = Literal["ignore", "clear"]
+#: Marker (in the cursors table) of the `row_hash` version a catalogue's stored hashes were made with.
+MARK_PREFIX = "claro:row-hash:"
+_COPY_ROWS = 1 << 16  # rows per CSV block sent through COPY
+_INSERT_ROWS = 1 << 16  # rows per executemany: bounds the Python values alive at once
+_SCAN_ROWS = 1 << 19  # rows of (key, hash) SQLite renders as one text
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,24 @@ class ChangeSetWriter:
         return self.schema.spec.thresholds_for(operation, self.schema.spec.catalogues[catalogue].attributes[attribute],
                                                source)
 
+    def ensure_row_hashes(self) -> None:
+        """Rehash the catalogues whose stored content hashes were made by another version of `row_hash` (a store
+        written by an earlier release), so re-imports compare like with like. A marker per catalogue records
+        the version; checking it costs one small query when the store opens."""
+        c = self.t["cursors"]
+        marks = {f"{MARK_PREFIX}{name}": name for name in self.schema.spec.catalogues}
+        with self.engine.connect() as conn:
+            current = dict(conn.execute(sa.select(c.c.name, c.c.value).where(c.c.name.in_(list(marks)))).all())
+        for mark, catalogue in marks.items():
+            if current.get(mark) == ROW_HASH_VERSION:
+                continue
+            if self.reader.count(catalogue):
+                rehash(self, catalogue)
+            insert = (sa_postgresql.insert if self.schema.dialect == "postgresql" else sa_sqlite.insert)(c)
+            with self.engine.begin() as conn:
+                conn.execute(insert.values(name=mark, value=ROW_HASH_VERSION, updated_at=now()).on_conflict_do_update(
+                    index_elements=[c.c.name], set_={"value": ROW_HASH_VERSION, "updated_at": now()}))
+
     # ------------------------------------------------------------------ per-field change sets
     def apply(self, change_set: ChangeSet) -> ApplyResult:
         """Gate and write a change set; a change set already applied is a no-op."""
@@ -95,15 +125,16 @@ class ChangeSetWriter:
                                    record=record, field=field, once=once, preceded_by=preceded_by)
 
     # ------------------------------------------------------------------ bulk import
-    def import_records(self, catalogue: str, frame: pd.DataFrame, *, change_set_id: str, operation: str = "import",
-                       run_id: str | None = None, source: str | None = None, model: str | None = None,
-                       confidence: float = 100.0, overwrite_confidence: float | None = None,
+    def import_records(self, catalogue: str, frame: pd.DataFrame | pa.Table, *, change_set_id: str,
+                       operation: str = "import", run_id: str | None = None, source: str | None = None,
+                       model: str | None = None, confidence: float = 100.0, overwrite_confidence: float | None = None,
                        reason: str = "imported", empty_cells: EmptyCells = "ignore",
                        clear_reason: str = "cleared: empty cell") -> ApplyResult:
-        """Write whole rows (one per record key) as one change set, through the gate.
+        """Write whole rows (one per record key, a DataFrame or an Arrow table) as one change set, through the gate.
 
         New records are bulk-inserted, with each attribute's `default` where the row gives no value;
-        existing ones are compared by content hash first so an unchanged re-import costs one read of
+        existing ones are compared by content hash first (hashed column-wise on Arrow data, compared with
+        the stored hashes without a Python object per row), so an unchanged re-import costs one read of
         (key, hash); changed fields go through the same per-field path as any other change set.
 
         A column the frame lacks is no information: existing records keep their values. An empty cell
@@ -118,135 +149,270 @@ class ChangeSetWriter:
         overwrite = confidence if overwrite_confidence is None else overwrite_confidence
         cat = self.schema.catalogue(catalogue)
         key = cat.key
-        unknown = [c for c in frame.columns if c not in cat.attributes]
+        names = list(frame.column_names if isinstance(frame, pa.Table) else frame.columns)
+        unknown = [c for c in names if c not in cat.attributes]
         if unknown:
             raise StoreError(f"{catalogue}: unknown column(s) {', '.join(map(str, unknown))}; "
                              f"attributes are: {', '.join(cat.attributes)}")
-        if key not in frame.columns:
+        if key not in names:
             raise StoreError(f"{catalogue}: the rows have no {key!r} column, the catalogue key")
-        data = self._coerce_frame(catalogue, frame)
-        if data[key].isna().any():
-            missing = int(data[key].isna().sum())
-            raise StoreError(f"{catalogue}: {missing} row(s) have no {key!r}; every record needs its key")
-        dup = data[key][data[key].duplicated()]
-        if len(dup):
-            raise StoreError(f"{catalogue}: key {dup.iloc[0]!r} appears more than once in the change set "
-                             f"({len(dup)} duplicate keys); deduplicate before importing")
+        if len(set(names)) != len(names):
+            raise StoreError(f"{catalogue}: a column appears more than once; each attribute needs one column")
+        data = self._coerce_table(catalogue, frame)
+        keys = data.column(key)
+        if keys.null_count:
+            raise StoreError(f"{catalogue}: {keys.null_count} row(s) have no {key!r}; every record needs its key")
+        _refuse_duplicate_keys(catalogue, key, keys)
+        whole = set(data.column_names) == set(cat.attributes)
+        # A row's hash covers every attribute, its key too: a row whose hash is stored is a record stored as is.
+        hashes = self.reader.row_hash(catalogue, data) if whole else None
         cs = ChangeSet(change_set_id, catalogue, operation, run_id=run_id, source=source, model=model)
         with self.transaction() as tx:
             opened = tx.open(cs)
             if opened is None:
                 return tx.already_applied(change_set_id)
             result = opened.result
-            existing = self._existing_hashes(tx.conn, catalogue, data[key])
-            # One hash-table lookup gives both "is it new" and "where is its stored hash".
-            position = existing.index.get_indexer(data[key]) if len(existing) else np.full(len(data), -1)
-            is_new = position < 0
+            fields = data.num_columns - 1
+            total = tx.conn.execute(sa.select(sa.func.count()).select_from(self.schema.rec[catalogue])).scalar_one()
+            if hashes is not None and total:
+                same = pc.is_in(pa.array(hashes), value_set=pa.array(self._stored_hashes(tx.conn, catalogue)))
+                same = same.to_numpy(zero_copy_only=False)
+                result.unchanged += int(same.sum()) * fields
+                if same.all():
+                    return opened.finish()
+                if same.any():
+                    data, hashes = data.filter(pa.array(~same)), hashes[~same]
+                    keys = data.column(key)
+            stored_keys = self._existing_keys(tx.conn, catalogue, keys, total)
+            is_new = (~pc.is_in(keys, value_set=stored_keys.cast(keys.type)).to_numpy(zero_copy_only=False)
+                      if len(stored_keys) else np.ones(len(data), dtype=bool))
             if is_new.any():
-                new = self._with_defaults(catalogue, data[is_new])
+                new = data.filter(pa.array(is_new)) if not is_new.all() else data
+                new_hashes = None if hashes is None else hashes[is_new]
+                new, defaulted = self._with_defaults(catalogue, new)
                 outcomes = {a: gate(confidence, self.thresholds(catalogue, operation, a, source))
-                            for a in new.columns if a != key}
-                result.created = len(new)
-                opened.insert_new(new, outcomes, ValueProvenance(operation, run_id, source, model, None, confidence))
-                applied_cols = [a for a, o in outcomes.items() if o == "applied"]
-                result.applied += int(new[applied_cols].notna().to_numpy().sum()) if applied_cols else 0
+                            for a in new.column_names if a != key}
+                result.created = new.num_rows
+                reuse = new_hashes is not None and not defaulted and all(o == "applied" for o in outcomes.values())
+                opened.insert_new(new, outcomes, ValueProvenance(operation, run_id, source, model, None, confidence),
+                                  hashes=new_hashes if reuse else None)
+                result.applied += sum(new.num_rows - new.column(a).null_count
+                                      for a, o in outcomes.items() if o == "applied")
                 # Fields the gate held back on new records become proposals like any other change.
-                held = [Change(str(k), a, v, confidence, reason) for a, o in outcomes.items() if o != "applied"
-                        for k, v in zip(new[key], new[a], strict=True) if not is_missing(v)]
-                if held:
-                    opened.write(held, kind="update")
-            old = data[~is_new]
-            if len(old):
-                if set(data.columns) == set(cat.attributes):
-                    hashes = self.reader.row_hash(catalogue, old)
-                    changed = old[hashes != existing.to_numpy()[position[~is_new]]]
-                else:
-                    changed = old
-                fields = len(data.columns) - 1
-                result.unchanged += (len(old) - len(changed)) * fields
-                if len(changed):
-                    current = self.reader.fetch_rows(tx.conn, catalogue, changed[key])
-                    changes = []
-                    for a in data.columns:
-                        if a == key:
-                            continue
-                        for k, v in zip(changed[key], changed[a], strict=True):
-                            was = current[k][a]
-                            if values_equal(was, v):
-                                continue
-                            if is_missing(v):
-                                if empty_cells == "clear":
-                                    changes.append(Change(str(k), a, None, overwrite, clear_reason))
-                                continue  # an empty cell is no information: the value stays
-                            changes.append(Change(str(k), a, v, confidence if was is None else overwrite, reason))
-                    result.unchanged += len(changed) * fields - len(changes)
-                    opened.write(changes, kind="update", current=current)
+                held_cols = [a for a, o in outcomes.items() if o != "applied"]
+                if held_cols:
+                    held_frame = new.select([key, *held_cols]).to_pandas()
+                    held = [Change(str(k), a, v, confidence, reason) for a in held_cols
+                            for k, v in zip(held_frame[key], held_frame[a], strict=True) if not is_missing(v)]
+                    if held:
+                        opened.write(held, kind="update")
+            if not is_new.all():
+                # Existing records whose content differs (or, for rows lacking some attributes, may differ).
+                changed = data.filter(pa.array(~is_new)) if is_new.any() else data
+                self._write_changed(opened, catalogue, changed.to_pandas(), confidence=confidence,
+                                    overwrite=overwrite, reason=reason, empty_cells=empty_cells,
+                                    clear_reason=clear_reason)
             return opened.finish()
 
-    def _with_defaults(self, catalogue: str, new: pd.DataFrame) -> pd.DataFrame:
-        """New records get each attribute's `default` where the row has no value (column absent or cell empty).
-        Defaults apply to new records only: on an existing record a missing value is no information."""
+    def _write_changed(self, opened: OpenChangeSet, catalogue: str, changed: pd.DataFrame, *, confidence: float,
+                       overwrite: float, reason: str, empty_cells: EmptyCells, clear_reason: str) -> None:
+        """Existing records whose content differs: compare field by field, write what changed through the gate."""
         cat = self.schema.catalogue(catalogue)
-        new = new.copy()
+        key = cat.key
+        current = self.reader.fetch_rows(opened.conn, catalogue, changed[key])
+        keys = changed[key].tolist()
+        changes = []
+        for a in changed.columns:
+            if a == key:
+                continue
+            # Compare whole columns first; only the cells that differ become changes.
+            if cat.attributes[a].type == "number":
+                new = changed[a].to_numpy(dtype=float, na_value=np.nan)
+                stored = np.array([current[k][a] for k in keys], dtype=float)
+                differ = ~((new == stored) | (np.isnan(new) & np.isnan(stored)))
+            else:
+                new = changed[a].to_numpy(dtype=object)
+                stored = np.array([current[k][a] for k in keys], dtype=object)
+                missing = pd.isna(new)
+                differ = (missing != pd.isna(stored)) | (~missing & (new != stored))
+            for i in np.flatnonzero(differ):
+                k, v = keys[i], new[i]
+                was = current[k][a]
+                if values_equal(was, v):
+                    continue
+                if is_missing(v):
+                    if empty_cells == "clear":
+                        changes.append(Change(str(k), a, None, overwrite, clear_reason))
+                    continue  # an empty cell is no information: the value stays
+                changes.append(Change(str(k), a, v, confidence if was is None else overwrite, reason))
+        opened.result.unchanged += len(changed) * (changed.shape[1] - 1) - len(changes)
+        opened.write(changes, kind="update", current=current)
+
+    def _with_defaults(self, catalogue: str, new: pa.Table) -> tuple[pa.Table, bool]:
+        """New records get each attribute's `default` where the row has no value (column absent or cell empty);
+        True when a default filled something. Defaults apply to new records only: on an existing record a
+        missing value is no information."""
+        cat = self.schema.catalogue(catalogue)
+        defaulted = False
         for name, attr in cat.attributes.items():
             if attr.default is None or name == cat.key:
                 continue
             value = coerce_value(attr.default, attr, where=f"{catalogue} attribute {name!r} default")
-            if name not in new.columns:
-                new[name] = value
-                if attr.type != "number":
-                    new[name] = new[name].astype(object)
+            if name not in new.column_names:
+                kind = pa.float64() if attr.type == "number" else pa.large_string()
+                new = new.append_column(pa.field(name, kind), pa.repeat(pa.scalar(value, kind), new.num_rows))
+                defaulted = True
             else:
-                new[name] = new[name].where(new[name].notna(), value)
-                if attr.type == "number":
-                    new[name] = new[name].astype("float64")
-        return new
+                i = new.column_names.index(name)
+                if new.column(i).null_count:
+                    kind = new.column(i).type
+                    new = new.set_column(i, name, pc.fill_null(new.column(i), pa.scalar(value, kind)))
+                    defaulted = True
+        return new, defaulted
 
-    def _coerce_frame(self, catalogue: str, frame: pd.DataFrame) -> pd.DataFrame:
+    def _coerce_table(self, catalogue: str, frame: pd.DataFrame | pa.Table) -> pa.Table:
+        """The rows as an Arrow table in the store's types: float64 for numbers, large_string for the rest,
+        nulls for missing values. Arrow columns already of those types are used as they are (no copy)."""
         cat = self.schema.catalogue(catalogue)
-        data = frame.reset_index(drop=True).copy()
-        for col in data.columns:
-            attr = cat.attributes[col]
-            if attr.type == "number":
-                numbers = pd.to_numeric(data[col], errors="coerce")
-                bad = numbers.isna() & data[col].notna()
-                if bad.any():
-                    i = int(np.flatnonzero(bad.to_numpy())[0])
-                    raise StoreError(f"{catalogue} record {data[cat.key].iloc[i]!r} field {col!r}: "
-                                     f"{data[col].iloc[i]!r} is not a number; normalize it first "
-                                     f"({int(bad.sum())} such value(s))")
-                data[col] = numbers.astype("float64")
+        if isinstance(frame, pd.DataFrame):
+            frame = frame.reset_index(drop=True)
+        columns, fields = [], []
+        for name in (frame.column_names if isinstance(frame, pa.Table) else frame.columns):
+            attr = cat.attributes[name]
+            kind = pa.float64() if attr.type == "number" else pa.large_string()
+            column = frame.column(name) if isinstance(frame, pa.Table) else _arrow_friendly(frame[name], attr.type)
+            if column is not None and attr.type != "number" and pa.types.is_string(column.type):
+                kind = pa.string()  # Arrow's default text type is as good as large_string: no copy
+            if column is not None and pa.types.is_dictionary(column.type):
+                column = column.cast(column.type.value_type)
+            fast = column is not None and (
+                (attr.type == "number" and (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)))
+                or (attr.type != "number" and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                                               or pa.types.is_null(column.type))))
+            if fast:
+                column = column.cast(kind)
+                if attr.type == "number" and column.null_count < len(column):
+                    column = pc.if_else(pc.is_nan(column), pa.scalar(None, kind), column)  # NaN is no value
             else:
-                series = data[col]
-                if series.dtype.kind == "f":  # whole floats read as text must not gain ".0"
-                    series = series.map(lambda v, a=attr, c=col: None if is_missing(v) else coerce_value(v, a, where=c))
-                else:
-                    series = series.astype(object).where(series.notna(), None)
-                    if pd.api.types.infer_dtype(series, skipna=True) not in ("string", "empty"):
-                        series = series.map(lambda v: v if v is None or isinstance(v, str) else str(v))
-                data[col] = series
-        return data
+                series = column.to_pandas() if column is not None else frame[name]
+                column = pa.chunked_array([pa.array(self._coerce_series(catalogue, cat.key, frame, name, series),
+                                                    type=kind, from_pandas=True)], type=kind)
+            columns.append(column)
+            fields.append(pa.field(name, column.type))
+        return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
-    def _existing_hashes(self, conn, catalogue: str, keys: pd.Series) -> pd.Series:
+    def _coerce_series(self, catalogue: str, key: str, frame, col: str, series: pd.Series) -> pd.Series:
+        attr = self.schema.catalogue(catalogue).attributes[col]
+        series = series.reset_index(drop=True)
+        if attr.type == "number":
+            numbers = pd.to_numeric(series, errors="coerce")
+            bad = numbers.isna() & series.notna()
+            if bad.any():
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                keys = frame.column(key).to_pandas() if isinstance(frame, pa.Table) else frame[key]
+                raise StoreError(f"{catalogue} record {keys.iloc[i]!r} field {col!r}: "
+                                 f"{series.iloc[i]!r} is not a number; normalize it first "
+                                 f"({int(bad.sum())} such value(s))")
+            return numbers.astype("float64")
+        if series.dtype.kind == "f":  # whole floats read as text must not gain ".0"
+            return series.map(lambda v, a=attr, c=col: None if is_missing(v) else coerce_value(v, a, where=c))
+        series = series.astype(object).where(series.notna(), None)
+        if pd.api.types.infer_dtype(series, skipna=True) not in ("string", "empty"):
+            series = series.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+        return series
+
+    def _existing_keys(self, conn, catalogue: str, keys: pa.ChunkedArray, total: int) -> pa.Array:
+        """The stored keys among `keys` (all stored keys when `keys` are much of the table)."""
         table = self.schema.rec[catalogue]
         key_col = table.c[self.schema.catalogue(catalogue).key]
-        total = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        key_type = pa.float64() if self.schema.catalogue(catalogue).attributes[key_col.name].type == "number" \
+            else pa.large_string()
         if total == 0:
-            return pd.Series(dtype="int64")
-        if len(keys) * 4 >= total:  # most of the table: one sequential read on the driver's own cursor
-            quote = self.engine.dialect.identifier_preparer.quote
-            cur = conn.connection.driver_connection.cursor()
-            cur.execute(f"SELECT {quote(key_col.name)}, _hash FROM {quote(table.name)}")
-            rows = cur.fetchall()
-            cur.close()
+            return pa.array([], key_type)
+        if len(keys) * 4 >= total:  # most of the table: one sequential read rendered as text, parsed by Arrow
+            return self._scan(conn, table.name, key_col.name, key_type)
+        found = []
+        for chunk in chunks(keys.to_pylist()):
+            found.extend(conn.execute(sa.select(key_col).where(key_col.in_(chunk))).scalars())
+        return pa.array(found, key_type)
+
+    def _stored_hashes(self, conn, catalogue: str) -> np.ndarray:
+        """Every stored content hash of a catalogue, read in one pass without a Python object per row."""
+        table = self.schema.rec[catalogue].name
+        quote = self.engine.dialect.identifier_preparer.quote
+        if self.schema.dialect == "postgresql":
+            # The server joins the hashes into a few large texts (one per range of ids, well under its 1 GB
+            # limit): a COPY would send a message, and psycopg make a Python call, per row.
+            with conn.connection.driver_connection.cursor() as cur:
+                blocks = cur.execute(f"SELECT string_agg(_hash::text, ',') FROM {quote(table)} "
+                                     f"GROUP BY _id >> 20").fetchall()
+            parts = [np.fromstring(block, dtype=np.int64, sep=",") for (block,) in blocks if block]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        parts = [np.fromstring(block, dtype=np.int64, sep=",")
+                 for block in _sqlite_blocks(conn, table, "CAST(_hash AS TEXT)", ",")]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def _scan(self, conn, table: str, key: str, key_type: pa.DataType) -> pa.Array:
+        """Every stored key of a table as an Arrow array."""
+        quote = self.engine.dialect.identifier_preparer.quote
+        buffer = io.BytesIO()
+        if self.schema.dialect == "postgresql":
+            with conn.connection.driver_connection.cursor() as cur, \
+                    cur.copy(f"COPY (SELECT {quote(key)} FROM {quote(table)}) TO STDOUT (FORMAT csv)") as copy:
+                for block in copy:
+                    buffer.write(block)
         else:
-            rows = []
-            for chunk in chunks(list(keys)):
-                rows.extend(conn.execute(sa.select(key_col, table.c._hash).where(key_col.in_(chunk))).fetchall())
-        if not rows:
-            return pd.Series(dtype="int64")
-        k, h = zip(*rows, strict=True)
-        return pd.Series(np.array(h, dtype=np.int64), index=pd.Index(k))  # _hash is never NULL
+            text = f"'\"' || replace(CAST({quote(key)} AS TEXT), '\"', '\"\"') || '\"'"
+            for block in _sqlite_blocks(conn, table, text, "\n"):
+                buffer.write(block.encode())
+                buffer.write(b"\n")
+        if not buffer.tell():
+            return pa.array([], key_type)
+        buffer.seek(0)
+        convert = pacsv.ConvertOptions(column_types={"k": pa.large_string()}, strings_can_be_null=False,
+                                       quoted_strings_can_be_null=False)
+        parsed = pacsv.read_csv(buffer, read_options=pacsv.ReadOptions(column_names=["k"]),
+                                parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=convert)
+        return parsed.column("k").combine_chunks().cast(key_type)
+
+
+def _arrow_friendly(series: pd.Series, kind: str) -> pa.ChunkedArray | None:
+    """A pandas column Arrow can take as it is (Arrow-backed or string dtypes, numbers for a number attribute);
+    None for the rest (object columns), which go through the per-value coercion."""
+    dtype = series.dtype
+    if isinstance(dtype, pd.ArrowDtype | pd.StringDtype) or (
+            kind == "number" and pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)):
+        array = pa.array(series, from_pandas=True)
+        return array if isinstance(array, pa.ChunkedArray) else pa.chunked_array([array])
+    return None
+
+
+def _refuse_duplicate_keys(catalogue: str, key: str, keys: pa.ChunkedArray) -> None:
+    # Equal keys hash equal: sorting the keys' hashes (fast for int64) proves most files duplicate-free at once.
+    hashed = np.sort(row_hash(pa.table({key: keys})))
+    if len(hashed) < 2 or not (hashed[1:] == hashed[:-1]).any():
+        return
+    counts = pc.value_counts(keys)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        raise StoreError(f"{catalogue}: key {dup.field('values')[0].as_py()!r} appears more than once in the "
+                         f"change set ({sum(c.as_py() - 1 for c in dup.field('counts'))} duplicate keys); "
+                         "deduplicate before importing")
+
+
+def _sqlite_blocks(conn, table: str, expression: str, separator: str) -> Iterator[str]:
+    """`expression` of every row of a SQLite table, joined by SQLite itself (group_concat) in ranges of `_id`:
+    a million values cost one text per range instead of a Python tuple per row."""
+    quote = conn.dialect.identifier_preparer.quote
+    cur = conn.connection.driver_connection.cursor()
+    low, high = cur.execute(f"SELECT min(_id), max(_id) FROM {quote(table)}").fetchone()
+    if low is not None:
+        for begin in range(low, high + 1, _SCAN_ROWS):
+            block = cur.execute(f"SELECT group_concat({expression}, ?) FROM {quote(table)} WHERE _id >= ? AND _id < ?",
+                                (separator, begin, begin + _SCAN_ROWS)).fetchone()[0]
+            if block:
+                yield block
+    cur.close()
 
 
 class WriteTransaction:
@@ -445,45 +611,63 @@ class OpenChangeSet:
                 proposal=pid, payload=dumps(payload), at=stamp))
 
     # ------------------------------------------------------------------ bulk insert of new records
-    def insert_new(self, new: pd.DataFrame, outcomes: dict[str, Outcome], prov: ValueProvenance) -> None:
-        """Bulk-insert new records (values the gate applies; the others wait as proposals), one event each."""
+    def insert_new(self, new: pa.Table, outcomes: dict[str, Outcome], prov: ValueProvenance,
+                   hashes: np.ndarray | None = None) -> None:
+        """Bulk-insert new records (values the gate applies; the others wait as proposals), one event each.
+        `hashes`: the rows' content hashes when the caller has them already (the rows are stored as given)."""
         catalogue, change_set_id = self.cs.catalogue, self.cs.id
         cat = self.schema.catalogue(catalogue)
         table = self.schema.rec[catalogue]
-        stored = new.copy()
-        for a in cat.attributes:
-            if a not in stored.columns or (a != cat.key and outcomes.get(a) != "applied"):
-                stored[a] = np.nan if cat.attributes[a].type == "number" else None
-        stored = stored[list(cat.attributes)]
-        hashes = self.reader.row_hash(catalogue, stored)
-        n = len(stored)
-        columns = [*cat.attributes, "_hash", "_created_cs", "_created_prov", "_seq"]
-        arrays = [_to_db_list(stored[a]) for a in cat.attributes]
-        arrays += [hashes.tolist(), [change_set_id] * n, [self.provenance(prov)] * n, [self.seq] * n]
-        self._bulk_insert(table, columns, arrays)
+        columns, fields = [], []
+        for a, attr in cat.attributes.items():
+            kind = pa.float64() if attr.type == "number" else pa.large_string()
+            if a not in new.column_names or (a != cat.key and outcomes.get(a) != "applied"):
+                columns.append(pa.nulls(new.num_rows, kind))
+            else:
+                columns.append(new.column(a))
+            fields.append(pa.field(a, kind))
+        stored = pa.Table.from_arrays(columns, schema=pa.schema(fields))
+        if hashes is None:
+            hashes = self.reader.row_hash(catalogue, stored)
+        stored = stored.append_column("_hash", pa.array(hashes))
+        before = self.conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c._id), 0))).scalar_one()
+        self._bulk_insert(table, stored, {"_created_cs": change_set_id, "_created_prov": self.provenance(prov),
+                                          "_seq": self.seq})
         e = self.t["events"]
         payload = dumps({"created": True})
         self.conn.execute(e.insert().from_select(
             ["type", "catalogue", "record", "change_set", "payload", "at"],
             sa.select(sa.literal("change.applied"), sa.literal(catalogue), table.c[cat.key],
                       sa.literal(change_set_id), sa.literal(payload), sa.literal(now(), sa.DateTime(timezone=True)))
-            .where(table.c._created_cs == change_set_id)))
+            # The new rows are past the largest id before the insert: a range of the primary key, not a scan.
+            .where(table.c._id > before, table.c._created_cs == change_set_id)))
 
-    def _bulk_insert(self, table: sa.Table, columns: list[str], arrays: list[list]) -> None:
-        """Dialect-specific bulk path: COPY on PostgreSQL, executemany on SQLite's raw cursor."""
+    def _bulk_insert(self, table: sa.Table, rows: pa.Table, constants: dict[str, Any]) -> None:
+        """Dialect-specific bulk path: COPY of Arrow-written CSV on PostgreSQL (no Python object per value),
+        executemany on SQLite's raw cursor (its driver takes Python values only). `constants`: columns with one
+        value for every row."""
         raw = self.conn.connection.driver_connection
-        rows = zip(*arrays, strict=True)
         quote = self.writer.engine.dialect.identifier_preparer.quote
+        n = rows.num_rows
+        cols = ", ".join(quote(c) for c in [*rows.column_names, *constants])
         if self.schema.dialect == "postgresql":
-            cols = ", ".join(quote(c) for c in columns)
-            with raw.cursor() as cur, cur.copy(f"COPY {quote(table.name)} ({cols}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+            for name, value in constants.items():
+                rows = rows.append_column(name, pa.repeat(pa.scalar(value), n))
+            # Every valid value quoted, nulls bare: COPY's CSV format tells NULL from the empty string that way.
+            options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+            with raw.cursor() as cur, cur.copy(f"COPY {quote(table.name)} ({cols}) FROM STDIN (FORMAT csv)") as copy:
+                for begin in range(0, rows.num_rows, _COPY_ROWS):
+                    sink = io.BytesIO()
+                    pacsv.write_csv(rows.slice(begin, _COPY_ROWS), sink, options)
+                    copy.write(sink.getbuffer())
         else:
-            sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-                   f"VALUES ({', '.join('?' * len(columns))})")
+            marks = ", ".join("?" * (rows.num_columns + len(constants)))
+            sql = f"INSERT INTO {quote(table.name)} ({cols}) VALUES ({marks})"
             cur = raw.cursor()
-            cur.executemany(sql, rows)
+            for batch in rows.to_batches(_INSERT_ROWS):
+                values = [column.to_pylist() for column in batch.columns]
+                fixed = [itertools.repeat(value, batch.num_rows) for value in constants.values()]
+                cur.executemany(sql, zip(*values, *fixed, strict=True))
             cur.close()
 
     # ------------------------------------------------------------------ exact writes (rollback, schema)
@@ -555,9 +739,8 @@ class OpenChangeSet:
         cat = self.schema.catalogue(catalogue)
         table = self.schema.rec[catalogue]
         touched = list(dict.fromkeys([*created, *writes]))
-        frame = self.reader.canonical(catalogue, pd.DataFrame([{a: rows[k][a] for a in cat.attributes}
-                                                               for k in touched]))
-        hashes = dict(zip(touched, self.reader.row_hash(catalogue, frame).tolist(), strict=True))
+        hashes = dict(zip(touched, self.reader.row_hash(catalogue, self.reader.arrow_rows(
+            catalogue, {a: [rows[k][a] for k in touched] for a in cat.attributes})).tolist(), strict=True))
         if created:
             self.conn.execute(table.insert(), [
                 {**{c: v for c, v in rows[k].items() if c in table.c and not c.startswith("_")},
@@ -575,15 +758,9 @@ class OpenChangeSet:
             self.conn.execute(stmt, params)
 
 
-def _to_db_list(series: pd.Series) -> list:
-    if series.dtype.kind == "f":
-        values = series.to_numpy()
-        return [None if v != v else v for v in values.tolist()]
-    return series.tolist()
-
-
 def rehash(writer: ChangeSetWriter, catalogue: str) -> None:
-    """Recompute every record's content hash (after a type change altered how values are stored)."""
+    """Recompute every record's content hash (after a type change altered how values are stored, or when the
+    hashes were made by an earlier version of `row_hash`)."""
     cat = writer.schema.catalogue(catalogue)
     table = writer.schema.rec[catalogue]
     frame = writer.reader.records(catalogue)

@@ -10,7 +10,9 @@
 3. adds the frame's new columns (`ALTER TABLE ... ADD COLUMN`); columns are never dropped, and
    table columns missing from the frame are left as they are;
 4. COPYs the frame into a TEMP staging table (`COPY ... FROM STDIN` via psycopg 3's
-   `cursor.copy()`), typed like the target columns;
+   `cursor.copy()`, as CSV that pyarrow writes from whole columns), typed like the target columns; a table
+   created by this very upsert has nothing to conflict with, so the rows are COPYed straight into it and
+   step 5 is skipped;
 5. `INSERT INTO t SELECT ... FROM staging ON CONFLICT (key) DO UPDATE SET ... WHERE
    ROW(t.cols) IS DISTINCT FROM ROW(EXCLUDED.cols)`: only the frame's columns are compared, so an
    unchanged row is not rewritten (no new tuple, `_synced_at` kept) and re-running the same upsert
@@ -28,6 +30,7 @@ characters each), anything else is refused before touching the database.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -39,6 +42,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from psycopg import sql
 
 SYNCED_AT = "_synced_at"
@@ -46,6 +51,7 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 _TABLE = re.compile(rf"(?:({_IDENT})\.)?({_IDENT})")
 _SCHEME = re.compile(r"^postgres(?:ql)?(?:\+[A-Za-z0-9_]+)?://")
 _STAGE = "_claro_upsert_stage"
+_COPY_ROWS = 1 << 16  # rows per CSV block sent through COPY
 
 
 @dataclass(frozen=True)
@@ -140,16 +146,19 @@ class PostgresDestination(dg.ConfigurableResource):
                         added.append(column)
             types = _table_columns(cur, qualified)
 
+            column_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+            rows = _arrow_rows(frame, columns, types)
+            if created:
+                # A table made in this transaction has no row to conflict with (the frame's keys are unique):
+                # COPY straight into it, `_synced_at` takes its default.
+                _copy_in(cur, target, column_list, rows)
+                return UpsertResult(table=table, inserted=len(frame), updated=0, unchanged=0, created_table=True)
             # The staging table lives in this session's temp schema and is dropped at commit.
             stage = sql.Identifier("pg_temp", _STAGE)
-            column_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
             cur.execute(sql.SQL(
                 "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA"
             ).format(sql.Identifier(_STAGE), column_list, target))
-            converters = [_converter(types[c]) for c in columns]
-            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, column_list)) as copy:
-                for row in frame.itertuples(index=False, name=None):
-                    copy.write_row([convert(value) for convert, value in zip(converters, row, strict=True)])
+            _copy_in(cur, stage, column_list, rows)
 
             if data_columns:
                 conflict = sql.SQL("DO UPDATE SET {sets}, {synced} = EXCLUDED.{synced} "
@@ -220,6 +229,50 @@ def _has_unique_key(cur: psycopg.Cursor, qualified: str, key: str) -> bool:
         (qualified, key),
     )
     return cur.fetchone() is not None
+
+
+def _copy_in(cur: psycopg.Cursor, table: sql.Composable, column_list: sql.Composable, rows: pa.Table) -> None:
+    """COPY Arrow rows into a table as CSV Arrow writes from whole columns (no Python object per value); every
+    valid value is quoted and nulls are bare, which is how COPY's CSV format tells NULL from ""."""
+    options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, column_list)) as copy:
+        for begin in range(0, rows.num_rows, _COPY_ROWS):
+            sink = io.BytesIO()
+            pacsv.write_csv(rows.slice(begin, _COPY_ROWS), sink, options)
+            copy.write(sink.getbuffer())
+
+
+def _arrow_rows(frame: pd.DataFrame, columns: list[str], types: dict[str, str]) -> pa.Table:
+    """The frame's columns as Arrow arrays COPY can take as CSV: floats stay floats for float columns, text stays
+    text; anything else (ints, bools, objects) becomes the text the per-value converter gives."""
+    arrays = []
+    for column in columns:
+        series = frame[column].reset_index(drop=True)
+        dtype = series.dtype
+        numeric = types[column] in {"double precision", "real"}
+        if numeric and pd.api.types.is_float_dtype(dtype):
+            array = pa.array(series, from_pandas=True).cast(pa.float64())
+        elif _is_text(series):
+            array = pa.array(series, from_pandas=True)
+            if not pa.types.is_large_string(array.type):
+                array = array.cast(pa.large_string())
+        elif pd.api.types.is_integer_dtype(dtype):
+            array = pa.array(series, from_pandas=True).cast(pa.large_string())
+        else:
+            convert = _converter(types[column])
+            values = [convert(value) for value in series]
+            array = pa.array([v if v is None or isinstance(v, str) else repr(v) for v in values], pa.large_string())
+        arrays.append(array)
+    return pa.Table.from_arrays(arrays, names=columns)
+
+
+def _is_text(series: pd.Series) -> bool:
+    dtype = series.dtype
+    if isinstance(dtype, pd.ArrowDtype):
+        return pa.types.is_string(dtype.pyarrow_dtype) or pa.types.is_large_string(dtype.pyarrow_dtype)
+    if isinstance(dtype, pd.StringDtype):
+        return True
+    return pd.api.types.is_object_dtype(dtype) and pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty")
 
 
 def _is_null(value: Any) -> bool:
