@@ -3,16 +3,35 @@
 Whitespace and casing, enum synonyms, units (pint), locale number formats, ISO dates and HTML are
 handled by the same rules validation uses (`values.AttributeRules`). A value that cannot be
 normalized is left as it was: validation has already reported it.
+
+A batch that comes from validation (`ValidationResult.carried()`, as `batch_validated` stores it) already holds
+each attribute's normalized values; they are used as they are, so no rule is evaluated twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from claro_dagster.operations.values import AttributeRules, line_numbers, record_labels
+from claro_dagster.operations.values import (
+    CHANGE,
+    NORMALIZED,
+    REASONS,
+    REJECTED,
+    AttributeRules,
+    ColumnOutcome,
+    cells,
+    column_of,
+    labels_at,
+    line_numbers,
+    objects,
+    record_keys,
+)
 from claro_dagster.spec.models import CatalogueSpec
 
 __all__ = ["CHANGE_COLUMNS", "NormalizationResult", "normalize_batch"]
@@ -26,49 +45,95 @@ class NormalizationResult:
     changes: pd.DataFrame  # line, record, attribute, old, new, reason: one row per value changed
 
 
-def normalize_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
-                    locale_hint: str | None = None) -> NormalizationResult:
+def carried_outcomes(frame: pd.DataFrame, catalogue: CatalogueSpec) -> dict[str, ColumnOutcome] | None:
+    """The outcomes a validated batch carries (`ValidationResult.carried`), for its rows that passed; None
+    when it carries none for an attribute column it has (then the rules are evaluated here)."""
+    names = [n for n in catalogue.attributes if n in frame.columns]
+    if REJECTED not in frame.columns or not all(NORMALIZED + n in frame.columns and CHANGE + n in frame.columns
+                                                for n in names):
+        return None
+    outcomes = {}
+    for name in names:
+        normalized = pa.array(frame[NORMALIZED + name], from_pandas=True)
+        if isinstance(normalized, pa.ChunkedArray):
+            normalized = normalized.combine_chunks()
+        if pa.types.is_large_string(normalized.type) or pa.types.is_null(normalized.type):
+            normalized = normalized.cast(pa.string())
+        change = frame[CHANGE + name].to_numpy(dtype=object)
+        change[pd.isna(change)] = None
+        blank = ~pc.is_valid(normalized).to_numpy(zero_copy_only=False)
+        outcomes[name] = ColumnOutcome(change, np.full(len(frame), None, dtype=object), blank,
+                                       normalized=normalized)
+    return outcomes
+
+
+def normalize_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *, locale_hint: str | None = None,
+                    outcomes: Mapping[str, ColumnOutcome] | None = None) -> NormalizationResult:
     """Normalize every catalogue attribute present in `frame`; other columns pass through untouched.
 
     An attribute the batch has no column for gets none: an absent column is no information, and
     the store must not read it as "clear this value". Defaults are not filled here either: only the
     store knows which rows create a record, and a default applies to new records only.
+
+    `outcomes`: each attribute's `ColumnOutcome` for these rows, when validation evaluated them already. A
+    validated batch (`ValidationResult.carried()`) is normalized from what it carries, its rejected rows left
+    out; any other frame is evaluated here.
     """
+    source = frame           # where the original cells are read
+    origin = None            # positions in `source` of this frame's rows, when rejected rows were left out
+    if REJECTED in frame.columns:
+        passed = ~frame[REJECTED].astype(bool).to_numpy()
+        kept = [c for c in frame.columns if c not in (REJECTED, REASONS) and not c.startswith((NORMALIZED, CHANGE))]
+        if outcomes is None:
+            carried = carried_outcomes(frame, catalogue)
+            outcomes = None if carried is None else {n: o.take(passed) for n, o in carried.items()}
+        if outcomes is None:
+            frame = source = frame.loc[passed, kept]
+        else:  # the attribute columns are rebuilt from the outcomes: only the others are copied
+            origin = np.flatnonzero(passed)
+            frame = frame.loc[passed, [c for c in kept if c not in outcomes]].reindex(columns=kept, copy=False)
     rows = len(frame)
-    out = frame.copy()
     lines = line_numbers(frame)
+    if outcomes is None:
+        outcomes = {name: AttributeRules(name, attr, locale_hint=locale_hint).evaluate_column(frame[name], rows)
+                    for name, attr in catalogue.attributes.items() if name in frame.columns}
+    outcomes = {name: outcomes[name] for name in catalogue.attributes if name in outcomes and name in frame.columns}
 
-    outcomes = {}
-    for name, attr in catalogue.attributes.items():
-        if name not in frame.columns:
-            continue
-        rules = AttributeRules(name, attr, locale_hint=locale_hint)
-        outcomes[name] = rules.evaluate_column(frame[name], rows)
+    def original(name: str, pos: np.ndarray) -> np.ndarray:
+        return cells(source[name], pos if origin is None else origin[pos])
 
-    key = outcomes.get(catalogue.key)
-    records = record_labels(frame, key.values if key is not None else None)
+    keys = record_keys(frame, outcomes.get(catalogue.key))
 
+    columns = {}
     parts: dict[str, list[np.ndarray]] = {"pos": [], "attribute": [], "old": [], "new": [], "reason": []}
     for name, outcome in outcomes.items():
         attr = catalogue.attributes[name]
-        old = frame[name].to_numpy(dtype=object)
-        failed = ~np.equal(outcome.problem, None)
-        values = outcome.values
-        if failed.any():
-            values[failed] = old[failed]  # left as it was
+        failed = outcome.failed
         numeric = attr.type == "number" and not attr.identifier and attr.format != "gtin"
-        if numeric and not failed.any():
-            out[name] = pd.Series(values, index=frame.index, dtype=object).astype(float)
+        arrow_text = isinstance(source[name].dtype, pd.StringDtype)
+        normalized = outcome.normalized
+        if not failed.any() and (pa.types.is_floating(normalized.type) if numeric else arrow_text):
+            # typed, without a Python object per row: floats, or text cells as batch_raw reads them
+            columns[name] = column_of(normalized, frame.index)
         else:
-            out[name] = pd.Series(values, index=frame.index, dtype=object)
+            values = outcome.values.copy()
+            if failed.any():
+                values[failed] = original(name, np.flatnonzero(failed))  # left as it was
+            if numeric and not failed.any():
+                columns[name] = pd.Series(values, index=frame.index, dtype=object).astype(float)
+            else:
+                columns[name] = pd.Series(values, index=frame.index, dtype=object)
         changed = ~np.equal(outcome.change, None) & ~failed
         if changed.any():
             pos = np.flatnonzero(changed)
             parts["pos"].append(pos)
             parts["attribute"].append(np.full(pos.size, name, dtype=object))
-            parts["old"].append(old[pos])
-            parts["new"].append(values[pos])
+            parts["old"].append(original(name, pos))
+            parts["new"].append(objects(normalized.take(pa.array(pos))))
             parts["reason"].append(outcome.change[pos])
+    out = frame.copy(deep=False)
+    for name, column in columns.items():
+        out[name] = column
 
     if parts["pos"]:
         pos = np.concatenate(parts["pos"])
@@ -77,7 +142,7 @@ def normalize_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
         old = np.concatenate(parts["old"])[order]
         old[pd.isna(old)] = None
         changes = pd.DataFrame({
-            "line": lines[pos], "record": records[pos],
+            "line": lines[pos], "record": labels_at(keys, pos),
             "attribute": np.concatenate(parts["attribute"])[order],
             "old": old, "new": np.concatenate(parts["new"])[order],
             "reason": np.concatenate(parts["reason"])[order],

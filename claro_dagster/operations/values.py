@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from dateutil import parser as _dateutil_parser
 from stdnum import ean as _ean
 
+from claro_dagster.operations.read.common import CELL_DTYPE
 from claro_dagster.spec.models import AttributeSpec
 
 __all__ = [
@@ -670,7 +671,7 @@ def _strip_simple_html(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
     return mask, text
 
 
-def _objects(arr: pa.Array) -> np.ndarray:
+def objects(arr: pa.Array) -> np.ndarray:
     """An object array of Python values (None for null) from an Arrow array."""
     if pa.types.is_floating(arr.type):
         out = arr.to_numpy(zero_copy_only=False).astype(object)
@@ -695,14 +696,14 @@ def _column_strings(column: pd.Series) -> pa.Array | None:
     return arr if pa.types.is_string(arr.type) else None
 
 
-def _duplicated(keys: pa.Array) -> np.ndarray:
+def duplicated(keys: pa.Array) -> np.ndarray:
     """bool per row: its (non-null) key occurs on another row too. By sorting, which Arrow does in a fraction
     of the time a hash table of a million Python strings takes."""
     n = len(keys)
     result = np.zeros(n, dtype=bool)
     if n < 2:
         return result
-    order = pc.sort_indices(keys, null_placement="at_end")
+    order = pc.array_sort_indices(keys, null_placement="at_end")
     ordered = keys.take(order)
     same = pc.fill_null(pc.equal(ordered.slice(1), ordered.slice(0, n - 1)), False).to_numpy(zero_copy_only=False)
     if same.any():
@@ -742,10 +743,10 @@ class ColumnOutcome:
     @property
     def values(self) -> np.ndarray:
         if self._values is None:
-            out = _objects(self._normalized)
+            out = objects(self._normalized)
             failed = np.flatnonzero(self.failed & ~pc.is_valid(self._normalized).to_numpy(zero_copy_only=False))
             if failed.size:
-                out[failed] = _objects(self._raw.take(pa.array(failed)))
+                out[failed] = objects(self._raw.take(pa.array(failed)))
             self._values = out
         return self._values
 
@@ -928,7 +929,7 @@ class AttributeRules:
             return ColumnOutcome(empty.copy(), empty.copy(), np.ones(rows, dtype=bool), values=empty)
         arr = _column_strings(column)
         if arr is None:  # numbers or other Python objects among the cells: the scalar rules, per unique value
-            return self._evaluate_objects(column, rows)
+            return self._evaluateobjects(column, rows)
         if by_value is None:
             sample = arr.slice(0, 20_000)
             by_value = self.kind in ("enum", "date", "number") or (
@@ -1046,7 +1047,7 @@ class AttributeRules:
             done[rows] = True
         return done
 
-    def _evaluate_objects(self, column: pd.Series, rows: int) -> ColumnOutcome:
+    def _evaluateobjects(self, column: pd.Series, rows: int) -> ColumnOutcome:
         codes, uniques = pd.factorize(column, use_na_sentinel=True)
         uniques = np.asarray(uniques, dtype=object)
         count = len(uniques)
@@ -1164,3 +1165,51 @@ def line_numbers(frame: pd.DataFrame) -> np.ndarray:
     if "__line__" in frame.columns:
         return frame["__line__"].to_numpy()
     return np.arange(1, len(frame) + 1)
+
+
+# --------------------------------------------------------------------------------------------
+# columns a validated batch carries across the stage boundary (see validate.ValidationResult.carried)
+
+REJECTED = "__rejected__"
+REASONS = "__reasons__"
+NORMALIZED = "__normalized__:"
+CHANGE = "__change__:"
+
+
+def column_of(arr: pa.Array, index: pd.Index) -> pd.Series:
+    """A frame column from normalized values: float64 for numbers, text cells (NaN when missing) otherwise."""
+    if pa.types.is_floating(arr.type):
+        return pd.Series(arr.to_numpy(zero_copy_only=False), index=index, dtype="float64")
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_null(arr.type):
+        return pd.Series(CELL_DTYPE.__from_arrow__(pa.chunked_array([arr.cast(pa.large_string())])), index=index)
+    return pd.Series(objects(arr), index=index, dtype=object)
+
+
+def cells(column: pd.Series, positions: np.ndarray) -> np.ndarray:
+    """The cells of `column` at `positions` as Python objects, without converting the whole column."""
+    if isinstance(column.dtype, pd.StringDtype) or isinstance(column.dtype, pd.ArrowDtype):
+        arr = _column_strings(column)
+        if arr is not None:
+            return objects(arr.take(pa.array(positions, type=pa.int64())))
+    return column.to_numpy(dtype=object)[positions]
+
+
+def record_keys(frame: pd.DataFrame, key: ColumnOutcome | None) -> pa.Array | np.ndarray:
+    """`record_labels` as an Arrow string array when key and `__record__` are text, else as objects."""
+    if key is not None and pa.types.is_string(key.normalized.type) and (
+            key._raw is not None or not key.failed.any()):
+        keys = key.normalized if key._raw is None else pc.coalesce(key.normalized, key._raw)  # unreadable: as written
+        keys = pc.if_else(pa.array(key.blank), pa.scalar(None, pa.string()), keys)
+        if "__record__" not in frame.columns:
+            return keys
+        matched = _column_strings(frame["__record__"])
+        if matched is not None:
+            return pc.coalesce(matched, keys)
+    return record_labels(frame, key.values if key is not None else None)
+
+
+def labels_at(keys: pa.Array | np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """`record_keys` at some rows, as Python objects."""
+    if isinstance(keys, pa.Array):
+        return objects(keys.take(pa.array(positions, type=pa.int64())))
+    return keys[positions]
