@@ -79,56 +79,59 @@ def normalize_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *, locale_hin
     validated batch (`ValidationResult.carried()`) is normalized from what it carries, its rejected rows left
     out; any other frame is evaluated here.
     """
-    source = frame           # where the original cells are read
-    origin = None            # positions in `source` of this frame's rows, when rejected rows were left out
+    rows = None  # bool per row of `frame`: the rows to normalize (None: all)
     if REJECTED in frame.columns:
-        passed = ~frame[REJECTED].astype(bool).to_numpy()
+        rows = ~frame[REJECTED].astype(bool).to_numpy()
         kept = [c for c in frame.columns if c not in (REJECTED, REASONS) and not c.startswith((NORMALIZED, CHANGE))]
         if outcomes is None:
-            carried = carried_outcomes(frame, catalogue)
-            outcomes = None if carried is None else {n: o.take(passed) for n, o in carried.items()}
-        if outcomes is None:
-            frame = source = frame.loc[passed, kept]
+            outcomes = carried_outcomes(frame, catalogue)
+        if outcomes is None:  # stored before validation carried its outcomes: evaluate here
+            frame, rows = frame.loc[rows, kept], None
         else:  # the attribute columns are rebuilt from the outcomes: only the others are copied
-            origin = np.flatnonzero(passed)
-            frame = frame.loc[passed, [c for c in kept if c not in outcomes]].reindex(columns=kept, copy=False)
-    rows = len(frame)
-    lines = line_numbers(frame)
+            source = frame
+            frame = frame.loc[rows, [c for c in kept if c not in outcomes]].reindex(columns=kept, copy=False)
+    if rows is None:
+        source = frame
     if outcomes is None:
-        outcomes = {name: AttributeRules(name, attr, locale_hint=locale_hint).evaluate_column(frame[name], rows)
+        outcomes = {name: AttributeRules(name, attr, locale_hint=locale_hint).evaluate_column(frame[name], len(frame))
                     for name, attr in catalogue.attributes.items() if name in frame.columns}
     outcomes = {name: outcomes[name] for name in catalogue.attributes if name in outcomes and name in frame.columns}
+    lines = line_numbers(source)  # positions below are rows of `source`
 
-    def original(name: str, pos: np.ndarray) -> np.ndarray:
-        return cells(source[name], pos if origin is None else origin[pos])
+    def kept_rows(arr: pa.Array) -> pa.Array:
+        return arr if rows is None else arr.filter(pa.array(rows))
 
-    keys = record_keys(frame, outcomes.get(catalogue.key))
+    keys = record_keys(source, outcomes.get(catalogue.key))
 
     columns = {}
     parts: dict[str, list[np.ndarray]] = {"pos": [], "attribute": [], "old": [], "new": [], "reason": []}
     for name, outcome in outcomes.items():
         attr = catalogue.attributes[name]
-        failed = outcome.failed
+        failed = outcome.failed if rows is None else outcome.failed & rows
         numeric = attr.type == "number" and not attr.identifier and attr.format != "gtin"
         arrow_text = isinstance(source[name].dtype, pd.StringDtype)
         normalized = outcome.normalized
         if not failed.any() and (pa.types.is_floating(normalized.type) if numeric else arrow_text):
             # typed, without a Python object per row: floats, or text cells as batch_raw reads them
-            columns[name] = column_of(normalized, frame.index)
+            columns[name] = column_of(kept_rows(normalized), frame.index)
         else:
             values = outcome.values.copy()
             if failed.any():
-                values[failed] = original(name, np.flatnonzero(failed))  # left as it was
+                values[failed] = cells(source[name], np.flatnonzero(failed))  # left as it was
+            if rows is not None:
+                values = values[rows]
             if numeric and not failed.any():
                 columns[name] = pd.Series(values, index=frame.index, dtype=object).astype(float)
             else:
                 columns[name] = pd.Series(values, index=frame.index, dtype=object)
         changed = ~np.equal(outcome.change, None) & ~failed
+        if rows is not None:
+            changed &= rows
         if changed.any():
             pos = np.flatnonzero(changed)
             parts["pos"].append(pos)
             parts["attribute"].append(np.full(pos.size, name, dtype=object))
-            parts["old"].append(original(name, pos))
+            parts["old"].append(cells(source[name], pos))
             parts["new"].append(objects(normalized.take(pa.array(pos))))
             parts["reason"].append(outcome.change[pos])
     out = frame.copy(deep=False)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from claro_dagster.operations.values import (
     CHANGE,
@@ -30,6 +29,7 @@ from claro_dagster.operations.values import (
     line_numbers,
     objects,
     record_keys,
+    with_nulls,
 )
 from claro_dagster.spec.models import CatalogueSpec
 
@@ -73,9 +73,7 @@ class ValidationResult:
         for name, outcome in self.outcomes.items():
             if name not in frame.columns:
                 continue
-            normalized = outcome.normalized
-            if self.failed.any():
-                normalized = pc.if_else(pa.array(self.failed), pa.scalar(None, normalized.type), normalized)
+            normalized = with_nulls(outcome.normalized, self.failed)
             frame[NORMALIZED + name] = column_of(normalized, frame.index)
             frame[CHANGE + name] = pd.Series(outcome.change, index=frame.index, dtype=object)
         return frame

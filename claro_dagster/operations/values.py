@@ -360,7 +360,6 @@ def parse_date(text: str, tz: str | None) -> str:
 # identifiers and formats
 
 _GTIN_SHAPE = re.compile(r"[0-9]{8}|[0-9]{12,14}")
-_GTIN_WEIGHTS = np.array([3, 1] * 7, dtype=np.int64)  # 14 digits, check digit (rightmost) weighs 1
 
 
 def gtin_is_valid(text: str) -> bool:
@@ -384,8 +383,9 @@ def gtin_validity(values: Sequence[str]) -> np.ndarray:
         text = "".join(padded.to_pylist()) if padded.offset else None
         raw = (np.frombuffer(text.encode("ascii"), dtype=np.uint8) if text is not None
                else np.frombuffer(padded.buffers()[2], dtype=np.uint8)[: 14 * len(padded)])
-        digits = raw.reshape(-1, 14).astype(np.int64) - 48
-        result[shaped] = (digits @ _GTIN_WEIGHTS) % 10 == 0
+        digits = raw.reshape(-1, 14)  # ASCII codes: each digit is its code - 48, 7 digits weigh 3, 7 weigh 1
+        total = 3 * digits[:, 0::2].sum(axis=1, dtype=np.int32) + digits[:, 1::2].sum(axis=1, dtype=np.int32)
+        result[shaped] = (total - 48 * 28) % 10 == 0
     return result
 
 
@@ -590,6 +590,9 @@ def _fmt(number: float) -> str:
 _NOT_SPACE = "[^\\x00-\\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 # text the whitespace rule leaves alone: no edge spaces, single spaces between words, no other space
 _CLEAN_TEXT = f"^{_NOT_SPACE}+(?: {_NOT_SPACE}+)*$"
+# ... and without "<" or "&", which `strip_html` would look at
+_NOT_SPACE_OR_MARKUP = _NOT_SPACE[:-1] + "<&]"
+_CLEAN_TEXT_NO_MARKUP = f"^{_NOT_SPACE_OR_MARKUP}+(?: {_NOT_SPACE_OR_MARKUP}+)*$"
 # identifiers are only trimmed: first and last characters are not spaces
 _TRIMMED = f"^{_NOT_SPACE}(?:(?s:.)*{_NOT_SPACE})?$"
 
@@ -644,6 +647,30 @@ _PLAIN_NUMBER_RE2 = f"^{_PLAIN_NUMBER.pattern.replace(chr(92) + 'd', '[0-9]')}$"
 _SIMPLE_QUANTITY_RE2 = r"^(?P<number>[0-9]+(?:\.[0-9]+)?) ?(?P<unit>[A-Za-z]+)$"
 
 
+# "£12.50", "$3", "€0.5": a currency sign and a plain amount, read as `parse_number` reads it. Two decimals at
+# most: "£1.299" is ambiguous (1299 in English) and goes to `parse_number` itself.
+_SIMPLE_PRICE_RE2 = r"^[£$€¥](?P<amount>[0-9]+(?:\.[0-9]{1,2})?)$"
+
+
+def _simple_prices(arr: pa.Array, todo: np.ndarray, numbers: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """Read simple prices with Arrow (the reason is still written per value, as `normalize` words it)."""
+    done = np.zeros(len(arr), dtype=bool)
+    idx = np.flatnonzero(todo)
+    if not idx.size:
+        return done
+    picked = arr.take(pa.array(idx))
+    hit = _regex_mask(picked, _SIMPLE_PRICE_RE2)
+    if not hit.any():
+        return done
+    rows, texts = idx[hit], picked.filter(pa.array(hit))
+    amounts = pc.cast(pc.extract_regex(texts, _SIMPLE_PRICE_RE2).field("amount"), pa.float64())
+    values = amounts.to_numpy(zero_copy_only=False)
+    numbers[rows] = values
+    change[rows] = [f"parsed {t!r} as {_fmt(v)}" for t, v in zip(texts.to_pylist(), values.tolist(), strict=True)]
+    done[rows] = True
+    return done
+
+
 def _strip_simple_html(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """(mask, text of the masked values) for the values `strip_html` takes through its simple-tag fast path,
     whitespace cleaned.
@@ -669,6 +696,19 @@ def _strip_simple_html(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
     text = pc.replace_substring_regex(text, "\n\n\n+", "\n\n")
     text = pc.replace_substring_regex(text, "^[ \n]+|[ \n]+$", "")
     return mask, text
+
+
+def with_nulls(arr: pa.Array, mask: np.ndarray) -> pa.Array:
+    """`arr` with the rows of `mask` null too: a new validity bitmap over the same buffers (`if_else` would copy
+    every string)."""
+    if not mask.any():
+        return arr
+    valid = ~mask
+    if arr.null_count:
+        valid &= pc.is_valid(arr).to_numpy(zero_copy_only=False)
+    bitmap = pa.py_buffer(np.packbits(np.concatenate([np.zeros(arr.offset, dtype=bool), valid]),
+                                      bitorder="little"))
+    return pa.Array.from_buffers(arr.type, len(arr), [bitmap, *arr.buffers()[1:]], offset=arr.offset)
 
 
 def objects(arr: pa.Array) -> np.ndarray:
@@ -963,12 +1003,17 @@ class AttributeRules:
                 known |= plain
                 if self.attr.unit:
                     known |= self._simple_quantities(arr, todo & ~known, numbers, change)
+                else:
+                    known |= _simple_prices(arr, todo & ~known, numbers, change)
         else:
-            strings = pc.if_else(pa.array(blank), pa.scalar(None, pa.string()), arr)
+            strings = with_nulls(arr, blank)
             known = todo & self._certainly_unchanged(arr)
             if self.kind == "text" and self.attr.strip_html and not self.casing and n >= 64:
-                html, stripped = _strip_simple_html(arr)
-                if html.any():  # (blank and clean values have no "<": `html` excludes them)
+                rest = np.flatnonzero(todo & ~known)  # kernels that search a whole value run on these only
+                found, stripped = _strip_simple_html(arr.take(pa.array(rest)))
+                if found.any():
+                    html = np.zeros(n, dtype=bool)
+                    html[rest[found]] = True
                     strings = pc.replace_with_mask(strings, pa.array(html), stripped)
                     change[html] = "stripped HTML"
                     emptied = np.zeros(n, dtype=bool)
@@ -1001,8 +1046,7 @@ class AttributeRules:
             known &= ~blank
             normalized = pa.array(numbers, mask=~known)
         else:
-            normalized = pc.if_else(pa.array(blank | ~np.equal(problem, None)), pa.scalar(None, pa.string()),
-                                    strings)
+            normalized = with_nulls(strings, blank | ~np.equal(problem, None))
         # constraints on the normalized values
         checked = ~blank & np.equal(problem, None)
         if checked.any():
@@ -1070,10 +1114,8 @@ class AttributeRules:
         attr, kind = self.attr, self.kind
         if kind == "number" or len(arr) < 64 or self.casing in ("title", "sentence"):
             return np.zeros(len(arr), dtype=bool)  # numbers have their own fast path
-        if kind == "text":
-            ok = _regex_mask(arr, _CLEAN_TEXT)
-            if attr.strip_html:
-                ok &= ~_regex_mask(arr, "[<&]")
+        if kind == "text":  # one anchored pattern: a search for what is absent would scan every value whole
+            ok = _regex_mask(arr, _CLEAN_TEXT_NO_MARKUP if attr.strip_html else _CLEAN_TEXT)
         else:
             ok = _regex_mask(arr, _TRIMMED)
         if kind == "enum":
@@ -1187,10 +1229,16 @@ def column_of(arr: pa.Array, index: pd.Index) -> pd.Series:
 
 def cells(column: pd.Series, positions: np.ndarray) -> np.ndarray:
     """The cells of `column` at `positions` as Python objects, without converting the whole column."""
-    if isinstance(column.dtype, pd.StringDtype) or isinstance(column.dtype, pd.ArrowDtype):
-        arr = _column_strings(column)
+    if isinstance(column.dtype, pd.StringDtype | pd.ArrowDtype):
+        try:
+            arr = pa.array(column, from_pandas=True)  # chunked as read: taking a few cells joins no chunks
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            arr = None
         if arr is not None:
-            return objects(arr.take(pa.array(positions, type=pa.int64())))
+            picked = arr.take(pa.array(positions, type=pa.int64()))
+            if isinstance(picked, pa.ChunkedArray):
+                picked = picked.combine_chunks()
+            return objects(picked)
     return column.to_numpy(dtype=object)[positions]
 
 
@@ -1199,7 +1247,7 @@ def record_keys(frame: pd.DataFrame, key: ColumnOutcome | None) -> pa.Array | np
     if key is not None and pa.types.is_string(key.normalized.type) and (
             key._raw is not None or not key.failed.any()):
         keys = key.normalized if key._raw is None else pc.coalesce(key.normalized, key._raw)  # unreadable: as written
-        keys = pc.if_else(pa.array(key.blank), pa.scalar(None, pa.string()), keys)
+        keys = with_nulls(keys, key.blank)
         if "__record__" not in frame.columns:
             return keys
         matched = _column_strings(frame["__record__"])

@@ -318,6 +318,7 @@ TRICKY = [
     "<li>\xa0tab\there</li>", "<p/>x<br>y", "<section\xa0x>s</section>", "<ſection>s</ſection>",
     # quantities the column kernels convert, and ones they leave to pint
     "500 g", "1.2 kg", "3 KG", "1.5kg", "250 mg", "2 lb", "7 parsec", "3 pcs", "5 degC", "1,5 kg", "12 000 g",
+    "£12.50", "$3", "€0.5", "¥1.299", "£1,299.00", "£ 4", "£-2", "12.50£", "£0.05", "£007.10",
     "0002025-01-01", "0000-01-01", "2024-02-29", "2023-02-29", "ACM-0012", "ACM-0012\n", "ÀCM-001",
 ]
 
@@ -339,6 +340,7 @@ TRICKY = [
     AttributeSpec(type="enum", values=["grey", "red"], synonyms={"grey": ["gray"]}),
     AttributeSpec(type="number", unit="kg", max=1000),
     AttributeSpec(type="number", min=0),
+    AttributeSpec(type="number", min=0, max=10),
     AttributeSpec(type="reference"),
 ], ids=lambda s: f"{s.type}-{s.format or s.casing or s.unit or s.regex or ''}")
 @pytest.mark.parametrize("by_value", [True, False], ids=["per-distinct-value", "whole-column"])
