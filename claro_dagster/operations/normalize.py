@@ -27,6 +27,7 @@ from claro_dagster.operations.values import (
     ColumnOutcome,
     cells,
     column_of,
+    evaluate_columns,
     labels_at,
     line_numbers,
     objects,
@@ -89,13 +90,13 @@ def normalize_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *, locale_hin
             frame, rows = frame.loc[rows, kept], None
         else:  # the attribute columns are rebuilt from the outcomes: only the others are copied
             source = frame
-            frame = frame.loc[rows, [c for c in kept if c not in outcomes]].reindex(columns=kept, copy=False)
+            frame = frame.loc[rows, [c for c in kept if c not in outcomes]]
     if rows is None:
         source = frame
     if outcomes is None:
-        outcomes = {name: AttributeRules(name, attr, locale_hint=locale_hint).evaluate_column(frame[name], len(frame))
-                    for name, attr in catalogue.attributes.items() if name in frame.columns}
-    outcomes = {name: outcomes[name] for name in catalogue.attributes if name in outcomes and name in frame.columns}
+        outcomes = evaluate_columns(frame, [AttributeRules(name, attr, locale_hint=locale_hint)
+                                            for name, attr in catalogue.attributes.items() if name in frame.columns])
+    outcomes = {name: outcomes[name] for name in catalogue.attributes if name in outcomes and name in source.columns}
     lines = line_numbers(source)  # positions below are rows of `source`
 
     def kept_rows(arr: pa.Array) -> pa.Array:
@@ -134,9 +135,9 @@ def normalize_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *, locale_hin
             parts["old"].append(cells(source[name], pos))
             parts["new"].append(objects(normalized.take(pa.array(pos))))
             parts["reason"].append(outcome.change[pos])
-    out = frame.copy(deep=False)
-    for name, column in columns.items():
-        out[name] = column
+    order = [c for c in source.columns if c in frame.columns or c in columns]
+    out = pd.DataFrame({c: columns[c] if c in columns else frame[c] for c in order}, index=frame.index,
+                       columns=order, copy=False)
 
     if parts["pos"]:
         pos = np.concatenate(parts["pos"])

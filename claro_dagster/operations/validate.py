@@ -25,6 +25,7 @@ from claro_dagster.operations.values import (
     cells,
     column_of,
     duplicated,
+    evaluate_columns,
     labels_at,
     line_numbers,
     objects,
@@ -108,10 +109,8 @@ def validate_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
     """
     rows = len(frame)
     lines = line_numbers(frame)
-    outcomes = {}
-    for name, attr in catalogue.attributes.items():
-        rules = AttributeRules(name, attr, locale_hint=locale_hint)
-        outcomes[name] = rules.evaluate_column(frame[name] if name in frame.columns else None, rows)
+    outcomes = evaluate_columns(frame, [AttributeRules(name, attr, locale_hint=locale_hint)
+                                        for name, attr in catalogue.attributes.items()])
 
     keys = record_keys(frame, outcomes.get(catalogue.key))
 
