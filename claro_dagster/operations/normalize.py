@@ -54,6 +54,8 @@ def carried_outcomes(frame: pd.DataFrame, catalogue: CatalogueSpec) -> dict[str,
                                                 for n in names):
         return None
     outcomes = {}
+    fine = np.full(len(frame), None, dtype=object)  # read only: no problem on any row (rejected ones are left out)
+    none_failed = np.zeros(len(frame), dtype=bool)
     for name in names:
         normalized = pa.array(frame[NORMALIZED + name], from_pandas=True)
         if isinstance(normalized, pa.ChunkedArray):
@@ -63,8 +65,7 @@ def carried_outcomes(frame: pd.DataFrame, catalogue: CatalogueSpec) -> dict[str,
         change = frame[CHANGE + name].to_numpy(dtype=object)
         change[pd.isna(change)] = None
         blank = ~pc.is_valid(normalized).to_numpy(zero_copy_only=False)
-        outcomes[name] = ColumnOutcome(change, np.full(len(frame), None, dtype=object), blank,
-                                       normalized=normalized)
+        outcomes[name] = ColumnOutcome(change, fine, blank, normalized=normalized, failed=none_failed)
     return outcomes
 
 

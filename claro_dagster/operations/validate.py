@@ -65,7 +65,7 @@ class ValidationResult:
         blank or rejected) and `__change__:<attribute>` (why normalization changed it), so normalization reads
         the outcome (`normalize_batch`) instead of evaluating every rule a second time.
         """
-        frame = self.frame.copy()
+        frame = self.frame.copy(deep=False)  # new columns only: the input's own stay shared
         frame[REJECTED] = self.failed
         reasons = np.full(len(frame), None, dtype=object)
         if len(self.rejected):
