@@ -10,7 +10,9 @@ each attribute's normalized values; they are used as they are, so no rule is eva
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,17 +107,16 @@ def normalize_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *, locale_hin
 
     keys = record_keys(source, outcomes.get(catalogue.key))
 
-    columns = {}
-    parts: dict[str, list[np.ndarray]] = {"pos": [], "attribute": [], "old": [], "new": [], "reason": []}
-    for name, outcome in outcomes.items():
-        attr = catalogue.attributes[name]
+    def one(name: str) -> tuple[pd.Series, tuple | None]:
+        """The attribute's output column, and (positions, old, new, reasons) of the values it changed."""
+        outcome, attr = outcomes[name], catalogue.attributes[name]
         failed = outcome.failed if rows is None else outcome.failed & rows
         numeric = attr.type == "number" and not attr.identifier and attr.format != "gtin"
         arrow_text = isinstance(source[name].dtype, pd.StringDtype)
         normalized = outcome.normalized
         if not failed.any() and (pa.types.is_floating(normalized.type) if numeric else arrow_text):
             # typed, without a Python object per row: floats, or text cells as batch_raw reads them
-            columns[name] = column_of(kept_rows(normalized), frame.index)
+            column = column_of(kept_rows(normalized), frame.index)
         else:
             values = outcome.values.copy()
             if failed.any():
@@ -123,19 +124,34 @@ def normalize_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *, locale_hin
             if rows is not None:
                 values = values[rows]
             if numeric and not failed.any():
-                columns[name] = pd.Series(values, index=frame.index, dtype=object).astype(float)
+                column = pd.Series(values, index=frame.index, dtype=object).astype(float)
             else:
-                columns[name] = pd.Series(values, index=frame.index, dtype=object)
+                column = pd.Series(values, index=frame.index, dtype=object)
         changed = ~np.equal(outcome.change, None) & ~failed
         if rows is not None:
             changed &= rows
-        if changed.any():
-            pos = np.flatnonzero(changed)
+        if not changed.any():
+            return column, None
+        pos = np.flatnonzero(changed)
+        return column, (pos, cells(source[name], pos), objects(normalized.take(pa.array(pos))), outcome.change[pos])
+
+    # Columns are independent and Arrow's filter and take release the GIL: one thread per core.
+    names = list(outcomes)
+    if len(source) >= 10_000 and len(names) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+            done = list(pool.map(one, names))
+    else:
+        done = [one(name) for name in names]
+    columns = {name: column for name, (column, _) in zip(names, done, strict=True)}
+    parts: dict[str, list[np.ndarray]] = {"pos": [], "attribute": [], "old": [], "new": [], "reason": []}
+    for name, (_, part) in zip(names, done, strict=True):
+        if part is not None:
+            pos, old, new, reason = part
             parts["pos"].append(pos)
             parts["attribute"].append(np.full(pos.size, name, dtype=object))
-            parts["old"].append(cells(source[name], pos))
-            parts["new"].append(objects(normalized.take(pa.array(pos))))
-            parts["reason"].append(outcome.change[pos])
+            parts["old"].append(old)
+            parts["new"].append(new)
+            parts["reason"].append(reason)
     order = [c for c in source.columns if c in frame.columns or c in columns]
     out = pd.DataFrame({c: columns[c] if c in columns else frame[c] for c in order}, index=frame.index,
                        columns=order, copy=False)
