@@ -1003,9 +1003,16 @@ class AttributeRules:
         n = len(arr)
         change = np.full(n, None, dtype=object)
         problem = np.full(n, None, dtype=object)
-        blank = ~_regex_mask(arr, f"[^{_SPACES}]")  # null or whitespace only
-        todo = ~blank
         number = self.kind == "number"
+
+        def blanks(settled: np.ndarray) -> np.ndarray:
+            # null or whitespace only; values a fast path settled have a character that is not a space
+            result = np.zeros(n, dtype=bool)
+            rest = np.flatnonzero(~settled)
+            if rest.size:
+                result[rest] = ~_regex_mask(arr.take(pa.array(rest)) if rest.size < n else arr, f"[^{_SPACES}]")
+            return result
+
         if number:
             numbers = np.full(n, np.nan)
             known = np.zeros(n, dtype=bool)  # numbers[known] holds the normalized value
@@ -1013,13 +1020,18 @@ class AttributeRules:
                 plain, parsed = _plain_numbers(arr)
                 numbers[plain] = parsed[plain]
                 known |= plain
+            blank = blanks(known)
+            todo = ~blank
+            if self.numeric_fast_path and n >= 64:
                 if self.attr.unit:
                     known |= self._simple_quantities(arr, todo & ~known, numbers, change)
                 else:
                     known |= _simple_prices(arr, todo & ~known, numbers, change)
         else:
+            known = self._certainly_unchanged(arr)
+            blank = blanks(known)
+            todo = ~blank
             strings = with_nulls(arr, blank)
-            known = todo & self._certainly_unchanged(arr)
             if self.kind == "text" and self.attr.strip_html and not self.casing and n >= 64:
                 rest = np.flatnonzero(todo & ~known)  # kernels that search a whole value run on these only
                 found, stripped = _strip_simple_html(arr.take(pa.array(rest)))
