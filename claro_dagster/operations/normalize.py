@@ -64,10 +64,13 @@ def carried_outcomes(frame: pd.DataFrame, catalogue: CatalogueSpec) -> dict[str,
             normalized = normalized.combine_chunks()
         if pa.types.is_large_string(normalized.type) or pa.types.is_null(normalized.type):
             normalized = normalized.cast(pa.string())
-        change = frame[CHANGE + name].to_numpy(dtype=object)
-        change[pd.isna(change)] = None
+        reasons = pa.array(frame[CHANGE + name], from_pandas=True)
+        changed = pc.is_valid(reasons).to_numpy(zero_copy_only=False)
+        change = np.full(len(frame), None, dtype=object)
+        change[changed] = objects(reasons.filter(pa.array(changed)))
         blank = ~pc.is_valid(normalized).to_numpy(zero_copy_only=False)
-        outcomes[name] = ColumnOutcome(change, fine, blank, normalized=normalized, failed=none_failed)
+        outcomes[name] = ColumnOutcome(change, fine, blank, normalized=normalized, failed=none_failed,
+                                       changed=changed)
     return outcomes
 
 
@@ -127,7 +130,7 @@ def normalize_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *, locale_hin
                 column = pd.Series(values, index=frame.index, dtype=object).astype(float)
             else:
                 column = pd.Series(values, index=frame.index, dtype=object)
-        changed = ~np.equal(outcome.change, None) & ~failed
+        changed = outcome.changed & ~failed
         if rows is not None:
             changed &= rows
         if not changed.any():

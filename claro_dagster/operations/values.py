@@ -779,13 +779,21 @@ class ColumnOutcome:
 
     def __init__(self, change: np.ndarray, problem: np.ndarray, blank: np.ndarray, *,
                  values: np.ndarray | None = None, normalized: pa.Array | None = None,
-                 raw: pa.Array | None = None, failed: np.ndarray | None = None) -> None:
+                 raw: pa.Array | None = None, failed: np.ndarray | None = None,
+                 changed: np.ndarray | None = None) -> None:
         self.change = change      # why the value changed ("trimmed whitespace; title casing"), None if it did not
         self.problem = problem    # why the value is invalid, None if it is fine (blank is not a problem here)
         self.blank = blank        # bool: missing or whitespace-only
         self._values, self._normalized, self._raw = values, normalized, raw
         if failed is not None:  # known already (e.g. none of the rows that passed validation)
             self.__dict__["failed"] = failed
+        if changed is not None:
+            self.__dict__["changed"] = changed
+
+    @functools.cached_property
+    def changed(self) -> np.ndarray:
+        """bool: normalization changed the value (`change` says why)."""
+        return ~np.equal(self.change, None)
 
     @functools.cached_property
     def failed(self) -> np.ndarray:
@@ -825,7 +833,7 @@ class ColumnOutcome:
         idx = np.flatnonzero(rows) if rows.dtype == bool else np.asarray(rows)
         picked = pa.array(idx, type=pa.int64())
         return ColumnOutcome(
-            self.change[idx], self.problem[idx], self.blank[idx], failed=self.failed[idx],
+            self.change[idx], self.problem[idx], self.blank[idx], failed=self.failed[idx], changed=self.changed[idx],
             values=None if self._values is None else self._values[idx],
             normalized=None if self._normalized is None else self._normalized.take(picked),
             raw=None if self._raw is None else self._raw.take(picked))
