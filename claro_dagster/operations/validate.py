@@ -76,18 +76,9 @@ class ValidationResult:
                 continue
             normalized = with_nulls(outcome.normalized, self.failed)
             frame[NORMALIZED + name] = column_of(normalized, frame.index)
-            frame[CHANGE + name] = column_of(_strings_at(outcome.change, outcome.changed), frame.index)
+            frame[CHANGE + name] = column_of(pa.array(outcome.change, type=pa.string(), from_pandas=True),
+                                             frame.index)
         return frame
-
-
-def _strings_at(values: np.ndarray, where: np.ndarray) -> pa.Array:
-    """An Arrow string column of `values` (Python strings) at the rows of `where`, null elsewhere."""
-    idx = np.flatnonzero(where)
-    if not idx.size:
-        return pa.nulls(len(values), type=pa.string())
-    index = np.full(len(values), -1, dtype=np.int64)
-    index[idx] = np.arange(idx.size)
-    return pa.array(values[idx].tolist(), type=pa.string()).take(pa.array(index, mask=index < 0))
 
 
 def _runs(items: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
