@@ -995,19 +995,22 @@ class AttributeRules:
             by_value = self.kind in ("enum", "date", "number") or (
                 len(sample) > 0 and len(pc.unique(sample)) <= len(sample) // 2)
         if not by_value:
-            normalized, change, problem, blank = self._evaluate_strings(arr)
-            return ColumnOutcome(change, problem, blank, normalized=normalized, raw=arr)
+            normalized, change, problem, blank, changed, failed = self._evaluate_strings(arr)
+            return ColumnOutcome(change, problem, blank, normalized=normalized, raw=arr, changed=changed,
+                                 failed=failed)
         encoded = pc.dictionary_encode(arr)
-        u_norm, u_change, u_problem, u_blank = self._evaluate_strings(encoded.dictionary)
+        u_norm, u_change, u_problem, u_blank, u_changed, u_failed = self._evaluate_strings(encoded.dictionary)
         count = len(encoded.dictionary)
         codes = pc.fill_null(encoded.indices, count).to_numpy(zero_copy_only=False)
         # index `count` (missing cells) picks the blank outcome appended at the end
         u_change, u_problem = np.append(u_change, None), np.append(u_problem, None)
         return ColumnOutcome(u_change[codes], u_problem[codes], np.append(u_blank, True)[codes],
-                             normalized=u_norm.take(encoded.indices), raw=arr)
+                             normalized=u_norm.take(encoded.indices), raw=arr,
+                             changed=np.append(u_changed, False)[codes], failed=np.append(u_failed, False)[codes])
 
-    def _evaluate_strings(self, arr: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
-        """(normalized, change, problem, blank) for an Arrow string array; see `ColumnOutcome`."""
+    def _evaluate_strings(self, arr: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                        np.ndarray]:
+        """(normalized, change, problem, blank, changed, failed) for an Arrow string array; see `ColumnOutcome`."""
         n = len(arr)
         change = np.full(n, None, dtype=object)
         problem = np.full(n, None, dtype=object)
@@ -1028,6 +1031,7 @@ class AttributeRules:
                 plain, parsed = _plain_numbers(arr)
                 numbers[plain] = parsed[plain]
                 known |= plain
+            fast = known.copy()  # no change can be written for these: only a constraint can fail
             blank = blanks(known)
             todo = ~blank
             if self.numeric_fast_path and n >= 64:
@@ -1037,6 +1041,7 @@ class AttributeRules:
                     known |= _simple_prices(arr, todo & ~known, numbers, change)
         else:
             known = self._certainly_unchanged(arr)
+            fast = known.copy()  # no change can be written for these: only a constraint can fail
             blank = blanks(known)
             todo = ~blank
             strings = with_nulls(arr, blank)
@@ -1081,13 +1086,20 @@ class AttributeRules:
             normalized = with_nulls(strings, blank | ~np.equal(problem, None))
         # constraints on the normalized values
         checked = ~blank & np.equal(problem, None)
+        suspect = np.zeros(0, dtype=np.int64)
         if checked.any():
             suspect = np.flatnonzero(checked & ~self._certainly_valid(normalized))
             if suspect.size:
                 memo_p: dict[Any, str | None] = {}
                 problem[suspect] = [memo_p[v] if v in memo_p else memo_p.setdefault(v, self.problem(v))
                                     for v in normalized.take(pa.array(suspect)).to_pylist()]
-        return normalized, change, problem, blank
+        # which values changed or failed, looking only where a change or a problem can have been written
+        changed, failed = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        maybe = np.flatnonzero(~fast)
+        changed[maybe] = ~np.equal(change[maybe], None)
+        maybe = np.union1d(slow, suspect)
+        failed[maybe] = ~np.equal(problem[maybe], None)
+        return normalized, change, problem, blank, changed, failed
 
     def _simple_quantities(self, arr: pa.Array, todo: np.ndarray, numbers: np.ndarray,
                            change: np.ndarray) -> np.ndarray:

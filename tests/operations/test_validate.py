@@ -358,3 +358,4 @@ def test_column_evaluation_matches_value_by_value_evaluation(spec, by_value, dty
         got = (outcome.values[i], outcome.change[i], outcome.problem[i], bool(outcome.blank[i]))
         assert got == (value, change, problem, blank) or (
             isinstance(value, float) and np.isnan(value) and problem == got[2]), raw
+        assert (bool(outcome.changed[i]), bool(outcome.failed[i])) == (change is not None, problem is not None), raw
