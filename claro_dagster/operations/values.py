@@ -1083,9 +1083,12 @@ class AttributeRules:
             known &= ~blank
             normalized = pa.array(numbers, mask=~known)
         else:
-            normalized = with_nulls(strings, blank | ~np.equal(problem, None))
+            unreadable = np.zeros(n, dtype=bool)
+            unreadable[slow] = ~np.equal(problem[slow], None)
+            normalized = with_nulls(strings, blank | unreadable)
         # constraints on the normalized values
-        checked = ~blank & np.equal(problem, None)
+        checked = ~blank  # and no problem yet: problems so far were written on `slow` rows only
+        checked[slow] &= np.equal(problem[slow], None)
         suspect = np.zeros(0, dtype=np.int64)
         if checked.any():
             suspect = np.flatnonzero(checked & ~self._certainly_valid(normalized))
