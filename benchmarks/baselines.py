@@ -35,7 +35,14 @@ DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak RSS. Not `ru_maxrss`: on Linux a child started by subprocess inherits the parent's
+    peak in it (through fork and exec), so a benchmark's parent that once held a big frame would show in every
+    phase. VmHWM belongs to the process's own address space."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _header(path: Path) -> list[str]:

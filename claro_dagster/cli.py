@@ -14,11 +14,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from claro_dagster.catalogue.changes import StoreError
-from claro_dagster.spec import SpecError, default_spec_path, load_spec, summarize
+# Only what every command needs is imported here: `claro --help` and the read-only commands answer at once, and
+# Dagster is imported only by the commands that run things (run, rerun, dev, serve, upload, analyse, export...).
 
-app = typer.Typer(help="claro: continuous product-catalogue automation on Dagster.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+FORMATS = ("table", "csv", "json")
+FORMAT_HELP = ("table (default), csv, or json: one JSON array with an object per row (the same fields as the csv "
+               "columns)")
+
+app = typer.Typer(help="claro: continuous product-catalogue automation on Dagster.\n\nListing commands (records, "
+                       "history, batches, rejected, review list, webhooks log, schedules, mapping show) take "
+                       "--format table|csv|json; json is one JSON array with an object per row.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 review_app = typer.Typer(help="Decide on changes the gate held back for review.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
 console = Console(soft_wrap=True)
@@ -28,6 +34,26 @@ SpecOption = Annotated[Path | None, typer.Option("--spec", help="Project spec (d
                                                                  "else the bundled demo).")]
 CatalogueOption = Annotated[str | None, typer.Option("--catalogue", "-c", help="Catalogue (default: the first).")]
 ByOption = Annotated[str | None, typer.Option("--by", help="Who decides (default: $CLARO_USER or your login).")]
+FormatOption = Annotated[str, typer.Option("--format", help=FORMAT_HELP)]
+
+
+def user_error(message: str) -> Exception:
+    """An error the user can fix: printed as one line (`error: ...`), exit 1, never a traceback."""
+    from claro_dagster.catalogue.changes import StoreError
+
+    return StoreError(message)
+
+
+def default_spec_path() -> Path:
+    from claro_dagster.spec import default_spec_path
+
+    return default_spec_path()
+
+
+def load_spec(path: Path):
+    from claro_dagster.spec import load_spec
+
+    return load_spec(path)
 
 
 class Context:
@@ -42,7 +68,7 @@ class Context:
 
     @cache  # noqa: B019 - one Context per process
     def store(self):
-        from claro_dagster.resources.catalogue import open_store
+        from claro_dagster.catalogue.opening import open_store  # not the Dagster resource: reads answer at once
 
         return open_store(self.spec(), home=home_dir())
 
@@ -51,7 +77,7 @@ class Context:
         if name is None:
             return next(iter(spec.catalogues))
         if name not in spec.catalogues:
-            raise StoreError(f"unknown catalogue {name!r}; catalogues are: {', '.join(spec.catalogues)}")
+            raise user_error(f"unknown catalogue {name!r}; catalogues are: {', '.join(spec.catalogues)}")
         return name
 
 
@@ -77,15 +103,44 @@ def main_options(spec: SpecOption = None) -> None:
 TABLE_COLUMNS = 8
 
 
-def print_frame(frame, fmt: str) -> None:
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise user_error(f"unknown format {fmt!r}; formats are: {', '.join(FORMATS)}")
+    return fmt
+
+
+def _plain(value):
+    """A cell as JSON has it: None for missing (None, NaN, NaT), ISO text for times, Python numbers for numpy's."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if hasattr(value, "isoformat"):
+        return None if str(value) == "NaT" else value.isoformat()
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict, str)):
+        return value.item()  # numpy scalars
+    return value
+
+
+def write_json(rows: list[dict]) -> None:
+    """One JSON array with an object per row, on stdout."""
+    import orjson
+
+    sys.stdout.write(orjson.dumps([{str(k): _plain(v) for k, v in row.items()} for row in rows], default=str).decode()
+                     + "\n")
+
+
+def print_frame(frame, fmt: str, *, has_columns_option: bool = False, all_columns: bool = False) -> None:
+    """A listing on stdout as a table, CSV or one JSON array. A table shows the first TABLE_COLUMNS fields unless
+    `all_columns`; the note saying so names --columns only for commands that have it."""
+    check_format(fmt)
     if fmt == "csv":
         frame.to_csv(sys.stdout, index=False)
     elif fmt == "json":
-        sys.stdout.write(frame.to_json(orient="records", lines=True, force_ascii=False))
+        write_json(frame.to_dict(orient="records"))
     else:
-        if len(frame.columns) > TABLE_COLUMNS:
-            err.print(f"showing {TABLE_COLUMNS} of {len(frame.columns)} fields; pick them with --columns or use "
-                      "--format csv|json for all", highlight=False)
+        if len(frame.columns) > TABLE_COLUMNS and not all_columns:
+            pick = "pick them with --columns or " if has_columns_option else ""
+            err.print(f"showing {TABLE_COLUMNS} of {len(frame.columns)} fields; {pick}use --format csv|json for all",
+                      highlight=False)
             frame = frame.iloc[:, :TABLE_COLUMNS]
         table = Table(show_lines=False)
         for col in frame.columns:
@@ -95,13 +150,26 @@ def print_frame(frame, fmt: str) -> None:
         console.print(table)
 
 
+def print_rows(rows: list[dict], columns: list[str], fmt: str, **kw) -> None:
+    """`print_frame` for a listing built as dicts (lists in a cell are joined by '; ' outside JSON)."""
+    import pandas as pd
+
+    check_format(fmt)
+    if fmt == "json":
+        write_json(rows)
+        return
+    flat = [{k: "; ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in row.items()} for row in rows]
+    print_frame(pd.DataFrame(flat, columns=columns), fmt, **kw)
+
+
 # --------------------------------------------------------------------------- spec
 @app.command()
 def check(spec: SpecOption = None) -> None:
     """Validate the project spec; exit 1 with file:line errors, 0 with a one-line summary."""
     path = spec or ctx.spec_path or default_spec_path()
-    loaded = load_spec(path)
-    console.print(summarize(loaded), highlight=False)
+    from claro_dagster.spec import summarize
+
+    console.print(summarize(load_spec(path)), highlight=False)
 
 
 # --------------------------------------------------------------------------- records
@@ -110,38 +178,36 @@ def records(catalogue: CatalogueOption = None,
             filter: Annotated[str | None, typer.Option(
                 "--filter", "-f", help='e.g. brand == "Acme" and price > 100')] = None,
             columns: Annotated[str | None, typer.Option(help="Comma-separated fields to show.")] = None,
-            format: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+            format: FormatOption = "table",
             limit: Annotated[int | None, typer.Option(help="At most this many records.")] = None) -> None:
     """List records of a catalogue, optionally filtered."""
-    if format not in ("table", "csv", "json"):
-        raise StoreError(f"unknown format {format!r}; formats are: table, csv, json")
+    check_format(format)
     name = ctx.catalogue(catalogue)
     frame = ctx.store().records(name, filter=filter, columns=columns.split(",") if columns else None, limit=limit)
-    print_frame(frame, format)
+    print_frame(frame, format, has_columns_option=True)
 
 
 @app.command()
 def history(record: str, catalogue: CatalogueOption = None,
             field: Annotated[str | None, typer.Option(help="Only this field.")] = None,
-            format: Annotated[str, typer.Option("--format", help="table or json")] = "table") -> None:
+            format: FormatOption = "table") -> None:
     """Show every value a record's fields have had, with provenance (operation, run, source, confidence) and
     who decided it (the reviewer of an approval or rejection, the author of a rollback)."""
-    if format not in ("table", "json"):
-        raise StoreError(f"unknown format {format!r}; formats are: table, json")
+    check_format(format)
     name = ctx.catalogue(catalogue)
     entries = ctx.store().history(name, record, field)
-    if format == "json":
-        import orjson
-
+    if format != "table":
+        rows = []
         for e in entries:
             p = e.provenance
-            sys.stdout.write(orjson.dumps({
+            rows.append({
                 "at": e.at.isoformat(), "record": e.record, "field": e.field, "kind": e.kind, "old": e.old,
                 "new": e.new, "by": e.by, "reason": e.reason, "change_set": e.change_set, "proposal": e.proposal,
                 "proposed_in": e.proposed_in,
                 "operation": p.operation if p else None, "run_id": p.run_id if p else None,
                 "source": p.source if p else None, "reviewer": p.reviewer if p else None,
-                "confidence": p.confidence if p else None}).decode() + "\n")
+                "confidence": p.confidence if p else None})
+        print_rows(rows, list(HISTORY_FIELDS), format, all_columns=True)
         return
     table = Table(title=f"{name} {record}")
     for col in ("when", "field", "kind", "old", "new", "by", "operation", "run", "source", "reviewer", "confidence"):
@@ -152,6 +218,10 @@ def history(record: str, catalogue: CatalogueOption = None,
                       p.operation if p else "", (p.run_id or "") if p else "", (p.source or "") if p else "",
                       (p.reviewer or "") if p else "", f"{p.confidence:g}" if p else "")
     console.print(table)
+
+
+HISTORY_FIELDS = ("at", "record", "field", "kind", "old", "new", "by", "reason", "change_set", "proposal",
+                  "proposed_in", "operation", "run_id", "source", "reviewer", "confidence")
 
 
 def _show(value) -> str:
@@ -185,10 +255,11 @@ def review_list(catalogue: str | None = _F["catalogue"], operation: str | None =
                 min_confidence: float | None = _F["min_confidence"],
                 max_confidence: float | None = _F["max_confidence"], reviewer: str | None = _F["reviewer"],
                 status: str | None = _F["status"],
-                format: Annotated[str, typer.Option("--format")] = "table") -> None:
+                format: FormatOption = "table") -> None:
     """List review items (by catalogue, operation, attribute, source, confidence range, reviewer)."""
     import pandas as pd
 
+    check_format(format)
     items = _queue().list(**_criteria(catalogue, operation, attribute, source, min_confidence, max_confidence,
                                       reviewer, status))
     columns = ["id", "record", "field", "old", "new", "confidence", "source", "status", "operation", "catalogue",
@@ -205,9 +276,9 @@ def review_list(catalogue: str | None = _F["catalogue"], operation: str | None =
 def _bulk(decision: str, ids: list[int], by: str | None, note: str | None, criteria: dict) -> None:
     queue = _queue()
     if ids and any(v for k, v in criteria.items() if k != "status"):
-        raise StoreError("give item ids or filter options, not both")
+        raise user_error("give item ids or filter options, not both")
     if not ids and not any(v for v in criteria.values()):
-        raise StoreError(f"give item ids, or filter options (--catalogue, --operation, ...) to {decision} in bulk")
+        raise user_error(f"give item ids, or filter options (--catalogue, --operation, ...) to {decision} in bulk")
     if decision == "approve":
         result = queue.approve_where(by=who(by), note=note, **criteria) if not ids else \
             queue.approve(ids, by=who(by), note=note)
@@ -260,7 +331,7 @@ def review_snooze(ids: list[int], until: Annotated[str, typer.Option(help="ISO t
     try:
         when = datetime.fromisoformat(until)
     except ValueError:
-        raise StoreError(f"--until {until!r} is not an ISO time such as 2026-12-01T09:00+00:00") from None
+        raise user_error(f"--until {until!r} is not an ISO time such as 2026-12-01T09:00+00:00") from None
     console.print(f"snoozed {_queue().snooze(ids, when, by=who(by), note=note)} item(s) until {when.isoformat()}")
 
 
@@ -305,7 +376,7 @@ def schema_diff_command(apply: Annotated[str | None, typer.Option(
     catalogue, _, attribute = apply.partition(".")
     match = [c for c in diff.type_changes if (c.catalogue, c.attribute) == (catalogue, attribute)]
     if not match:
-        raise StoreError(f"{apply} has no pending type change; run `claro schema-diff` to list them")
+        raise user_error(f"{apply} has no pending type change; run `claro schema-diff` to list them")
     if match[0].failures and not yes:
         typer.confirm(f"{len(match[0].failures)} value(s) will not convert and will be cleared (kept in history). "
                       "Apply?", abort=True)
@@ -324,19 +395,20 @@ app.add_typer(webhooks_app, name="webhooks")
 @webhooks_app.command("log")
 def webhooks_log(subscription: Annotated[str | None, typer.Option(help="Only this subscription.")] = None,
                  status: Annotated[str | None, typer.Option(help="pending, delivered, failed or dead.")] = None,
-                 limit: int = 50) -> None:
+                 limit: int = 50, format: FormatOption = "table") -> None:
     """The delivery log: each delivery's webhook-id, events, status, attempts and last error."""
     import pandas as pd
 
     from claro_dagster.catalogue.outbox import WebhookOutbox
 
+    check_format(format)
     rows = WebhookOutbox(ctx.store()).log(subscription, status, limit)
     print_frame(pd.DataFrame([{"id": d.id, "subscription": d.subscription, "status": d.status,
                                "events": len(d.event_ids), "attempts": d.attempts,
                                "next attempt": d.next_attempt_at or "", "last": d.last_status_code or "",
                                "error": d.last_error or "", "webhook-id": d.webhook_id} for d in rows],
                              columns=["id", "subscription", "status", "events", "attempts", "next attempt", "last",
-                                      "error", "webhook-id"]), "table")
+                                      "error", "webhook-id"]), format, all_columns=True)
 
 
 @webhooks_app.command("retry")
@@ -381,18 +453,21 @@ def upload(file: Path, source: Annotated[str, typer.Option(help="The source the 
 
     claro = _claro()
     if source not in claro.spec.sources:
-        raise StoreError(f"unknown source {source!r}; sources are: {', '.join(claro.spec.sources)}")
+        raise user_error(f"unknown source {source!r}; sources are: {', '.join(claro.spec.sources)}")
     if catalogue and claro.spec.sources[source].catalogue != ctx.catalogue(catalogue):
-        raise StoreError(f"source {source!r} feeds catalogue {claro.spec.sources[source].catalogue!r}, "
+        raise user_error(f"source {source!r} feeds catalogue {claro.spec.sources[source].catalogue!r}, "
                          f"not {catalogue!r}")
     kind = claro.spec.sources[source].kind
     if kind not in ("inbox", "upload"):
         spec = claro.spec.sources[source]
-        raise StoreError(f"source {source!r} receives its files from s3://{spec.bucket}/{spec.prefix}, not by "
+        raise user_error(f"source {source!r} receives its files from s3://{spec.bucket}/{spec.prefix}, not by "
                          "upload: put the file there, or upload it to an upload or inbox source")
     if not file.is_file():
-        raise StoreError(f"{file}: no such file")
-    target = Inbox(claro.inbox_dir(source)).upload(file)
+        raise user_error(f"{file}: no such file")
+    from claro_dagster.progress import progress
+
+    with progress(f"upload {file.name}", total=file.stat().st_size, unit="bytes") as bar:
+        target = Inbox(claro.inbox_dir(source)).upload(file, on_progress=bar.advance)
     console.print(f"{file.name} -> {target}", highlight=False, soft_wrap=True)  # a path is never wrapped
     console.print(f"the {source}_{kind} sensor (`claro dev`) or `claro run` processes it", highlight=False)
 
@@ -440,15 +515,16 @@ def dev(port: Annotated[int, typer.Option(help="Port of the Dagster UI.")] = 300
 @app.command()
 def rejected(batch: str, out: Annotated[Path | None, typer.Option(
         "--out", help="Write the rejected rows (as received, with line and reasons) to a CSV to send back.")] = None,
-             format: Annotated[str, typer.Option("--format")] = "table") -> None:
+             format: FormatOption = "table") -> None:
     """Rows of a batch that failed validation, with their line numbers and reasons."""
     from claro_dagster.catalogue.batches import BatchRegistry
 
+    check_format(format)
     registry = BatchRegistry(ctx.store())
     info = registry.get(batch)
     if info is None:
         known = ", ".join(b.key for b in registry.list()[-5:]) or "none yet"
-        raise StoreError(f"no batch {batch!r}; recent batches: {known}")
+        raise user_error(f"no batch {batch!r}; recent batches: {known}")
     frame = registry.rejected_rows(batch)
     if out:
         frame.to_csv(out, index=False)
@@ -459,13 +535,21 @@ def rejected(batch: str, out: Annotated[Path | None, typer.Option(
 
 
 @app.command()
-def schedules() -> None:
+def schedules(format: FormatOption = "table") -> None:
     """Schedules of the spec: target, when (cron, timezone), record filter, status and the next three runs."""
     from rich.markup import escape
 
     from claro_dagster.schedules import describe_schedules
 
+    check_format(format)
     infos = describe_schedules(ctx.spec(), datetime.now(UTC))
+    if format != "table":
+        print_rows([{"schedule": i.name, "target": i.target, "cron": i.cron, "timezone": i.timezone,
+                     "filter": i.filter, "status": i.status, "next_runs": [t.isoformat() for t in i.next_runs],
+                     "description": i.description} for i in infos],
+                   ["schedule", "target", "cron", "timezone", "filter", "status", "next_runs", "description"],
+                   format)
+        return
     if not infos:
         console.print("no schedules in the spec (add them under `schedules:`)")
         return
@@ -526,16 +610,16 @@ def rerun(batch: str, stage: Annotated[str, typer.Argument(help="batch_raw, batc
     from claro_dagster.local import instance_for, run_batch
 
     if stage not in (*STAGES, CHECKPOINT):
-        raise StoreError(f"unknown stage {stage!r}; stages are: {', '.join((*STAGES, CHECKPOINT))}")
+        raise user_error(f"unknown stage {stage!r}; stages are: {', '.join((*STAGES, CHECKPOINT))}")
     try:
         check_batch_key(batch)
     except InvalidBatchKey as exc:
-        raise StoreError(str(exc)) from None
+        raise user_error(str(exc)) from None
     defs = build_definitions(ctx.spec_path, home_dir())
     registry = BatchRegistry(defs.resources["claro"].store)
     info = registry.get(batch)
     if info is None:
-        raise StoreError(f"no batch {batch!r}; `claro batches` lists them")
+        raise user_error(f"no batch {batch!r}; `claro batches` lists them")
     result = run_batch(defs, instance_for(home_dir()), info, stages=(stage,), quiet=True)
     after = registry.get(batch)
     verdict = "done" if result.success else "failed"
@@ -546,16 +630,18 @@ def rerun(batch: str, stage: Annotated[str, typer.Argument(help="batch_raw, batc
 
 
 @app.command()
-def batches(catalogue: CatalogueOption = None, status: Annotated[str | None, typer.Option()] = None) -> None:
+def batches(catalogue: CatalogueOption = None, status: Annotated[str | None, typer.Option()] = None,
+            format: FormatOption = "table") -> None:
     """Received batches and how far each got."""
     import pandas as pd
 
     from claro_dagster.catalogue.batches import BatchRegistry
 
+    check_format(format)
     rows = BatchRegistry(ctx.store()).list(ctx.catalogue(catalogue) if catalogue else None, status)
     print_frame(pd.DataFrame([{"batch": b.key, "file": b.filename, "status": b.status, "stage": b.stage or "",
                                "message": b.message or ""} for b in rows],
-                             columns=["batch", "file", "status", "stage", "message"]), "table")
+                             columns=["batch", "file", "status", "stage", "message"]), format)
 
 
 @app.command()
@@ -576,21 +662,43 @@ def export(catalogue: CatalogueOption = None,
            columns: Annotated[str | None, typer.Option(help="Comma-separated fields, in order.")] = None,
            out: Annotated[Path | None, typer.Option("--out", help="File to write (default: under CLARO_HOME).")] = None
            ) -> None:
-    """Export a catalogue (the same as the Export asset)."""
+    """Export a catalogue (the same as the Export asset), with its progress on stderr."""
     from claro_dagster.assets.catalogue_ops import run_export
+    from claro_dagster.progress import progress
 
-    result = run_export(_claro(), ctx.catalogue(catalogue), format, filter,
-                        columns.split(",") if columns else None, "cli", path=out)
+    claro, name = _claro(), ctx.catalogue(catalogue)
+    total = None if filter else claro.store.count(name)  # a filter's count would cost a query of its own
+    with progress(f"export {name}", total=total, unit="records") as bar:  # advanced after each chunk written
+        result = run_export(claro, name, format, filter, columns.split(",") if columns else None, "cli", path=out,
+                            on_progress=bar.advance)
     console.print(f"{result.rows} record(s) -> {result.path}")
 
 
 @mapping_app.command("show")
-def mapping_show(source: str) -> None:
+def mapping_show(source: str, format: Annotated[str, typer.Option("--format", help=(
+        "table (default: each mapping file as it is), csv, or json: one JSON array with an object per mapped "
+        "column (source, shape, status, column, attribute, score, path)"))] = "table") -> None:
     """Show the saved mappings of a source (column -> attribute), drafts included."""
-    from claro_dagster.catalogue.mappings import MappingBook
+    from claro_dagster.catalogue.mappings import MappingBook, MappingError
 
+    check_format(format)
     book = MappingBook(home_dir() / "mappings")
     entries = book.list(source)
+    if format != "table":
+        rows = []
+        for src, shape, path, status in entries:
+            try:
+                mapping = book.get(src, shape)
+            except MappingError:  # a broken file: listed, with no columns
+                mapping = None
+            columns = mapping.source_columns if mapping is not None else (None,)
+            rows += [{"source": src, "shape": shape, "status": status, "column": c,
+                      "attribute": mapping.attribute_for[c] if mapping is not None else None,
+                      "score": mapping.scores.get(c) if mapping is not None else None, "path": str(path)}
+                     for c in columns]
+        print_rows(rows, ["source", "shape", "status", "column", "attribute", "score", "path"], format,
+                   all_columns=True)
+        return
     if not entries:
         console.print(f"no mapping saved for {source} yet: the first batch from it drafts one")
     for _, shape, path, status in entries:
@@ -606,10 +714,10 @@ def mapping_edit(source: str, shape: Annotated[str | None, typer.Argument()] = N
     entries = MappingBook(home_dir() / "mappings").list(source)
     entries = [e for e in entries if shape is None or e[1] == shape]
     if not entries:
-        raise StoreError(f"no mapping saved for {source}" + (f" with shape {shape}" if shape else "") +
+        raise user_error(f"no mapping saved for {source}" + (f" with shape {shape}" if shape else "") +
                          "; `claro mapping show SOURCE` lists them")
     if len(entries) > 1:
-        raise StoreError(f"{source} has {len(entries)} mappings; name the shape: " +
+        raise user_error(f"{source} has {len(entries)} mappings; name the shape: " +
                          ", ".join(e[1] for e in entries))
     typer.edit(filename=str(entries[0][2]))
     console.print(f"saved {entries[0][2]}")
@@ -617,16 +725,27 @@ def mapping_edit(source: str, shape: Annotated[str | None, typer.Argument()] = N
 
 def main() -> None:
     """Entry point: user errors print as one clear line and exit 1, never as a traceback."""
-    from claro_dagster.catalogue.filters import FilterError
-
     try:
         app()
-    except SpecError as exc:
-        err.print(str(exc), highlight=False, markup=False)
+    except Exception as exc:
+        message = _user_message(exc)
+        if message is None:
+            raise
+        err.print(message, highlight=False, markup=False)
         sys.exit(1)
-    except (StoreError, FilterError) as exc:
-        err.print(f"error: {exc}", highlight=False, markup=False)
-        sys.exit(1)
+
+
+def _user_message(exc: Exception) -> str | None:
+    """The line to print for an error the user can fix, else None. The error classes are looked up among the
+    modules already loaded: an instance of a class whose module was never imported cannot have been raised."""
+    loader, changes, filters = (sys.modules.get(f"claro_dagster.{m}") for m in
+                                ("spec.loader", "catalogue.changes", "catalogue.filters"))
+    if loader is not None and isinstance(exc, loader.SpecError):
+        return str(exc)
+    if (changes is not None and isinstance(exc, changes.StoreError)) or \
+            (filters is not None and isinstance(exc, filters.FilterError)):
+        return f"error: {exc}"
+    return None
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 The spec is $CLARO_SPEC, else ./claro.yaml, else the bundled demo; the project home is $CLARO_HOME
 (default ./.claro): the embedded SQLite store, received batches, stage outputs, mappings, exports.
+
+Importing this module has no side effects and reads no spec: `defs` is a `@dg.definitions` function that
+Dagster calls when it loads the code location, so `claro --spec X run` (which imports `build_definitions`)
+never reads ./claro.yaml, and a broken spec fails where the definitions are asked for.
 """
 
 from __future__ import annotations
@@ -136,4 +140,7 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
                           executor=dg.in_process_executor)
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location (workspace.yaml, `dagster dev -m claro_dagster.definitions`), built when Dagster loads it."""
+    return build_definitions()

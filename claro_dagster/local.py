@@ -51,8 +51,8 @@ def seed_demo_inboxes(claro: CatalogueResource) -> list[Path]:
         if source is None:
             continue
         for file in sorted(p for p in folder.iterdir() if p.is_file()):
-            if registry.get(batch_key(source, file.name, content_version(file))) is not None:
-                continue  # this demo file was received before
+            if registry.copy_of(source, file.name, content_version(file), published=False) is not None:
+                continue  # this demo file was received before (by `claro run` or by a sensor)
             inbox = claro.inbox_dir(source)
             if not (inbox / file.name).exists():
                 copied.append(Inbox(inbox).upload(file))

@@ -8,6 +8,9 @@ Every `claro` process pays Dagster's import time, so each test runs as few comma
 from __future__ import annotations
 
 import csv
+import io
+import json
+import os
 import shutil
 import subprocess
 from contextlib import contextmanager
@@ -101,6 +104,9 @@ def test_upload_puts_the_files_in_the_sources_inbox(prepared):
         received, how = result.stdout.strip().splitlines()
         assert received == f"{path.name} -> {inbox / path.name}"
         assert how == "the shop_csv_inbox sensor (`claro dev`) or `claro run` processes it"
+        # Issue 8 item 7: progress on stderr, as plain lines when stderr is not a terminal
+        size = path.stat().st_size
+        assert result.stderr.startswith(f"upload {path.name}: {size:,} of {size:,} bytes ("), result.stderr
     # `claro run` took them: each now lies under processed/<batch>/, byte for byte as sent
     processed = {p.name: p.read_bytes() for p in (inbox / "processed").glob("*/*")}
     assert processed == {path.name: path.read_bytes() for path in prepared.files}
@@ -162,6 +168,10 @@ def test_export_writes_the_filtered_records(project, tmp_path):
                            "--columns", "sku,price", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"1 record(s) -> {out}"
+    assert result.stderr.startswith("export products: 1 records ("), result.stderr  # progress, plain lines
+    everything = project.claro("export", "--out", str(tmp_path / "all.csv"))
+    assert everything.returncode == 0, everything.stderr
+    assert everything.stderr.startswith("export products: 4 of 4 records ("), everything.stderr
     with out.open(newline="", encoding="utf-8") as f:
         assert list(csv.reader(f)) == [["sku", "price"], ["SKU-2", "3"]]
 
@@ -286,3 +296,90 @@ def test_webhooks_log_and_retry(project):
     with project.store() as store:
         again = WebhookOutbox(store).get(dead.id)
     assert (again.status, again.attempts, again.webhook_id) == ("pending", 0, dead.webhook_id)
+
+
+# --------------------------------------------------------------------------------------------- output formats
+def test_every_listing_prints_one_json_array_and_csv_with_the_same_fields(project):
+    # Issue 8 item 8: --format table|csv|json everywhere; json is one array with an object per row.
+    with project.store() as store:
+        batch = _batch_of(store, FIRST_FILE)
+    listings = {
+        "records": (["records"], {"sku", "title", "price", "weight", "status"}),
+        "history": (["history", "SKU-1", "--field", "price"], {"at", "record", "field", "kind", "old", "new", "by",
+                                                                "run_id", "source", "confidence"}),
+        "batches": (["batches"], {"batch", "file", "status", "stage", "message"}),
+        "rejected": (["rejected", batch], {"line", "reasons"}),
+        "review list": (["review", "list"], {"id", "record", "field", "old", "new", "confidence", "status"}),
+        "webhooks log": (["webhooks", "log"], {"id", "subscription", "status", "events", "webhook-id"}),
+        "schedules": (["schedules"], {"schedule", "target", "cron", "timezone", "next_runs"}),
+        "mapping show": (["mapping", "show", "shop_csv"], {"source", "shape", "status", "column", "attribute"}),
+    }
+    for name, (args, fields) in listings.items():
+        as_json = project.claro(*args, "--format", "json")
+        assert as_json.returncode == 0, (name, as_json.stderr)
+        rows = json.loads(as_json.stdout)
+        assert isinstance(rows, list) and all(isinstance(r, dict) for r in rows), name
+        as_csv = project.claro(*args, "--format", "csv")
+        assert as_csv.returncode == 0, (name, as_csv.stderr)
+        header = next(csv.reader(io.StringIO(as_csv.stdout)), [])
+        if rows:
+            assert set(rows[0]) == set(header), name
+            assert fields <= set(header), (name, header)
+        table = project.claro(*args)
+        assert table.returncode == 0, (name, table.stderr)
+    records = json.loads(project.claro("records", "--format", "json").stdout)
+    assert {r["sku"]: r["price"] for r in records} == {"SKU-1": 4.5, "SKU-2": 3.0, "SKU-3": 12.0, "SKU-4": 8.0}
+    queued = json.loads(project.claro("review", "list", "--format", "json").stdout)
+    assert sorted((r["record"], r["new"]) for r in queued) == [("SKU-1", 5.5), ("SKU-2", 3.5), ("SKU-3", 15.0)]
+    unknown = project.claro("batches", "--format", "xml")
+    assert unknown.returncode == 1 and unknown.stderr.startswith("error: unknown format 'xml'; formats are: table, "
+                                                                 "csv, json")
+
+
+def test_webhooks_log_shows_the_webhook_id_and_advertises_only_options_it_has(project):
+    with project.store() as store:
+        planned = WebhookOutbox(store).plan("erp", load_spec(project.spec).notifications.webhooks["erp"],
+                                            datetime.now(UTC))
+    assert planned
+    logged = project.claro("webhooks", "log")
+    assert logged.returncode == 0, logged.stderr
+    assert "webhook-id" in logged.stdout and planned[0].webhook_id in logged.stdout
+    assert "--columns" not in logged.stderr  # it has no --columns option
+    listed = project.claro("review", "list")  # more fields than a table shows, and no --columns either
+    assert "--columns" not in listed.stderr and "use --format csv|json for all" in listed.stderr
+    as_json = json.loads(project.claro("webhooks", "log", "--format", "json").stdout)
+    assert {d["webhook-id"] for d in as_json} == {d.webhook_id for d in planned}
+
+
+def test_help_documents_the_json_format():
+    from cli_project import claro_command
+
+    shown = subprocess.run([*claro_command(), "records", "--help"], capture_output=True, text=True,
+                           env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}, timeout=120)
+    assert shown.returncode == 0
+    assert "one JSON array with an object per row" in " ".join(shown.stdout.split())
+
+
+# --------------------------------------------------------------------------------------------- --spec
+def test_run_with_spec_never_reads_the_claro_yaml_of_the_working_directory(tmp_path):
+    # Issue 8 item 12: the code location reads no spec when imported; `--spec X` is the only spec read.
+    from cli_project import REPO, WEBHOOK_SECRET_ENV, claro_command
+
+    home, elsewhere = tmp_path / "home", tmp_path / "project"
+    home.mkdir()
+    elsewhere.mkdir()
+    spec = write_spec(elsewhere / "claro.yaml")
+    (home / "claro.yaml").write_text("catalogues: [this is not a spec\n", encoding="utf-8")
+    inbox = home / "inbox" / "shop"
+    inbox.mkdir(parents=True)
+    shutil.copy(write_supplier_files(tmp_path / "files")[0], inbox)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLARO_")}
+    env.update(CLARO_HOME=str(home), PYTHONPATH=str(REPO), COLUMNS="200", NO_COLOR="1")
+    env[WEBHOOK_SECRET_ENV] = "s"
+    ran = subprocess.run([*claro_command(), "--spec", str(spec), "run"], cwd=home, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert f"published   {FIRST_FILE}: 12 applied (3 new records)" in ran.stdout
+    broken = subprocess.run([*claro_command(), "check"], cwd=home, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert broken.returncode == 1 and broken.stderr.startswith("claro.yaml:")  # it is there, and broken

@@ -8,6 +8,7 @@ import dagster as dg
 
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.operations.analyse import analyse_catalogue
+from claro_dagster.operations.export import CHUNK_ROWS as EXPORT_CHUNK_ROWS
 from claro_dagster.operations.export import EXPORT_FORMATS, export_records
 from claro_dagster.operations.validate import validate_batch
 from claro_dagster.resources.catalogue import CatalogueResource
@@ -111,14 +112,16 @@ def build_export(catalogue: str, after: list[dg.AssetKey]) -> dg.AssetsDefinitio
 
 
 def run_export(claro: CatalogueResource, catalogue: str, fmt: str, filter: str | None, columns, run_id: str,
-               path=None):
-    frame = claro.store.records(catalogue, filter=filter)
+               path=None, on_progress=None):
+    """Export a catalogue, streamed from the store in chunks; `on_progress(n)` after each chunk of n records."""
+    frames = claro.store.record_chunks(catalogue, filter=filter, chunk_rows=EXPORT_CHUNK_ROWS)
     if path is None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         ext = {"shopify_csv": "shopify.csv", "amazon_flat": "amazon.txt"}.get(fmt, fmt)
         path = claro.home_dir / "exports" / catalogue / f"{catalogue}_{stamp}_{run_id[:8]}.{ext}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return export_records(frame, claro.store.catalogue(catalogue), fmt, path, columns=columns)
+    return export_records(frames, claro.store.catalogue(catalogue), fmt, path, columns=columns,
+                          on_progress=on_progress)
 
 
 def destination_resource_key(name: str) -> str:

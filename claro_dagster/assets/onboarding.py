@@ -20,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import exc as sa_exc
 
 from claro_dagster.assets.catalogue_ops import known_references
-from claro_dagster.catalogue.batches import Batch, BatchRegistry, InvalidBatchKey, check_batch_key
+from claro_dagster.catalogue.batches import Batch, BatchRegistry, InvalidBatchKey, check_batch_key, content_version
 from claro_dagster.catalogue.mappings import MappingBook
 from claro_dagster.operations.mapping import apply_mapping, match_records
 from claro_dagster.operations.normalize import normalize_batch
@@ -152,6 +152,24 @@ def acknowledge_duplicate(claro: CatalogueResource, batch: Batch, uri: str | Pat
     return settle_inbox_file(claro, replace(batch, uri=str(uri)), note=already_published_note(batch))
 
 
+def published_copy(claro: CatalogueResource, batch: Batch, received: str | None) -> tuple[Batch | None, str | None]:
+    """(The published batch whose content the received file holds, or None; the file's content hash, or None when
+    it was not hashed.) Inbox files are hashed here, in the run: sensor ticks never read them. An S3 batch key holds
+    the object's ETag already, so such a batch is its own copy once published."""
+    if not received or received.startswith("s3://"):
+        return (batch if batch.published and received else None), None
+    path = Path(received)
+    try:
+        digest = content_version(path)
+    except (FileNotFoundError, IsADirectoryError):
+        return None, None  # moved away meanwhile (a re-execution): the batch's own copy is read
+    copy = BatchRegistry(claro.store).copy_of(batch.source, path.name, digest)
+    if copy is None and batch.published:
+        raise BatchRefused(f"{received} has the name, size and modification time of batch {batch.key}, published, "
+                           "but other content; touch the file (or drop it again) to receive it as a new batch")
+    return copy, digest
+
+
 def receipt_uri(claro: CatalogueResource, catalogue: str, source_name: str, uri: str) -> tuple[str, str]:
     """(uri, file name) of a file a run says it received, once it is known to lie where its source receives.
 
@@ -261,13 +279,19 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
         claro: CatalogueResource = context.resources.claro
         batch = resolve_batch(context, claro, catalogue, receiving=True)
         received = context.run.tags.get(TAG_URI)
-        if batch.published and received and (received.startswith("s3://") or Path(received).exists()):
-            # The same content again, after it was published: acknowledged, not processed (no output, so
-            # the later stages of this run are skipped and the batch keeps its status).
-            moved = acknowledge_duplicate(claro, batch, received)
-            context.log.info(f"{batch.filename}: {already_published_note(batch)}"
+        published, digest = published_copy(claro, batch, received)
+        if published is not None:
+            # The same content again, after it was published: acknowledged, not processed (no output, so the later
+            # stages of this run are skipped). The copy goes to processed/ under this receipt's batch key, and a
+            # receipt registered for it alone is forgotten: the published batch keeps its status.
+            if published.key != batch.key:
+                BatchRegistry(claro.store).forget_receipt(batch.key)
+            moved = settle_inbox_file(claro, replace(batch, uri=received), note=already_published_note(published))
+            context.log.info(f"{batch.filename}: {already_published_note(published)}"
                              + (f"; moved to {moved}" if moved else ""))
             return
+        if digest and digest != batch.content_version:
+            BatchRegistry(claro.store).record_content_version(batch.key, digest)
         with settling(claro, batch, "batch_raw"):
             source = claro.spec.sources.get(batch.source)
             if source is None:

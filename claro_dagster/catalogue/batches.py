@@ -47,6 +47,13 @@ def content_version(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def receipt_version(name: str, size: int, mtime_ns: int) -> str:
+    """A file's version as listing sees it (name, size, modification time), without reading it: what the inbox
+    sensor puts in batch keys. The content hash (`content_version`) is taken by the run, which decides whether
+    the content was published before."""
+    return hashlib.sha256(f"{name}\0{size}\0{mtime_ns}".encode()).hexdigest()
+
+
 def batch_key(source: str, filename: str, version: str) -> str:
     """`<source>.<file stem>.<first 10 hex of the content version>`.
 
@@ -118,6 +125,30 @@ class BatchRegistry:
             conn.execute(self.t.update().where(self.t.c.key == key).values(uri=uri, filename=filename,
                                                                            updated_at=now()))
         return self.get(key)
+
+    def copy_of(self, source: str, filename: str, content_version: str, *, published: bool = True) -> Batch | None:
+        """The newest batch of this source with this file name and content (only a published one, unless
+        `published=False`), if any: whether a file received again brings anything new."""
+        query = sa.select(self.t).where(self.t.c.source == source, self.t.c.filename == filename,
+                                        self.t.c.content_version == content_version)
+        if published:
+            query = query.where(self.t.c.status.in_(PUBLISHED))
+        with self.store.engine.connect() as conn:
+            row = conn.execute(query.order_by(self.t.c.updated_at.desc()).limit(1)).first()
+        return None if row is None else self._batch(row)
+
+    def record_content_version(self, key: str, content_version: str) -> None:
+        """The content hash of a batch's file, taken by the run (a sensor names a batch without reading it)."""
+        with self.store.engine.begin() as conn:
+            conn.execute(self.t.update().where(self.t.c.key == key).values(content_version=content_version))
+
+    def forget_receipt(self, key: str) -> bool:
+        """Remove a batch registered but never processed (e.g. a receipt that turned out to hold the content of a
+        published batch). True when it was removed; a batch that got further is kept."""
+        with self.store.engine.begin() as conn:
+            gone = conn.execute(self.t.delete().where(self.t.c.key == key, self.t.c.status == "received",
+                                                      self.t.c.stage.is_(None)))
+        return gone.rowcount > 0
 
     def get(self, key: str) -> Batch | None:
         with self.store.engine.connect() as conn:

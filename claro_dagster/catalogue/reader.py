@@ -7,7 +7,7 @@ and hashes is exactly what readers see.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -66,6 +66,27 @@ class CatalogueReader:
     # ------------------------------------------------------------------ records
     def records(self, catalogue: str, filter: str | None = None, columns: Sequence[str] | None = None,
                 limit: int | None = None, with_seq: bool = False) -> pd.DataFrame:
+        query, names = self._records_query(catalogue, filter, columns, limit, with_seq)
+        with self.engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(query).fetchall(), columns=names)
+        return self.canonical(catalogue, frame)
+
+    def record_chunks(self, catalogue: str, filter: str | None = None, columns: Sequence[str] | None = None,
+                      chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
+        """`records` in frames of at most `chunk_rows`, fetched as they are needed (a server-side cursor on
+        PostgreSQL), so a whole catalogue is never held at once; one empty frame when nothing matches."""
+        query, names = self._records_query(catalogue, filter, columns, None, False)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=chunk_rows).execute(query)
+            empty = True
+            for rows in result.partitions(chunk_rows):
+                empty = False
+                yield self.canonical(catalogue, pd.DataFrame(rows, columns=names))
+            if empty:
+                yield self.canonical(catalogue, pd.DataFrame([], columns=names))
+
+    def _records_query(self, catalogue: str, filter: str | None, columns: Sequence[str] | None,
+                       limit: int | None, with_seq: bool) -> tuple[sa.Select, list[str]]:
         cat = self.schema.catalogue(catalogue)
         table = self.rec[catalogue]
         cols = {a: table.c[a] for a in cat.attributes}
@@ -81,9 +102,7 @@ class CatalogueReader:
             query = query.where(compile_filter(filter, cols))
         if limit:
             query = query.limit(limit)
-        with self.engine.connect() as conn:
-            frame = pd.DataFrame(conn.execute(query).fetchall(), columns=[c.name for c in select_cols])
-        return self.canonical(catalogue, frame)
+        return query, [c.name for c in select_cols]
 
     def count(self, catalogue: str) -> int:
         with self.engine.connect() as conn:

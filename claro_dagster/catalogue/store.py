@@ -15,7 +15,7 @@ change. Change sets are idempotent by identity: applying one twice changes nothi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,11 @@ class CatalogueStore:
                 limit: int | None = None, with_seq: bool = False) -> pd.DataFrame:
         """Records as a DataFrame (one column per attribute, in spec order), optionally filtered."""
         return self.reader.records(catalogue, filter, columns, limit, with_seq)
+
+    def record_chunks(self, catalogue: str, filter: str | None = None, columns: Sequence[str] | None = None,
+                      chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
+        """`records` as frames of at most `chunk_rows`, read as they are consumed (exports of large catalogues)."""
+        return self.reader.record_chunks(catalogue, filter, columns, chunk_rows)
 
     def count(self, catalogue: str) -> int:
         return self.reader.count(catalogue)

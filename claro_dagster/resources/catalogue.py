@@ -3,6 +3,10 @@
 Stage outputs persist per (asset, batch) under the project home, so any one stage can be re-run for
 one batch from the UI without re-running the stages before it.
 
+One catalogue store per process: Dagster builds the resource anew for every sensor tick and every run, and
+opening a store creates an engine and syncs the schema, so `shared_store` keeps the stores it opened (per spec
+version, home and database URL) and disposes their engines when they are replaced or the process ends.
+
 The store's URL may hold a password. The resource's `database_url` is therefore the environment
 variable (`dg.EnvVar("CLARO_DATABASE_URL")`): the Dagster UI shows its name, and Dagster reads its value
 only when a run starts. Errors opening the store name it with the password hidden.
@@ -10,59 +14,34 @@ only when a run starts. Errors opening the store name it with the password hidde
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import hashlib
 import os
 import pickle
-import re
+import threading
+from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
-from urllib.parse import quote
 
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
-import sqlalchemy as sa
 
 from claro_dagster.catalogue.batches import InvalidBatchKey, check_batch_key
 from claro_dagster.catalogue.changes import StoreError
-from claro_dagster.catalogue.schema import database_url as effective_database_url
+from claro_dagster.catalogue.opening import DATABASE_URL_ENV, redact, redacted_url  # noqa: F401 - re-exported
+from claro_dagster.catalogue.opening import open_store as _open_store
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec import load_spec
 from claro_dagster.spec.models import ProjectSpec
-
-DATABASE_URL_ENV = "CLARO_DATABASE_URL"
 
 
 def database_url_setting() -> dg.EnvVar | None:
     """`CatalogueResource.database_url` for this environment: the variable when it is set (the UI shows its
     name, never the URL), else None (the embedded SQLite store under the project home)."""
     return dg.EnvVar(DATABASE_URL_ENV) if os.environ.get(DATABASE_URL_ENV) else None
-
-
-def redacted_url(url: str) -> str:
-    """A database URL fit for a message: its password replaced by `***`."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # unparseable: it may still hold a password, so show none of it
-        return "(a database URL that cannot be parsed)"
-
-
-def redact(text: str, url: str) -> str:
-    """`text` with the URL's password (as written, and URL-encoded) replaced by `***`."""
-    try:
-        password = sa.engine.make_url(url).password
-    except Exception:
-        password = None
-    for secret in {password, quote(password or "", safe="")} - {None, ""}:
-        text = text.replace(secret, "***")
-    return text
-
-
-#: PostgreSQL's answers to wrong settings (no such database or user, wrong password): retrying cannot help.
-#: Matched on the text: libpq reports a failed connection without an SQLSTATE.
-_MISCONFIGURED = re.compile(r'database "[^"]*" does not exist|role "[^"]*" does not exist|'
-                            r"password authentication failed|no password supplied")
 
 
 class StoreMisconfigured(dg.Failure, StoreError):
@@ -74,21 +53,9 @@ class StoreMisconfigured(dg.Failure, StoreError):
 
 
 def open_store(spec: ProjectSpec, url: str | None = None, *, home: Path | None = None) -> CatalogueStore:
-    """Open the catalogue store (URL, else $CLARO_DATABASE_URL, else SQLite under `home`). When it cannot be
-    opened, a StoreError says which store (password hidden), why, and what to check; StoreMisconfigured when
-    the settings are at fault, so a run does not retry what cannot succeed."""
-    try:
-        return CatalogueStore(spec, url, home=home)
-    except (sa.exc.SQLAlchemyError, ValueError) as exc:
-        where = url or os.environ.get(DATABASE_URL_ENV) or effective_database_url(home)  # as the user wrote it
-        why = redact(next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__), where)
-        message = (f"could not open the catalogue store at {redacted_url(where)}: {why}. Check "
-                   f"{DATABASE_URL_ENV}: is the server running, does the database exist, are the user "
-                   "and password right?")
-        # `from None`: the driver's own error is summarised above, with the password taken out of it.
-        if _MISCONFIGURED.search(str(exc)):
-            raise StoreMisconfigured(message) from None
-        raise StoreError(message) from None
+    """Open the catalogue store (see `catalogue.opening.open_store`); StoreMisconfigured when the settings are at
+    fault, so a run does not retry what cannot succeed."""
+    return _open_store(spec, url, home=home, misconfigured=StoreMisconfigured)
 
 
 @functools.lru_cache(maxsize=8)
@@ -96,6 +63,54 @@ def _load_spec(path: str, mtime_ns: int, size: int) -> ProjectSpec:
     """Dagster builds the resource anew for every run; parsing the YAML each time costs a tenth of a second.
     Keyed on modification time and size, so an edited spec is read again."""
     return load_spec(path)
+
+
+#: Stores this process opened, least recently used first: (spec file, its mtime and size, home, URL) -> store.
+_STORES: OrderedDict[tuple, CatalogueStore] = OrderedDict()
+_STORES_LOCK = threading.Lock()
+#: More than one project per process happens in tests and benchmarks; beyond this many, the oldest is closed.
+MAX_STORES = 8
+
+
+def shared_store(spec_path: str | Path, home: str | Path, url: str | None = None) -> CatalogueStore:
+    """This process's catalogue store for a spec file (as it is now), a project home and a database URL.
+
+    Opened once and then reused by every sensor tick and run of the process. An edited spec opens a new store
+    (its schema synced to the edit) and the store of the older version is disposed; so is the least recently
+    used beyond `MAX_STORES`, and every store when the process exits. Disposing closes pooled connections
+    only: a caller still holding a store keeps working, on fresh connections.
+    """
+    path = Path(spec_path)
+    stat = path.stat()
+    place = (str(path.resolve()), str(Path(home).resolve()), url)
+    key = (*place, stat.st_mtime_ns, stat.st_size)
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is not None:
+            _STORES.move_to_end(key)
+            return store
+        store = open_store(_load_spec(str(path), stat.st_mtime_ns, stat.st_size), url, home=Path(home))
+        for older in [k for k in _STORES if k[:3] == place]:  # an earlier version of the same spec
+            _dispose(_STORES.pop(older))
+        _STORES[key] = store
+        while len(_STORES) > MAX_STORES:
+            _dispose(_STORES.popitem(last=False)[1])
+        return store
+
+
+def close_stores() -> None:
+    """Dispose every store `shared_store` opened (at process exit; tests call it to start afresh)."""
+    with _STORES_LOCK:
+        while _STORES:
+            _dispose(_STORES.popitem()[1])
+
+
+def _dispose(store: CatalogueStore) -> None:
+    with contextlib.suppress(Exception):  # a database already gone (dropped, server stopped) has nothing to close
+        store.dispose()
+
+
+atexit.register(close_stores)
 
 
 class CatalogueResource(dg.ConfigurableResource):
@@ -119,10 +134,12 @@ class CatalogueResource(dg.ConfigurableResource):
 
     @cached_property
     def store(self) -> CatalogueStore:
+        """The process's store for this project (`shared_store`), the same for the whole life of this resource
+        (a run keeps the store it started with even if the spec is edited meanwhile)."""
         url = self.database_url
         if isinstance(url, dg.EnvVar):  # Dagster resolves it for runs; `claro` uses the resource outside them
             url = url.get_value()
-        return open_store(self.spec, url, home=Path(self.home))
+        return shared_store(self.spec_path, self.home, url)
 
     @property
     def home_dir(self) -> Path:

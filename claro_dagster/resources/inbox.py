@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from claro_dagster.catalogue.batches import check_batch_key, content_version
+from claro_dagster.catalogue.batches import check_batch_key, content_version, receipt_version
 
 PROCESSED = "processed"
 QUARANTINE = "quarantine"
@@ -68,12 +68,14 @@ class Inbox:
     def quarantine_dir(self) -> Path:
         return self.root / QUARANTINE
 
-    def pending(self, known: HashCache | None = None, *, min_age_seconds: float = 0.0) -> list[InboxFile]:
+    def pending(self, known: HashCache | None = None, *, min_age_seconds: float = 0.0,
+                read_contents: bool = True) -> list[InboxFile]:
         """Files waiting to be processed, oldest first (by mtime, then relative path).
 
-        `version` is the file's content hash (`content_version`). `known` (relative path ->
-        `InboxFile.cache_entry()`) avoids re-hashing a file whose size, mtime and inode are
-        unchanged. `min_age_seconds` > 0 skips files modified more recently than that (for
+        `version` is the file's content hash (`content_version`); with `read_contents=False` no file is read
+        and `version` is its `receipt_version` (name, size, modification time): what a sensor tick uses.
+        `known` (relative path -> `InboxFile.cache_entry()`) avoids re-hashing a file whose size, mtime and
+        inode are unchanged. `min_age_seconds` > 0 skips files modified more recently than that (for
         uploaders that write in place without a `.part` name).
         """
         if not self.root.is_dir():
@@ -90,7 +92,9 @@ class Inbox:
                 continue
             relative = path.relative_to(self.root).as_posix()
             cached = known.get(relative)
-            if cached and list(cached[:3]) == [stat.st_size, stat.st_mtime_ns, stat.st_ino]:
+            if not read_contents:
+                version = receipt_version(path.name, stat.st_size, stat.st_mtime_ns)
+            elif cached and list(cached[:3]) == [stat.st_size, stat.st_mtime_ns, stat.st_ino]:
                 version = str(cached[3])
             else:
                 try:
@@ -159,8 +163,8 @@ class Inbox:
         _write_note(moved.with_name(moved.name + ".reason.txt"), reason, batch_key, source, "quarantined_at")
         return moved
 
-    def upload(self, src: str | Path) -> Path:
-        return upload(src, self.root)
+    def upload(self, src: str | Path, on_progress: Callable[[int], None] | None = None) -> Path:
+        return upload(src, self.root, on_progress)
 
     def _move(self, path: Path, area: str, batch_key: str) -> Path:
         check_batch_key(batch_key)
@@ -182,11 +186,12 @@ class Inbox:
         raise AssertionError("unreachable")
 
 
-def upload(src: str | Path, inbox_dir: str | Path) -> Path:
+def upload(src: str | Path, inbox_dir: str | Path, on_progress: Callable[[int], None] | None = None) -> Path:
     """Copy `src` into `inbox_dir` atomically (write `.<name>.*.part`, then rename into place).
 
     A file of the same name is never overwritten: if it holds the same bytes the upload is a
     no-op and returns it, otherwise the copy is stored as `<stem>~2<suffix>` (or `~3`, ...).
+    `on_progress(n)` hears of every n bytes copied.
     """
     src = Path(src)
     if not src.is_file():
@@ -197,7 +202,12 @@ def upload(src: str | Path, inbox_dir: str | Path) -> Path:
     tmp = Path(tmp_name)
     try:
         with os.fdopen(handle, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
+            if on_progress is None:
+                shutil.copyfileobj(inp, out, 1 << 20)
+            else:
+                while block := inp.read(1 << 20):
+                    out.write(block)
+                    on_progress(len(block))
             out.flush()
             os.fsync(out.fileno())
         version = None

@@ -12,35 +12,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import islice
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING
 
-import dagster as dg
-
-# The iterator Dagster's own scheduler uses, so `claro schedules` shows exactly the ticks the daemon will
-# run, including what it does on DST change days (a skipped local time runs just after the change; a
-# repeated one runs once). Dagster has no public equivalent; `spec/checks.py` uses the same module.
-from dagster._utils.schedules import schedule_execution_time_iterator
-
-from claro_dagster.catalogue.filters import FilterError, compile_filter
-from claro_dagster.catalogue.schema import filter_columns
 from claro_dagster.spec.checks import SCHEDULABLE_OPERATIONS
+
+# Ticks as Dagster's own scheduler computes them (croniter and Dagster's DST rules, without importing Dagster), so
+# `claro schedules` shows exactly the ticks the daemon will run, and answers at once.
+from claro_dagster.spec.cron import EVERY_CRON, next_run_times  # noqa: F401 - re-exported
 from claro_dagster.spec.models import ProjectSpec, ScheduleSpec
+
+if TYPE_CHECKING:  # Dagster is imported only where schedules are built: describing them must not pay for it
+    import dagster as dg
 
 TAG_SCHEDULE = "claro/schedule"
 TAG_FILTER = "claro/filter"
 TAG_TARGET = "claro/target"
 TAG_CATALOGUE = "claro/catalogue"  # what the notification sensor routes Slack messages on
-
-# Daily and weekly runs start at 02:00 local time: catalogue work (quality reports, exports, pushes to
-# channels) is finished before the working day begins. In Europe/London 02:00 also exists exactly once on
-# both DST change days (the clocks change at 01:00 GMT), so a daily run is neither skipped nor doubled.
-# Weekly runs on Monday, so the week starts with fresh reports.
-EVERY_CRON: dict[str, str] = {
-    "hourly": "0 * * * *",
-    "daily": "0 2 * * *",
-    "weekly": "0 2 * * 1",
-}
 
 _OPERATION_WORDS = {"analyse": "the data-quality report", "export": "a CSV export"}
 _WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -100,23 +87,30 @@ def _filter(schedule: ScheduleSpec) -> str | None:
     return schedule.filter if schedule.filter and schedule.filter.strip() else None
 
 
-def target_keys(spec: ProjectSpec, name: str, target: str) -> list[dg.AssetKey]:
-    """The assets a schedule target names, from the spec alone (a pipeline: analyse, export, destinations)."""
+def target_paths(spec: ProjectSpec, name: str, target: str) -> list[tuple[str, str]]:
+    """The (catalogue, operation) of each asset a schedule target names, from the spec alone (a pipeline:
+    analyse, export, destinations)."""
     if target in spec.pipelines:
         pipeline = spec.pipelines[target]
-        catalogue = pipeline.catalogue
-        return [dg.AssetKey([catalogue, op]) for op in (*SCHEDULABLE_OPERATIONS, *pipeline.destinations)]
+        return [(pipeline.catalogue, op) for op in (*SCHEDULABLE_OPERATIONS, *pipeline.destinations)]
     catalogue, slash, operation = target.partition("/")
     if not slash or catalogue not in spec.catalogues or not operation:
         raise ScheduleError(f"schedules.{name}.target: {target!r} is neither a pipeline "
                             f"({', '.join(spec.pipelines) or 'none defined'}) nor '<catalogue>/<operation>' "
                             f"with a catalogue of the spec ({', '.join(spec.catalogues)})")
-    return [dg.AssetKey([catalogue, operation])]
+    return [(catalogue, operation)]
 
 
-def _target_words(spec: ProjectSpec, target: str, keys: Sequence[dg.AssetKey]) -> str:
+def target_keys(spec: ProjectSpec, name: str, target: str) -> list[dg.AssetKey]:
+    """The assets a schedule target names, from the spec alone (a pipeline: analyse, export, destinations)."""
+    import dagster as dg
+
+    return [dg.AssetKey(list(path)) for path in target_paths(spec, name, target)]
+
+
+def _target_words(spec: ProjectSpec, target: str, keys: Sequence[str]) -> str:
     if target in spec.pipelines:
-        return f"what pipeline {target} publishes ({', '.join(k.to_user_string() for k in keys)})"
+        return f"what pipeline {target} publishes ({', '.join(keys)})"
     catalogue, _, operation = target.partition("/")
     if operation in _OPERATION_WORDS:
         return f"{target} ({_OPERATION_WORDS[operation]} of {catalogue})"
@@ -127,10 +121,11 @@ def _target_words(spec: ProjectSpec, target: str, keys: Sequence[dg.AssetKey]) -
 def schedule_description(spec: ProjectSpec, name: str, schedule: ScheduleSpec,
                          keys: Sequence[dg.AssetKey] | None = None) -> str:
     """What runs, when, in which timezone and for which records, in words (shown in the Dagster UI)."""
-    keys = keys if keys is not None else target_keys(spec, name, schedule.target)
+    names = (["/".join(k.path) for k in keys] if keys is not None
+             else ["/".join(p) for p in target_paths(spec, name, schedule.target)])
     filter_ = _filter(schedule)
     records = f"records where {filter_}" if filter_ else "all records"
-    text = (f"Runs {_target_words(spec, schedule.target, keys)} {cron_in_words(schedule_cron(name, schedule))} "
+    text = (f"Runs {_target_words(spec, schedule.target, names)} {cron_in_words(schedule_cron(name, schedule))} "
             f"({schedule.timezone} time) for {records}.")
     if schedule.paused:
         text += " Paused in the spec: start it in the Dagster UI when it should run."
@@ -143,6 +138,8 @@ def _where(spec: ProjectSpec) -> str:
 
 def _resolve(spec: ProjectSpec, name: str, schedule: ScheduleSpec,
              assets_by_key: Mapping[dg.AssetKey, dg.AssetsDefinition]) -> list[dg.AssetKey]:
+    import dagster as dg
+
     keys = target_keys(spec, name, schedule.target)
     if schedule.target in spec.pipelines:
         # A pipeline destination whose kind has no connector yet has no asset; the pipeline runs without it,
@@ -173,6 +170,11 @@ def build_schedules(spec: ProjectSpec,
 
     Raises ScheduleError when an entry's target has no asset or its filter does not parse.
     """
+    import dagster as dg
+
+    from claro_dagster.catalogue.filters import FilterError, compile_filter  # SQL: not needed to describe schedules
+    from claro_dagster.catalogue.schema import filter_columns
+
     schedules: list[dg.ScheduleDefinition] = []
     for name, schedule in spec.schedules.items():
         cron = schedule_cron(name, schedule)
@@ -197,17 +199,6 @@ def build_schedules(spec: ProjectSpec,
             description=schedule_description(spec, name, schedule, keys),
         ))
     return schedules
-
-
-def next_run_times(cron: str, timezone: str, after: datetime, count: int = 3) -> tuple[datetime, ...]:
-    """The next `count` ticks strictly after `after`, as aware datetimes in `timezone`."""
-    if after.tzinfo is None:
-        raise ValueError(f"{after!r} has no timezone; pass an aware datetime such as datetime.now(UTC)")
-    zone = ZoneInfo(timezone)
-    ticks = schedule_execution_time_iterator(after.timestamp(), cron, timezone)
-    # The iterator includes a tick at exactly `after`; that one is running now, not next.
-    upcoming = (t for t in ticks if t.timestamp() > after.timestamp())
-    return tuple(t.astimezone(zone) for t in islice(upcoming, count))
 
 
 def describe_schedules(spec: ProjectSpec, now: datetime, count: int = 3) -> list[ScheduleInfo]:

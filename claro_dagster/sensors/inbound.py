@@ -1,16 +1,20 @@
 """Inbound sensors: an inbox folder or an S3 prefix becomes a stream of batch runs.
 
 Each file (or object) becomes one batch: a dynamic partition whose key is
-`batch_key(source, filename, version)`. The version is the content hash (inbox) or the ETag (S3), so
-the same content is always the same batch and changed content a new one.
+`batch_key(source, filename, version)`. Ticks only list: they never read a file. The version is therefore
+the inbox file's `receipt_version` (name, size and modification time), or the object's ETag (S3). A changed
+file is a new batch. The run (`batch_raw`) hashes the file's content: a copy of content already published
+under this source and file name (dropped again, so with a new modification time and a new batch key) is
+acknowledged there and not processed again.
 
 Each receipt of a file is one run request. Dagster never launches a run key twice for a sensor, so the
 run key names the receipt, not only the content:
 
-* inbox: the batch key for the first copy, `<batch key>:<n>` for the n-th copy of the same content
-  (n - 1 copies already moved to processed/ or quarantine/). A pending file keeps its run key until the
-  run moves it; a file dropped again after it was quarantined is processed again, and one dropped again
-  after it was published gets a run that acknowledges it (moved to processed/ with a note).
+* inbox: the batch key for the first copy, `<batch key>:<n>` for the n-th copy with the same name, size
+  and modification time (n - 1 copies already moved to processed/ or quarantine/ under that batch key). A
+  pending file keeps its run key until the run moves it; a file dropped again after it was quarantined is
+  processed again, and one dropped again after it was published gets a run that acknowledges it (moved to
+  processed/ with a note).
 * S3: `<batch key>@<LastModified>`; an object is listed once per upload, so an identical re-upload is a
   new receipt (processed again if its batch was quarantined, acknowledged if it was published).
 
@@ -19,7 +23,7 @@ Tags on every run request:
 
     claro/source           the source's name in the spec
     claro/uri              the file's absolute path, or s3://bucket/key
-    claro/content_version  the full content hash or ETag (the run should check the file still matches)
+    claro/content_version  the full receipt version (inbox) or ETag (S3) the batch key was made from
     claro/batch            the batch key (also the partition key)
 """
 
@@ -67,10 +71,9 @@ def build_inbox_sensor(
     """A sensor that requests one run per pending file of `Inbox(inbox_dir)`.
 
     Every tick re-emits the run requests of all pending files (Dagster skips run keys it already
-    launched), and adds only the partitions that do not exist yet. The cursor is a hash cache
-    (relative path -> [size, mtime_ns, inode, content hash]) so unchanged pending files are not
-    re-hashed on every tick; it holds only the files pending at the last tick.
-    `min_age_seconds` > 0 ignores files modified more recently than that.
+    launched), and adds only the partitions that do not exist yet. A tick lists the folder and reads no
+    file, whatever its size. The cursor (relative path -> receipt version of the files pending at the last
+    tick) is only informative. `min_age_seconds` > 0 ignores files modified more recently than that.
     """
     if not partitions_def.name:
         raise ValueError("partitions_def must be a named DynamicPartitionsDefinition")
@@ -85,10 +88,9 @@ def build_inbox_sensor(
         tags={TAG_SOURCE: source_name},
     )
     def _inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        known = _load_hash_cache(context.cursor)
         inbox = Inbox(inbox_path)
-        files = inbox.pending(known, min_age_seconds=min_age_seconds)
-        cursor = json.dumps({"v": 1, "files": {f.relative: f.cache_entry() for f in files}},
+        files = inbox.pending(min_age_seconds=min_age_seconds, read_contents=False)
+        cursor = json.dumps({"v": 2, "files": {f.relative: f.version for f in files}},
                             sort_keys=True, separators=(",", ":"))
         if not files:
             return dg.SensorResult(skip_reason=f"no pending files in {inbox_path}", cursor=cursor)
@@ -113,17 +115,6 @@ def build_inbox_sensor(
         )
 
     return _inbox_sensor
-
-
-def _load_hash_cache(cursor: str | None) -> dict[str, list]:
-    if not cursor:
-        return {}
-    try:
-        data = json.loads(cursor)
-    except json.JSONDecodeError:
-        return {}  # only a cache: an unreadable one means re-hashing once
-    files = data.get("files") if isinstance(data, dict) else None
-    return files if isinstance(files, dict) else {}
 
 
 def build_s3_sensor(

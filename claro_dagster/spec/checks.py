@@ -51,7 +51,20 @@ def _unit_registry() -> Any:
     return pint.UnitRegistry()
 
 
+#: Units catalogues use most, each one pint understands (tests/spec/test_spec_checks.py checks every one against
+#: pint): a spec using only these is checked without building pint's registry, which costs most of a second of
+#: every `claro` command that reads the spec.
+COMMON_UNITS = frozenset({
+    "mg", "g", "kg", "t", "lb", "oz", "mm", "cm", "m", "km", "in", "ft", "yd", "ml", "cl", "dl", "l", "L",
+    "gram", "kilogram", "milligram", "pound", "ounce", "millimeter", "centimeter", "meter", "kilometer", "inch",
+    "foot", "liter", "litre", "milliliter", "millilitre", "s", "min", "h", "hour", "day", "week", "month", "year",
+    "second", "minute", "W", "kW", "V", "mAh", "Wh", "kWh", "percent", "degC",
+})
+
+
 def _unit_ok(unit: str) -> bool:
+    if unit in COMMON_UNITS:
+        return True
     try:
         _unit_registry().Unit(unit)
     except Exception:  # pint raises several unrelated types (UndefinedUnitError, ValueError, ...)
@@ -72,11 +85,11 @@ def _timezone_problem(name: str) -> str | None:
 
 
 def _cron_problem(cron: str) -> str | None:
-    # Validate with the parser Dagster itself will use for the schedule, so `claro check` and the
-    # code location agree. Imported lazily: the spec layer must stay importable without Dagster.
-    from dagster._utils.schedules import is_valid_cron_string
+    # Dagster's own rules for a schedule's cron (spec/cron.py), so `claro check` and the code location agree,
+    # without importing Dagster: `claro check` answers at once.
+    from .cron import is_valid_cron
 
-    if is_valid_cron_string(cron):
+    if is_valid_cron(cron):
         return None
     return (f"{cron!r} is not a valid cron expression (five fields: minute hour day-of-month month "
             f"day-of-week, e.g. '0 * * * *', or @hourly/@daily/@weekly)")

@@ -23,7 +23,8 @@ from ruamel.yaml.error import MarkedYAMLError
 from .checks import Loc, cross_check
 from .models import ProjectSpec
 
-DEMO_DIR: Path = Path(__file__).resolve().parents[2] / "examples" / "demo"
+#: The bundled demo project (spec, supplier files, confirmed mappings), package data: installed with the package.
+DEMO_DIR: Path = Path(__file__).resolve().parents[1] / "demo"
 
 
 @dataclass(frozen=True, order=True)

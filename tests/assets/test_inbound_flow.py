@@ -162,7 +162,8 @@ def test_a_database_locked_for_a_moment_is_retried_and_the_batch_publishes(demo,
     [run] = demo.tick("acme_csv_inbox")
     assert run.success and retried(run) == 1 and calls
     key = run.dagster_run.tags["claro/batch"]
-    assert key == batch_key("acme_csv", "weekly.csv", content_version(path.parent / "processed" / key / "weekly.csv"))
+    # The tick named the batch without reading the file; the run recorded its content hash.
+    assert demo.batch(key).content_version == content_version(path.parent / "processed" / key / "weekly.csv")
     assert demo.batch(key).status == "published"
     assert (demo.claro.inbox_dir("acme_csv") / "processed" / key / "weekly.csv").exists() and not path.exists()
     assert not (demo.claro.inbox_dir("acme_csv") / "quarantine").exists()
@@ -211,9 +212,12 @@ def test_a_file_dropped_again_after_quarantine_is_processed_again(demo):
 
     again = drop(demo.claro, "acme_csv", "empty.csv", "", folder="resent")  # the supplier sends it again
     [second] = demo.tick("acme_csv_inbox")
-    assert second.dagster_run.tags["claro/batch"] == key and not second.success
+    resent = second.dagster_run.tags["claro/batch"]  # a new receipt (new modification time): a batch of its own
+    assert resent != key and not second.success
+    assert demo.batch(resent).status == "quarantined"
+    assert demo.batch(resent).content_version == demo.batch(key).content_version  # the same content, again
     assert not again.exists()
-    assert (demo.claro.inbox_dir("acme_csv") / "quarantine" / key / "empty~2.csv").exists()
+    assert (demo.claro.inbox_dir("acme_csv") / "quarantine" / resent / "empty.csv").exists()
     assert demo.tick("acme_csv_inbox") == []
 
 
@@ -229,11 +233,47 @@ def test_an_identical_file_after_publishing_is_acknowledged_by_the_sensor_path(d
     assert second.success
     assert [e.asset_key for e in second.get_asset_materialization_events()] == []  # nothing processed again
     assert not again.exists()
-    note = demo.claro.inbox_dir("acme_csv") / "processed" / key / "weekly~2.csv.note.txt"
+    receipt = second.dagster_run.tags["claro/batch"]  # named by the tick from name, size and time: not `key`
+    assert receipt != key and demo.batch(receipt) is None  # the run found the content published: no new batch
+    note = demo.claro.inbox_dir("acme_csv") / "processed" / receipt / "weekly.csv.note.txt"
     assert note.read_text().startswith(f"already published: this file holds the same content as batch {key}")
     assert demo.batch(key).status == "published"
     assert len(demo.claro.store.events()) == events
     assert demo.tick("acme_csv_inbox") == []
+
+
+def test_a_file_changed_under_the_same_name_is_a_new_batch(demo):
+    path = drop(demo.claro, "acme_csv", "weekly.csv", rows(1))
+    [first] = demo.tick("acme_csv_inbox")
+    assert first.success
+    drop(demo.claro, "acme_csv", "weekly.csv", rows(3))  # the supplier corrects the file: other content
+    [second] = demo.tick("acme_csv_inbox")
+    assert second.success and second.get_asset_materialization_events()  # processed
+    key, changed = first.dagster_run.tags["claro/batch"], second.dagster_run.tags["claro/batch"]
+    assert changed != key and demo.batch(changed).status == "published"
+    assert demo.batch(changed).content_version != demo.batch(key).content_version
+    assert demo.claro.store.record("products", "TST-0004") is not None and not path.exists()
+
+
+def test_other_content_under_a_published_receipt_is_refused_until_touched(demo):
+    """Name, size and modification time alike, bytes not (a rewrite within the file system's clock tick): the run
+    hashes the file, so it is neither acknowledged as a copy nor mistaken for the published batch."""
+    stamp = 1_700_000_000_000_000_000
+    path = drop(demo.claro, "acme_csv", "weekly.csv", rows(1))
+    os.utime(path, ns=(stamp, stamp))
+    [first] = demo.tick("acme_csv_inbox")
+    assert first.success
+    key = first.dagster_run.tags["claro/batch"]
+    path = drop(demo.claro, "acme_csv", "weekly.csv", rows(5))  # as long as rows(1)
+    os.utime(path, ns=(stamp, stamp))
+    [second] = demo.tick("acme_csv_inbox")
+    assert second.dagster_run.tags["claro/batch"] == key and not second.success
+    assert "touch the file" in failures(second) and path.exists()
+    assert demo.claro.store.record("products", "TST-0005") is None and demo.batch(key).status == "published"
+    settled(path)  # touched: a new receipt, processed
+    [third] = demo.tick("acme_csv_inbox")
+    assert third.success and third.dagster_run.tags["claro/batch"] != key
+    assert demo.claro.store.record("products", "TST-0005") is not None and not path.exists()
 
 
 # -- item 7: upload sources are processed ---------------------------------------------------------------------

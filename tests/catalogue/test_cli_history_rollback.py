@@ -93,11 +93,11 @@ def test_history_shows_who_decided_each_value(project):
 
     shown = claro(env, "history", "A1", "--field", "price", "--format", "json")
     assert shown.returncode == 0, shown.stderr
-    rows = [json.loads(line) for line in shown.stdout.splitlines()]
+    rows = json.loads(shown.stdout)  # one JSON array (issue 8 item 8)
     assert [(r["kind"], r["new"], r["by"]) for r in rows] == [("created", 4.5, None), ("review", 9.0, "priya"),
                                                                ("rollback", 4.5, "zoe")]
     assert (rows[1]["proposal"], rows[1]["proposed_in"], rows[1]["run_id"]) == (ids["A1"], "import-2", "r2")
-    rejected = [json.loads(line) for line in claro(env, "history", "B2", "--format", "json").stdout.splitlines()]
+    rejected = json.loads(claro(env, "history", "B2", "--format", "json").stdout)
     assert [(r["kind"], r["new"], r["by"], r["reason"]) for r in rejected if r["kind"] == "rejected"] == \
         [("rejected", 8.0, "raj", "too dear")]
 

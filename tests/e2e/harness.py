@@ -25,7 +25,7 @@ import requests
 from dagster_graphql import DagsterGraphQLClient
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "examples" / "demo"
+DEMO = REPO / "claro_dagster" / "demo"  # the bundled demo (package data)
 LOCATION = "claro_dagster.definitions"  # the code location name of `-m claro_dagster.definitions`, as `claro dev`
 REPOSITORY = "__repository__"  # the repository name Dagster gives a module's `Definitions`
 
@@ -363,6 +363,16 @@ def drop_file(inbox: Path, name: str, data: bytes) -> Path:
     final = inbox / name
     os.rename(part, final)
     return final
+
+
+def receipt_key(source: str, path: Path) -> str:
+    """The batch key the inbox sensor gives a dropped file: from its name, size and modification time (a tick never
+    reads files). Take it right after the drop: the sensor lists a file a second after its last change, and only
+    the run moves it."""
+    from claro_dagster.catalogue.batches import batch_key, receipt_version
+
+    stat = path.stat()
+    return batch_key(source, path.name, receipt_version(path.name, stat.st_size, stat.st_mtime_ns))
 
 
 def tags_of(run: dict) -> dict[str, str]:

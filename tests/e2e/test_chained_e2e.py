@@ -23,7 +23,6 @@ leaves the machine, and the outbox must be written anyway ("Slack trouble never 
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from typing import Any
 import pytest
 from stdnum import ean
 
-from claro_dagster.catalogue.batches import BatchRegistry, batch_key
+from claro_dagster.catalogue.batches import BatchRegistry
 from claro_dagster.catalogue.review import ReviewQueue
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec import load_spec
@@ -46,6 +45,7 @@ from tests.e2e.harness import (
     brief,
     drop_file,
     metadata_of,
+    receipt_key,
     tags_of,
 )
 
@@ -94,11 +94,6 @@ def product_rows(titles: dict[int, str] | None = None) -> list[str]:
 
 def csv_bytes(rows: list[str]) -> bytes:
     return ("\n".join([HEADER, *rows]) + "\n").encode()
-
-
-def sha256(data: bytes) -> str:
-    """The content version of a file with these bytes (as `content_version`, without racing the sensor's move)."""
-    return hashlib.sha256(data).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -165,8 +160,7 @@ def test_chained_pipelines_review_checkpoint_and_halt(dagster_stack: DagsterStac
 
     # 1. Suppliers published -> the products_revalidation sensor runs products/validate on the active products.
     suppliers = (DEMO / "inbox" / "suppliers" / "suppliers.csv").read_bytes()
-    drop_file(inbox["suppliers_csv"], "suppliers.csv", suppliers)
-    skey = batch_key("suppliers_csv", "suppliers.csv", sha256(suppliers))
+    skey = receipt_key("suppliers_csv", drop_file(inbox["suppliers_csv"], "suppliers.csv", suppliers))
     suppliers_run = batch_run(stack, skey)
 
     def suppliers_published() -> tuple[bool, Any]:
@@ -210,8 +204,7 @@ def test_chained_pipelines_review_checkpoint_and_halt(dagster_stack: DagsterStac
 
         # 2. An Acme file with nothing to review: published, and its checkpoint releases it in the same run.
         acme = csv_bytes(product_rows())
-        drop_file(inbox["acme_csv"], "acme_mugs.csv", acme)
-        akey = batch_key("acme_csv", "acme_mugs.csv", sha256(acme))
+        akey = receipt_key("acme_csv", drop_file(inbox["acme_csv"], "acme_mugs.csv", acme))
         acme_run = batch_run(stack, akey)
 
         def acme_released() -> tuple[bool, Any]:
@@ -235,8 +228,7 @@ def test_chained_pipelines_review_checkpoint_and_halt(dagster_stack: DagsterStac
         # 3. Globex contradicts one title: the overwrite (confidence 80 < auto_apply 97) waits for review.
         changed = "Trail mug 1 (Globex)"
         globex = csv_bytes(product_rows({1: changed}))
-        drop_file(inbox["globex_xlsx"], "globex_mugs.csv", globex)
-        gkey = batch_key("globex_xlsx", "globex_mugs.csv", sha256(globex))
+        gkey = receipt_key("globex_xlsx", drop_file(inbox["globex_xlsx"], "globex_mugs.csv", globex))
         globex_run = batch_run(stack, gkey)
 
         def globex_waiting() -> tuple[bool, Any]:
@@ -330,8 +322,7 @@ def test_chained_pipelines_review_checkpoint_and_halt(dagster_stack: DagsterStac
         # 5. An Acme file whose rows all fail validation: the batch halts, the outbox says so.
         broken = csv_bytes([f"TST-{n:04d},Broken mug {n},Acme Outdoor,{bad_gtin13(n)},1.50,0.3,grey,M,SUP-9999,active"
                             for n in range(101, 105)])
-        drop_file(inbox["acme_csv"], "acme_broken.csv", broken)
-        hkey = batch_key("acme_csv", "acme_broken.csv", sha256(broken))
+        hkey = receipt_key("acme_csv", drop_file(inbox["acme_csv"], "acme_broken.csv", broken))
         halted_run = batch_run(stack, hkey, expect="FAILURE")
 
         def halted() -> tuple[bool, Any]:

@@ -16,10 +16,20 @@ from typing import Any
 import pytest
 
 from claro_dagster.assets.onboarding import STAGES
-from claro_dagster.catalogue.batches import BatchRegistry, batch_key, content_version
+from claro_dagster.catalogue.batches import BatchRegistry
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec import load_spec
-from tests.e2e.harness import DEMO, FIRST_BATCH_TIMEOUT, LOCATION, RUN_TIMEOUT, DagsterStack, brief, drop_file, tags_of
+from tests.e2e.harness import (
+    DEMO,
+    FIRST_BATCH_TIMEOUT,
+    LOCATION,
+    RUN_TIMEOUT,
+    DagsterStack,
+    brief,
+    drop_file,
+    receipt_key,
+    tags_of,
+)
 
 SOURCE = "suppliers_csv"
 CATALOGUE = "suppliers"
@@ -46,7 +56,7 @@ def test_inbox_batch_through_real_webserver_and_daemon(dagster_stack: DagsterSta
     # 1. A supplier file arrives; the inbox sensor (RUNNING by default) requests a run for its batch.
     demo_file = DEMO / "inbox" / "suppliers" / "suppliers.csv"
     good = drop_file(inbox, "suppliers.csv", demo_file.read_bytes())
-    key = batch_key(SOURCE, "suppliers.csv", content_version(good))
+    key = receipt_key(SOURCE, good)
 
     def published() -> tuple[bool, Any]:
         mats = stack.materializations(asset("records"), key)
@@ -87,7 +97,7 @@ def test_inbox_batch_through_real_webserver_and_daemon(dagster_stack: DagsterSta
         # 2. A broken file arrives while one stage of the good batch is re-executed (the instance allows two runs).
         junk = b"supplier_id,name\n\x00\x01\x02\x03PK\x00\x00binary\xff\xfe\x00junk\n" * 64
         broken = drop_file(inbox, "broken.csv", junk)
-        broken_key = batch_key(SOURCE, "broken.csv", content_version(broken))
+        broken_key = receipt_key(SOURCE, broken)
 
         # 3. Re-execute ONE stage (batch_normalized) for the good batch through GraphQL.
         rerun_id = stack.client.submit_job_execution(

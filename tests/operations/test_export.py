@@ -389,3 +389,72 @@ def test_too_many_rows_for_excel(tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "XLSX_MAX_ROWS", 5)
     with pytest.raises(ExportError, match="do not fit in one Excel sheet"):
         export_records(records(), catalogue(), "xlsx", tmp_path / "out.xlsx")
+
+
+# --- streamed records ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_a_stream_of_frames_writes_what_the_whole_frame_writes(tmp_path, monkeypatch, fmt):
+    whole, streamed = tmp_path / f"whole.{fmt}", tmp_path / f"streamed.{fmt}"
+    export_records(records(), catalogue(), fmt, whole)
+    monkeypatch.setattr(export_module, "CHUNK_ROWS", 2)  # stream frames are re-chunked too
+    frames = (records().iloc[i:i + 3] for i in range(0, 5, 3))
+    result = export_records(frames, catalogue(), fmt, streamed)
+    assert result.rows == 5
+    if fmt == "parquet":
+        assert pq.read_table(whole).equals(pq.read_table(streamed))
+    elif fmt == "xlsx":
+        def rows(p):
+            return list(openpyxl.load_workbook(p, read_only=True).active.iter_rows(values_only=True))
+        assert rows(whole) == rows(streamed)
+    else:
+        assert whole.read_bytes() == streamed.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_progress_hears_of_each_chunk_once_it_is_written(tmp_path, monkeypatch, fmt):
+    monkeypatch.setattr(export_module, "CHUNK_ROWS", 2)
+    seen = []
+    path = tmp_path / f"out.{fmt}"
+    export_records(iter([records(), records().iloc[:0]]), catalogue(), fmt, path, on_progress=seen.append)
+    assert seen == [2, 2, 1]
+    assert path.exists()
+
+
+def test_an_empty_stream_writes_just_the_header(tmp_path):
+    result = export_records(iter([]), catalogue(), "csv", tmp_path / "out.csv")
+    assert result.rows == 0
+    assert (tmp_path / "out.csv").read_text().splitlines() == [",".join(ALL_COLUMNS)]
+
+
+def test_a_stream_too_long_for_excel_is_refused_and_closed(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "XLSX_MAX_ROWS", 6)
+    closed = []
+
+    def frames():
+        try:
+            for _ in range(3):
+                yield records()
+        finally:
+            closed.append(True)
+
+    with pytest.raises(ExportError, match=r"more than 5 records do not fit in one Excel sheet"):
+        export_records(frames(), catalogue(), "xlsx", tmp_path / "out.xlsx")
+    assert list(tmp_path.iterdir()) == [] and closed == [True]
+
+
+def test_xlsx_text_is_escaped_and_read_back_as_written(tmp_path):
+    frame = pd.DataFrame({"sku": ["a", "b", "c"], "title": ["x & <y>", "  spaced  ", "line\r\nbreak"],
+                          "price": [1e20, np.inf, 0.1 + 0.2]})
+    export_records(frame, catalogue(), "xlsx", tmp_path / "out.xlsx", columns=["title", "price"])
+    back = pd.read_excel(tmp_path / "out.xlsx", engine="calamine")
+    assert back["title"].tolist() == ["x & <y>", "  spaced  ", "line\r\nbreak"]
+    assert back["price"].tolist()[0] == 1e20 and np.isnan(back["price"][1]) and back["price"][2] == 0.1 + 0.2
+
+
+def test_xlsx_cells_longer_than_excel_allows_are_cut(tmp_path):
+    frame = pd.DataFrame({"sku": ["a"], "title": ["x" * 40_000]})
+    export_records(frame, catalogue(), "xlsx", tmp_path / "out.xlsx", columns=["title"])
+    back = pd.read_excel(tmp_path / "out.xlsx", engine="calamine")
+    assert len(back["title"][0]) == export_module.XLSX_MAX_CELL

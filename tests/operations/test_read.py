@@ -28,8 +28,9 @@ from claro_dagster.operations.read import (
     read_supplier_file,
 )
 from claro_dagster.operations.read import csv as csv_reader
+from claro_dagster.spec import DEMO_DIR
 
-DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
+DEMO = DEMO_DIR  # the bundled demo (package data)
 INBOX = DEMO / "inbox"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from claro_dagster.catalogue.batches import content_version
+from claro_dagster.catalogue.batches import content_version, receipt_version
 from claro_dagster.resources.inbox import Inbox, InboxFile, upload
 
 
@@ -50,6 +50,22 @@ def test_pending_uses_known_hashes_for_unchanged_files(tmp_path):
 
     _write(path, b"two!", mtime=first.mtime + 10)
     assert Inbox(tmp_path).pending(cache)[0].version == content_version(path)
+
+
+def test_pending_without_reading_versions_files_by_name_size_and_time(tmp_path):
+    path = _write(tmp_path / "a.csv", b"one", mtime=1_900_000_000)
+    [listed] = Inbox(tmp_path).pending(read_contents=False)
+    assert listed.version == receipt_version("a.csv", 3, 1_900_000_000 * 10**9)
+    assert listed.version != content_version(path)
+
+    _write(path, b"two", mtime=1_900_000_000)  # same name, size and time: the same receipt (the run hashes it)
+    assert Inbox(tmp_path).pending(read_contents=False)[0].version == listed.version
+    _write(path, b"two", mtime=1_900_000_001)
+    assert Inbox(tmp_path).pending(read_contents=False)[0].version != listed.version
+    _write(path, b"four", mtime=1_900_000_000)
+    assert Inbox(tmp_path).pending(read_contents=False)[0].version != listed.version
+    os.rename(path, tmp_path / "b.csv")
+    assert Inbox(tmp_path).pending(read_contents=False)[0].version != listed.version
 
 
 def test_pending_min_age_skips_files_still_being_written(tmp_path):

@@ -6,13 +6,16 @@ and applies the dynamic-partition add requests to the instance.
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
+import os
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from claro_dagster.catalogue.batches import batch_key, content_version
+from claro_dagster.catalogue.batches import batch_key, receipt_version
 from claro_dagster.resources.inbox import Inbox
 from claro_dagster.resources.s3 import S3Connection, S3Cursor
 from claro_dagster.sensors.inbound import build_inbox_sensor, build_s3_sensor
@@ -60,6 +63,11 @@ def _added(result) -> list[str]:
 
 # -- inbox -------------------------------------------------------------------------------------------
 
+def _receipt(path: Path) -> str:
+    stat = path.stat()
+    return receipt_version(path.name, stat.st_size, stat.st_mtime_ns)
+
+
 def _inbox_sensor(root: Path, **kwargs) -> dg.SensorDefinition:
     return build_inbox_sensor("acme_inbox", "acme", root, target=[BATCH_RAW], partitions_def=PARTS, **kwargs)
 
@@ -84,15 +92,16 @@ def test_inbox_sensor_requests_one_run_per_file(tmp_path, instance):
     (tmp_path / ".DS_Store").write_text("x")
     result = ticker.tick()
 
-    key = batch_key("acme", "products.csv", content_version(path))
+    version = _receipt(path)
+    key = batch_key("acme", "products.csv", version)
     [request] = result.run_requests
     assert request.run_key == key and request.partition_key == key
     assert {k: v for k, v in request.tags.items() if k.startswith("claro/")} == {
         "claro/source": "acme", "claro/uri": str(path.resolve()),
-        "claro/content_version": content_version(path), "claro/batch": key}
+        "claro/content_version": version, "claro/batch": key}
     assert _added(result) == [key]
     assert instance.get_dynamic_partitions("products_batches") == [key]
-    assert json.loads(ticker.cursor)["files"]["products.csv"][3] == content_version(path)
+    assert json.loads(ticker.cursor)["files"]["products.csv"] == version
 
 
 def test_inbox_same_file_twice_gives_same_run_key_changed_file_a_new_one(tmp_path, instance):
@@ -109,7 +118,7 @@ def test_inbox_same_file_twice_gives_same_run_key_changed_file_a_new_one(tmp_pat
     changed = ticker.tick()
     [request] = changed.run_requests
     assert request.run_key != first.run_requests[0].run_key
-    assert request.run_key == batch_key("acme", "products.csv", content_version(path))
+    assert request.run_key == batch_key("acme", "products.csv", _receipt(path))
     assert _added(changed) == [request.run_key]
     assert len(instance.get_dynamic_partitions("products_batches")) == 2
 
@@ -143,19 +152,54 @@ def test_inbox_sensor_several_files_and_materialize_the_requested_partition(tmp_
 def test_inbox_sensor_a_file_dropped_again_after_it_was_settled_is_a_new_receipt(tmp_path, instance):
     ticker = Ticker(_inbox_sensor(tmp_path), instance)
     path = tmp_path / "products.csv"
-    path.write_text("sku\n001\n")
+
+    def send(mtime: int) -> None:  # the supplier sends the same bytes (again), stamped `mtime`
+        path.write_text("sku\n001\n")
+        os.utime(path, ns=(mtime, mtime))
+
+    send(1_700_000_000_000_000_000)
     [first] = ticker.tick().run_requests
     key = first.partition_key
     assert first.run_key == key
     Inbox(tmp_path).quarantine(path, key, "no price column")  # what the run does with a bad file
 
-    path.write_text("sku\n001\n")  # the supplier sends the same bytes again
+    send(1_700_000_000_000_000_000)  # a copy that kept its time (cp -p, rsync -t): the same batch key
     [second] = ticker.tick().run_requests
     assert (second.partition_key, second.run_key) == (key, f"{key}:2")  # same batch, a run of its own
     assert [r.run_key for r in ticker.tick().run_requests] == [f"{key}:2"]  # until the run moves it
     Inbox(tmp_path).mark_processed(path, key)
-    path.write_text("sku\n001\n")
+    send(1_700_000_000_000_000_000)
     assert [r.run_key for r in ticker.tick().run_requests] == [f"{key}:3"]
+    Inbox(tmp_path).mark_processed(path, key)
+
+    send(1_700_000_100_000_000_000)  # sent again later: a receipt of its own (the run tells if it is a copy)
+    [later] = ticker.tick().run_requests
+    assert later.partition_key != key and later.run_key == later.partition_key
+
+
+def test_inbox_tick_never_reads_a_file_whatever_its_size(tmp_path, instance, monkeypatch):
+    big = tmp_path / "catalogue.csv"
+    with open(big, "wb") as handle:  # 4 GiB, sparse: nothing to read in a tick
+        handle.truncate(4 << 30)
+    inbox = str(tmp_path.resolve())
+    opened: list[str] = []
+
+    def guarded(original):
+        def open_(file, *args, **kwargs):
+            if isinstance(file, str | os.PathLike) and os.path.realpath(file).startswith(inbox):
+                opened.append(str(file))
+                raise AssertionError(f"a sensor tick opened {file}")
+            return original(file, *args, **kwargs)
+        return open_
+
+    for module, name in ((builtins, "open"), (io, "open"), (os, "open")):
+        monkeypatch.setattr(module, name, guarded(getattr(module, name)))
+    ticker = Ticker(_inbox_sensor(tmp_path), instance)
+    [request] = ticker.tick().run_requests
+    [again] = ticker.tick().run_requests
+    monkeypatch.undo()
+    assert opened == []
+    assert request.partition_key == again.partition_key == batch_key("acme", "catalogue.csv", _receipt(big))
 
 
 def test_inbox_sensor_survives_unreadable_cursor(tmp_path, instance):
