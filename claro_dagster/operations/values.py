@@ -2,9 +2,11 @@
 
 Validation and normalization both go through `AttributeRules`, so a value is valid exactly when
 normalization can turn it into something that meets the attribute's constraints: a rule is never
-written twice. Columns are evaluated once per *unique* value (`AttributeRules.evaluate_column`),
-with pandas fast paths for the common shapes, because supplier files repeat values a lot and a
-Python call per row would not scale to millions of rows.
+written twice. Columns are evaluated on Arrow arrays (`AttributeRules.evaluate_column`): pyarrow compute
+kernels (RE2, casts, string functions) settle the common shapes for a whole column at once, a column that
+repeats its values is dictionary-encoded and evaluated per distinct value, and only what no kernel settles
+for certain goes through the scalar rules, each distinct value once. pyarrow rather than polars: the reader
+already hands over Arrow-backed columns (no conversion), and every kernel needed is in pyarrow.compute.
 
 Pure functions only: no I/O, no Dagster.
 """
@@ -841,13 +843,14 @@ class ColumnOutcome:
 
 
 class AttributeRules:
-    """Everything the spec says about one attribute, compiled once and applied per unique value.
+    """Everything the spec says about one attribute, compiled once and applied to whole columns.
 
     Two steps, each with one scalar rule: `normalize` (the value's canonical form, or why there is
-    none) and `problem` (which constraint the normalized value breaks). `evaluate_column` runs them
-    once per unique value, after conservative vectorised filters (`_certainly_unchanged`,
-    `_certainly_valid`) that only skip values the scalar rules would pass unchanged; the tests
-    check both paths agree value by value.
+    none) and `problem` (which constraint the normalized value breaks). `evaluate_column` settles
+    what it can with Arrow kernels: conservative filters (`_certainly_unchanged`, `_certainly_valid`)
+    that only pass values the scalar rules would pass unchanged, and kernels that do what the scalar
+    rules do for the common shapes (simple HTML, "500 g", "£12.50"); the rest goes through the scalar
+    rules. The tests check every path agrees with the scalar rules value by value.
     """
 
     def __init__(self, name: str, attr: AttributeSpec, *, locale_hint: str | None = None) -> None:
