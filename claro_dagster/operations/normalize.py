@@ -64,13 +64,13 @@ def carried_outcomes(frame: pd.DataFrame, catalogue: CatalogueSpec) -> dict[str,
             normalized = normalized.combine_chunks()
         if pa.types.is_large_string(normalized.type) or pa.types.is_null(normalized.type):
             normalized = normalized.cast(pa.string())
-        reasons = pa.array(frame[CHANGE + name], from_pandas=True)
+        reasons = pa.array(frame[CHANGE + name], type=pa.string(), from_pandas=True)
+        if isinstance(reasons, pa.ChunkedArray):
+            reasons = reasons.combine_chunks()
         changed = pc.is_valid(reasons).to_numpy(zero_copy_only=False)
-        change = np.full(len(frame), None, dtype=object)
-        change[changed] = objects(reasons.filter(pa.array(changed)))
         blank = ~pc.is_valid(normalized).to_numpy(zero_copy_only=False)
-        outcomes[name] = ColumnOutcome(change, fine, blank, normalized=normalized, failed=none_failed,
-                                       changed=changed)
+        outcomes[name] = ColumnOutcome(None, fine, blank, normalized=normalized, failed=none_failed,
+                                       changed=changed, reasons=reasons)
     return outcomes
 
 
@@ -136,7 +136,8 @@ def normalize_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *, locale_hin
         if not changed.any():
             return column, None
         pos = np.flatnonzero(changed)
-        return column, (pos, cells(source[name], pos), objects(normalized.take(pa.array(pos))), outcome.change[pos])
+        return column, (pos, cells(source[name], pos), objects(normalized.take(pa.array(pos))),
+                        outcome.change_at(pos))
 
     # Columns are independent and Arrow's filter and take release the GIL: one thread per core.
     names = list(outcomes)

@@ -779,11 +779,13 @@ class ColumnOutcome:
     be normalized, None if blank) is built from it on first use.
     """
 
-    def __init__(self, change: np.ndarray, problem: np.ndarray, blank: np.ndarray, *,
+    def __init__(self, change: np.ndarray | None, problem: np.ndarray, blank: np.ndarray, *,
                  values: np.ndarray | None = None, normalized: pa.Array | None = None,
                  raw: pa.Array | None = None, failed: np.ndarray | None = None,
-                 changed: np.ndarray | None = None) -> None:
-        self.change = change      # why the value changed ("trimmed whitespace; title casing"), None if it did not
+                 changed: np.ndarray | None = None, reasons: pa.Array | None = None) -> None:
+        # why the value changed ("trimmed whitespace; title casing"), None if it did not; or, as a stage boundary
+        # hands it over, `reasons` (Arrow text, null where unchanged) from which it is built on first use
+        self._change, self._reasons = change, reasons
         self.problem = problem    # why the value is invalid, None if it is fine (blank is not a problem here)
         self.blank = blank        # bool: missing or whitespace-only
         self._values, self._normalized, self._raw = values, normalized, raw
@@ -791,6 +793,19 @@ class ColumnOutcome:
             self.__dict__["failed"] = failed
         if changed is not None:
             self.__dict__["changed"] = changed
+
+    @property
+    def change(self) -> np.ndarray:
+        if self._change is None:
+            self._change = np.full(len(self._reasons), None, dtype=object)
+            self._change[self.changed] = objects(self._reasons.filter(pa.array(self.changed)))
+        return self._change
+
+    def change_at(self, positions: np.ndarray) -> np.ndarray:
+        """`change` at some rows, without building it whole when it came as Arrow text."""
+        if self._change is None:
+            return objects(self._reasons.take(pa.array(positions, type=pa.int64())))
+        return self._change[positions]
 
     @functools.cached_property
     def changed(self) -> np.ndarray:
