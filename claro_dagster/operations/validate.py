@@ -118,21 +118,29 @@ def validate_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
     found: list[tuple[np.ndarray, str, np.ndarray]] = []  # (row positions, attribute, reasons)
     for name, attr in catalogue.attributes.items():
         outcome = outcomes[name]
-        reasons = outcome.problem.copy()
-        if attr.required and attr.default is None:
-            reasons[outcome.blank] = "required value is missing"
+        # masks first, reasons only for the rows that have one (a blank value has no `problem`)
+        missing = outcome.blank if attr.required and attr.default is None else np.zeros(rows, dtype=bool)
+        flagged = outcome.failed | missing
+        unknown_at, unknown_reasons = np.zeros(0, dtype=np.int64), []
         if known_references is not None and attr.type == "reference" and name in known_references:
             known = known_references[name]
-            candidates = np.flatnonzero(~outcome.blank & np.equal(reasons, None))
+            candidates = np.flatnonzero(~outcome.blank & ~outcome.failed)
             if candidates.size:
                 values = objects(outcome.normalized.take(pa.array(candidates)))
                 unknown = ~pd.Series(values, dtype=object).isin(known).to_numpy()
                 if unknown.any():
                     target = f"catalogue {attr.target!r}" if attr.target else f"the known {name} values"
-                    reasons[candidates[unknown]] = [f"{v!r} is not a key in {target}" for v in values[unknown]]
-        bad = np.flatnonzero(~np.equal(reasons, None))
+                    unknown_at = candidates[unknown]
+                    unknown_reasons = [f"{v!r} is not a key in {target}" for v in values[unknown]]
+                    flagged = flagged.copy()
+                    flagged[unknown_at] = True
+        bad = np.flatnonzero(flagged)
         if bad.size:
-            found.append((bad, name, reasons[bad]))
+            reasons = outcome.problem[bad]
+            reasons[missing[bad]] = "required value is missing"
+            if unknown_at.size:
+                reasons[np.searchsorted(bad, unknown_at)] = unknown_reasons
+            found.append((bad, name, reasons))
 
     # The key repeated within the batch: every line of it is an error, so neither silently wins.
     if isinstance(keys, pa.Array):
