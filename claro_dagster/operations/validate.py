@@ -76,8 +76,7 @@ class ValidationResult:
                 continue
             normalized = with_nulls(outcome.normalized, self.failed)
             frame[NORMALIZED + name] = column_of(normalized, frame.index)
-            frame[CHANGE + name] = column_of(pa.array(outcome.change, type=pa.string(), from_pandas=True),
-                                             frame.index)
+            frame[CHANGE + name] = column_of(outcome.change_reasons(), frame.index)
         return frame
 
 
@@ -136,7 +135,7 @@ def validate_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
                     flagged[unknown_at] = True
         bad = np.flatnonzero(flagged)
         if bad.size:
-            reasons = outcome.problem[bad]
+            reasons = outcome.problem_at(bad)
             reasons[missing[bad]] = "required value is missing"
             if unknown_at.size:
                 reasons[np.searchsorted(bad, unknown_at)] = unknown_reasons

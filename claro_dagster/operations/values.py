@@ -779,14 +779,17 @@ class ColumnOutcome:
     be normalized, None if blank) is built from it on first use.
     """
 
-    def __init__(self, change: np.ndarray | None, problem: np.ndarray, blank: np.ndarray, *,
+    def __init__(self, change: np.ndarray | None, problem: np.ndarray | None, blank: np.ndarray, *,
                  values: np.ndarray | None = None, normalized: pa.Array | None = None,
                  raw: pa.Array | None = None, failed: np.ndarray | None = None,
-                 changed: np.ndarray | None = None, reasons: pa.Array | None = None) -> None:
-        # why the value changed ("trimmed whitespace; title casing"), None if it did not; or, as a stage boundary
-        # hands it over, `reasons` (Arrow text, null where unchanged) from which it is built on first use
-        self._change, self._reasons = change, reasons
-        self.problem = problem    # why the value is invalid, None if it is fine (blank is not a problem here)
+                 changed: np.ndarray | None = None, reasons: pa.Array | None = None,
+                 codes: np.ndarray | None = None, per_value: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        # `change`: why the value changed ("trimmed whitespace; title casing"), None if it did not. `problem`: why
+        # the value is invalid, None if it is fine (blank is not a problem here). Either may come instead as
+        # `reasons` (Arrow text, null where unchanged, as a stage boundary hands it over) or per distinct value
+        # (`per_value` = (change, problem) picked by `codes`); the row arrays are then built on first use.
+        self._change, self._problem, self._reasons = change, problem, reasons
+        self._codes, self._per_value = codes, per_value
         self.blank = blank        # bool: missing or whitespace-only
         self._values, self._normalized, self._raw = values, normalized, raw
         if failed is not None:  # known already (e.g. none of the rows that passed validation)
@@ -797,15 +800,40 @@ class ColumnOutcome:
     @property
     def change(self) -> np.ndarray:
         if self._change is None:
-            self._change = np.full(len(self._reasons), None, dtype=object)
-            self._change[self.changed] = objects(self._reasons.filter(pa.array(self.changed)))
+            if self._per_value is not None:
+                self._change = self._per_value[0][self._codes]
+            else:
+                self._change = np.full(len(self._reasons), None, dtype=object)
+                self._change[self.changed] = objects(self._reasons.filter(pa.array(self.changed)))
         return self._change
 
+    @property
+    def problem(self) -> np.ndarray:
+        if self._problem is None:
+            self._problem = self._per_value[1][self._codes]
+        return self._problem
+
     def change_at(self, positions: np.ndarray) -> np.ndarray:
-        """`change` at some rows, without building it whole when it came as Arrow text."""
+        """`change` at some rows, without building it whole."""
+        if self._change is None and self._per_value is not None:
+            return self._per_value[0][self._codes[positions]]
         if self._change is None:
             return objects(self._reasons.take(pa.array(positions, type=pa.int64())))
         return self._change[positions]
+
+    def problem_at(self, positions: np.ndarray) -> np.ndarray:
+        """`problem` at some rows, without building it whole."""
+        if self._problem is None:
+            return self._per_value[1][self._codes[positions]]
+        return self._problem[positions]
+
+    def change_reasons(self) -> pa.Array:
+        """`change` as Arrow text (null where unchanged)."""
+        if self._change is None and self._reasons is not None:
+            return self._reasons
+        if self._change is None:
+            return pa.array(self._per_value[0], type=pa.string(), from_pandas=True).take(pa.array(self._codes))
+        return pa.array(self._change, type=pa.string(), from_pandas=True)
 
     @functools.cached_property
     def changed(self) -> np.ndarray:
@@ -1022,7 +1050,7 @@ class AttributeRules:
         codes = pc.fill_null(encoded.indices, count).to_numpy(zero_copy_only=False)
         # index `count` (missing cells) picks the blank outcome appended at the end
         u_change, u_problem = np.append(u_change, None), np.append(u_problem, None)
-        return ColumnOutcome(u_change[codes], u_problem[codes], np.append(u_blank, True)[codes],
+        return ColumnOutcome(None, None, np.append(u_blank, True)[codes], codes=codes, per_value=(u_change, u_problem),
                              normalized=u_norm.take(encoded.indices), raw=arr,
                              changed=np.append(u_changed, False)[codes], failed=np.append(u_failed, False)[codes])
 
