@@ -370,15 +370,10 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
                                 message=f"{verdict}. Fix the file and upload it again, or see `claro rejected "
                                         f"{batch.key}`")
             settle_inbox_file(claro, batch, reason=verdict)
-        frame = mapped.copy()
-        frame["__rejected__"] = False
-        frame["__reasons__"] = None
-        if len(result.rejected):
-            bad = frame["__line__"].isin(result.rejected["__line__"])
-            frame.loc[bad, "__rejected__"] = True
-            frame.loc[bad, "__reasons__"] = frame.loc[bad, "__line__"].map(
-                dict(zip(result.rejected["__line__"], result.rejected["__reasons__"], strict=True)))
-        metadata = {"rows_in": result.rows_in, "rows_valid": len(result.valid), "rows_rejected": rejected,
+        # `__rejected__`, `__reasons__` and each attribute's normalized values: batch_normalized reads them
+        # instead of evaluating every rule again
+        frame = result.carried()
+        metadata = {"rows_in": result.rows_in, "rows_valid": result.rows_in - rejected, "rows_rejected": rejected,
                     "error_rate": float(result.error_rate), "error_budget": float(pipeline.error_budget),
                     "rejected_rows": f"claro rejected {batch.key}",
                     "errors": preview(result.errors) if len(result.errors) else "none"}
@@ -394,8 +389,8 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
                          validated: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         batch = resolve_batch(context, claro, catalogue)
         with settling(claro, batch, "batch_normalized"):
-            valid = validated[~validated["__rejected__"].astype(bool)].drop(columns=["__rejected__", "__reasons__"])
-            result = normalize_batch(valid, claro.store.catalogue(catalogue))
+            # the rows that passed, normalized from the outcomes batch_validated carries
+            result = normalize_batch(validated, claro.store.catalogue(catalogue))
             log = claro.batch_dir(batch.key) / "normalizations.csv"
             result.changes.to_csv(log, index=False)
         per_attribute = result.changes["attribute"].value_counts()

@@ -7,13 +7,31 @@ synonym of "grey". Nothing is dropped: every row ends up in `valid` or in `rejec
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from claro_dagster.operations.values import AttributeRules, line_numbers, record_labels
+from claro_dagster.operations.values import (
+    CHANGE,
+    NORMALIZED,
+    REASONS,
+    REJECTED,
+    AttributeRules,
+    ColumnOutcome,
+    cells,
+    column_of,
+    duplicated,
+    evaluate_columns,
+    labels_at,
+    line_numbers,
+    objects,
+    record_keys,
+    with_nulls,
+)
 from claro_dagster.spec.models import CatalogueSpec
 
 __all__ = ["ERROR_COLUMNS", "ValidationResult", "validate_batch"]
@@ -24,14 +42,42 @@ ERROR_COLUMNS = ["line", "record", "attribute", "value", "reason"]
 @dataclass
 class ValidationResult:
     errors: pd.DataFrame    # line, record, attribute, value, reason: one row per problem
-    valid: pd.DataFrame     # rows with no error, same columns as the input
     rejected: pd.DataFrame  # rows with at least one error, plus `__reasons__` ("attribute: reason; ...")
     rows_in: int
+    frame: pd.DataFrame | None = None  # the input
+    failed: np.ndarray | None = None   # bool per input row: it is in `rejected`
+    outcomes: dict[str, ColumnOutcome] = field(default_factory=dict)  # per attribute column, aligned with the input
 
     @property
     def error_rate(self) -> float:
         """Share of input rows rejected (0.0 for an empty batch)."""
         return len(self.rejected) / self.rows_in if self.rows_in else 0.0
+
+    @functools.cached_property
+    def valid(self) -> pd.DataFrame:
+        """Rows with no error, same columns as the input (built on first use: a million-row copy)."""
+        return self.frame[~self.failed].copy()
+
+    def carried(self) -> pd.DataFrame:
+        """The input with the validation verdict and each attribute's normalized values, for a stage boundary.
+
+        Adds `__rejected__` and `__reasons__`, and per attribute column `__normalized__:<attribute>` (null where
+        blank or rejected) and `__change__:<attribute>` (why normalization changed it), so normalization reads
+        the outcome (`normalize_batch`) instead of evaluating every rule a second time.
+        """
+        frame = self.frame.copy(deep=False)  # new columns only: the input's own stay shared
+        frame[REJECTED] = self.failed
+        reasons = np.full(len(frame), None, dtype=object)
+        if len(self.rejected):
+            reasons[self.failed] = self.rejected["__reasons__"].to_numpy(dtype=object)
+        frame[REASONS] = reasons
+        for name, outcome in self.outcomes.items():
+            if name not in frame.columns:
+                continue
+            normalized = with_nulls(outcome.normalized, self.failed)
+            frame[NORMALIZED + name] = column_of(normalized, frame.index)
+            frame[CHANGE + name] = column_of(outcome.change_reasons(), frame.index)
+        return frame
 
 
 def _runs(items: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
@@ -63,41 +109,47 @@ def validate_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
     """
     rows = len(frame)
     lines = line_numbers(frame)
-    outcomes = {}
-    for name, attr in catalogue.attributes.items():
-        rules = AttributeRules(name, attr, locale_hint=locale_hint)
-        outcomes[name] = rules.evaluate_column(frame[name] if name in frame.columns else None, rows)
+    outcomes = evaluate_columns(frame, [AttributeRules(name, attr, locale_hint=locale_hint)
+                                        for name, attr in catalogue.attributes.items()])
 
-    key_outcome = outcomes.get(catalogue.key)
-    records = record_labels(frame, key_outcome.values if key_outcome is not None else None)
+    keys = record_keys(frame, outcomes.get(catalogue.key))
 
     found: list[tuple[np.ndarray, str, np.ndarray]] = []  # (row positions, attribute, reasons)
     for name, attr in catalogue.attributes.items():
         outcome = outcomes[name]
-        reasons = outcome.problem.copy()
-        if attr.required and attr.default is None:
-            reasons[outcome.blank] = "required value is missing"
+        # masks first, reasons only for the rows that have one (a blank value has no `problem`)
+        missing = outcome.blank if attr.required and attr.default is None else np.zeros(rows, dtype=bool)
+        flagged = outcome.failed | missing
+        unknown_at, unknown_reasons = np.zeros(0, dtype=np.int64), []
         if known_references is not None and attr.type == "reference" and name in known_references:
             known = known_references[name]
-            candidates = ~outcome.blank & pd.isna(reasons)
-            if candidates.any():
-                vals = pd.Series(outcome.values[candidates], dtype=object)
-                unknown = ~vals.isin(known).to_numpy()
+            candidates = np.flatnonzero(~outcome.blank & ~outcome.failed)
+            if candidates.size:
+                values = objects(outcome.normalized.take(pa.array(candidates)))
+                unknown = ~pd.Series(values, dtype=object).isin(known).to_numpy()
                 if unknown.any():
                     target = f"catalogue {attr.target!r}" if attr.target else f"the known {name} values"
-                    idx = np.flatnonzero(candidates)[unknown]
-                    reasons[idx] = [f"{v!r} is not a key in {target}" for v in outcome.values[idx]]
-        bad = np.flatnonzero(~pd.isna(reasons))
+                    unknown_at = candidates[unknown]
+                    unknown_reasons = [f"{v!r} is not a key in {target}" for v in values[unknown]]
+                    flagged = flagged.copy()
+                    flagged[unknown_at] = True
+        bad = np.flatnonzero(flagged)
         if bad.size:
-            found.append((bad, name, reasons[bad]))
+            reasons = outcome.problem_at(bad)
+            reasons[missing[bad]] = "required value is missing"
+            if unknown_at.size:
+                reasons[np.searchsorted(bad, unknown_at)] = unknown_reasons
+            found.append((bad, name, reasons))
 
     # The key repeated within the batch: every line of it is an error, so neither silently wins.
-    key_series = pd.Series(records, dtype=object)
-    present = key_series.notna().to_numpy()
-    dup = present & key_series.duplicated(keep=False).to_numpy()
+    if isinstance(keys, pa.Array):
+        dup = duplicated(keys)
+    else:
+        key_series = pd.Series(keys, dtype=object)
+        dup = key_series.notna().to_numpy() & key_series.duplicated(keep=False).to_numpy()
     if dup.any():
         dup_pos = np.flatnonzero(dup)
-        dup_keys = key_series.to_numpy(dtype=object)[dup_pos]
+        dup_keys = labels_at(keys, dup_pos)
         codes, uniques = pd.factorize(dup_keys)
         order = np.argsort(codes, kind="stable")
         phrases = [f"{catalogue.key} {uniques[codes[group[0]]]!r} appears on {_lines_phrase(lines[dup_pos[group]])}"
@@ -112,7 +164,7 @@ def validate_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
         offset = 0
         for pos, name, _ in found:
             if name in frame.columns:
-                raw[offset:offset + pos.size] = frame[name].to_numpy(dtype=object)[pos]
+                raw[offset:offset + pos.size] = cells(frame[name], pos)
             offset += pos.size
         order = np.argsort(positions, kind="stable")  # by row, attributes in catalogue order
         positions, attributes, reasons, raw = positions[order], attributes[order], reasons[order], raw[order]
@@ -122,7 +174,7 @@ def validate_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
 
     errors = pd.DataFrame({
         "line": lines[positions] if rows else np.zeros(0, dtype=np.int64),
-        "record": records[positions],
+        "record": labels_at(keys, positions),
         "attribute": attributes,
         "value": raw,
         "reason": reasons,
@@ -146,5 +198,5 @@ def validate_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
         rejected["__reasons__"] = per_row
     else:
         rejected["__reasons__"] = pd.Series(dtype=object)
-    return ValidationResult(errors=errors.reset_index(drop=True), valid=frame[~failed].copy(),
-                            rejected=rejected, rows_in=rows)
+    return ValidationResult(errors=errors.reset_index(drop=True), rejected=rejected, rows_in=rows, frame=frame,
+                            failed=failed, outcomes=outcomes)

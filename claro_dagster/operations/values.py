@@ -2,9 +2,11 @@
 
 Validation and normalization both go through `AttributeRules`, so a value is valid exactly when
 normalization can turn it into something that meets the attribute's constraints: a rule is never
-written twice. Columns are evaluated once per *unique* value (`AttributeRules.evaluate_column`),
-with pandas fast paths for the common shapes, because supplier files repeat values a lot and a
-Python call per row would not scale to millions of rows.
+written twice. Columns are evaluated on Arrow arrays (`AttributeRules.evaluate_column`): pyarrow compute
+kernels (RE2, casts, string functions) settle the common shapes for a whole column at once, a column that
+repeats its values is dictionary-encoded and evaluated per distinct value, and only what no kernel settles
+for certain goes through the scalar rules, each distinct value once. pyarrow rather than polars: the reader
+already hands over Arrow-backed columns (no conversion), and every kernel needed is in pyarrow.compute.
 
 Pure functions only: no I/O, no Dagster.
 """
@@ -13,10 +15,11 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from html.parser import HTMLParser
 from typing import Any
@@ -32,6 +35,7 @@ import pyarrow.compute as pc
 from dateutil import parser as _dateutil_parser
 from stdnum import ean as _ean
 
+from claro_dagster.operations.read.common import CELL_DTYPE
 from claro_dagster.spec.models import AttributeSpec
 
 __all__ = [
@@ -360,7 +364,6 @@ def parse_date(text: str, tz: str | None) -> str:
 # identifiers and formats
 
 _GTIN_SHAPE = re.compile(r"[0-9]{8}|[0-9]{12,14}")
-_GTIN_WEIGHTS = np.array([3, 1] * 7, dtype=np.int64)  # 14 digits, check digit (rightmost) weighs 1
 
 
 def gtin_is_valid(text: str) -> bool:
@@ -384,8 +387,9 @@ def gtin_validity(values: Sequence[str]) -> np.ndarray:
         text = "".join(padded.to_pylist()) if padded.offset else None
         raw = (np.frombuffer(text.encode("ascii"), dtype=np.uint8) if text is not None
                else np.frombuffer(padded.buffers()[2], dtype=np.uint8)[: 14 * len(padded)])
-        digits = raw.reshape(-1, 14).astype(np.int64) - 48
-        result[shaped] = (digits @ _GTIN_WEIGHTS) % 10 == 0
+        digits = raw.reshape(-1, 14)  # ASCII codes: each digit is its code - 48, 7 digits weigh 3, 7 weigh 1
+        total = 3 * digits[:, 0::2].sum(axis=1, dtype=np.int32) + digits[:, 1::2].sum(axis=1, dtype=np.int32)
+        result[shaped] = (total - 48 * 28) % 10 == 0
     return result
 
 
@@ -590,19 +594,24 @@ def _fmt(number: float) -> str:
 _NOT_SPACE = "[^\\x00-\\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 # text the whitespace rule leaves alone: no edge spaces, single spaces between words, no other space
 _CLEAN_TEXT = f"^{_NOT_SPACE}+(?: {_NOT_SPACE}+)*$"
+# ... and without "<" or "&", which `strip_html` would look at
+_NOT_SPACE_OR_MARKUP = _NOT_SPACE[:-1] + "<&]"
+_CLEAN_TEXT_NO_MARKUP = f"^{_NOT_SPACE_OR_MARKUP}+(?: {_NOT_SPACE_OR_MARKUP}+)*$"
 # identifiers are only trimmed: first and last characters are not spaces
 _TRIMMED = f"^{_NOT_SPACE}(?:(?s:.)*{_NOT_SPACE})?$"
 
 
 def _arrow_strings(values: Any) -> pa.Array:
     """A pyarrow string array of `values`; anything that is not a str becomes null."""
+    if isinstance(values, pa.Array) and pa.types.is_string(values.type):
+        return values
     try:
         return pa.array(values, type=pa.string(), from_pandas=True)
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         return pa.array([v if type(v) is str else None for v in values], type=pa.string())
 
 
-def _plain_numbers(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _plain_numbers(values: np.ndarray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(mask, floats) of the values that are plain finite numbers ("12.5", "-3", "1e3").
 
     ASCII digits only, so everything accepted here is read by `parse_number` the same way
@@ -615,7 +624,8 @@ def _plain_numbers(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         try:
             numbers[mask] = pc.cast(arr.filter(pa.array(mask)), pa.float64()).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. an exponent out of range
-            numbers[mask] = pd.to_numeric(pd.Series(values[mask], dtype=object), errors="coerce").to_numpy()
+            picked = np.asarray(arr.filter(pa.array(mask)).to_pylist(), dtype=object)
+            numbers[mask] = pd.to_numeric(pd.Series(picked, dtype=object), errors="coerce").to_numpy()
     mask &= np.isfinite(numbers)
     return mask, numbers
 
@@ -625,27 +635,265 @@ def _regex_mask(arr: pa.Array, pattern: str) -> np.ndarray:
     return pc.fill_null(pc.match_substring_regex(arr, pattern), False).to_numpy(zero_copy_only=False)
 
 
+
+# Exactly the characters `str.isspace()` accepts, which is also what Python's `\s` and `str.split()` mean; RE2's
+# `\s` is ASCII only, so patterns run by pyarrow spell the class out.
+_SPACES = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# the line boundaries of `str.splitlines()` other than "\n": text holding one takes the scalar path
+_ODD_BREAKS = "[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]"
+# spaces within a line: every space but the line boundaries
+_LINE_SPACES = "\t\x1f \xa0\u1680\u2000-\u200a\u202f\u205f\u3000"
+# `_SIMPLE_TAG` and `_SIMPLE_BLOCK` with `\s` spelled out, so RE2 reads them as Python `re` does
+_SIMPLE_TAG_RE2 = _SIMPLE_TAG.pattern.replace("\\s", f"[{_SPACES}]")
+_SIMPLE_BLOCK_RE2 = _SIMPLE_BLOCK.pattern.replace("\\s", f"[{_SPACES}]")
+_PLAIN_NUMBER_RE2 = f"^{_PLAIN_NUMBER.pattern.replace(chr(92) + 'd', '[0-9]')}$"
+# "500 g", "1.2kg": a plain decimal and a unit of letters, as `split_quantity` splits them
+_SIMPLE_QUANTITY_RE2 = r"^(?P<number>[0-9]+(?:\.[0-9]+)?) ?(?P<unit>[A-Za-z]+)$"
+
+
+# "£12.50", "$3", "€0.5": a currency sign and a plain amount, read as `parse_number` reads it. Two decimals at
+# most: "£1.299" is ambiguous (1299 in English) and goes to `parse_number` itself.
+_SIMPLE_PRICE_RE2 = r"^[£$€¥](?P<amount>[0-9]+(?:\.[0-9]{1,2})?)$"
+
+
+def _simple_prices(arr: pa.Array, todo: np.ndarray, numbers: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """Read simple prices with Arrow (the reason is still written per value, as `normalize` words it)."""
+    done = np.zeros(len(arr), dtype=bool)
+    idx = np.flatnonzero(todo)
+    if not idx.size:
+        return done
+    picked = arr.take(pa.array(idx))
+    hit = _regex_mask(picked, _SIMPLE_PRICE_RE2)
+    if not hit.any():
+        return done
+    rows, texts = idx[hit], picked.filter(pa.array(hit))
+    amounts = pc.cast(pc.extract_regex(texts, _SIMPLE_PRICE_RE2).field("amount"), pa.float64())
+    values = amounts.to_numpy(zero_copy_only=False)
+    numbers[rows] = values
+    change[rows] = [f"parsed {t!r} as {_fmt(v)}" for t, v in zip(texts.to_pylist(), values.tolist(), strict=True)]
+    done[rows] = True
+    return done
+
+
+def _strip_simple_html(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(mask, text of the masked values) for the values `strip_html` takes through its simple-tag fast path,
+    whitespace cleaned.
+
+    The same substitutions as `strip_html` + `_clean_whitespace`, run by RE2: block tags become line breaks,
+    other tags go, spaces collapse within lines, line ends are trimmed and at most one blank line is kept in
+    a row. Anything else (entities, script/style, a `<` that opens no simple tag, line breaks other than
+    "\\n") is left to `strip_html` itself (mask False).
+    """
+    mask = _regex_mask(arr, "<") & ~_regex_mask(arr, _NOT_SIMPLE.pattern) & ~_regex_mask(arr, _ODD_BREAKS)
+    if not mask.any():
+        return mask, pa.array([], type=pa.string())
+    idx = np.flatnonzero(mask)
+    html = arr.take(pa.array(idx))
+    # every "<" opens a simple tag (each match holds exactly one "<"), as `strip_html` counts them
+    simple = ~_regex_mask(pc.replace_substring_regex(html, _SIMPLE_TAG_RE2, ""), "<")
+    mask[idx[~simple]] = False
+    html = html.filter(pa.array(simple))
+    text = pc.replace_substring_regex(html, _SIMPLE_BLOCK_RE2, "\n")
+    text = pc.replace_substring_regex(text, _SIMPLE_TAG_RE2, "")
+    text = pc.replace_substring_regex(text, f"[{_LINE_SPACES}]+", " ")
+    text = pc.replace_substring_regex(text, " ?\n ?", "\n")
+    text = pc.replace_substring_regex(text, "\n\n\n+", "\n\n")
+    text = pc.replace_substring_regex(text, "^[ \n]+|[ \n]+$", "")
+    return mask, text
+
+
+def _replace_rows(arr: pa.Array, mask: np.ndarray, replacements: pa.Array) -> pa.Array:
+    """`arr` with the rows of `mask` replaced, in order, by `replacements` (one `take`: faster than
+    `replace_with_mask` on strings)."""
+    index = np.arange(len(arr), dtype=np.int64)
+    index[mask] = len(arr) + np.arange(len(replacements), dtype=np.int64)
+    return pa.concat_arrays([arr, replacements.cast(arr.type)]).take(pa.array(index))
+
+
+def with_nulls(arr: pa.Array, mask: np.ndarray) -> pa.Array:
+    """`arr` with the rows of `mask` null too: a new validity bitmap over the same buffers (`if_else` would copy
+    every string)."""
+    if not mask.any():
+        return arr
+    valid = ~mask
+    if arr.null_count:
+        valid &= pc.is_valid(arr).to_numpy(zero_copy_only=False)
+    bitmap = pa.py_buffer(np.packbits(np.concatenate([np.zeros(arr.offset, dtype=bool), valid]),
+                                      bitorder="little"))
+    return pa.Array.from_buffers(arr.type, len(arr), [bitmap, *arr.buffers()[1:]], offset=arr.offset)
+
+
+def objects(arr: pa.Array) -> np.ndarray:
+    """An object array of Python values (None for null) from an Arrow array."""
+    if pa.types.is_floating(arr.type):
+        out = arr.to_numpy(zero_copy_only=False).astype(object)
+        if arr.null_count:
+            out[~pc.is_valid(arr).to_numpy(zero_copy_only=False)] = None
+        return out
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _column_strings(column: pd.Series) -> pa.Array | None:
+    """The column as one Arrow string array (null for missing), or None when it holds anything but text."""
+    try:
+        arr = pa.array(column, from_pandas=True)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return None
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_null(arr.type):
+        return arr.cast(pa.string())
+    if pa.types.is_large_string(arr.type):
+        return arr.cast(pa.string())
+    return arr if pa.types.is_string(arr.type) else None
+
+
+def duplicated(keys: pa.Array) -> np.ndarray:
+    """bool per row: its (non-null) key occurs on another row too. By sorting, which Arrow does in a fraction
+    of the time a hash table of a million Python strings takes."""
+    n = len(keys)
+    result = np.zeros(n, dtype=bool)
+    if n < 2:
+        return result
+    order = pc.array_sort_indices(keys, null_placement="at_end")
+    ordered = keys.take(order)
+    same = pc.fill_null(pc.equal(ordered.slice(1), ordered.slice(0, n - 1)), False).to_numpy(zero_copy_only=False)
+    if same.any():
+        flags = np.zeros(n, dtype=bool)
+        flags[1:] |= same
+        flags[:-1] |= same
+        result[order.to_numpy()] = flags
+    return result
+
+
+
 # --------------------------------------------------------------------------------------------
 # one attribute's rules, applied to a whole column
 
-@dataclass
 class ColumnOutcome:
-    """One attribute's column, evaluated. Arrays are aligned with the input rows."""
+    """One attribute's column, evaluated. Arrays are aligned with the input rows.
 
-    values: np.ndarray     # normalized value; the original where it could not be normalized; None if blank
-    change: np.ndarray     # why the value changed ("trimmed whitespace; title casing"), None if it did not
-    problem: np.ndarray    # why the value is invalid, None if it is fine (blank is not a problem here)
-    blank: np.ndarray      # bool: missing or whitespace-only
+    `change`, `problem` and `blank` are plain arrays; `normalized` is an Arrow array (string or float64) of the
+    normalized values, null where the cell is blank or its value could not be normalized at all, so a stage can
+    hand it on without a Python object per row. `values` (the normalized value, the original where it could not
+    be normalized, None if blank) is built from it on first use.
+    """
+
+    def __init__(self, change: np.ndarray | None, problem: np.ndarray | None, blank: np.ndarray, *,
+                 values: np.ndarray | None = None, normalized: pa.Array | None = None,
+                 raw: pa.Array | None = None, failed: np.ndarray | None = None,
+                 changed: np.ndarray | None = None, reasons: pa.Array | None = None,
+                 codes: np.ndarray | None = None, per_value: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        # `change`: why the value changed ("trimmed whitespace; title casing"), None if it did not. `problem`: why
+        # the value is invalid, None if it is fine (blank is not a problem here). Either may come instead as
+        # `reasons` (Arrow text, null where unchanged, as a stage boundary hands it over) or per distinct value
+        # (`per_value` = (change, problem) picked by `codes`); the row arrays are then built on first use.
+        self._change, self._problem, self._reasons = change, problem, reasons
+        self._codes, self._per_value = codes, per_value
+        self.blank = blank        # bool: missing or whitespace-only
+        self._values, self._normalized, self._raw = values, normalized, raw
+        if failed is not None:  # known already (e.g. none of the rows that passed validation)
+            self.__dict__["failed"] = failed
+        if changed is not None:
+            self.__dict__["changed"] = changed
+
+    @property
+    def change(self) -> np.ndarray:
+        if self._change is None:
+            if self._per_value is not None:
+                self._change = self._per_value[0][self._codes]
+            else:
+                self._change = np.full(len(self._reasons), None, dtype=object)
+                self._change[self.changed] = objects(self._reasons.filter(pa.array(self.changed)))
+        return self._change
+
+    @property
+    def problem(self) -> np.ndarray:
+        if self._problem is None:
+            self._problem = self._per_value[1][self._codes]
+        return self._problem
+
+    def change_at(self, positions: np.ndarray) -> np.ndarray:
+        """`change` at some rows, without building it whole."""
+        if self._change is None and self._per_value is not None:
+            return self._per_value[0][self._codes[positions]]
+        if self._change is None:
+            return objects(self._reasons.take(pa.array(positions, type=pa.int64())))
+        return self._change[positions]
+
+    def problem_at(self, positions: np.ndarray) -> np.ndarray:
+        """`problem` at some rows, without building it whole."""
+        if self._problem is None:
+            return self._per_value[1][self._codes[positions]]
+        return self._problem[positions]
+
+    def change_reasons(self) -> pa.Array:
+        """`change` as Arrow text (null where unchanged)."""
+        if self._change is None and self._reasons is not None:
+            return self._reasons
+        if self._change is None:
+            return pa.array(self._per_value[0], type=pa.string(), from_pandas=True).take(pa.array(self._codes))
+        return pa.array(self._change, type=pa.string(), from_pandas=True)
+
+    @functools.cached_property
+    def changed(self) -> np.ndarray:
+        """bool: normalization changed the value (`change` says why)."""
+        return ~np.equal(self.change, None)
+
+    @functools.cached_property
+    def failed(self) -> np.ndarray:
+        """bool: the value breaks a rule of the attribute."""
+        return ~np.equal(self.problem, None)
+
+    @property
+    def values(self) -> np.ndarray:
+        if self._values is None:
+            out = objects(self._normalized)
+            failed = np.flatnonzero(self.failed & ~pc.is_valid(self._normalized).to_numpy(zero_copy_only=False))
+            if failed.size:
+                out[failed] = objects(self._raw.take(pa.array(failed)))
+            self._values = out
+        return self._values
+
+    @property
+    def normalized(self) -> pa.Array:
+        """Normalized values as Arrow, float64 for numbers, else string; null where blank or not normalized
+        (where `failed`, use the original value instead)."""
+        if self._normalized is None:
+            values = self._values.copy()
+            values[self.blank | self.failed] = None
+            numbers = [v for v in values[:64] if v is not None]
+            if numbers and all(isinstance(v, float) for v in numbers):
+                try:
+                    self._normalized = pa.array(values, type=pa.float64(), from_pandas=True)
+                except (pa.ArrowTypeError, pa.ArrowInvalid):
+                    self._normalized = None
+            if self._normalized is None:
+                self._normalized = _arrow_strings(values) if all(
+                    v is None or type(v) is str for v in values) else pa.array(values.tolist())
+        return self._normalized
+
+    def take(self, rows: np.ndarray) -> ColumnOutcome:
+        """The outcome of some rows (positions or a bool mask), in that order."""
+        idx = np.flatnonzero(rows) if rows.dtype == bool else np.asarray(rows)
+        picked = pa.array(idx, type=pa.int64())
+        return ColumnOutcome(
+            self.change[idx], self.problem[idx], self.blank[idx], failed=self.failed[idx], changed=self.changed[idx],
+            values=None if self._values is None else self._values[idx],
+            normalized=None if self._normalized is None else self._normalized.take(picked),
+            raw=None if self._raw is None else self._raw.take(picked))
+
 
 
 class AttributeRules:
-    """Everything the spec says about one attribute, compiled once and applied per unique value.
+    """Everything the spec says about one attribute, compiled once and applied to whole columns.
 
     Two steps, each with one scalar rule: `normalize` (the value's canonical form, or why there is
-    none) and `problem` (which constraint the normalized value breaks). `evaluate_column` runs them
-    once per unique value, after conservative vectorised filters (`_certainly_unchanged`,
-    `_certainly_valid`) that only skip values the scalar rules would pass unchanged; the tests
-    check both paths agree value by value.
+    none) and `problem` (which constraint the normalized value breaks). `evaluate_column` settles
+    what it can with Arrow kernels: conservative filters (`_certainly_unchanged`, `_certainly_valid`)
+    that only pass values the scalar rules would pass unchanged, and kernels that do what the scalar
+    rules do for the common shapes (simple HTML, "500 g", "£12.50"); the rest goes through the scalar
+    rules. The tests check every path agrees with the scalar rules value by value.
     """
 
     def __init__(self, name: str, attr: AttributeSpec, *, locale_hint: str | None = None) -> None:
@@ -774,66 +1022,206 @@ class AttributeRules:
         return value, change, None, False
 
     # -- a column --------------------------------------------------------------------------
-    def evaluate_column(self, column: pd.Series | None, rows: int) -> ColumnOutcome:
-        """`evaluate` for every cell of a column (None = the column is absent), once per unique value."""
+    def evaluate_column(self, column: pd.Series | None, rows: int, *, by_value: bool | None = None) -> ColumnOutcome:
+        """`evaluate` for every cell of a column (None = the column is absent), on Arrow arrays.
+
+        Text columns are evaluated by Arrow kernels over the whole column (RE2, casts, string functions); only
+        values no kernel can settle for certain go through the scalar rules, each distinct value once. A column
+        that repeats its values (enums, dates, prices, brands) is dictionary-encoded first and evaluated once
+        per distinct value (`by_value`: force either way, for tests).
+        """
         if column is None:
             empty = np.full(rows, None, dtype=object)
-            return ColumnOutcome(empty, empty.copy(), empty.copy(), np.ones(rows, dtype=bool))
+            return ColumnOutcome(empty.copy(), empty.copy(), np.ones(rows, dtype=bool), values=empty)
+        arr = _column_strings(column)
+        if arr is None:  # numbers or other Python objects among the cells: the scalar rules, per unique value
+            return self._evaluateobjects(column, rows)
+        if by_value is None:
+            sample = arr.slice(0, 20_000)
+            by_value = self.kind in ("enum", "date", "number") or (
+                len(sample) > 0 and len(pc.unique(sample)) <= len(sample) // 2)
+        if not by_value:
+            normalized, change, problem, blank, changed, failed = self._evaluate_strings(arr)
+            return ColumnOutcome(change, problem, blank, normalized=normalized, raw=arr, changed=changed,
+                                 failed=failed)
+        encoded = pc.dictionary_encode(arr)
+        u_norm, u_change, u_problem, u_blank, u_changed, u_failed = self._evaluate_strings(encoded.dictionary)
+        count = len(encoded.dictionary)
+        codes = pc.fill_null(encoded.indices, count).to_numpy(zero_copy_only=False)
+        # index `count` (missing cells) picks the blank outcome appended at the end
+        u_change, u_problem = np.append(u_change, None), np.append(u_problem, None)
+        return ColumnOutcome(None, None, np.append(u_blank, True)[codes], codes=codes, per_value=(u_change, u_problem),
+                             normalized=u_norm.take(encoded.indices), raw=arr,
+                             changed=np.append(u_changed, False)[codes], failed=np.append(u_failed, False)[codes])
+
+    def _evaluate_strings(self, arr: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                        np.ndarray]:
+        """(normalized, change, problem, blank, changed, failed) for an Arrow string array; see `ColumnOutcome`."""
+        n = len(arr)
+        change = np.full(n, None, dtype=object)
+        problem = np.full(n, None, dtype=object)
+        number = self.kind == "number"
+
+        def blanks(settled: np.ndarray) -> np.ndarray:
+            # null or whitespace only; values a fast path settled have a character that is not a space
+            result = np.zeros(n, dtype=bool)
+            rest = np.flatnonzero(~settled)
+            if rest.size:
+                result[rest] = ~_regex_mask(arr.take(pa.array(rest)) if rest.size < n else arr, f"[^{_SPACES}]")
+            return result
+
+        if number:
+            numbers = np.full(n, np.nan)
+            known = np.zeros(n, dtype=bool)  # numbers[known] holds the normalized value
+            if self.numeric_fast_path and n >= 64:
+                plain, parsed = _plain_numbers(arr)
+                numbers[plain] = parsed[plain]
+                known |= plain
+            fast = known.copy()  # no change can be written for these: only a constraint can fail
+            blank = blanks(known)
+            todo = ~blank
+            if self.numeric_fast_path and n >= 64:
+                if self.attr.unit:
+                    known |= self._simple_quantities(arr, todo & ~known, numbers, change)
+                else:
+                    known |= _simple_prices(arr, todo & ~known, numbers, change)
+        else:
+            known = self._certainly_unchanged(arr)
+            fast = known.copy()  # no change can be written for these: only a constraint can fail
+            blank = blanks(known)
+            todo = ~blank
+            strings = with_nulls(arr, blank)
+            if self.kind == "text" and self.attr.strip_html and not self.casing and n >= 64:
+                rest = np.flatnonzero(todo & ~known)  # kernels that search a whole value run on these only
+                found, stripped = _strip_simple_html(arr.take(pa.array(rest)))
+                if found.any():
+                    html = np.zeros(n, dtype=bool)
+                    html[rest[found]] = True
+                    strings = _replace_rows(strings, html, stripped)
+                    change[html] = "stripped HTML"
+                    emptied = np.zeros(n, dtype=bool)
+                    emptied[html] = ~_regex_mask(stripped, ".")
+                    blank |= emptied  # "<p></p>": as missing as a blank cell, the change still logged
+                    known |= html & ~emptied
+        slow = np.flatnonzero(todo & ~known & ~blank)
+        if slow.size:
+            step = self._text_step if self.kind == "text" else self._normalized
+            memo: dict[str, tuple[Any, str | None, str | None, bool]] = {}
+            results = [memo[t] if t in memo else memo.setdefault(t, step(t))
+                       for t in arr.take(pa.array(slow)).to_pylist()]
+            s_values, s_change, s_problem, s_blank = (np.asarray(x, dtype=object) if i < 3 else np.asarray(x, bool)
+                                                      for i, x in enumerate(zip(*results, strict=True)))
+            change[slow] = s_change
+            problem[slow] = s_problem
+            blank[slow] = s_blank
+            usable = np.equal(s_problem, None) & ~s_blank
+            if number:
+                fine = slow[usable]
+                numbers[fine] = s_values[usable].astype(float)
+                known[fine] = True
+            else:
+                mask = np.zeros(n, dtype=bool)
+                mask[slow] = True
+                s_values[~usable] = None
+                strings = _replace_rows(strings, mask, _arrow_strings(s_values))
+        # null where the cell is blank or its value could not be normalized (the `problem` says why)
+        if number:
+            known &= ~blank
+            normalized = pa.array(numbers, mask=~known)
+        else:
+            unreadable = np.zeros(n, dtype=bool)
+            unreadable[slow] = ~np.equal(problem[slow], None)
+            normalized = with_nulls(strings, blank | unreadable)
+        # constraints on the normalized values
+        checked = ~blank  # and no problem yet: problems so far were written on `slow` rows only
+        checked[slow] &= np.equal(problem[slow], None)
+        suspect = np.zeros(0, dtype=np.int64)
+        if checked.any():
+            suspect = np.flatnonzero(checked & ~self._certainly_valid(normalized))
+            if suspect.size:
+                memo_p: dict[Any, str | None] = {}
+                problem[suspect] = [memo_p[v] if v in memo_p else memo_p.setdefault(v, self.problem(v))
+                                    for v in normalized.take(pa.array(suspect)).to_pylist()]
+        # which values changed or failed, looking only where a change or a problem can have been written
+        changed, failed = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        maybe = np.flatnonzero(~fast)
+        changed[maybe] = ~np.equal(change[maybe], None)
+        maybe = np.union1d(slow, suspect)
+        failed[maybe] = ~np.equal(problem[maybe], None)
+        return normalized, change, problem, blank, changed, failed
+
+    def _simple_quantities(self, arr: pa.Array, todo: np.ndarray, numbers: np.ndarray,
+                           change: np.ndarray) -> np.ndarray:
+        """Read "500 g" and "1.2 kg" with Arrow: one unit conversion per distinct unit; returns what it read."""
+        done = np.zeros(len(arr), dtype=bool)
+        if not todo.any():
+            return done
+        idx = np.flatnonzero(todo & _regex_mask(arr, _SIMPLE_QUANTITY_RE2))
+        if not idx.size:
+            return done
+        parts = pc.extract_regex(arr.take(pa.array(idx)), _SIMPLE_QUANTITY_RE2)
+        number_text, unit = parts.field("number"), parts.field("unit")
+        values = pc.cast(number_text, pa.float64()).to_numpy(zero_copy_only=False)
+        units = unit.to_numpy(zero_copy_only=False)
+        target = self.attr.unit
+        for name in pd.unique(units):
+            try:
+                factor = _converter(name, target)
+                same = resolve_unit(name) == resolve_unit(target)
+            except ValueError:
+                continue  # the scalar rules say why
+            if factor is None or not np.isfinite(values[units == name]).all():
+                continue
+            hit = units == name
+            rows = idx[hit]
+            numbers[rows] = values[hit] * factor
+            if same:
+                change[rows] = f"removed unit {name!r}"
+            else:
+                texts = pc.binary_join_element_wise("converted ", number_text.filter(pa.array(hit)),
+                                                    f" {name} to {target}", "")
+                change[rows] = texts.to_numpy(zero_copy_only=False)
+            done[rows] = True
+        return done
+
+    def _evaluateobjects(self, column: pd.Series, rows: int) -> ColumnOutcome:
         codes, uniques = pd.factorize(column, use_na_sentinel=True)
         uniques = np.asarray(uniques, dtype=object)
         count = len(uniques)
         # index -1 (missing cells) picks the blank outcome appended at the end
         u_values = np.empty(count + 1, dtype=object)
-        u_values[:count] = uniques
-        u_values[count] = None
         u_change = np.full(count + 1, None, dtype=object)
         u_problem = np.full(count + 1, None, dtype=object)
-        u_blank = np.zeros(count + 1, dtype=bool)
-        u_blank[count] = True
+        u_blank = np.ones(count + 1, dtype=bool)
+        u_values[count] = None
+        if count:
+            results = [self.evaluate(v) for v in uniques.tolist()]
+            _put(u_values[:count], np.arange(count), [r[0] for r in results])
+            u_change[:count] = [r[1] for r in results]
+            u_problem[:count] = [r[2] for r in results]
+            u_blank[:count] = [r[3] for r in results]
+        return ColumnOutcome(u_change[codes], u_problem[codes], u_blank[codes], values=u_values[codes])
 
-        # step 1: normalize what might change
-        if self.numeric_fast_path:
-            plain, numbers = _plain_numbers(uniques)
-            _put(u_values, np.flatnonzero(plain), numbers[plain].tolist())
-            slow = np.flatnonzero(~plain)
-        else:
-            slow = np.flatnonzero(~self._certainly_unchanged(uniques))
-        if slow.size:
-            step = self._text_step if self.kind == "text" else self._normalized
-            new_values, new_change, new_problem, new_blank = zip(*map(step, uniques[slow].tolist()),
-                                                                 strict=True)
-            _put(u_values, slow, new_values)
-            u_change[slow] = new_change
-            u_problem[slow] = new_problem
-            u_blank[slow] = new_blank
-        # step 2: constraints on the normalized values
-        checked = np.flatnonzero(~u_blank[:count] & np.equal(u_problem[:count], None))
-        if checked.size:
-            suspect = checked[~self._certainly_valid(u_values[checked])]
-            if suspect.size:
-                u_problem[suspect] = [self.problem(v) for v in u_values[suspect].tolist()]
-
-        return ColumnOutcome(u_values[codes], u_change[codes], u_problem[codes], u_blank[codes])
-
-    def _certainly_unchanged(self, uniques: np.ndarray) -> np.ndarray:
+    def _certainly_unchanged(self, arr: pa.Array) -> np.ndarray:
         """Non-blank strings `normalize` would certainly return as they are (vectorised, conservative)."""
         attr, kind = self.attr, self.kind
-        if kind == "number" or len(uniques) < 64 or self.casing in ("title", "sentence"):
-            return np.zeros(len(uniques), dtype=bool)  # numbers have their own fast path
-        arr = _arrow_strings(uniques)
-        if kind == "text":
-            ok = _regex_mask(arr, _CLEAN_TEXT)
-            if attr.strip_html:
-                ok &= ~_regex_mask(arr, "[<&]")
+        if kind == "number" or len(arr) < 64 or self.casing in ("title", "sentence"):
+            return np.zeros(len(arr), dtype=bool)  # numbers have their own fast path
+        if kind == "text":  # one anchored pattern: a search for what is absent would scan every value whole
+            ok = _regex_mask(arr, _CLEAN_TEXT_NO_MARKUP if attr.strip_html else _CLEAN_TEXT)
         else:
             ok = _regex_mask(arr, _TRIMMED)
         if kind == "enum":
-            ok &= pd.Series(uniques, dtype=object).isin(list(attr.values or []) + list(attr.synonyms)).to_numpy()
+            allowed = pa.array(list(attr.values or []) + list(attr.synonyms), type=pa.string())
+            ok &= pc.fill_null(pc.is_in(arr, value_set=allowed), False).to_numpy(zero_copy_only=False)
         elif kind == "date":
-            ok &= _regex_mask(arr, f"^{_ISO_DATE.pattern}$")
+            ok &= _regex_mask(arr, f"^{_ISO_DATE.pattern}$") & ~_regex_mask(arr, "^0000")
             if ok.any():
-                parsed = pd.to_datetime(pd.Series(uniques[ok], dtype=object), format="%Y-%m-%d", errors="coerce")
-                ok[np.flatnonzero(ok)] = parsed.notna().to_numpy()
+                # strptime rolls "2025-02-30" over to March: a real date is one that prints back the same
+                text = arr.filter(pa.array(ok))
+                parsed = pc.strptime(text, format="%Y-%m-%d", unit="s", error_is_null=True)
+                same = pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), text)
+                ok[np.flatnonzero(ok)] = pc.fill_null(same, False).to_numpy(zero_copy_only=False)
         if self.casing in ("upper", "lower"):
             # ASCII only: Python's full case mapping ("ß".upper() == "SS") differs from Arrow's
             cased = pc.ascii_upper(arr) if self.casing == "upper" else pc.ascii_lower(arr)
@@ -841,42 +1229,51 @@ class AttributeRules:
             ok &= ascii_ & pc.fill_null(pc.equal(cased, arr), False).to_numpy(zero_copy_only=False)
         return ok
 
-    def _certainly_valid_numbers(self, numbers: np.ndarray) -> np.ndarray:
-        ok = np.ones(numbers.shape, dtype=bool)
-        if self.attr.min is not None:
-            ok &= numbers >= self.attr.min
-        if self.attr.max is not None:
-            ok &= numbers <= self.attr.max
-        return ok
-
-    def _certainly_valid(self, values: np.ndarray) -> np.ndarray:
-        """Normalized values `problem` would certainly pass (vectorised, conservative)."""
+    def _certainly_valid(self, values: pa.Array) -> np.ndarray:
+        """Normalized values `problem` would certainly pass (vectorised, conservative); null -> False."""
         attr = self.attr
         if len(values) < 64:
             return np.zeros(len(values), dtype=bool)
-        if self.kind == "number":
-            result = np.zeros(len(values), dtype=bool)
-            numeric = np.fromiter((isinstance(v, float) for v in values), dtype=bool, count=len(values))
-            idx = np.flatnonzero(numeric)
-            result[idx] = self._certainly_valid_numbers(values[idx].astype(float))
-            return result
-        arr = _arrow_strings(values)
-        ok = pc.is_valid(arr).to_numpy(zero_copy_only=False)
+        ok = pc.is_valid(values).to_numpy(zero_copy_only=False)
+        if pa.types.is_floating(values.type):
+            numbers = values.to_numpy(zero_copy_only=False)
+            with np.errstate(invalid="ignore"):
+                if attr.min is not None:
+                    ok &= numbers >= attr.min
+                if attr.max is not None:
+                    ok &= numbers <= attr.max
+            return ok
+        if not pa.types.is_string(values.type):
+            return np.zeros(len(values), dtype=bool)
         if attr.min_length is not None or attr.max_length is not None:
-            lengths = pc.fill_null(pc.utf8_length(arr), -1).to_numpy(zero_copy_only=False)
+            lengths = pc.fill_null(pc.utf8_length(values), -1).to_numpy(zero_copy_only=False)
             ok &= (lengths >= (attr.min_length or 0)) & (lengths <= (attr.max_length or np.iinfo(np.int64).max))
         if self.pattern is not None:
-            # the user's pattern is Python `re` (RE2 differs on \\d, lookarounds, ...): one call a value
-            fullmatch = self.pattern.fullmatch
-            idx = np.flatnonzero(ok)
-            ok[idx] = [fullmatch(v) is not None for v in values[idx]]
+            ok &= self._pattern_matches(values)
         if attr.format == "gtin":
-            ok &= gtin_validity(arr)
+            ok &= gtin_validity(values)
         elif attr.format == "url":
-            ok &= _regex_mask(arr, f"^{_SIMPLE_URL.pattern}$")
+            ok &= _regex_mask(values, f"^{_SIMPLE_URL.pattern}$")
         elif attr.format == "email":
-            ok &= _regex_mask(arr, f"^{_EMAIL.pattern}$")
+            ok &= _regex_mask(values, f"^{_EMAIL.pattern}$")
         return ok
+
+    def _pattern_matches(self, values: pa.Array) -> np.ndarray:
+        """The user's pattern (Python `re`, fullmatch) over a column: RE2 on printable ASCII values, where the
+        two engines read a pattern RE2 accepts the same way; Python `re` for the rest and if RE2 refuses it."""
+        printable = _regex_mask(values, "^[\\x20-\\x7e]*$")
+        result = np.zeros(len(values), dtype=bool)
+        if printable.any():
+            try:
+                result = printable & _regex_mask(values, f"^(?:{self.attr.regex})$")
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                printable[:] = False
+        rest = np.flatnonzero(~printable & pc.is_valid(values).to_numpy(zero_copy_only=False))
+        if rest.size:
+            fullmatch = self.pattern.fullmatch
+            result[rest] = [fullmatch(v) is not None for v in values.take(pa.array(rest)).to_pylist()]
+        return result
+
 
 
 def _put(target: np.ndarray, idx: np.ndarray, items: Sequence[Any]) -> None:
@@ -903,3 +1300,69 @@ def line_numbers(frame: pd.DataFrame) -> np.ndarray:
     if "__line__" in frame.columns:
         return frame["__line__"].to_numpy()
     return np.arange(1, len(frame) + 1)
+
+
+# --------------------------------------------------------------------------------------------
+# columns a validated batch carries across the stage boundary (see validate.ValidationResult.carried)
+
+REJECTED = "__rejected__"
+REASONS = "__reasons__"
+NORMALIZED = "__normalized__:"
+CHANGE = "__change__:"
+
+
+def column_of(arr: pa.Array, index: pd.Index) -> pd.Series:
+    """A frame column from normalized values: float64 for numbers, text cells (NaN when missing) otherwise."""
+    if pa.types.is_floating(arr.type):
+        return pd.Series(arr.to_numpy(zero_copy_only=False), index=index, dtype="float64")
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_null(arr.type):
+        return pd.Series(CELL_DTYPE.__from_arrow__(pa.chunked_array([arr.cast(pa.large_string())])), index=index)
+    return pd.Series(objects(arr), index=index, dtype=object)
+
+
+def cells(column: pd.Series, positions: np.ndarray) -> np.ndarray:
+    """The cells of `column` at `positions` as Python objects, without converting the whole column."""
+    if isinstance(column.dtype, pd.StringDtype | pd.ArrowDtype):
+        try:
+            arr = pa.array(column, from_pandas=True)  # chunked as read: taking a few cells joins no chunks
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            arr = None
+        if arr is not None:
+            picked = arr.take(pa.array(positions, type=pa.int64()))
+            if isinstance(picked, pa.ChunkedArray):
+                picked = picked.combine_chunks()
+            return objects(picked)
+    return column.to_numpy(dtype=object)[positions]
+
+
+def record_keys(frame: pd.DataFrame, key: ColumnOutcome | None) -> pa.Array | np.ndarray:
+    """`record_labels` as an Arrow string array when key and `__record__` are text, else as objects."""
+    if key is not None and pa.types.is_string(key.normalized.type) and (
+            key._raw is not None or not key.failed.any()):
+        keys = key.normalized if key._raw is None else pc.coalesce(key.normalized, key._raw)  # unreadable: as written
+        keys = with_nulls(keys, key.blank)
+        if "__record__" not in frame.columns:
+            return keys
+        matched = _column_strings(frame["__record__"])
+        if matched is not None:
+            return pc.coalesce(matched, keys)
+    return record_labels(frame, key.values if key is not None else None)
+
+
+def labels_at(keys: pa.Array | np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """`record_keys` at some rows, as Python objects."""
+    if isinstance(keys, pa.Array):
+        return objects(keys.take(pa.array(positions, type=pa.int64())))
+    return keys[positions]
+
+
+def evaluate_columns(frame: pd.DataFrame, rules: Sequence[AttributeRules]) -> dict[str, ColumnOutcome]:
+    """`evaluate_column` for several attributes of a frame, on a thread per core: the columns are independent
+    and Arrow's kernels release the GIL, so a 2-core machine evaluates nearly two at once."""
+    def one(r: AttributeRules) -> ColumnOutcome:
+        return r.evaluate_column(frame[r.name] if r.name in frame.columns else None, len(frame))
+
+    if len(frame) < 10_000 or len(rules) < 2:
+        return {r.name: one(r) for r in rules}
+    with ThreadPoolExecutor(max_workers=min(len(rules), os.cpu_count() or 1)) as pool:
+        return dict(zip((r.name for r in rules), pool.map(one, rules), strict=True))

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from claro_dagster.catalogue.batches import BatchRegistry
@@ -217,3 +218,28 @@ def test_inbox_sensor_requests_a_run_per_new_file(project):
     [request] = result.run_requests
     assert request.partition_key.startswith("acme_csv.sensor.csv.")
     assert request.tags["claro/uri"] == str(path.resolve())
+
+
+def test_normalized_reads_what_validated_carries_and_reruns_alone(project):
+    rows = good_rows(3).replace("Trail mug 2,Acme Outdoor", "  Trail   mug 2 ,Acme Outdoor").replace(
+        ",grey,M,", ",Gray,medium,").replace("0.3,", "300 g,")
+    assert project.run("acme_csv", name="messy.csv", text=rows).success
+    stages = project.root / "home" / "stages" / "products"
+    validated = pd.read_parquet(stages / "batch_validated" / f"{project.batch.key}.parquet")
+    # the verdict and each attribute's normalized value travel with the batch to batch_normalized
+    assert validated["__rejected__"].tolist() == [False, False, False]
+    assert validated["__normalized__:weight"].tolist() == [0.3, 0.3, 0.3]
+    assert validated["__change__:colour"].tolist() == ["synonym 'Gray' -> 'grey'"] * 3
+    log = project.claro.batch_dir(project.batch.key) / "normalizations.csv"
+    first = log.read_text()
+    assert "converted 300 g to kg" in first and "trimmed whitespace" in first
+    normalized = pd.read_parquet(stages / "batch_normalized" / f"{project.batch.key}.parquet")
+    assert normalized["title"].tolist() == ["Trail mug 1", "Trail mug 2", "Trail mug 3"]
+    assert normalized["weight"].tolist() == [0.3, 0.3, 0.3] and normalized["size"].tolist() == ["M"] * 3
+    assert not any(c.startswith("__normalized__") or c == "__rejected__" for c in normalized.columns)
+    # re-running one stage from the stored batch_validated gives the same batch and change log
+    log.unlink()
+    assert run_batch(project.defs, project.instance, project.batch, stages=("batch_normalized",)).success
+    assert log.read_text() == first
+    pd.testing.assert_frame_equal(pd.read_parquet(stages / "batch_normalized" / f"{project.batch.key}.parquet"),
+                                  normalized)

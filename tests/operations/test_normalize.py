@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from batches import batch, catalogue
 
@@ -189,3 +190,75 @@ def test_strip_html_fast_path_agrees_with_the_parser(fragment):
     parser.feed(fragment)
     parser.close()
     assert strip_html(fragment) == _clean_whitespace("".join(parser.parts))
+
+
+def _supplier_batch(rows: int = 300):
+    """A batch with every kind of change and some invalid rows, as batch_raw reads it (text cells)."""
+    from claro_dagster.operations.read.common import CELL_DTYPE
+
+    i = np.arange(rows)
+    frame = batch(
+        sku=[f"ACM-{n:04d}" if n % 41 else f" acm-{n:04d}" for n in i],
+        title=[f"  Summit   tent {n}" if n % 3 else ("" if n % 37 == 0 else f"Tent {n}") for n in i],
+        description=[f"<p>The <b>tent</b> {n}</p><ul><li>Light</li></ul>" if n % 4 == 0 else
+                     "<p></p>" if n % 53 == 0 else f"Plain {n}" for n in i],
+        weight=["500 g" if n % 5 == 0 else "2 lb" if n % 7 == 0 else "heavy" if n % 43 == 0 else f"{n / 10:g}"
+                for n in i],
+        colour=["Gray" if n % 2 else "purple" if n % 47 == 0 else "grey" for n in i],
+        launch=["01/03/2025" if n % 6 == 0 else "2025-02-30" if n % 59 == 0 else "2025-03-01" for n in i],
+        gtin=["4006381333931" if n % 61 else "4006381333932" for n in i],
+    )
+    for name in frame.columns[1:]:
+        frame[name] = frame[name].astype(CELL_DTYPE)
+    frame["__record__"] = np.nan
+    cat = catalogue(
+        title=AttributeSpec(type="text", required=True), description=AttributeSpec(type="text", strip_html=True),
+        weight=AttributeSpec(type="number", unit="kg", min=0),
+        colour=AttributeSpec(type="enum", values=["grey", "red"], synonyms={"grey": ["gray"]}),
+        launch=AttributeSpec(type="date"), gtin=AttributeSpec(type="text", format="gtin"))
+    cat.attributes["sku"] = AttributeSpec(type="text", identifier=True, required=True, casing="upper")
+    return frame, cat
+
+
+def test_a_validated_batch_is_normalized_from_what_validation_carries(tmp_path):
+    from claro_dagster.operations import values
+    from claro_dagster.operations.validate import validate_batch
+
+    frame, cat = _supplier_batch()
+    validation = validate_batch(frame, cat)
+    assert 0 < len(validation.rejected) < len(frame)
+    expected = normalize_batch(validation.valid, cat)  # every rule evaluated again, on the rows that passed
+    carried = validation.carried()
+    # as the IO manager stores a stage between runs
+    carried.to_parquet(tmp_path / "validated.parquet", index=False)
+    stored = pd.read_parquet(tmp_path / "validated.parquet")
+
+    evaluations = []
+    original = values.AttributeRules.evaluate_column
+    values.AttributeRules.evaluate_column = lambda self, *a, **k: evaluations.append(self.name) or original(
+        self, *a, **k)
+    try:
+        for validated in (carried, stored):
+            result = normalize_batch(validated, cat)
+            assert evaluations == []  # nothing evaluated a second time
+            pd.testing.assert_frame_equal(result.changes.reset_index(drop=True),
+                                          expected.changes.reset_index(drop=True))
+            assert list(result.frame.columns) == list(frame.columns)
+            assert result.frame["__line__"].tolist() == expected.frame["__line__"].tolist()
+            for name in cat.attributes:
+                got, want = result.frame[name].tolist(), expected.frame[name].tolist()
+                assert [None if pd.isna(v) else v for v in got] == [None if pd.isna(v) else v for v in want], name
+    finally:
+        values.AttributeRules.evaluate_column = original
+    assert set(expected.changes["attribute"]) == {"sku", "title", "description", "weight", "colour", "launch"}
+
+
+def test_outcomes_handed_over_give_the_same_result_as_evaluating_again():
+    from claro_dagster.operations.validate import validate_batch
+
+    frame, cat = _supplier_batch()
+    validation = validate_batch(frame, cat)
+    handed = {n: o.take(~validation.failed) for n, o in validation.outcomes.items()}
+    again, reused = normalize_batch(validation.valid, cat), normalize_batch(validation.valid, cat, outcomes=handed)
+    pd.testing.assert_frame_equal(reused.changes, again.changes)
+    pd.testing.assert_frame_equal(reused.frame, again.frame)
