@@ -201,8 +201,14 @@ def run_everything(spec_path: Path | None = None, home: Path | None = None, *, e
     `progress(message)` says what happens; `bar` shows a progress bar of the batches on stderr."""
     defs = build_definitions(spec_path, home)
     claro: CatalogueResource = defs.resources["claro"]
+    with instance_for(claro.home_dir) as instance:  # entered: Dagster finds its storages while the runs load
+        return _run_everything(defs, instance, export_format, progress, bar)
+
+
+def _run_everything(defs: dg.Definitions, instance: dg.DagsterInstance, export_format: str, progress,
+                    bar: bool) -> RunSummary:
+    claro: CatalogueResource = defs.resources["claro"]
     spec = claro.spec
-    instance = instance_for(claro.home_dir)
     seed_demo_inboxes(claro)
     registry = BatchRegistry(claro.store)
     summary = RunSummary()
