@@ -17,8 +17,11 @@ from cli_project import FIRST, FIRST_FILE, REPO, WEBHOOK_SECRET_ENV, claro, clar
 from claro_dagster.definitions import build_definitions
 from claro_dagster.dev import DEFAULT_WEBSERVER_URL, link_url, recorded_webserver, supervise, webserver_url
 from claro_dagster.local import dev_environment, instance_for, receive, run_batch
+from claro_dagster.resources.catalogue import open_store
+from claro_dagster.resources.dagster_api import DagsterLauncher
 from claro_dagster.sensors.notifications import SENSOR_COMPLETED
 from claro_dagster.spec import DEMO_DIR
+from claro_dagster.spec.loader import load_spec
 from tests.e2e.harness import (
     LOCATION,
     REPOSITORY,
@@ -197,6 +200,12 @@ def test_claro_dev_after_claro_run_repeats_nothing_and_term_stops_all_it_started
         wait_until(lambda: ticked("shop_csv_inbox"), 60, what="a tick of the inbox sensor", guard=alive)
         runs = graphql(http, url, RUNS, tags=[])["runsOrError"]["results"]
         assert sorted(run["jobName"] for run in runs) == by_claro_run  # no run repeated
+
+        # `/claro run products analyse` from Slack is a run of the same job as `claro run`'s
+        launcher = DagsterLauncher(lambda: load_spec(spec), lambda s: open_store(s, home=home), port=port)
+        run_id = launcher.launch("products", "analyse", None)
+        with instance_for(home) as instance:
+            assert instance.get_run_by_id(run_id).job_name == "products_analyse"
 
         claro_dev.send_signal(signal.SIGTERM)
         wait_until(lambda: (claro_dev.poll() is not None and not processes_with_env(marker),

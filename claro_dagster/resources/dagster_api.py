@@ -95,6 +95,7 @@ class DagsterLauncher:
             raise explain(exc, self.url, what) from None
 
     def launch(self, catalogue: str, target: str, filter: str | None) -> str:
+        from claro_dagster.definitions import operation_job_name
         from claro_dagster.schedules.from_spec import target_keys
 
         spec = self.spec_loader()
@@ -103,8 +104,12 @@ class DagsterLauncher:
         tags = {"claro/catalogue": catalogue, "claro/target": target, "claro/launched_by": "slack"}
         if filter:
             tags["claro/filter"] = filter
-        return self._call(f"launch {target} on {catalogue}", self.client.submit_job_execution, ASSET_JOB,
-                          asset_selection=[k.path for k in keys], run_config=run_config, tags=tags)
+        # One operation or destination is a run of its own job (`products_analyse`), as `claro run` and the
+        # sensors make it; a pipeline's analyse, export and destinations span several jobs: Dagster's asset job.
+        job = ASSET_JOB if target in spec.pipelines else operation_job_name(catalogue, target)
+        return self._call(f"launch {target} on {catalogue}", self.client.submit_job_execution, job,
+                          asset_selection=None if job != ASSET_JOB else [k.path for k in keys],
+                          run_config=run_config, tags=tags)
 
     def status(self, ref: str | None) -> str:
         if ref is None:
