@@ -107,12 +107,17 @@ def _once(kind: str, path: Path, url: str) -> dict:
     return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "peak_rss_mb": peak_rss_mib()}
 
 
-def _in_process(kind: str, path: Path, url: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--kind", kind, "--csv", str(path), "--url", url],
-                         capture_output=True, text=True)
+def in_own_process(script: str, what: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Run `script args...` in a new Python process (its time and peak RSS its own) and return the JSON object
+    it prints last; a failure stops the benchmark with the process's own error."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env)
     if out.returncode:
-        raise SystemExit(f"baseline {kind} failed:\n{out.stderr[-4000:]}")
+        raise SystemExit(f"{what} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _in_process(kind: str, path: Path, url: str) -> dict:
+    return in_own_process(__file__, f"baseline {kind}", "--kind", kind, "--csv", str(path), "--url", url)
 
 
 def measure(path: Path, url: str) -> dict[str, dict]:

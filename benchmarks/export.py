@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: the sibling benchmark modules
 
-from baselines import measure, peak_rss_mib, scratch_database, table  # noqa: E402
+from baselines import in_own_process, measure, peak_rss_mib, scratch_database, table  # noqa: E402
 from store import make_csv, read, spec  # noqa: E402
 
 FORMATS = ("csv", "xlsx")
@@ -53,11 +52,8 @@ def phase(args) -> dict:
 
 
 def run_phase(name: str, url: str, out: Path, rows: int) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--phase", name, "--url", url, "--out", str(out),
-                           "--expect", str(rows)], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"phase {name} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_own_process(__file__, f"phase {name}", "--phase", name, "--url", url, "--out", str(out),
+                          "--expect", str(rows))
 
 
 def populate(url: str, csv: Path) -> float:

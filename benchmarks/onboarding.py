@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +50,7 @@ from stdnum import ean
 
 # `python benchmarks/onboarding.py` from anywhere, measuring the code of the checkout it lies in
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.baselines import DEFAULT_POSTGRES, measure, peak_rss_mib, scratch_database, table  # noqa: E402
+from benchmarks.baselines import DEFAULT_POSTGRES, in_own_process, measure, peak_rss_mib, scratch_database, table  # noqa: E402
 from claro_dagster.spec.models import AttributeSpec, CatalogueSpec, ProjectSpec  # noqa: E402
 
 #: supplier header -> the attribute it must map to (by similarity; the spec has no aliases for them)
@@ -296,11 +295,8 @@ PHASES = {"pipeline": pipeline, "dagster": dagster_overhead}
 def run_phase(name: str, work: Path, csv: Path, url: str) -> dict:
     # Without the project's own settings, so no phase writes to a catalogue or home outside the scratch folder.
     env = {k: v for k, v in os.environ.items() if k not in ("CLARO_DATABASE_URL", "CLARO_HOME", "CLARO_SPEC")}
-    out = subprocess.run([sys.executable, __file__, "--phase", name, "--csv", str(csv), "--work", str(work),
-                          "--url", url], capture_output=True, text=True, env=env)
-    if out.returncode:
-        raise SystemExit(f"phase {name} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return in_own_process(__file__, f"phase {name}", "--phase", name, "--csv", str(csv), "--work", str(work),
+                          "--url", url, env=env)
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/store.py` from anywhere
 
 # The parent process stays small (no pandas, no store): a child's peak RSS starts from its parent's on Linux.
-from benchmarks.baselines import DEFAULT_POSTGRES, measure, peak_rss_mib, scratch_database, table  # noqa: E402
+from benchmarks.baselines import DEFAULT_POSTGRES, in_own_process, measure, peak_rss_mib, scratch_database, table  # noqa: E402
 from claro_dagster.progress import progress  # noqa: E402
 
 TEXT = ["title", "description", "brand", "gtin", "mpn", "colour", "size", "category", "image_url", "launch_date",
@@ -101,11 +101,7 @@ def phase(name: str, csv: Path, url: str) -> dict:
 
 
 def run_phase(name: str, csv: Path, url: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--phase", name, "--csv", str(csv), "--url", url],
-                         capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"phase {name} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return in_own_process(__file__, f"phase {name}", "--phase", name, "--csv", str(csv), "--url", url)
 
 
 def load_average() -> str:
