@@ -176,7 +176,8 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
         resources["slack"] = SlackNotifier(token=dg.EnvVar(spec.notifications.slack_token_env),
                                            base_url=spec.notifications.slack_api_url, webserver_url=webserver_url)
     sensors += build_notification_sensors(spec, webserver_url)
-    schedules = [*build_schedules(spec, {key: a for a in assets for key in a.keys}), build_retention_schedule(spec)]
+    schedules = [*build_schedules(spec, {key: a for a in assets for key in a.keys}, jobs),
+                 build_retention_schedule(spec)]
     return dg.Definitions(assets=assets, sensors=sensors, schedules=schedules, resources=resources,
                           jobs=list(jobs.values()), executor=dg.in_process_executor)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from claro_dagster.spec.checks import SCHEDULABLE_OPERATIONS
 
@@ -164,15 +164,20 @@ def _run_config(keys: Sequence[dg.AssetKey], assets_by_key: Mapping[dg.AssetKey,
     return {"ops": {assets_by_key[k].node_def.name: {"config": {"filter": filter_}} for k in keys}}
 
 
-def build_schedules(spec: ProjectSpec,
-                    assets_by_key: Mapping[dg.AssetKey, dg.AssetsDefinition]) -> list[dg.ScheduleDefinition]:
-    """One Dagster schedule per entry of the spec's `schedules:`, named after the entry.
+def build_schedules(spec: ProjectSpec, assets_by_key: Mapping[dg.AssetKey, dg.AssetsDefinition],
+                    jobs: Mapping[str, Any] | None = None) -> list[dg.ScheduleDefinition]:
+    """One Dagster schedule per entry of the spec's `schedules:`, named after the entry. Its runs are runs of a
+    named job, as every other run: the operation's own job (`products_export`) when it targets one operation or
+    destination, else a job named after the schedule (its assets span several jobs); `jobs` are the jobs the
+    definitions already have, by name.
 
     Raises ScheduleError when an entry's target has no asset or its filter does not parse.
     """
     import dagster as dg
 
     from claro_dagster.catalogue.filters import FilterError, compile_filter  # SQL: not needed to describe schedules
+
+    jobs = jobs or {}
     from claro_dagster.catalogue.schema import filter_columns
 
     schedules: list[dg.ScheduleDefinition] = []
@@ -188,10 +193,17 @@ def build_schedules(spec: ProjectSpec,
         tags = {TAG_SCHEDULE: name, TAG_TARGET: schedule.target, TAG_CATALOGUE: keys[0].path[0]}
         if filter_ is not None:
             tags[TAG_FILTER] = filter_
+        own = "_".join(keys[0].path) if len(keys) == 1 else None
+        if own is not None and own in jobs:
+            target = jobs[own]
+        elif name not in jobs:
+            target = dg.define_asset_job(name, selection=keys, description=f"Runs of the schedule {name}")
+        else:  # the schedule is named like another job: Dagster's anonymous job for it
+            target = dg.AssetSelection.assets(*keys)
         schedules.append(dg.ScheduleDefinition(
             name=name,
             cron_schedule=cron,
-            target=dg.AssetSelection.assets(*keys),
+            target=target,
             run_config=_run_config(keys, assets_by_key, filter_),
             tags=tags,
             execution_timezone=schedule.timezone,
