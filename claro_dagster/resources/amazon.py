@@ -1,0 +1,276 @@
+"""Amazon Selling Partner API (SP-API): the Listings Items client, validated locally before anything is sent.
+
+`AmazonListings` puts and patches listings (`putListingsItem`, `patchListingsItem` with JSON Patch) for one seller:
+
+* the access token comes from Login with Amazon (a refresh-token grant against `token_url`); it is refreshed when it
+  expires, and once more when the API answers 401/403 for it, then a clear error says what to check;
+* every call waits on a token bucket per operation at the documented default rate (`RATES`, from Amazon's usage
+  plans: 5 requests/s, burst 10 for putListingsItem, burst 5 for patchListingsItem), so the ceiling is used and
+  not exceeded; a 429 that still comes back is retried after its `Retry-After` by the project's HTTP layer;
+* every listing is validated against its product type's JSON Schema (getDefinitionsProductType, then the schema
+  document it links to, cached per product type and version) and an invalid one is never sent: its issues come back
+  with the JSON pointer of the offending value;
+* the issues Amazon returns come back per SKU (code, message, severity, attribute names).
+
+Requests go through `claro_dagster.resources.http.HttpClient`, the project's one HTTP layer, rather than through
+python-amazon-sp-api's clients: the listings calls are three small REST calls, the project's layer already retries
+429/5xx after the server's hint with an injectable clock and sleep (tests never wait), and python-amazon-sp-api keeps
+its token cache module-global and sends a wrong Host header to a plain-http endpoint (see its notes), which a
+contract-checking fake and the tests' isolation both trip on. Since 2023 SP-API needs no AWS signature, only the LWA
+token in `x-amz-access-token`, so nothing of the library's signing is needed either.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import jsonschema
+
+from claro_dagster.resources.http import HttpClient, body_excerpt
+
+LISTINGS = "/listings/2021-08-01/items"
+DEFINITIONS = "/definitions/2020-09-01/productTypes"
+
+# Default rate (requests per second) and burst per operation, from the usage plans in Amazon's OpenAPI models
+# (amzn/selling-partner-api-models, listingsItems_2021-08-01 and definitionsProductTypes_2020-09-01).
+RATES: dict[str, tuple[float, int]] = {
+    "putListingsItem": (5.0, 10),
+    "patchListingsItem": (5.0, 5),
+    "getListingsItem": (5.0, 10),
+    "deleteListingsItem": (5.0, 5),
+    "getDefinitionsProductType": (5.0, 10),
+}
+
+
+class AmazonError(Exception):
+    """A call to SP-API or Login with Amazon that did not succeed; the message says what to do."""
+
+
+class TokenBucket:
+    """A token bucket: `rate` tokens a second up to `burst`; `take()` waits until one is there.
+
+    `clock` and `sleep` are injectable so tests never wait.
+    """
+
+    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.sleep = sleep
+        self.tokens = float(burst)
+        self.updated = clock()
+        self.lock = threading.Lock()
+
+    def take(self) -> None:
+        with self.lock:
+            now = self.clock()
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            # take the token now and wait off the debt: no loop, so no float rounding can spin it
+            self.tokens -= 1
+            if self.tokens < 0:
+                self.sleep(-self.tokens / self.rate)
+
+
+@dataclass(frozen=True)
+class ListingIssue:
+    """One problem with a listing: Amazon's (code, severity, attribute names) or the local schema's (pointer)."""
+
+    sku: str
+    code: str
+    message: str
+    severity: str = "ERROR"
+    attribute_names: tuple[str, ...] = ()
+    pointer: str | None = None  # JSON pointer into the listing's attributes (local validation)
+
+
+@dataclass
+class ListingResult:
+    """What happened to one SKU: `sent` is False when local validation stopped it."""
+
+    sku: str
+    status: str  # ACCEPTED, INVALID (Amazon's) or INVALID_LOCALLY
+    sent: bool
+    submission_id: str | None = None
+    issues: list[ListingIssue] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ACCEPTED" and not any(i.severity == "ERROR" for i in self.issues)
+
+
+class AmazonListings:
+    """Listings Items for one seller in the given marketplaces (see the module doc)."""
+
+    def __init__(self, *, endpoint_url: str, token_url: str, client_id: str, client_secret: str,
+                 refresh_token: str, seller_id: str, marketplace_ids: Sequence[str], issue_locale: str = "en_US",
+                 http: HttpClient | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, rates: Mapping[str, tuple[float, int]] = RATES):
+        if not marketplace_ids:
+            raise AmazonError("No Amazon marketplace id given: name at least one (e.g. ATVPDKIKX0DER for amazon.com)")
+        self.endpoint_url = endpoint_url.rstrip("/")
+        self.token_url = token_url
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.refresh_token = refresh_token
+        self.seller_id = seller_id
+        self.marketplace_ids = list(marketplace_ids)
+        self.issue_locale = issue_locale
+        self.http = http or HttpClient(sleep=sleep)
+        self.clock = clock
+        self.buckets = {op: TokenBucket(rate, burst, clock=clock, sleep=sleep) for op, (rate, burst) in rates.items()}
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._versions: dict[str, str] = {}  # product type -> version fetched
+        self._schemas: dict[tuple[str, str], dict[str, Any]] = {}  # (product type, version) -> JSON Schema
+
+    # ------------------------------------------------------------------ token
+    def access_token(self, *, refresh: bool = False) -> str:
+        if refresh or self._token is None or self.clock() >= self._token_expires:
+            response = self.http.request("POST", self.token_url, raise_for_status=False, data={
+                "grant_type": "refresh_token", "refresh_token": self.refresh_token,
+                "client_id": self.client_id, "client_secret": self.client_secret})
+            if response.status_code != 200:
+                raise AmazonError(
+                    f"Login with Amazon refused the refresh token (HTTP {response.status_code}: "
+                    f"{body_excerpt(response)}): check the client id, client secret and refresh token of the "
+                    "SP-API application (the refresh token comes from authorising the app in Seller Central)")
+            body = response.json()
+            self._token = body["access_token"]
+            # a minute early, so a token never expires between the check and the call
+            self._token_expires = self.clock() + float(body.get("expires_in", 3600)) - 60
+        return self._token
+
+    # ------------------------------------------------------------------ calls
+    def call(self, operation: str, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+             json: Any = None) -> Any:
+        """One SP-API call: paced by its operation's bucket, the token refreshed once if the API refuses it."""
+        refreshed = False
+        while True:
+            bucket = self.buckets.get(operation)
+            if bucket is not None:
+                bucket.take()
+            response = self.http.request(
+                method, self.endpoint_url + path, params=params, json=json, raise_for_status=False,
+                headers={"x-amz-access-token": self.access_token(), "Accept": "application/json"})
+            if response.status_code in (401, 403) and not refreshed:
+                refreshed = True
+                self.access_token(refresh=True)
+                continue
+            if response.status_code in (401, 403):
+                raise AmazonError(
+                    f"SP-API refused {operation} even with a fresh access token (HTTP {response.status_code}: "
+                    f"{body_excerpt(response)}): check that the application has the Product Listing role and "
+                    f"is authorised by seller {self.seller_id}")
+            if response.status_code >= 400 and response.status_code != 400:
+                raise AmazonError(f"SP-API {operation} failed with HTTP {response.status_code}: "
+                                  f"{body_excerpt(response)}; try again later or check the endpoint URL")
+            return response.json() if response.content else None
+
+    # ------------------------------------------------------------------ product types
+    def product_type_schema(self, product_type: str) -> dict[str, Any]:
+        """The JSON Schema of a product type's attributes, fetched once per product type and version."""
+        version = self._versions.get(product_type)
+        if version is not None:
+            return self._schemas[(product_type, version)]
+        definition = self.call("getDefinitionsProductType", "GET", f"{DEFINITIONS}/{quote(product_type, safe='')}",
+                               params={"marketplaceIds": ",".join(self.marketplace_ids), "sellerId": self.seller_id,
+                                       "requirements": "LISTING", "locale": "DEFAULT"})
+        if not definition or "errors" in definition:
+            raise AmazonError(f"Amazon has no product type {product_type!r}: {definition}; "
+                              "pick one listed by searchDefinitionsProductTypes")
+        version = definition["productTypeVersion"]["version"]
+        if (product_type, version) not in self._schemas:
+            link = definition["schema"]["link"]["resource"]
+            response = self.http.request("GET", link)
+            self._schemas[(product_type, version)] = response.json()
+        self._versions[product_type] = version
+        return self._schemas[(product_type, version)]
+
+    def validate(self, sku: str, product_type: str, attributes: Mapping[str, Any], *,
+                 partial: bool = False) -> list[ListingIssue]:
+        """The problems of a listing's attributes against its product type's schema (all of them, not the first).
+
+        `partial` checks only the attributes given (for a patch): the schema's required list is not applied.
+        """
+        schema = self.product_type_schema(product_type)
+        if partial:
+            schema = {k: v for k, v in schema.items() if k != "required"}
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft201909Validator)
+        validator = cls(schema)
+        issues = []
+        for error in sorted(validator.iter_errors(dict(attributes)), key=lambda e: list(e.absolute_path)):
+            pointer = "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in error.absolute_path)
+            names: tuple[str, ...] = ()
+            if error.absolute_path:
+                names = (str(error.absolute_path[0]),)
+            elif error.validator == "required":
+                names = tuple(n for n in error.validator_value if n not in attributes)
+            issues.append(ListingIssue(sku, f"SCHEMA_{str(error.validator).upper()}", error.message, "ERROR",
+                                       names, pointer))
+        return issues
+
+    # ------------------------------------------------------------------ listings
+    def put_listing(self, sku: str, product_type: str, attributes: Mapping[str, Any]) -> ListingResult:
+        """Create or replace a listing (putListingsItem); nothing is sent when it fails local validation."""
+        issues = self.validate(sku, product_type, attributes)
+        if issues:
+            return ListingResult(sku, "INVALID_LOCALLY", False, issues=issues)
+        body = {"productType": product_type, "requirements": "LISTING", "attributes": dict(attributes)}
+        return self._result(sku, self.call("putListingsItem", "PUT", self._item_path(sku),
+                                           params=self._params(), json=body))
+
+    def patch_listing(self, sku: str, patches: Sequence[Mapping[str, Any]], *, product_type: str) -> ListingResult:
+        """Change part of a listing with JSON Patch (patchListingsItem), e.g. a price or a quantity.
+
+        Each patch's value is validated against its attribute's schema first; nothing invalid is sent.
+        """
+        patched = {}
+        for patch in patches:
+            path = str(patch.get("path", ""))
+            if not path.startswith("/attributes/") or path.count("/") != 2:
+                raise AmazonError(f"Patch path {path!r} for SKU {sku} is not /attributes/<name>: "
+                                  "SP-API patches whole attributes")
+            if patch.get("op") != "delete":
+                patched[path.split("/")[2]] = patch.get("value")
+        issues = self.validate(sku, product_type, patched, partial=True)
+        if issues:
+            return ListingResult(sku, "INVALID_LOCALLY", False, issues=issues)
+        body = {"productType": product_type, "patches": [dict(p) for p in patches]}
+        return self._result(sku, self.call("patchListingsItem", "PATCH", self._item_path(sku),
+                                           params=self._params(), json=body))
+
+    def get_listing(self, sku: str) -> dict[str, Any]:
+        return self.call("getListingsItem", "GET", self._item_path(sku),
+                         params={**self._params(), "includedData": "summaries,attributes,issues"})
+
+    # ------------------------------------------------------------------ helpers
+    def _item_path(self, sku: str) -> str:
+        return f"{LISTINGS}/{quote(self.seller_id, safe='')}/{quote(sku, safe='')}"
+
+    def _params(self) -> dict[str, str]:
+        return {"marketplaceIds": ",".join(self.marketplace_ids), "issueLocale": self.issue_locale}
+
+    @staticmethod
+    def _result(sku: str, body: Any) -> ListingResult:
+        body = body or {}
+        if "errors" in body and "status" not in body:  # a 400 ErrorList: the request itself was refused
+            issues = [ListingIssue(sku, e.get("code", "ERROR"), e.get("message", ""), "ERROR")
+                      for e in body["errors"]]
+            return ListingResult(sku, "INVALID", True, issues=issues)
+        issues = [ListingIssue(sku, i.get("code", ""), i.get("message", ""), i.get("severity", "ERROR"),
+                               tuple(i.get("attributeNames", ())))
+                  for i in body.get("issues", [])]
+        return ListingResult(sku, body.get("status", "INVALID"), True, body.get("submissionId"), issues)
+
+
+def patch_replace(attribute: str, value: Any) -> dict[str, Any]:
+    """A JSON Patch `replace` of one whole attribute, the usual shape of a price or quantity change."""
+    return {"op": "replace", "path": f"/attributes/{attribute}", "value": copy.deepcopy(value)}

@@ -1,0 +1,147 @@
+"""The SP-API listings client against a fake Amazon that checks each request against the copied contracts."""
+
+from __future__ import annotations
+
+import pytest
+
+from claro_dagster.resources.amazon import AmazonError, AmazonListings, TokenBucket, patch_replace
+from tests.amazon_fake import CLIENT_ID, CLIENT_SECRET, MARKETPLACE, REFRESH_TOKEN, SELLER, FakeAmazon
+
+
+def luggage(sku: str, price: float = 89.0, **extra):
+    attributes = {
+        "item_name": [{"value": f"Cabin case {sku}", "language_tag": "en_US", "marketplace_id": MARKETPLACE}],
+        "brand": [{"value": "Claro", "marketplace_id": MARKETPLACE}],
+        "externally_assigned_product_identifier": [{"type": "ean", "value": "4006381333931"}],
+        "bullet_point": [{"value": "Fits overhead bins", "language_tag": "en_US"}],
+        "purchasable_offer": [offer(price)],
+    }
+    attributes.update(extra)
+    return attributes
+
+
+def offer(price: float):
+    return {"currency": "USD", "marketplace_id": MARKETPLACE, "our_price": [{"schedule": [{"value_with_tax": price}]}]}
+
+
+@pytest.fixture
+def fake():
+    with FakeAmazon() as server:
+        yield server
+    assert not server.violations, server.violations
+
+
+@pytest.fixture
+def waits():
+    return []
+
+
+@pytest.fixture
+def client(fake, waits):
+    return AmazonListings(endpoint_url=fake.url, token_url=fake.token_url, client_id=CLIENT_ID,
+                          client_secret=CLIENT_SECRET, refresh_token=REFRESH_TOKEN, seller_id=SELLER,
+                          marketplace_ids=[MARKETPLACE], sleep=waits.append)
+
+
+def test_put_then_patch_of_the_price_reaches_amazon(fake, client):
+    result = client.put_listing("CASE-1", "LUGGAGE", luggage("CASE-1"))
+    assert result.ok and result.sent and result.submission_id
+    assert fake.listings["CASE-1"]["attributes"] == luggage("CASE-1")
+
+    result = client.patch_listing("CASE-1", [patch_replace("purchasable_offer", [offer(79.5)])],
+                                  product_type="LUGGAGE")
+    assert result.ok
+    assert fake.listings["CASE-1"]["attributes"] == luggage("CASE-1", price=79.5)
+    assert client.get_listing("CASE-1")["attributes"]["purchasable_offer"] == [offer(79.5)]
+    assert fake.calls == ["getDefinitionsProductType", "putListingsItem", "patchListingsItem", "getListingsItem"]
+    assert fake.tokens_issued == 1
+
+
+def test_a_listing_missing_a_required_attribute_is_rejected_locally_and_never_sent(fake, client):
+    attributes = luggage("CASE-2")
+    del attributes["brand"]
+    result = client.put_listing("CASE-2", "LUGGAGE", attributes)
+    assert not result.sent and result.status == "INVALID_LOCALLY" and not result.ok
+    assert [(i.attribute_names, i.pointer, i.severity) for i in result.issues] == [(("brand",), "/", "ERROR")]
+    assert "'brand' is a required property" in result.issues[0].message
+    assert "putListingsItem" not in fake.calls and "CASE-2" not in fake.listings
+
+
+def test_an_invalid_value_comes_back_with_its_json_pointer(fake, client):
+    attributes = luggage("CASE-3", price=-1)
+    result = client.put_listing("CASE-3", "LUGGAGE", attributes)
+    assert not result.sent
+    assert [i.pointer for i in result.issues] == ["/purchasable_offer/0/our_price/0/schedule/0/value_with_tax"]
+
+    result = client.patch_listing("CASE-3", [patch_replace("purchasable_offer", [offer(0)])], product_type="LUGGAGE")
+    assert not result.sent and result.issues[0].attribute_names == ("purchasable_offer",)
+    assert "patchListingsItem" not in fake.calls
+
+
+def test_the_product_type_schema_is_fetched_once_per_type_and_version(fake, client):
+    for n in range(3):
+        client.put_listing(f"SKU-{n}", "LUGGAGE", luggage(f"SKU-{n}"))
+    assert fake.calls.count("getDefinitionsProductType") == 1 and fake.schema_downloads == 1
+
+
+def test_issues_from_amazon_come_back_per_sku(fake, client):
+    attributes = luggage("CASE-4")
+    del attributes["bullet_point"]
+    result = client.put_listing("CASE-4", "LUGGAGE", attributes)
+    assert result.ok and result.status == "ACCEPTED"
+    [issue] = result.issues
+    assert (issue.sku, issue.code, issue.severity, issue.attribute_names) == \
+        ("CASE-4", "18027", "WARNING", ("bullet_point",))
+
+
+def test_an_expired_token_is_refreshed_once(fake, client):
+    client.put_listing("CASE-5", "LUGGAGE", luggage("CASE-5"))
+    fake.expire_tokens()
+    result = client.patch_listing("CASE-5", [patch_replace("purchasable_offer", [offer(60)])], product_type="LUGGAGE")
+    assert result.ok and fake.tokens_issued == 2
+    assert fake.listings["CASE-5"]["attributes"]["purchasable_offer"] == [offer(60)]
+
+
+def test_a_token_refused_even_after_refreshing_is_a_clear_error(fake, client):
+    client.product_type_schema("LUGGAGE")
+    fake.refuse_all_tokens()
+    with pytest.raises(AmazonError, match="even with a fresh access token.*authorised by seller"):
+        client.put_listing("CASE-6", "LUGGAGE", luggage("CASE-6"))
+    assert fake.tokens_issued == 2  # one refresh, not a loop
+
+
+def test_a_wrong_refresh_token_says_what_to_check(fake):
+    client = AmazonListings(endpoint_url=fake.url, token_url=fake.token_url, client_id=CLIENT_ID,
+                            client_secret=CLIENT_SECRET, refresh_token="Atzr|wrong", seller_id=SELLER,
+                            marketplace_ids=[MARKETPLACE], sleep=lambda s: None)
+    with pytest.raises(AmazonError, match="refused the refresh token.*client id, client secret and refresh token"):
+        client.put_listing("CASE-7", "LUGGAGE", luggage("CASE-7"))
+
+
+def test_a_429_is_retried_after_its_hint(fake, client, waits):
+    client.product_type_schema("LUGGAGE")
+    fake.throttle_next(2)
+    result = client.put_listing("CASE-8", "LUGGAGE", luggage("CASE-8"))
+    assert result.ok and "CASE-8" in fake.listings
+    assert waits == [0.0, 0.0]  # the fake's Retry-After: 0, twice; the bucket never had to wait
+
+
+def test_the_token_bucket_allows_the_burst_then_the_rate():
+    now = [0.0]
+    waited = []
+
+    def sleep(seconds):
+        waited.append(seconds)
+        now[0] += seconds
+
+    bucket = TokenBucket(5.0, 10, clock=lambda: now[0], sleep=sleep)
+    for _ in range(20):
+        bucket.take()
+    assert len(waited) == 10
+    assert now[0] == pytest.approx(2.0)  # 10 at once, then 10 more at 5 a second
+
+
+def test_no_marketplace_is_a_clear_error(fake):
+    with pytest.raises(AmazonError, match="marketplace id"):
+        AmazonListings(endpoint_url=fake.url, token_url=fake.token_url, client_id=CLIENT_ID,
+                       client_secret=CLIENT_SECRET, refresh_token=REFRESH_TOKEN, seller_id=SELLER, marketplace_ids=[])
