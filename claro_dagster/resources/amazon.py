@@ -55,16 +55,19 @@ class AmazonError(Exception):
 class TokenBucket:
     """A token bucket: `rate` tokens a second up to `burst`; `take()` waits until one is there.
 
+    `headroom` tokens of the burst are never used: Amazon's bucket counts arrivals, and a request that left on time
+    can arrive later than the one before it did (network jitter), which with the whole burst in use is a 429. One
+    token of headroom absorbs up to 1/rate seconds of jitter (0.2 s at 5/s) and costs one request per burst.
     `clock` and `sleep` are injectable so tests never wait.
     """
 
-    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, rate: float, burst: int, *, headroom: int = 0, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
         self.rate = rate
-        self.burst = burst
+        self.burst = max(1, burst - headroom)
         self.clock = clock
         self.sleep = sleep
-        self.tokens = float(burst)
+        self.tokens = float(self.burst)
         self.updated = clock()
         self.lock = threading.Lock()
 
@@ -125,7 +128,8 @@ class AmazonListings:
         self.issue_locale = issue_locale
         self.http = http or HttpClient(sleep=sleep)
         self.clock = clock
-        self.buckets = {op: TokenBucket(rate, burst, clock=clock, sleep=sleep) for op, (rate, burst) in rates.items()}
+        self.buckets = {op: TokenBucket(rate, burst, headroom=1, clock=clock, sleep=sleep)
+                        for op, (rate, burst) in rates.items()}
         self._token: str | None = None
         self._token_expires = 0.0
         self._versions: dict[str, str] = {}  # product type -> version fetched

@@ -145,3 +145,12 @@ def test_no_marketplace_is_a_clear_error(fake):
     with pytest.raises(AmazonError, match="marketplace id"):
         AmazonListings(endpoint_url=fake.url, token_url=fake.token_url, client_id=CLIENT_ID,
                        client_secret=CLIENT_SECRET, refresh_token=REFRESH_TOKEN, seller_id=SELLER, marketplace_ids=[])
+
+
+def test_the_headroom_keeps_a_token_of_the_burst_back():
+    now = [0.0]
+    waited = []
+    bucket = TokenBucket(5.0, 10, headroom=1, clock=lambda: now[0], sleep=waited.append)
+    for _ in range(10):
+        bucket.take()
+    assert waited == [pytest.approx(0.2)]  # the tenth waits: nine at once
