@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import re
@@ -31,7 +32,10 @@ from tests.http_fakes import RecordingServer, Request
 
 CONTRACTS = Path(__file__).parent / "contracts" / "amazon-sp-api"
 MODELS = {name: json.loads((CONTRACTS / name).read_text())
-          for name in ("listingsItems_2021-08-01.json", "definitionsProductTypes_2020-09-01.json")}
+          for name in ("listingsItems_2021-08-01.json", "definitionsProductTypes_2020-09-01.json",
+                       "feeds_2021-06-30.json")}
+FEED_SCHEMA = json.loads((CONTRACTS / "listings-feed-schema-v2.json").read_text())
+REPORT_SCHEMA = json.loads((CONTRACTS / "listings-feed-processing-report-schema-v2.json").read_text())
 LIMITS = {op["operationId"]: (op["rate_per_second"], op["burst"])
           for op in json.loads((CONTRACTS / "sp-api-rate-limits.json").read_text())["operations"]}
 SCHEMAS = {"LUGGAGE": json.loads((CONTRACTS / "product-type-LUGGAGE.schema.json").read_text())}
@@ -93,6 +97,10 @@ class FakeAmazon:
         self.listings: dict[str, dict[str, Any]] = {}
         self.calls: list[str] = []  # operationIds answered (not throttled, not refused)
         self.schema_downloads = 0
+        self.uploads: dict[str, bytes] = {}  # feed document id -> what was uploaded
+        self.downloads: dict[str, bytes] = {}  # result document id -> gzipped processing report
+        self.feeds: dict[str, dict[str, Any]] = {}
+        self.reports: list[dict[str, Any]] = []
         self.tokens_issued = 0
         self._valid_tokens: set[str] = set()
         self.buckets = {op: Bucket(rate, burst) for op, (rate, burst) in LIMITS.items()}
@@ -125,6 +133,11 @@ class FakeAmazon:
         path, query = unquote(parts.path), parse_qs(parts.query)
         if path == TOKEN_PATH:
             return self._token(request)
+        if path.startswith("/uploads/") and request.method == "PUT":
+            self.uploads[path.removeprefix("/uploads/")] = request.body
+            return 200, {}, b""
+        if path.startswith("/downloads/"):
+            return 200, {"Content-Type": "application/octet-stream"}, self.downloads[path.removeprefix("/downloads/")]
         if path.startswith("/schemas/"):
             self.schema_downloads += 1
             return 200, {}, SCHEMAS[path.removeprefix("/schemas/").removesuffix(".json")]
@@ -253,3 +266,75 @@ class FakeAmazon:
         if sku not in self.listings:
             return 404, _errors("NotFound", f"SKU {sku} not found")
         return 200, {"sku": sku, "attributes": self.listings[sku]["attributes"]}
+
+    # ------------------------------------------------------------------ feeds
+    # A feed goes IN_QUEUE -> IN_PROGRESS -> DONE, one step per getFeed; at DONE its messages are applied and the
+    # processing report (checked against the published report schema) is stored gzipped, as Amazon serves it.
+    def _createFeedDocument(self, path_params, query, body):  # noqa: N802
+        document_id = f"amzn1.tortuga.doc-{len(self.uploads) + len(self.downloads) + 1}"
+        self.uploads[document_id] = b""
+        return 201, {"feedDocumentId": document_id, "url": f"{self.url}/uploads/{document_id}"}
+
+    def _createFeed(self, path_params, query, body):  # noqa: N802
+        document_id = body["inputFeedDocumentId"]
+        if not self.uploads.get(document_id):
+            self.violations.append(f"createFeed: document {document_id} was not uploaded first")
+            return 400, _errors("InvalidInput", "inputFeedDocumentId has no content")
+        feed_id = str(50000 + len(self.feeds) + 1)
+        content = json.loads(self.uploads[document_id])
+        if body["feedType"] == "JSON_LISTINGS_FEED":
+            problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+                        for e in jsonschema.Draft7Validator(FEED_SCHEMA).iter_errors(content)]
+            self.violations += [f"JSON_LISTINGS_FEED {feed_id}: {p}" for p in problems]
+        self.feeds[feed_id] = {"feedId": feed_id, "feedType": body["feedType"],
+                               "marketplaceIds": body["marketplaceIds"],
+                               "createdTime": "2026-12-02T05:00:00Z", "processingStatus": "IN_QUEUE",
+                               "content": content}
+        return 202, {"feedId": feed_id}
+
+    def _getFeed(self, path_params, query, body):  # noqa: N802
+        feed = self.feeds.get(path_params["feedId"])
+        if feed is None:
+            return 404, _errors("NotFound", "Feed not found")
+        following = {"IN_QUEUE": "IN_PROGRESS", "IN_PROGRESS": "DONE"}
+        if feed["processingStatus"] in following:
+            feed["processingStatus"] = following[feed["processingStatus"]]
+            if feed["processingStatus"] == "DONE":
+                self._process(feed)
+        return 200, {k: v for k, v in feed.items() if k != "content"}
+
+    def _process(self, feed: dict[str, Any]) -> None:
+        issues, accepted = [], 0
+        for message in feed["content"]["messages"]:
+            sku = message["sku"]
+            if message["operationType"] != "UPDATE":
+                continue
+            found = self._issues(sku, message["productType"], message.get("attributes", {}))
+            for issue in found:
+                entry = {"messageId": message["messageId"], "sku": sku, "code": issue["code"],
+                         "severity": issue["severity"], "message": issue["message"]}
+                if issue.get("attributeNames"):
+                    entry["attributeName"] = issue["attributeNames"][0]
+                issues.append(entry)
+            if not any(i["severity"] == "ERROR" for i in found):
+                accepted += 1
+                self.listings[sku] = {"productType": message["productType"], "attributes": message["attributes"]}
+        processed = len(feed["content"]["messages"])
+        report = {"header": {"sellerId": SELLER, "version": "2.0", "feedId": feed["feedId"]}, "issues": issues,
+                  "summary": {"errors": sum(i["severity"] == "ERROR" for i in issues),
+                              "warnings": sum(i["severity"] == "WARNING" for i in issues),
+                              "messagesProcessed": processed, "messagesAccepted": accepted,
+                              "messagesInvalid": processed - accepted}}
+        self.violations += [f"processing report: {e.message}"
+                            for e in jsonschema.Draft7Validator(REPORT_SCHEMA).iter_errors(report)]
+        self.reports.append(report)
+        document_id = f"amzn1.tortuga.result-{feed['feedId']}"
+        self.downloads[document_id] = gzip.compress(json.dumps(report).encode())
+        feed["resultFeedDocumentId"] = document_id
+
+    def _getFeedDocument(self, path_params, query, body):  # noqa: N802
+        document_id = path_params["feedDocumentId"]
+        if document_id not in self.downloads:
+            return 404, _errors("NotFound", "Feed document not found")
+        return 200, {"feedDocumentId": document_id, "url": f"{self.url}/downloads/{document_id}",
+                     "compressionAlgorithm": "GZIP"}

@@ -23,6 +23,8 @@ token in `x-amz-access-token`, so nothing of the library's signing is needed eit
 from __future__ import annotations
 
 import copy
+import gzip
+import json as jsonlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +47,14 @@ RATES: dict[str, tuple[float, int]] = {
     "getListingsItem": (5.0, 10),
     "deleteListingsItem": (5.0, 5),
     "getDefinitionsProductType": (5.0, 10),
+    # feeds_2021-06-30
+    "createFeedDocument": (0.5, 15),
+    "createFeed": (0.0083, 15),
+    "getFeed": (2.0, 15),
+    "getFeedDocument": (0.0222, 10),
 }
+FEEDS = "/feeds/2021-06-30"
+FEED_DONE = frozenset({"DONE", "FATAL", "CANCELLED"})
 
 
 class AmazonError(Exception):
@@ -273,6 +282,69 @@ class AmazonListings:
                                tuple(i.get("attributeNames", ())))
                   for i in body.get("issues", [])]
         return ListingResult(sku, body.get("status", "INVALID"), True, body.get("submissionId"), issues)
+
+    # ------------------------------------------------------------------ feeds
+    def push_feed(self, listings: Sequence[tuple[str, str, Mapping[str, Any]]], *, poll_seconds: float = 30.0,
+                  max_polls: int = 240) -> list[ListingResult]:
+        """Send many listings in one JSON_LISTINGS_FEED: create a feed document, upload, create the feed, poll it,
+        download the processing report and return one result per SKU (with the report's issues).
+
+        `listings` are (sku, product type, attributes); each is validated locally first and an invalid one is left
+        out of the feed (its result says INVALID_LOCALLY). Polling waits `poll_seconds` between getFeed calls.
+        """
+        results: dict[str, ListingResult] = {}
+        messages = []
+        for sku, product_type, attributes in listings:
+            issues = self.validate(sku, product_type, attributes)
+            if issues:
+                results[sku] = ListingResult(sku, "INVALID_LOCALLY", False, issues=issues)
+                continue
+            messages.append({"messageId": len(messages) + 1, "sku": sku, "operationType": "UPDATE",
+                             "productType": product_type, "requirements": "LISTING", "attributes": dict(attributes)})
+        if not messages:
+            return list(results.values())
+        feed = {"header": {"sellerId": self.seller_id, "version": "2.0", "issueLocale": self.issue_locale},
+                "messages": messages}
+        content_type = "application/json; charset=UTF-8"
+        document = self.call("createFeedDocument", "POST", f"{FEEDS}/documents", json={"contentType": content_type})
+        upload = self.http.request("PUT", document["url"], data=jsonlib.dumps(feed).encode(),
+                                   headers={"Content-Type": content_type})
+        upload.close()
+        feed_id = self.call("createFeed", "POST", f"{FEEDS}/feeds", json={
+            "feedType": "JSON_LISTINGS_FEED", "marketplaceIds": self.marketplace_ids,
+            "inputFeedDocumentId": document["feedDocumentId"]})["feedId"]
+        for _ in range(max_polls):
+            status = self.call("getFeed", "GET", f"{FEEDS}/feeds/{quote(feed_id, safe='')}")
+            if status["processingStatus"] in FEED_DONE:
+                break
+            self.http.sleep(poll_seconds)
+        else:
+            raise AmazonError(f"Feed {feed_id} still {status['processingStatus']} after {max_polls} polls: "
+                              "Amazon is slow today; look it up later with getFeed")
+        if "resultFeedDocumentId" not in status:
+            raise AmazonError(f"Feed {feed_id} ended {status['processingStatus']} with no processing report: "
+                              "nothing in it is known to be on Amazon; push it again")
+        report = self._download(status["resultFeedDocumentId"])
+        by_message = {m["messageId"]: m["sku"] for m in messages}
+        issues: dict[str, list[ListingIssue]] = {m["sku"]: [] for m in messages}
+        for issue in report.get("issues", []):
+            sku = issue.get("sku") or by_message.get(issue.get("messageId"))
+            if sku not in issues:
+                continue  # an issue about the feed as a whole, not one SKU
+            names = (issue["attributeName"],) if issue.get("attributeName") else ()
+            issues[sku].append(ListingIssue(sku, str(issue.get("code", "")), issue.get("message", ""),
+                                            issue.get("severity", "ERROR"), names))
+        for sku, found in issues.items():
+            invalid = status["processingStatus"] != "DONE" or any(i.severity == "ERROR" for i in found)
+            results[sku] = ListingResult(sku, "INVALID" if invalid else "ACCEPTED", True, feed_id, found)
+        return [results[sku] for sku, _, _ in listings if sku in results]
+
+    def _download(self, document_id: str) -> dict[str, Any]:
+        document = self.call("getFeedDocument", "GET", f"{FEEDS}/documents/{quote(document_id, safe='')}")
+        content = self.http.request("GET", document["url"]).content
+        if document.get("compressionAlgorithm") == "GZIP":
+            content = gzip.decompress(content)
+        return jsonlib.loads(content)
 
 
 def patch_replace(attribute: str, value: Any) -> dict[str, Any]:

@@ -154,3 +154,32 @@ def test_the_headroom_keeps_a_token_of_the_burst_back():
     for _ in range(10):
         bucket.take()
     assert waited == [pytest.approx(0.2)]  # the tenth waits: nine at once
+
+
+def test_a_json_listings_feed_goes_through_and_its_report_comes_back_per_sku(fake, client, waits):
+    missing_brand = luggage("FEED-3")
+    del missing_brand["brand"]
+    no_bullets = luggage("FEED-2")
+    del no_bullets["bullet_point"]
+    results = client.push_feed([("FEED-1", "LUGGAGE", luggage("FEED-1")), ("FEED-2", "LUGGAGE", no_bullets),
+                                ("FEED-3", "LUGGAGE", missing_brand)], poll_seconds=5)
+    by_sku = {r.sku: r for r in results}
+    assert [r.sku for r in results] == ["FEED-1", "FEED-2", "FEED-3"]
+    assert by_sku["FEED-1"].ok and by_sku["FEED-1"].submission_id == "50001" and not by_sku["FEED-1"].issues
+    assert by_sku["FEED-2"].ok and [(i.code, i.severity, i.attribute_names) for i in by_sku["FEED-2"].issues] == \
+        [("18027", "WARNING", ("bullet_point",))]
+    assert by_sku["FEED-3"].status == "INVALID_LOCALLY" and not by_sku["FEED-3"].sent
+    assert fake.listings["FEED-1"]["attributes"] == luggage("FEED-1") and "FEED-3" not in fake.listings
+    assert [m["sku"] for m in fake.feeds["50001"]["content"]["messages"]] == ["FEED-1", "FEED-2"]
+    assert fake.calls[1:] == ["createFeedDocument", "createFeed", "getFeed", "getFeed", "getFeedDocument"]
+    assert waits == [5]  # IN_QUEUE -> wait -> DONE at the second poll
+
+
+def test_errors_in_the_processing_report_come_back_to_their_sku(fake, client):
+    client.product_type_schema("LUGGAGE")
+    client.validate = lambda *a, **k: []  # as if the local schema were out of date: Amazon's report has the say
+    bad = luggage("FEED-9")
+    del bad["brand"]
+    [result] = client.push_feed([("FEED-9", "LUGGAGE", bad)], poll_seconds=0)
+    assert result.status == "INVALID" and result.sent
+    assert [(i.code, i.severity, i.attribute_names) for i in result.issues] == [("90220", "ERROR", ("brand",))]
