@@ -22,6 +22,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -69,11 +70,12 @@ def _check(model: dict[str, Any], schema: dict[str, Any], value: Any) -> list[st
 
 
 class Bucket:
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst, self.tokens, self.updated = rate, burst, float(burst), time.monotonic()
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self.tokens, self.clock = rate, burst, float(burst), clock
+        self.updated = clock()
 
     def take(self) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1:
@@ -87,7 +89,7 @@ def _errors(code: str, message: str, details: str = "") -> dict[str, Any]:
 
 
 class FakeAmazon:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.server = RecordingServer(self._handle)
         self.url = self.server.url
         self.token_url = self.url + TOKEN_PATH
@@ -103,7 +105,7 @@ class FakeAmazon:
         self.reports: list[dict[str, Any]] = []
         self.tokens_issued = 0
         self._valid_tokens: set[str] = set()
-        self.buckets = {op: Bucket(rate, burst) for op, (rate, burst) in LIMITS.items()}
+        self.buckets = {op: Bucket(rate, burst, clock) for op, (rate, burst) in LIMITS.items()}
 
     def expire_tokens(self) -> None:
         with self.server.lock:

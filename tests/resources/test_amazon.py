@@ -183,3 +183,26 @@ def test_errors_in_the_processing_report_come_back_to_their_sku(fake, client):
     [result] = client.push_feed([("FEED-9", "LUGGAGE", bad)], poll_seconds=0)
     assert result.status == "INVALID" and result.sent
     assert [(i.code, i.severity, i.attribute_names) for i in result.issues] == [("90220", "ERROR", ("brand",))]
+
+
+def test_the_fake_refuses_a_request_outside_the_contract(fake, client):
+    response = client.http.request("PUT", f"{fake.url}/listings/2021-08-01/items/{SELLER}/X-1", raise_for_status=False,
+                                   headers={"x-amz-access-token": client.access_token()},
+                                   json={"productType": "LUGGAGE", "requirements": "EVERYTHING"})
+    assert response.status_code == 400
+    assert any("missing query parameter marketplaceIds" in v for v in fake.violations)
+    assert any("'EVERYTHING' is not one of" in v for v in fake.violations)
+    fake.violations.clear()
+
+
+def test_the_fake_answers_429_past_the_documented_burst():
+    with FakeAmazon(clock=lambda: 0.0) as fake:  # time stands still: only the burst is available
+        client = AmazonListings(endpoint_url=fake.url, token_url=fake.token_url, client_id=CLIENT_ID,
+                                client_secret=CLIENT_SECRET, refresh_token=REFRESH_TOKEN, seller_id=SELLER,
+                                marketplace_ids=[MARKETPLACE], rates={}, sleep=lambda s: None)
+        client.http.max_attempts = 1
+        for n in range(10):
+            assert client.put_listing(f"B-{n}", "LUGGAGE", luggage(f"B-{n}")).ok
+        with pytest.raises(AmazonError, match="HTTP 429"):
+            client.put_listing("B-10", "LUGGAGE", luggage("B-10"))
+        assert fake.throttled == 1 and len(fake.listings) == 10 and not fake.violations
