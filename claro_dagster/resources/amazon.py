@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json as jsonlib
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +55,8 @@ RATES: dict[str, tuple[float, int]] = {
     "getFeedDocument": (0.0222, 10),
 }
 FEEDS = "/feeds/2021-06-30"
+DEFAULT_ENDPOINT = "https://sellingpartnerapi-na.amazon.com"  # North America; EU: -eu, Far East: -fe
+DEFAULT_TOKEN_URL = "https://api.amazon.com/auth/o2/token"
 FEED_DONE = frozenset({"DONE", "FATAL", "CANCELLED"})
 
 
@@ -143,6 +146,22 @@ class AmazonListings:
         self._token_expires = 0.0
         self._versions: dict[str, str] = {}  # product type -> version fetched
         self._schemas: dict[tuple[str, str], dict[str, Any]] = {}  # (product type, version) -> JSON Schema
+
+    @classmethod
+    def from_environment(cls, *, seller_id: str, marketplace_ids: Sequence[str], client_id_env: str,
+                         client_secret_env: str, refresh_token_env: str, endpoint_url_env: str | None = None,
+                         token_url_env: str | None = None, environ: Mapping[str, str] | None = None,
+                         **kwargs: Any) -> AmazonListings:
+        """A client from the environment variables a spec names; unset endpoint variables mean Amazon's own."""
+        environ = os.environ if environ is None else environ
+        missing = [name for name in (client_id_env, client_secret_env, refresh_token_env) if not environ.get(name)]
+        if missing:
+            raise AmazonError(f"Set {', '.join(missing)} to push listings to Amazon (the SP-API application's LWA "
+                              "client id and secret, and the seller's refresh token from authorising the app)")
+        return cls(seller_id=seller_id, marketplace_ids=marketplace_ids, client_id=environ[client_id_env],
+                   client_secret=environ[client_secret_env], refresh_token=environ[refresh_token_env],
+                   endpoint_url=environ.get(endpoint_url_env or "", "") or DEFAULT_ENDPOINT,
+                   token_url=environ.get(token_url_env or "", "") or DEFAULT_TOKEN_URL, **kwargs)
 
     # ------------------------------------------------------------------ token
     def access_token(self, *, refresh: bool = False) -> str:

@@ -206,3 +206,19 @@ def test_the_fake_answers_429_past_the_documented_burst():
         with pytest.raises(AmazonError, match="HTTP 429"):
             client.put_listing("B-10", "LUGGAGE", luggage("B-10"))
         assert fake.throttled == 1 and len(fake.listings) == 10 and not fake.violations
+
+
+def test_the_client_comes_from_the_environment_variables_a_spec_names(fake):
+    names = {"client_id_env": "AMZ_ID", "client_secret_env": "AMZ_SECRET", "refresh_token_env": "AMZ_REFRESH",
+             "endpoint_url_env": "AMZ_ENDPOINT", "token_url_env": "AMZ_TOKEN_URL"}
+    with pytest.raises(AmazonError, match="Set AMZ_ID, AMZ_SECRET, AMZ_REFRESH to push listings"):
+        AmazonListings.from_environment(seller_id=SELLER, marketplace_ids=[MARKETPLACE], environ={}, **names)
+    environ = {"AMZ_ID": CLIENT_ID, "AMZ_SECRET": CLIENT_SECRET, "AMZ_REFRESH": REFRESH_TOKEN,
+               "AMZ_ENDPOINT": fake.url, "AMZ_TOKEN_URL": fake.token_url}
+    client = AmazonListings.from_environment(seller_id=SELLER, marketplace_ids=[MARKETPLACE], environ=environ,
+                                             **names)
+    assert client.put_listing("ENV-1", "LUGGAGE", luggage("ENV-1")).ok
+    default = AmazonListings.from_environment(seller_id=SELLER, marketplace_ids=[MARKETPLACE],
+                                              environ={**environ, "AMZ_ENDPOINT": "", "AMZ_TOKEN_URL": ""}, **names)
+    assert (default.endpoint_url, default.token_url) == \
+        ("https://sellingpartnerapi-na.amazon.com", "https://api.amazon.com/auth/o2/token")
