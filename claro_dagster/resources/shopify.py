@@ -328,3 +328,66 @@ def push_product(client: ShopifyClient, payload: ProductPayload, product_id: str
         for k in payload.keys:
             result.errors.setdefault(k, message)
     return result
+
+
+# ------------------------------------------------------------------------------------------------- push
+@dataclass
+class PushPlan:
+    """What a push does (or, dry, would do): product handles by action, and records held back with why."""
+
+    create: list[str] = field(default_factory=list)
+    update: list[str] = field(default_factory=list)
+    archive: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # record key -> error (userErrors, held records)
+    sent: int = 0  # productSet calls made
+
+    def summary(self) -> str:
+        return (f"{len(self.create)} to create, {len(self.update)} to update, {len(self.archive)} to archive, "
+                f"{len(self.unchanged)} unchanged, {len(self.failed)} records failed")
+
+
+def push(client: ShopifyClient | None, state: Any, destination: str, dest: Any, records: Iterable[Mapping],
+         key: str, *, dry_run: bool = False) -> PushPlan:
+    """Push records to Shopify, sending only products whose payload changed since the last successful push.
+
+    `records` must hold every record of each product group it touches (`productSet` replaces a product's
+    variants: a group sent with only its changed records would lose the others). `state` is a
+    `catalogue.channels.ChannelState`; with `dry_run` nothing is sent and nothing is written."""
+    from claro_dagster.catalogue.channels import ChannelRecord
+
+    products = build_products(records, dest, key)
+    stored = state.get(destination, [k for p in products for k in (*p.keys, *p.errors)])
+    plan, entries = PushPlan(), []
+    for payload in products:
+        mine = [stored[k] for k in payload.keys if k in stored]
+        remote_id = next((e.remote_id for e in mine if e.remote_id), None)
+        archiving = payload.input.get("status") == "ARCHIVED"
+        unchanged = (len(mine) == len(payload.keys) and all(e.hash == payload.digest and e.status in
+                                                             ("pushed", "archived") for e in mine))
+        held = [ChannelRecord(destination, k, "held", payload.handle, remote_id, error=why)
+                for k, why in payload.errors.items()]
+        plan.failed.update(payload.errors)
+        if unchanged or not payload.keys:
+            plan.unchanged.append(payload.handle)
+            entries += held
+            continue
+        (plan.archive if archiving else plan.update if remote_id else plan.create).append(payload.handle)
+        if dry_run:
+            continue
+        result = push_product(client, payload, remote_id)
+        plan.sent += 1
+        for k in payload.keys:
+            error = result.errors.get(k)
+            if error or not result.ok:
+                plan.failed[k] = error or "Shopify returned no product"
+                entries.append(ChannelRecord(destination, k, "failed", payload.handle,
+                                             result.product_id or remote_id, error=plan.failed[k]))
+            else:
+                entries.append(ChannelRecord(destination, k, "archived" if archiving else "pushed", payload.handle,
+                                             result.product_id, {"variant": result.variant_ids.get(k),
+                                                                 "media": result.media_ids}, payload.digest))
+        entries += held
+    if not dry_run:
+        state.put(entries)
+    return plan

@@ -160,3 +160,87 @@ def test_missing_settings_say_which_variable(monkeypatch) -> None:
     monkeypatch.setenv("SHOP_TOKEN", "t")
     with pytest.raises(ShopifyError, match="set SHOP_URL"):
         ShopifyClient.from_env("SHOP_URL", "SHOP_TOKEN")
+
+
+# ------------------------------------------------------------------------------ channel state and push
+@pytest.fixture
+def state(tmp_path):
+    from claro_dagster.catalogue.channels import ChannelState
+
+    class Store:  # ChannelState needs only the store's engine
+        engine = __import__("sqlalchemy").create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+
+    return ChannelState(Store())
+
+
+def test_second_push_sends_nothing_and_one_price_change_sends_that_product(shop, clock, state) -> None:
+    from claro_dagster.resources.shopify import push
+
+    client = client_for(shop, clock)
+    first = push(client, state, "shop", DEST, RECORDS, "sku")
+    assert sorted(first.create) == ["polo", "tee"] and first.sent == 2 and first.failed == {}
+    assert state.counts("shop") == {"pushed": 4}
+    stored = state.get("shop")
+    assert stored["T-R-M"].remote_id == next(p["id"] for p in shop.products.values() if p["handle"] == "tee")
+    assert stored["T-R-M"].remote_ids["variant"] == shop.products[stored["T-R-M"].remote_id]["variants"][0]["id"]
+    shop.operations.clear()
+    again = push(client, state, "shop", DEST, RECORDS, "sku")
+    assert again.sent == 0 and shop.operations == [] and sorted(again.unchanged) == ["polo", "tee"]
+    changed = [dict(r, price=5) if r["sku"] == "P-1" else r for r in RECORDS]
+    third = push(client, state, "shop", DEST, changed, "sku")
+    assert third.update == ["polo"] and shop.operations == ["productSet"]
+    polo = shop.products[state.get("shop")["P-1"].remote_id]
+    assert polo["variants"][0]["price"] == "5.00" and len(shop.products) == 2
+
+
+def test_archived_status_archives_the_product_and_dry_run_sends_nothing(shop, clock, state) -> None:
+    from claro_dagster.resources.shopify import push
+
+    client = client_for(shop, clock)
+    push(client, state, "shop", DEST, RECORDS, "sku")
+    archived = [dict(r, state="archived") if r["style"] == "POLO" else r for r in RECORDS]
+    shop.operations.clear()
+    dry = push(None, state, "shop", DEST, archived, "sku", dry_run=True)
+    assert dry.archive == ["polo"] and dry.sent == 0 and shop.operations == []
+    assert state.counts("shop") == {"pushed": 4}
+    push(client, state, "shop", DEST, archived, "sku")
+    assert shop.products[state.get("shop")["P-1"].remote_id]["status"] == "ARCHIVED"
+    assert state.counts("shop") == {"pushed": 3, "archived": 1}
+
+
+def test_user_errors_and_held_records_land_in_channel_state(shop, clock, state) -> None:
+    from claro_dagster.resources.shopify import push
+
+    records = [record("BAD", style="NEG", price=-1), record("A"), record("B")]
+    plan = push(client_for(shop, clock), state, "shop", DEST, records, "sku")
+    assert plan.failed == {"BAD": "input.variants.0.price: Price must be greater than or equal to 0",
+                           "B": "claims the same variant (red, M) as record 'A' of product 'TEE'"}
+    assert [(e.record, e.status) for e in state.failures("shop")] == [("B", "held"), ("BAD", "failed")]
+    assert state.get("shop")["A"].status == "pushed"
+    # the failed product is sent again next time (its hash was never stored), the good one is not
+    shop.operations.clear()
+    push(client_for(shop, clock), state, "shop", DEST, records, "sku")
+    assert shop.operations == ["productByIdentifier", "productSet"]
+
+
+def test_a_push_interrupted_before_ids_were_stored_resumes_without_duplicating(shop, clock, state) -> None:
+    from claro_dagster.resources.http import HttpError
+    from claro_dagster.resources.shopify import push
+
+    shop.fail_after_create = True
+    client = client_for(shop, clock, max_attempts=1)  # the lookup after the lost answer fails too: the run dies
+    original = client.product_id_by_handle
+    calls = []
+
+    def flaky(handle):
+        calls.append(handle)
+        if len(calls) == 2:
+            raise HttpError("POST", shop.url, None, reason="connection refused")
+        return original(handle)
+
+    client.product_id_by_handle = flaky
+    with pytest.raises(HttpError):
+        push(client, state, "shop", DEST, RECORDS[:1], "sku")
+    assert len(shop.products) == 1 and state.get("shop") == {}
+    push(client_for(shop, clock), state, "shop", DEST, RECORDS[:1], "sku")
+    assert len(shop.products) == 1 and state.get("shop")["T-R-M"].status == "pushed"
