@@ -26,7 +26,7 @@ SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
 AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3")
-AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres")
+AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify")
 # Slack channel ids: C (public), G (private), D (direct message) followed by upper-case alphanumerics.
 _SLACK_CHANNEL = re.compile(r"#[^\s#]+|[CGD][A-Z0-9]{6,}")
 # Who may use a slash command: a user id (U…, W… on Enterprise Grid), a user-group id (S…) or everyone.

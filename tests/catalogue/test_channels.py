@@ -24,4 +24,4 @@ def test_channel_state_round_trips_and_replaces(store_url) -> None:
     assert ChannelState(store).get("shop", ["A"]).keys() == {"A"}  # a second open keeps the table
     with pytest.raises(ValueError, match="not one of"):
         state.put([ChannelRecord("shop", "C", "sent")])
-    store.close() if hasattr(store, "close") else None
+    store.dispose()
