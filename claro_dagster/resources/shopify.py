@@ -400,8 +400,9 @@ def cursor_name(destination: str) -> str:
 
 def push_from_store(store: Any, destination: str, dest: Any, client: ShopifyClient | None, *,
                     filter: str | None = None, dry_run: bool = False) -> PushPlan:
-    """Push the records changed since the destination's cursor (with every other record of their products,
-    which `productSet` needs) and move the cursor. A narrower ad-hoc `filter` or a dry run leaves it."""
+    """Push the records changed since the destination's cursor and those refused last time (with every other
+    record of their products, which `productSet` needs), then move the cursor. A narrower ad-hoc `filter` or a
+    dry run leaves it."""
     from claro_dagster.catalogue.channels import ChannelState
 
     where = " and ".join(f"({f})" for f in (dest.filter, filter) if f) or None
@@ -409,15 +410,19 @@ def push_from_store(store: Any, destination: str, dest: Any, client: ShopifyClie
     upto = store.last_seq()
     key = store.catalogue(dest.catalogue).key
     changed = store.changed_since(dest.catalogue, since, filter=where)
+    state = ChannelState(store)
+    retry = {e.record for e in state.failures(destination)}  # refused last time: sent again until accepted
     plan = PushPlan()
-    if len(changed):
+    if len(changed) or retry:
         group = dest.group_by or key
-        groups = {_text(v) for v in changed[group].tolist()}
+        groups = {_text(v) for v in changed[group].tolist()} if len(changed) else set()
         # Every record of a touched product (productSet replaces its variants). Reads the filtered catalogue
         # once; a group-valued SQL filter would read less for very large catalogues.
         everything = store.records(dest.catalogue, filter=where)
-        records = [r for r in everything.to_dict("records") if _text(r.get(group)) in groups]
-        plan = push(client, ChannelState(store), destination, dest, records, key, dry_run=dry_run)
+        rows = everything.to_dict("records")
+        groups |= {_text(r.get(group)) for r in rows if _text(r.get(key)) in retry}
+        records = [r for r in rows if _text(r.get(group)) in groups]
+        plan = push(client, state, destination, dest, records, key, dry_run=dry_run)
     if not filter and not dry_run:
         store.set_cursor(cursor_name(destination), str(upto))
     return plan
