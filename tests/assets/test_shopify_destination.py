@@ -78,3 +78,15 @@ def test_shopify_destination_pushes_then_sends_nothing_then_only_the_change(shop
     assert by_sku["ACM-10101"][0]["id"] in fake.products
     assert {v["sku"]: v["price"] for p in fake.products.values() for v in p["variants"]}["ACM-10101"] == "99.50"
     assert ChannelState(claro.store).counts("shop") == {"pushed": 10}
+
+
+def test_a_destination_job_runs_one_at_a_time_in_production(shop):
+    """The destination's job carries the run tag that dagster.prod.yaml's queue limits to one run per value."""
+    from pathlib import Path
+
+    defs = shop[0]
+    job = defs.resolve_job_def("products_shop")
+    assert job.tags["claro/destination"] == "shop"
+    prod = yaml.safe_load((Path(__file__).parents[2] / "dagster.prod.yaml").read_text(encoding="utf-8"))
+    limits = prod["run_coordinator"]["config"]["tag_concurrency_limits"]
+    assert {"key": "claro/destination", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
