@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from claro_dagster.catalogue.channels import ChannelState
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.operations.analyse import analyse_catalogue
 from claro_dagster.operations.export import CHUNK_ROWS as EXPORT_CHUNK_ROWS
@@ -158,6 +159,10 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
 
     @dg.asset(key=[catalogue, name], group_name=catalogue, deps=after, kinds={dest.kind},
               required_resource_keys={resource_key, "claro"}, op_tags={"claro/destination": name},
+              check_specs=[dg.AssetCheckSpec("all_pushed", asset=dg.AssetKey([catalogue, name]),
+                                             description="every record that should be on the channel was "
+                                                         "accepted by its last push")]
+              if dest.kind == "shopify" else None,
               description=f"Outbound {dest.kind}: {'snapshot' if dest.kind == 's3' else 'incremental upsert'} "
                           f"of {catalogue}" + (f" where {dest.filter}" if dest.filter else ""))
     def destination(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:
@@ -173,9 +178,16 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
             return dg.MaterializeResult(metadata={"rows": len(frame), "uri": f"s3://{dest.bucket}/{key}"})
         if dest.kind == "shopify":
             plan = push_from_store(store, name, dest, connector.client(), filter=config.filter)
+            expected = len(store.records(catalogue, filter=dest.filter, columns=[store.catalogue(catalogue).key]))
+            counts = ChannelState(store).counts(name)
+            accepted = counts.get("pushed", 0) + counts.get("archived", 0)
+            check = dg.AssetCheckResult(check_name="all_pushed", passed=accepted == expected, metadata={
+                "should_be_on_channel": expected, "accepted": accepted, "failed": counts.get("failed", 0),
+                "held": counts.get("held", 0)})
             return dg.MaterializeResult(metadata={
                 "created": len(plan.create), "updated": len(plan.update), "archived": len(plan.archive),
-                "unchanged": len(plan.unchanged), "failed": len(plan.failed), "calls": plan.sent})
+                "unchanged": len(plan.unchanged), "failed": len(plan.failed), "calls": plan.sent},
+                check_results=[check])
         cursor_name = f"destination:{name}"
         since = int(store.get_cursor(cursor_name, "0"))
         upto = store.last_seq()

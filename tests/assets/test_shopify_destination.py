@@ -54,7 +54,8 @@ def sync(defs, instance):
     result = dg.materialize(list(defs.assets), selection=[dg.AssetKey(["products", "shop"])], instance=instance,
                             resources=defs.resources)
     [event] = result.get_asset_materialization_events()
-    return {k: v.value for k, v in event.materialization.metadata.items()}
+    [check] = result.get_asset_check_evaluations()
+    return {k: v.value for k, v in event.materialization.metadata.items()} | {"check_passed": check.passed}
 
 
 def test_shopify_destination_pushes_then_sends_nothing_then_only_the_change(shop):
@@ -64,6 +65,7 @@ def test_shopify_destination_pushes_then_sends_nothing_then_only_the_change(shop
     first = sync(defs, instance)
     records = claro.store.records("products")
     assert first["created"] == len(fake.products) == len(records) == 10 and first["failed"] == 0
+    assert first["check_passed"]
     assert fake.contract_errors == []
     by_sku = {v["sku"]: (p, v) for p in fake.products.values() for v in p["variants"]}
     for row in records.to_dict("records"):
@@ -90,3 +92,10 @@ def test_a_destination_job_runs_one_at_a_time_in_production(shop):
     prod = yaml.safe_load((Path(__file__).parents[2] / "dagster.prod.yaml").read_text(encoding="utf-8"))
     limits = prod["run_coordinator"]["config"]["tag_concurrency_limits"]
     assert {"key": "claro/destination", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+
+
+def test_the_check_fails_while_a_record_is_refused(shop):
+    defs, claro, instance, fake = shop
+    claro.store.apply(ChangeSet("neg", "products", "enrich", [Change("ACM-10101", "price", -1, 99)]))
+    result = sync(defs, instance)
+    assert result["failed"] == 1 and not result["check_passed"]
