@@ -713,6 +713,8 @@ def push(destination: Annotated[str, typer.Argument(help="A destination of kind 
     for action, handles in (("create", plan.create), ("update", plan.update), ("archive", plan.archive)):
         for handle in handles:
             console.print(f"{verb}{action} {handle}", highlight=False, markup=False)
+            for change in plan.changes.get(handle, []):
+                console.print(f"  {change}", highlight=False, markup=False)
     for record, error in sorted(plan.failed.items()):
         console.print(f"failed {record}: {error}", highlight=False, markup=False)
     console.print(("dry run: " if dry_run else "") + plan.summary(), highlight=False, markup=False)

@@ -71,7 +71,14 @@ def test_dry_run_sends_nothing_then_push_then_status(project):
             in status.stdout
 
         shop.operations.clear()
-        again = run("push", "shop", project=project, shop=shop)  # only the refused record is tried again
+        spec, home = project
+        store = open_store(load_spec(spec), home=home)
+        store.apply(ChangeSet("cheaper", "products", "enrich", [Change("SKU-1", "price", 4, 100)]))
+        store.dispose()
+        dry = run("push", "shop", "--dry-run", project=project, shop=shop)
+        assert 'would update sku-1\n  variant SKU-1 price: "4.50" -> "4.00"' in dry.stdout, dry.stdout
+        shop.operations.clear()
+        again = run("push", "shop", "--filter", 'sku == "SKU-2"', project=project, shop=shop)  # the refused one
         assert again.returncode == 1 and shop.operations == ["productByIdentifier", "productSet"]
         assert "1 unchanged" not in again.stdout and len(shop.products) == 1
 

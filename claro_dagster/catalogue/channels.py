@@ -27,6 +27,7 @@ channel_state = sa.Table(
     sa.Column("remote_id", sa.Text),  # e.g. the Shopify product id
     sa.Column("remote_ids", sa.Text),  # JSON: variant and media ids
     sa.Column("hash", sa.Text),  # of the payload last pushed successfully
+    sa.Column("payload", sa.Text),  # JSON of that payload: a dry run shows what changed field by field
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -44,6 +45,7 @@ class ChannelRecord:
     remote_ids: dict[str, Any] = field(default_factory=dict)
     hash: str | None = None
     error: str | None = None
+    payload: dict[str, Any] | None = None
 
 
 class ChannelState:
@@ -62,14 +64,17 @@ class ChannelState:
             rows = conn.execute(query).mappings().all()
         return {row["record"]: ChannelRecord(row["destination"], row["record"], row["status"], row["group_key"],
                                              row["remote_id"], json.loads(row["remote_ids"] or "{}"), row["hash"],
-                                             row["error"]) for row in rows}
+                                             row["error"], json.loads(row["payload"]) if row["payload"] else None)
+                for row in rows}
 
     def put(self, entries: Iterable[ChannelRecord]) -> int:
         """Insert or replace entries (one transaction); return how many were written."""
         c = channel_state
         rows = [{"destination": e.destination, "record": e.record, "group_key": e.group_key,
                  "remote_id": e.remote_id, "remote_ids": json.dumps(e.remote_ids, sort_keys=True), "hash": e.hash,
-                 "status": e.status, "error": e.error, "updated_at": now()} for e in entries]
+                 "status": e.status, "error": e.error, "updated_at": now(),
+                 "payload": json.dumps(e.payload, sort_keys=True) if e.payload is not None else None}
+                for e in entries]
         if not rows:
             return 0
         for row in rows:

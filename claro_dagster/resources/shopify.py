@@ -341,10 +341,32 @@ class PushPlan:
     unchanged: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # record key -> error (userErrors, held records)
     sent: int = 0  # productSet calls made
+    changes: dict[str, list[str]] = field(default_factory=dict)  # handle -> "field: old -> new" of an update
 
     def summary(self) -> str:
         return (f"{len(self.create)} to create, {len(self.update)} to update, {len(self.archive)} to archive, "
                 f"{len(self.unchanged)} unchanged, {len(self.failed)} records failed")
+
+
+def payload_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
+    """What differs between the payload last pushed and this one, field by field (variants by SKU)."""
+    if old is None:
+        return []
+    out = []
+    for name in sorted((set(old) | set(new)) - {"variants", "id"}):
+        if old.get(name) != new.get(name):
+            out.append(f"{name}: {json.dumps(old.get(name))} -> {json.dumps(new.get(name))}")
+    before = {v.get("sku"): v for v in old.get("variants", [])}
+    after = {v.get("sku"): v for v in new.get("variants", [])}
+    for sku in sorted(set(before) | set(after), key=str):
+        if sku not in before or sku not in after:
+            out.append(f"variant {sku}: {'added' if sku in after else 'removed'}")
+            continue
+        for name in sorted(set(before[sku]) | set(after[sku])):
+            if before[sku].get(name) != after[sku].get(name):
+                out.append(f"variant {sku} {name}: {json.dumps(before[sku].get(name))} -> "
+                           f"{json.dumps(after[sku].get(name))}")
+    return out
 
 
 def push(client: ShopifyClient | None, state: Any, destination: str, dest: Any, records: Iterable[Mapping],
@@ -373,6 +395,9 @@ def push(client: ShopifyClient | None, state: Any, destination: str, dest: Any, 
             entries += held
             continue
         (plan.archive if archiving else plan.update if remote_id else plan.create).append(payload.handle)
+        if remote_id:
+            plan.changes[payload.handle] = payload_changes(next((e.payload for e in mine if e.payload), None),
+                                                           payload.input)
         if dry_run:
             continue
         result = push_product(client, payload, remote_id)
@@ -386,7 +411,8 @@ def push(client: ShopifyClient | None, state: Any, destination: str, dest: Any, 
             else:
                 entries.append(ChannelRecord(destination, k, "archived" if archiving else "pushed", payload.handle,
                                              result.product_id, {"variant": result.variant_ids.get(k),
-                                                                 "media": result.media_ids}, payload.digest))
+                                                                 "media": result.media_ids}, payload.digest,
+                                             payload=payload.input))
         entries += held
     if not dry_run:
         state.put(entries)

@@ -202,6 +202,10 @@ def test_archived_status_archives_the_product_and_dry_run_sends_nothing(shop, cl
     shop.operations.clear()
     dry = push(None, state, "shop", DEST, archived, "sku", dry_run=True)
     assert dry.archive == ["polo"] and dry.sent == 0 and shop.operations == []
+    assert dry.changes == {"polo": ['status: "ACTIVE" -> "ARCHIVED"']}
+    cheaper = [dict(r, price=9) if r["sku"] == "T-R-L" else r for r in RECORDS]
+    assert push(None, state, "shop", DEST, cheaper, "sku", dry_run=True).changes == {
+        "tee": ['variant T-R-L price: "19.50" -> "9.00"']}
     assert state.counts("shop") == {"pushed": 4}
     push(client, state, "shop", DEST, archived, "sku")
     assert shop.products[state.get("shop")["P-1"].remote_id]["status"] == "ARCHIVED"
