@@ -53,6 +53,7 @@ query claroProductByHandle($handle: String!) {
 MUTATION_COST = 10
 QUERY_COST = 1
 STATUSES = {"active": "ACTIVE", "draft": "DRAFT", "archived": "ARCHIVED"}
+STATE_BATCH = 50  # channel-state rows written per transaction during a push
 
 
 class ShopifyError(Exception):
@@ -414,6 +415,9 @@ def push(client: ShopifyClient | None, state: Any, destination: str, dest: Any, 
                                                                  "media": result.media_ids}, payload.digest,
                                              payload=payload.input))
         entries += held
+        if len(entries) >= STATE_BATCH:  # stored as the push goes: a push that dies mid-way keeps what it did
+            state.put(entries)
+            entries = []
     if not dry_run:
         state.put(entries)
     return plan

@@ -248,3 +248,25 @@ def test_a_push_interrupted_before_ids_were_stored_resumes_without_duplicating(s
     assert len(shop.products) == 1 and state.get("shop") == {}
     push(client_for(shop, clock), state, "shop", DEST, RECORDS[:1], "sku")
     assert len(shop.products) == 1 and state.get("shop")["T-R-M"].status == "pushed"
+
+
+def test_the_api_down_mid_push_the_next_run_resumes_without_duplicating(shop, clock, state, monkeypatch) -> None:
+    from claro_dagster.resources import shopify
+    from claro_dagster.resources.http import HttpError
+    from claro_dagster.resources.shopify import push
+
+    monkeypatch.setattr(shopify, "STATE_BATCH", 1)
+    client = client_for(shop, clock, max_attempts=2)
+    served = shop.server.handler
+
+    # every request fails once the first product exists: the push dies after storing that product's state
+    shop.server.handler = lambda request: (503, {}, {"errors": "Service Unavailable"}) if shop.products \
+        else served(request)
+    with pytest.raises(HttpError, match="503"):
+        push(client, state, "shop", DEST, RECORDS, "sku")
+    assert len(shop.products) == 1 and state.counts("shop") == {"pushed": 3}  # the first product was kept
+    shop.server.handler = served
+    shop.operations.clear()
+    plan = push(client, state, "shop", DEST, RECORDS, "sku")
+    assert plan.unchanged == ["tee"] and plan.create == ["polo"] and len(shop.products) == 2
+    assert shop.operations == ["productByIdentifier", "productSet"]
