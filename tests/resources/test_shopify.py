@@ -270,3 +270,17 @@ def test_the_api_down_mid_push_the_next_run_resumes_without_duplicating(shop, cl
     plan = push(client, state, "shop", DEST, RECORDS, "sku")
     assert plan.unchanged == ["tee"] and plan.create == ["polo"] and len(shop.products) == 2
     assert shop.operations == ["productByIdentifier", "productSet"]
+
+
+def test_an_option_value_outside_the_products_options_is_refused_by_the_fake(shop, clock) -> None:
+    """What Shopify answers when a variant names an option value the product does not have (the payload builder
+    never sends one: it derives the options from the variants), and when a product has four options."""
+    client = client_for(shop, clock)
+    _, errors = client.product_set({"title": "x", "handle": "x", "productOptions": [
+        {"name": "Colour", "values": [{"name": "red"}]}], "variants": [
+        {"optionValues": [{"optionName": "Colour", "name": "green"}]}]})
+    assert errors == [{"field": ["input", "variants", "0", "optionValues"], "message": "Option value 'green' does "
+                       "not exist for option 'Colour'", "code": "INVALID_INPUT"}]
+    _, errors = client.product_set({"title": "x", "handle": "x", "productOptions": [
+        {"name": n, "values": [{"name": "a"}]} for n in "ABCD"], "variants": []})
+    assert errors[0]["message"] == "Can only specify a maximum of 3 options" and shop.products == {}
