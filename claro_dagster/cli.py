@@ -684,6 +684,59 @@ def export(catalogue: CatalogueOption = None,
     console.print(f"{result.rows} record(s) -> {result.path}")
 
 
+@app.command()
+def push(destination: Annotated[str, typer.Argument(help="A destination of kind shopify, or `status`.")],
+         target: Annotated[str | None, typer.Argument(help="With `status`: the destination to report on.")] = None,
+         filter: Annotated[str | None, typer.Option("--filter", "-f", help="Only these records (the cursor stays "
+                                                                            "put).")] = None,
+         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be created, updated and "
+                                                                 "archived; send nothing.")] = False) -> None:
+    """Push what changed to a sales channel (`claro push DEST`), or report its channel state
+    (`claro push status DEST`)."""
+    spec = ctx.spec()
+    if destination == "status" and target is not None:
+        return _push_status(target)
+    dest = spec.destinations.get(destination)
+    if dest is None:
+        raise user_error(f"unknown destination {destination!r}; destinations are: {', '.join(spec.destinations)}")
+    if dest.kind != "shopify":
+        raise user_error(f"{destination!r} is a {dest.kind} destination; `claro push` pushes shopify destinations "
+                         f"(sync the others with `claro run {dest.catalogue}/{destination}`)")
+    from claro_dagster.resources.shopify import ShopifyClient, ShopifyError, push_from_store
+
+    try:
+        client = None if dry_run else ShopifyClient.from_env(dest.shop_url_env, dest.token_env, dest.api_version)
+        plan = push_from_store(ctx.store(), destination, dest, client, filter=filter, dry_run=dry_run)
+    except ShopifyError as error:
+        raise user_error(str(error)) from error
+    verb = "would " if dry_run else ""
+    for action, handles in (("create", plan.create), ("update", plan.update), ("archive", plan.archive)):
+        for handle in handles:
+            console.print(f"{verb}{action} {handle}", highlight=False, markup=False)
+            for change in plan.changes.get(handle, []):
+                console.print(f"  {change}", highlight=False, markup=False)
+    for record, error in sorted(plan.failed.items()):
+        console.print(f"failed {record}: {error}", highlight=False, markup=False)
+    console.print(("dry run: " if dry_run else "") + plan.summary(), highlight=False, markup=False)
+    if plan.failed and not dry_run:
+        raise typer.Exit(1)
+
+
+def _push_status(destination: str) -> None:
+    from claro_dagster.catalogue.channels import ChannelState
+
+    if destination not in ctx.spec().destinations:
+        raise user_error(f"unknown destination {destination!r}; destinations are: "
+                         f"{', '.join(ctx.spec().destinations)}")
+    state = ChannelState(ctx.store())
+    counts = state.counts(destination)
+    console.print(f"{destination}: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing "
+                                        "pushed yet"), highlight=False, markup=False)
+    for entry in state.failures(destination):
+        console.print(f"push.failed {entry.record} ({entry.group_key}): {entry.error}", highlight=False,
+                      markup=False)
+
+
 @mapping_app.command("show")
 def mapping_show(source: str, format: Annotated[str, typer.Option("--format", help=(
         "table (default: each mapping file as it is), csv, or json: one JSON array with an object per mapped "

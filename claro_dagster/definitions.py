@@ -109,7 +109,9 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
             assets.append(asset)
             resources[destination_resource_key(dest_name)] = destination_resource(dest)
             destinations[dest_name] = asset.key
-            job(operation_job_name(dest.catalogue, dest_name), [asset.key], f"Sync {dest.catalogue} to {dest_name}")
+            # the run tag dagster.prod.yaml's tag_concurrency_limits keys on: one run per destination at a time
+            job(operation_job_name(dest.catalogue, dest_name), [asset.key], f"Sync {dest.catalogue} to {dest_name}",
+                tags={"claro/destination": dest_name})
         return destinations[dest_name]
 
     for catalogue in spec.catalogues:

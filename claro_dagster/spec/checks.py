@@ -26,7 +26,7 @@ SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
 AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3")
-AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres")
+AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify")
 # Slack channel ids: C (public), G (private), D (direct message) followed by upper-case alphanumerics.
 _SLACK_CHANNEL = re.compile(r"#[^\s#]+|[CGD][A-Z0-9]{6,}")
 # Who may use a slash command: a user id (U…, W… on Enterprise Grid), a user-group id (S…) or everyone.
@@ -204,6 +204,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
                             "variable that holds the database URL"))
             if not dest.table:
                 out.append((loc + ("table",), "a postgres destination needs 'table'"))
+        if dest.kind == "shopify" and dest.catalogue in spec.catalogues:
+            out += _check_shopify(spec, loc, dest)
 
     for pname, pipe in spec.pipelines.items():
         loc = ("pipelines", pname)
@@ -299,6 +301,92 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
             out.append((loc + ("cron",), msg))
     if msg := _cron_problem(spec.retention.cron):
         out.append((("retention", "cron"), msg))
+    return out
+
+
+# Shopify metafield types a catalogue attribute can fill, by attribute type (shopify.dev "metafield types").
+SHOPIFY_METAFIELD_TYPES: dict[str, tuple[str, ...]] = {
+    "single_line_text_field": ("text", "enum", "reference", "number", "date"),
+    "multi_line_text_field": ("text", "enum"),
+    "rich_text_field": ("text",),
+    "number_integer": ("number",),
+    "number_decimal": ("number",),
+    "boolean": ("text", "enum"),
+    "date": ("date",),
+    "date_time": ("date",),
+    "url": ("text", "image"),
+    "color": ("text", "enum"),
+    "json": ("text",),
+    "weight": ("number",),
+    "dimension": ("number",),
+    "volume": ("number",),
+    "list.single_line_text_field": ("text", "enum"),
+}
+SHOPIFY_STATUSES: tuple[str, ...] = ("active", "draft", "archived")
+SHOPIFY_MAX_OPTIONS = 3
+# Mapping keys naming one attribute, with the attribute types each accepts (None: any type).
+_SHOPIFY_FIELDS: dict[str, tuple[str, ...] | None] = {
+    "group_by": None, "title": ("text", "enum", "reference"), "description": ("text",),
+    "vendor": ("text", "enum", "reference"), "product_type": ("text", "enum"), "tags": ("text", "enum"),
+    "status": ("enum", "text"), "price": ("number",), "compare_at_price": ("number",),
+    "sku": ("text",), "barcode": ("text",),
+}
+
+
+def _check_shopify(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:
+    """The Shopify mapping against its catalogue: attributes exist and have a type Shopify can hold, at most
+    three options, enum values of `status` are Shopify statuses, metafield types fit their attribute."""
+    out: list[Problem] = []
+    attributes = spec.catalogues[dest.catalogue].attributes
+    where = f"an attribute of catalogue {dest.catalogue!r}"
+
+    def attribute(path: Loc, name: str, types: tuple[str, ...] | None) -> None:
+        if name not in attributes:
+            out.append((path, unknown(name, attributes, where)))
+        elif types and attributes[name].type not in types:
+            out.append((path, f"{name!r} is a {attributes[name].type} attribute; this key takes "
+                              f"{' or '.join(types)} attributes"))
+
+    for key, what in (("shop_url_env", "the shop's base URL (e.g. https://example.myshopify.com)"),
+                      ("token_env", "the Admin API access token")):
+        if not getattr(dest, key):
+            out.append((loc + (key,), f"a shopify destination needs {key!r}: the environment variable that "
+                                      f"holds {what}"))
+    for key, types in _SHOPIFY_FIELDS.items():
+        if getattr(dest, key):
+            attribute(loc + (key,), getattr(dest, key), types)
+    if not dest.title:
+        out.append((loc + ("title",), "a shopify destination needs 'title': the attribute that holds the "
+                                      "product title"))
+    if len(dest.options) > SHOPIFY_MAX_OPTIONS:
+        out.append((loc + ("options",), f"Shopify allows at most {SHOPIFY_MAX_OPTIONS} options per product, "
+                                        f"got {len(dest.options)}: keep three of {', '.join(dest.options)}"))
+    for i, name in enumerate(dest.options):
+        attribute(loc + ("options", i), name, ("enum", "text", "number"))
+        if dest.options.index(name) != i:
+            out.append((loc + ("options", i), f"{name!r} is listed twice in 'options'"))
+    if dest.group_by and dest.group_by in dest.options:
+        out.append((loc + ("group_by",), f"{dest.group_by!r} groups records into products, so it cannot also "
+                                         "be an option that tells variants apart"))
+    if dest.status in attributes and attributes[dest.status].type == "enum":
+        wrong = [v for v in attributes[dest.status].values or [] if v.lower() not in SHOPIFY_STATUSES]
+        if wrong:
+            out.append((loc + ("status",), f"values {', '.join(map(repr, wrong))} of {dest.status!r} are not "
+                                           f"Shopify statuses ({', '.join(SHOPIFY_STATUSES)})"))
+    for i, field in enumerate(dest.metafields):
+        path = loc + ("metafields", i)
+        if field.type not in SHOPIFY_METAFIELD_TYPES:
+            out.append((path + ("type",), unknown(field.type, SHOPIFY_METAFIELD_TYPES, "a Shopify metafield "
+                                                  "type", "supported")))
+        else:
+            attribute(path + ("attribute",), field.attribute, SHOPIFY_METAFIELD_TYPES[field.type])
+        if [(m.namespace, m.key) for m in dest.metafields].index((field.namespace, field.key)) != i:
+            out.append((path + ("key",), f"metafield {field.namespace}.{field.key} is mapped twice"))
+    if dest.images:
+        for i, name in enumerate(dest.images.attributes):
+            attribute(loc + ("images", "attributes", i), name, ("image", "text"))
+        if dest.images.alt:
+            attribute(loc + ("images", "alt"), dest.images.alt, ("text", "enum"))
     return out
 
 

@@ -181,6 +181,22 @@ class ScheduleSpec(SpecModel):
     paused: bool = False
 
 
+class ShopifyMetafield(SpecModel):
+    """One product metafield filled from an attribute (`type` is a Shopify metafield type)."""
+
+    namespace: str = Field(min_length=3, max_length=255)
+    key: str = Field(min_length=2, max_length=64)
+    type: str
+    attribute: str
+
+
+class ShopifyImages(SpecModel):
+    """Image attributes, in the order the product's media should have, and the attribute holding alt text."""
+
+    attributes: list[str] = Field(min_length=1)
+    alt: str | None = None
+
+
 class DestinationSpec(SpecModel):
     kind: Literal["s3", "postgres", "shopify", "amazon", "bigquery", "sheets", "webhook"]
     catalogue: str
@@ -194,6 +210,28 @@ class DestinationSpec(SpecModel):
     # postgres
     url_env: str | None = None
     table: str | None = None
+    # shopify: where and how (environment variable names, never the values), then the mapping of attributes
+    shop_url_env: str | None = Field(None, description="variable holding the shop's base URL, "
+                                                       "e.g. https://example.myshopify.com")
+    token_env: str | None = Field(None, description="variable holding the Admin API access token")
+    api_version: str = Field("2025-01", pattern=r"^\d{4}-\d{2}$", description="Admin API version written to")
+    group_by: str | None = Field(None, description="attribute grouping records into one product (e.g. a style "
+                                                   "code); unset: one product per record")
+    options: list[str] = Field(default_factory=list, description="attributes that become product options "
+                                                                 "(at most three)")
+    title: str | None = None
+    description: str | None = None
+    vendor: str | None = None
+    product_type: str | None = None
+    tags: str | None = None
+    status: str | None = Field(None, description="attribute whose value is active, draft or archived")
+    price: str | None = None
+    compare_at_price: str | None = None
+    sku: str | None = Field(None, description="attribute holding the variant SKU (default: the catalogue key)")
+    barcode: str | None = None
+    metafields: list[ShopifyMetafield] = Field(default_factory=list)
+    images: ShopifyImages | None = None
+    bulk_threshold: int = Field(250, ge=1, description="pushes of more products than this use a bulk operation")
 
 
 class SlackRoute(SpecModel):

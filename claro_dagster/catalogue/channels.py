@@ -1,0 +1,100 @@
+"""Channel state: what each sales channel (a destination such as Shopify) holds of each record.
+
+One row per (destination, record): the channel's ids for it (product, variant, media), the hash of the
+payload last pushed, the last status (`pushed`, `failed`, `archived`, `held`) and the error that came back.
+A push compares the hash of what it would send with the stored one, so unchanged records send nothing; a
+rejection lands on the record that caused it. The table lives beside the catalogue's own tables and is
+created, like the webhook outbox's, when it is first used (`create_all` adds it to an existing store).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from claro_dagster.catalogue.common import now
+
+metadata = sa.MetaData()
+channel_state = sa.Table(
+    "claro_channel_state", metadata,
+    sa.Column("destination", sa.Text, primary_key=True),
+    sa.Column("record", sa.Text, primary_key=True),
+    sa.Column("group_key", sa.Text),  # the channel object the record belongs to (a Shopify product handle)
+    sa.Column("remote_id", sa.Text),  # e.g. the Shopify product id
+    sa.Column("remote_ids", sa.Text),  # JSON: variant and media ids
+    sa.Column("hash", sa.Text),  # of the payload last pushed successfully
+    sa.Column("payload", sa.Text),  # JSON of that payload: a dry run shows what changed field by field
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+STATUSES = ("pushed", "failed", "archived", "held")
+
+
+@dataclass
+class ChannelRecord:
+    destination: str
+    record: str
+    status: str
+    group_key: str | None = None
+    remote_id: str | None = None
+    remote_ids: dict[str, Any] = field(default_factory=dict)
+    hash: str | None = None
+    error: str | None = None
+    payload: dict[str, Any] | None = None
+
+
+class ChannelState:
+    """Read and write the channel state of one store's destinations."""
+
+    def __init__(self, store: Any):
+        self.engine: sa.Engine = store.engine
+        metadata.create_all(self.engine)
+
+    def get(self, destination: str, records: Iterable[str] | None = None) -> dict[str, ChannelRecord]:
+        c = channel_state
+        query = sa.select(c).where(c.c.destination == destination)
+        if records is not None:
+            query = query.where(c.c.record.in_(list(records)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return {row["record"]: ChannelRecord(row["destination"], row["record"], row["status"], row["group_key"],
+                                             row["remote_id"], json.loads(row["remote_ids"] or "{}"), row["hash"],
+                                             row["error"], json.loads(row["payload"]) if row["payload"] else None)
+                for row in rows}
+
+    def put(self, entries: Iterable[ChannelRecord]) -> int:
+        """Insert or replace entries (one transaction); return how many were written."""
+        c = channel_state
+        rows = [{"destination": e.destination, "record": e.record, "group_key": e.group_key,
+                 "remote_id": e.remote_id, "remote_ids": json.dumps(e.remote_ids, sort_keys=True), "hash": e.hash,
+                 "status": e.status, "error": e.error, "updated_at": now(),
+                 "payload": json.dumps(e.payload, sort_keys=True) if e.payload is not None else None}
+                for e in entries]
+        if not rows:
+            return 0
+        for row in rows:
+            if row["status"] not in STATUSES:
+                raise ValueError(f"channel status {row['status']!r} is not one of {', '.join(STATUSES)}")
+        with self.engine.begin() as conn:
+            for row in rows:
+                key = (c.c.destination == row["destination"]) & (c.c.record == row["record"])
+                if conn.execute(c.update().where(key).values(**row)).rowcount == 0:
+                    conn.execute(c.insert().values(**row))
+        return len(rows)
+
+    def counts(self, destination: str) -> dict[str, int]:
+        """How many records of the destination are in each status."""
+        c = channel_state
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(c.c.status, sa.func.count()).where(c.c.destination == destination)
+                                .group_by(c.c.status)).all()
+        return {status: n for status, n in rows}
+
+    def failures(self, destination: str) -> list[ChannelRecord]:
+        return sorted((e for e in self.get(destination).values() if e.status in ("failed", "held")),
+                      key=lambda e: e.record)
