@@ -1,4 +1,4 @@
-"""Small builders for operation tests: a reader-shaped batch frame and a catalogue spec."""
+"""Small builders for tests: a reader-shaped batch frame, a catalogue spec, and the demo's first batches published."""
 
 import numpy as np
 import pandas as pd
@@ -19,3 +19,19 @@ def catalogue(**attributes: AttributeSpec) -> CatalogueSpec:
     attrs = {"sku": AttributeSpec(type="text", required=True)}
     attrs.update(attributes)
     return CatalogueSpec(key="sku", attributes=attrs)
+
+
+def publish_demo_products(defs, instance) -> None:
+    """Publish the demo's suppliers and one Acme file through their pipelines (in-process runs in `instance`)."""
+    import shutil
+
+    from claro_dagster.local import receive, run_batch
+    from claro_dagster.spec import DEMO_DIR
+
+    claro = defs.resources["claro"]
+    for source, path in (("suppliers_csv", DEMO_DIR / "inbox" / "suppliers" / "suppliers.csv"),
+                         ("acme_csv", DEMO_DIR / "inbox" / "acme" / "acme_products_cp1252.csv")):
+        inbox = claro.inbox_dir(source)
+        inbox.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, inbox / path.name)
+        assert run_batch(defs, instance, receive(claro, source, inbox / path.name), quiet=True).success

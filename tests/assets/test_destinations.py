@@ -7,10 +7,10 @@ import shutil
 import dagster as dg
 import psycopg
 import pytest
+from batches import publish_demo_products
 
 from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.definitions import build_definitions
-from claro_dagster.local import receive, run_batch
 from claro_dagster.spec import DEMO_DIR
 
 INBOX = DEMO_DIR / "inbox"
@@ -30,12 +30,7 @@ def published(tmp_path, monkeypatch, moto_endpoint, s3, pg_url):
     defs = build_definitions(spec, tmp_path / "home")
     claro = defs.resources["claro"]
     with dg.instance_for_test() as instance:
-        for source, path in (("suppliers_csv", INBOX / "suppliers" / "suppliers.csv"),
-                             ("acme_csv", INBOX / "acme" / "acme_products_cp1252.csv")):
-            inbox = claro.inbox_dir(source)
-            inbox.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, inbox / path.name)
-            assert run_batch(defs, instance, receive(claro, source, inbox / path.name), quiet=True).success
+        publish_demo_products(defs, instance)
         yield defs, claro, instance
 
 

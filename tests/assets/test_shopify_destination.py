@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-
 import dagster as dg
 import pytest
 import yaml
+from batches import publish_demo_products
 
 from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.definitions import build_definitions
-from claro_dagster.local import receive, run_batch
 from claro_dagster.spec import DEMO_DIR
 from tests.shopify_fake import FakeShopify
 
@@ -41,12 +39,7 @@ def shop(tmp_path, monkeypatch):
         monkeypatch.setenv("TEST_SHOP_URL", fake.url)
         monkeypatch.setenv("TEST_SHOP_TOKEN", fake.token)
         with dg.instance_for_test() as instance:
-            for source, path in (("suppliers_csv", INBOX / "suppliers" / "suppliers.csv"),
-                                 ("acme_csv", INBOX / "acme" / "acme_products_cp1252.csv")):
-                inbox = claro.inbox_dir(source)
-                inbox.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, inbox / path.name)
-                assert run_batch(defs, instance, receive(claro, source, inbox / path.name), quiet=True).success
+            publish_demo_products(defs, instance)
             yield defs, claro, instance, fake
 
 
