@@ -699,15 +699,17 @@ def push(destination: Annotated[str, typer.Argument(help="A destination of kind 
     dest = spec.destinations.get(destination)
     if dest is None:
         raise user_error(f"unknown destination {destination!r}; destinations are: {', '.join(spec.destinations)}")
-    if dest.kind != "shopify":
-        raise user_error(f"{destination!r} is a {dest.kind} destination; `claro push` pushes shopify destinations "
+    from claro_dagster.resources.sales_channels import CHANNEL_KINDS, push_destination
+
+    if dest.kind not in CHANNEL_KINDS:
+        raise user_error(f"{destination!r} is a {dest.kind} destination; `claro push` pushes "
+                         f"{' and '.join(CHANNEL_KINDS)} destinations "
                          f"(sync the others with `claro run {dest.catalogue}/{destination}`)")
-    from claro_dagster.resources.shopify import ShopifyClient, ShopifyError, push_from_store
+    from claro_dagster.catalogue.channels import ChannelError
 
     try:
-        client = None if dry_run else ShopifyClient.from_env(dest.shop_url_env, dest.token_env, dest.api_version)
-        plan = push_from_store(ctx.store(), destination, dest, client, filter=filter, dry_run=dry_run)
-    except ShopifyError as error:
+        plan = push_destination(ctx.store(), destination, dest, filter=filter, dry_run=dry_run)
+    except ChannelError as error:
         raise user_error(str(error)) from error
     verb = "would " if dry_run else ""
     for action, handles in (("create", plan.create), ("update", plan.update), ("archive", plan.archive)):

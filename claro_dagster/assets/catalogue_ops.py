@@ -6,16 +6,16 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from claro_dagster.catalogue.channels import ChannelState
+from claro_dagster.catalogue.channels import ChannelState, cursor_name
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.operations.analyse import analyse_catalogue
 from claro_dagster.operations.export import CHUNK_ROWS as EXPORT_CHUNK_ROWS
 from claro_dagster.operations.export import EXPORT_FORMATS, export_records
 from claro_dagster.operations.validate import validate_batch
+from claro_dagster.resources import sales_channels
 from claro_dagster.resources.catalogue import CatalogueResource
 from claro_dagster.resources.postgres import PostgresDestination
 from claro_dagster.resources.s3 import S3Connection
-from claro_dagster.resources.shopify import ShopifyDestination, push_from_store
 from claro_dagster.spec.models import DestinationSpec
 
 
@@ -135,16 +135,15 @@ def destination_resource(dest: DestinationSpec):
         return S3Connection.from_env(dest.endpoint_url_env)
     if dest.kind == "postgres":
         return PostgresDestination.from_env(dest.url_env)
-    if dest.kind == "shopify":
-        return dg.ResourceDefinition.hardcoded_resource(
-            ShopifyDestination(dest.shop_url_env, dest.token_env, dest.api_version))
+    if dest.kind in sales_channels.CHANNEL_KINDS:  # the client is built from the environment when a push runs
+        return dg.ResourceDefinition.hardcoded_resource(dest)
     return None
 
 
 def missing_env(dest: DestinationSpec) -> str | None:
     """The environment variable a destination needs that is not set, if any."""
-    if dest.kind == "shopify":
-        return next((n for n in (dest.shop_url_env, dest.token_env) if n and not os.environ.get(n)), None)
+    if dest.kind in sales_channels.CHANNEL_KINDS:
+        return sales_channels.missing_env(dest)
     name = dest.url_env if dest.kind == "postgres" else dest.endpoint_url_env if dest.kind == "s3" else None
     return name if name and not os.environ.get(name) else None
 
@@ -152,7 +151,7 @@ def missing_env(dest: DestinationSpec) -> str | None:
 def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]) -> dg.AssetsDefinition | None:
     """Outbound sync: S3 gets a full snapshot per run under a versioned key; PostgreSQL gets an upsert of only
     the records changed since its cursor."""
-    if dest.kind not in ("s3", "postgres", "shopify"):
+    if dest.kind not in ("s3", "postgres", *sales_channels.CHANNEL_KINDS):
         return None  # the other connectors arrive with their own issues
     catalogue = dest.catalogue
     resource_key = destination_resource_key(name)
@@ -162,7 +161,7 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
               check_specs=[dg.AssetCheckSpec("all_pushed", asset=dg.AssetKey([catalogue, name]),
                                              description="every record that should be on the channel was "
                                                          "accepted by its last push")]
-              if dest.kind == "shopify" else None,
+              if dest.kind in sales_channels.CHANNEL_KINDS else None,
               description=f"Outbound {dest.kind}: {'snapshot' if dest.kind == 's3' else 'incremental upsert'} "
                           f"of {catalogue}" + (f" where {dest.filter}" if dest.filter else ""))
     def destination(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:
@@ -176,8 +175,8 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
             key = connector.put_snapshot(frame, dest.bucket, dest.prefix, catalogue, dest.format, context.run_id,
                                          ensure_bucket=True)
             return dg.MaterializeResult(metadata={"rows": len(frame), "uri": f"s3://{dest.bucket}/{key}"})
-        if dest.kind == "shopify":
-            plan = push_from_store(store, name, dest, connector.client(), filter=config.filter)
+        if dest.kind in sales_channels.CHANNEL_KINDS:
+            plan = sales_channels.push_destination(store, name, dest, filter=config.filter)
             expected = len(store.records(catalogue, filter=dest.filter, columns=[store.catalogue(catalogue).key]))
             counts = ChannelState(store).counts(name)
             accepted = counts.get("pushed", 0) + counts.get("archived", 0)
@@ -188,8 +187,7 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
                 "created": len(plan.create), "updated": len(plan.update), "archived": len(plan.archive),
                 "unchanged": len(plan.unchanged), "failed": len(plan.failed), "calls": plan.sent},
                 check_results=[check])
-        cursor_name = f"destination:{name}"
-        since = int(store.get_cursor(cursor_name, "0"))
+        since = int(store.get_cursor(cursor_name(name), "0"))
         upto = store.last_seq()
         frame = store.changed_since(catalogue, since, filter=where, columns=columns)
         key = store.catalogue(catalogue).key
@@ -197,7 +195,7 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
             frame = frame[[key, *[c for c in columns if c != key]]]
         result = connector.upsert(dest.table, frame, key) if len(frame) else None
         if not config.filter:  # an ad-hoc narrower run must not move the cursor past records it skipped
-            store.set_cursor(cursor_name, str(upto))
+            store.set_cursor(cursor_name(name), str(upto))
         return dg.MaterializeResult(metadata={
             "rows_sent": len(frame), "inserted": result.inserted if result else 0,
             "updated": result.updated if result else 0, "table": dest.table, "cursor": upto})

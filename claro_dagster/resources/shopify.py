@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+from claro_dagster.catalogue.channels import ChannelError, ChannelRecord, ChannelState, PushPlan, records_to_push
+from claro_dagster.catalogue.channels import text_value as _text
+
 from .http import HttpClient, HttpError
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,7 @@ STATUSES = {"active": "ACTIVE", "draft": "DRAFT", "archived": "ARCHIVED"}
 STATE_BATCH = 50  # channel-state rows written per transaction during a push
 
 
-class ShopifyError(Exception):
+class ShopifyError(ChannelError):
     """A Shopify answer the push cannot go on with (top-level GraphQL errors, throttled too often)."""
 
 
@@ -171,14 +174,6 @@ def handle_for(value: object) -> str:
     """Shopify's handle rule: lower case, letters/digits joined by single hyphens."""
     slug = re.sub(r"[^a-z0-9]+", "-", str(value).lower()).strip("-")
     return slug or "product"
-
-
-def _text(value: object) -> str | None:
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _money(value: object) -> str | None:
@@ -332,23 +327,6 @@ def push_product(client: ShopifyClient, payload: ProductPayload, product_id: str
 
 
 # ------------------------------------------------------------------------------------------------- push
-@dataclass
-class PushPlan:
-    """What a push does (or, dry, would do): product handles by action, and records held back with why."""
-
-    create: list[str] = field(default_factory=list)
-    update: list[str] = field(default_factory=list)
-    archive: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # record key -> error (userErrors, held records)
-    sent: int = 0  # productSet calls made
-    changes: dict[str, list[str]] = field(default_factory=dict)  # handle -> "field: old -> new" of an update
-
-    def summary(self) -> str:
-        return (f"{len(self.create)} to create, {len(self.update)} to update, {len(self.archive)} to archive, "
-                f"{len(self.unchanged)} unchanged, {len(self.failed)} records failed")
-
-
 def payload_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
     """What differs between the payload last pushed and this one, field by field (variants by SKU)."""
     if old is None:
@@ -377,8 +355,6 @@ def push(client: ShopifyClient | None, state: Any, destination: str, dest: Any, 
     `records` must hold every record of each product group it touches (`productSet` replaces a product's
     variants: a group sent with only its changed records would lose the others). `state` is a
     `catalogue.channels.ChannelState`; with `dry_run` nothing is sent and nothing is written."""
-    from claro_dagster.catalogue.channels import ChannelRecord
-
     products = build_products(records, dest, key)
     stored = state.get(destination, [k for p in products for k in (*p.keys, *p.errors)])
     plan, entries = PushPlan(), []
@@ -424,45 +400,17 @@ def push(client: ShopifyClient | None, state: Any, destination: str, dest: Any, 
 
 
 # ----------------------------------------------------------------------------------- from the catalogue
-def cursor_name(destination: str) -> str:
-    return f"destination:{destination}"
-
-
 def push_from_store(store: Any, destination: str, dest: Any, client: ShopifyClient | None, *,
                     filter: str | None = None, dry_run: bool = False) -> PushPlan:
-    """Push the records changed since the destination's cursor and those refused last time (with every other
-    record of their products, which `productSet` needs), then move the cursor. A narrower ad-hoc `filter` or a
-    dry run leaves it."""
-    from claro_dagster.catalogue.channels import ChannelState
-
-    where = " and ".join(f"({f})" for f in (dest.filter, filter) if f) or None
-    since = int(store.get_cursor(cursor_name(destination), "0"))
-    upto = store.last_seq()
+    """Push the records changed since the destination's cursor and those refused last time, each with every
+    other record of its product (`productSet` replaces a product's variants)."""
     key = store.catalogue(dest.catalogue).key
-    changed = store.changed_since(dest.catalogue, since, filter=where)
-    state = ChannelState(store)
-    retry = {e.record for e in state.failures(destination)}  # refused last time: sent again until accepted
-    plan = PushPlan()
-    if len(changed) or retry:
-        group = dest.group_by or key
-        groups = {_text(v) for v in changed[group].tolist()} if len(changed) else set()
-        # Every record of a touched product (productSet replaces its variants). Reads the filtered catalogue
-        # once; a group-valued SQL filter would read less for very large catalogues.
-        everything = store.records(dest.catalogue, filter=where)
-        rows = everything.to_dict("records")
-        groups |= {_text(r.get(group)) for r in rows if _text(r.get(key)) in retry}
-        records = [r for r in rows if _text(r.get(group)) in groups]
-        plan = push(client, state, destination, dest, records, key, dry_run=dry_run)
-    if not filter and not dry_run:
-        store.set_cursor(cursor_name(destination), str(upto))
-    return plan
+    with records_to_push(store, destination, dest, filter=filter, dry_run=dry_run,
+                         group_by=dest.group_by) as records:
+        return push(client, ChannelState(store), destination, dest, records, key, dry_run=dry_run) \
+            if records else PushPlan()
 
 
-class ShopifyDestination:
-    """Builds the client from the destination's environment variables when a push runs (not at load)."""
-
-    def __init__(self, shop_url_env: str, token_env: str, api_version: str = "2025-01"):
-        self.shop_url_env, self.token_env, self.api_version = shop_url_env, token_env, api_version
-
-    def client(self) -> ShopifyClient:
-        return ShopifyClient.from_env(self.shop_url_env, self.token_env, self.api_version)
+def client_from_env(dest: Any) -> ShopifyClient:
+    """The client for a shopify destination, from the variables its spec names (read when a push runs)."""
+    return ShopifyClient.from_env(dest.shop_url_env, dest.token_env, dest.api_version)

@@ -1,0 +1,38 @@
+"""Sales channels: destinations that records are pushed to one channel object at a time (Shopify products, Amazon
+listings), with what each holds of each record kept in the channel state (`catalogue.channels`).
+
+Each channel's module offers `client_from_env(dest)` (its client, from the environment variables the spec names,
+read when a push runs, never at load) and `push_from_store(store, destination, dest, client, *, filter,
+dry_run) -> PushPlan`. The destination asset and `claro push` both push through `push_destination`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from claro_dagster.catalogue.channels import PushPlan
+
+#: kind -> the module that pushes it
+CHANNEL_MODULES = {"shopify": "claro_dagster.resources.shopify"}
+CHANNEL_KINDS: tuple[str, ...] = tuple(CHANNEL_MODULES)
+
+
+def required_env(dest: Any) -> list[str]:
+    """The environment variables a channel destination cannot push without (endpoint overrides are optional)."""
+    if dest.kind == "shopify":
+        return [dest.shop_url_env, dest.token_env]
+    return []
+
+
+def missing_env(dest: Any) -> str | None:
+    return next((name for name in required_env(dest) if name and not os.environ.get(name)), None)
+
+
+def push_destination(store: Any, destination: str, dest: Any, *, filter: str | None = None,
+                     dry_run: bool = False) -> PushPlan:
+    """Push what changed in a channel destination's records (see each channel's `push_from_store`)."""
+    module = importlib.import_module(CHANNEL_MODULES[dest.kind])
+    client = None if dry_run else module.client_from_env(dest)
+    return module.push_from_store(store, destination, dest, client, filter=filter, dry_run=dry_run)
