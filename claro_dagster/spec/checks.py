@@ -192,6 +192,9 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
 
     for dname, dest in spec.destinations.items():
         loc = ("destinations", dname)
+        if dname == "status":  # `claro push status DEST` reports on a destination: the word is taken
+            out.append((loc, "a destination cannot be named 'status' (`claro push status DEST` reports on "
+                             "destinations): rename it, e.g. 'status_feed'"))
         if dest.catalogue not in spec.catalogues:
             out.append((loc + ("catalogue",), unknown(dest.catalogue, catalogues, "a catalogue")))
         if dest.kind not in AVAILABLE_DESTINATION_KINDS:

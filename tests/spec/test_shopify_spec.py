@@ -103,3 +103,9 @@ def test_mapping_problems_name_the_line(tmp_path, monkeypatch, case: str) -> Non
     text, expected = CASES[case]
     found = load(tmp_path, monkeypatch, CATALOGUE + text if not text.startswith("catalogues") else text)
     assert any(expected in line for line in found), found
+
+
+def test_a_destination_cannot_be_named_status(tmp_path, monkeypatch) -> None:
+    problems = load(tmp_path, monkeypatch, CATALOGUE + GOOD.replace("  shop:", "  status:"))
+    assert len(problems) == 1
+    assert problems[0].startswith("claro.yaml:16 destinations.status: a destination cannot be named 'status'")
