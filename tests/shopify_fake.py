@@ -7,7 +7,7 @@ refuse fails the test. It then answers the operations the connector uses, as Sho
 - `productSet(input:)`: creates a product (no `input.id`) or replaces the options, variants, metafields and
   media of the product `input.id`; bad input comes back as `userErrors` (field, message, code);
 - `productByIdentifier(identifier: {handle})`: the product with that handle, or null;
-- `product(id:)`: the product's media as they are now;
+- `nodes(ids:)`: media as they are now (1 point per id);
 - media: `files[].originalSource` is downloaded after productSet answers, as Shopify does: a new media starts
   `PROCESSING` (that is what the answer that created it shows) and, read again once `media_seconds` have passed
   on the fake's clock, is `READY`, or `FAILED` with a `mediaErrors` entry (code IMAGE_DOWNLOAD_FAILURE, the
@@ -59,7 +59,7 @@ from graphql.language import DocumentNode, OperationDefinitionNode, OperationTyp
 from tests.http_fakes import RecordingServer, Request
 
 SCHEMA = Path(__file__).parent / "contracts" / "shopify" / "admin_schema_2025-01.json.gz"
-COSTS = {"productSet": 10, "productByIdentifier": 1, "product": 3, "stagedUploadsCreate": 10,
+COSTS = {"productSet": 10, "productByIdentifier": 1, "nodes": 1, "stagedUploadsCreate": 10,
          "bulkOperationRunMutation": 10, "node": 1, "currentBulkOperation": 1}
 MEDIA_DOWNLOAD_FAILED = {"code": "IMAGE_DOWNLOAD_FAILURE", "details": None,
                          "message": "Media could not be processed because the image could not be downloaded."}
@@ -131,11 +131,12 @@ class FakeShopify:
             return 401, {}, {"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"}
         body = request.json()
         try:
-            field, variables = self._check(body.get("query", ""), body.get("variables") or {})
+            selections = self._check(body.get("query", ""), body.get("variables") or {})
         except ContractError as error:
             self.contract_errors.append(str(error))
             return 200, {}, {"errors": [{"message": str(error)}]}
-        cost = COSTS.get(field, 1)
+        field = selections[0][1]
+        cost = sum(COSTS[f] * (len(a["ids"]) if f == "nodes" else 1) for _, f, a in selections)
         now = self.clock()
         self.available = min(self.maximum, self.available + (now - self.last) * self.restore_rate)
         self.last = now
@@ -145,8 +146,8 @@ class FakeShopify:
                              "extensions": self._cost(cost)}
         self.available -= cost
         self.operations.append(field)
-        data = self._serve(field, variables)
-        if field == "productSet" and self.fail_after_create and not data["productSet"]["userErrors"]:
+        data = {key: self._serve(f, arguments)[f] for key, f, arguments in selections}
+        if field == "productSet" and self.fail_after_create and not data[selections[0][0]]["userErrors"]:
             self.fail_after_create = False
             return 500, {}, {"errors": "Internal error"}
         return 200, {}, {"data": data, "extensions": self._cost(cost)}
@@ -156,20 +157,22 @@ class FakeShopify:
                          "throttleStatus": {"maximumAvailable": self.maximum, "currentlyAvailable": self.available,
                                             "restoreRate": self.restore_rate}}}
 
-    def _check(self, query: str, variables: dict) -> tuple[str, dict]:
-        """Validate a document and its variables; return its root field and that field's arguments."""
+    def _check(self, query: str, variables: dict) -> list[tuple[str, str, dict]]:
+        """Validate a document and its variables; return each root field as (response key, field, arguments)."""
         schema = admin_schema()
         document = self._document(query)
         operation = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
         coerced = get_variable_values(schema, operation.variable_definitions or [], variables)
         if isinstance(coerced, list):
             raise ContractError("; ".join(e.message for e in coerced))
-        node = operation.selection_set.selections[0]
-        field = node.name.value
-        if field not in COSTS:
-            raise ContractError(f"the fake does not serve {field!r}")
         root = schema.mutation_type if operation.operation == OperationType.MUTATION else schema.query_type
-        return field, get_argument_values(root.fields[field], node, coerced)
+        out = []
+        for node in operation.selection_set.selections:
+            field = node.name.value
+            if field not in COSTS:
+                raise ContractError(f"the fake does not serve {field!r}")
+            out.append(((node.alias or node.name).value, field, get_argument_values(root.fields[field], node, coerced)))
+        return out
 
     @staticmethod
     def _document(query: str) -> DocumentNode:
@@ -187,9 +190,9 @@ class FakeShopify:
             return self.product_set(variables["input"])
         if field == "productByIdentifier":
             return self.by_handle(variables)
-        if field == "product":
-            stored = self.products.get(variables["id"])
-            return {"product": self._product_view(stored) if stored else None}
+        if field == "nodes":  # media by id (the only nodes the connector reads back this way)
+            media = {m["id"]: m for p in self.products.values() for m in p.get("media", [])}
+            return {"nodes": [self._media_view(media[i]) if i in media else None for i in variables["ids"]]}
         if field == "stagedUploadsCreate":
             return self.staged_uploads_create(variables["input"])
         if field == "bulkOperationRunMutation":

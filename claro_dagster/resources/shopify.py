@@ -55,11 +55,13 @@ query claroProductByHandle($handle: String!) {
   productByIdentifier(identifier: {handle: $handle}) { id handle }
 }
 """
-PRODUCT_MEDIA = """
-query claroProductMedia($id: ID!) {
-  product(id: $id) { id media(first: 50) { nodes { MEDIA_FIELDS } } }
+MEDIA_BY_ID = """
+query claroMedia($ids: [ID!]!) {
+  nodes(ids: $ids) { ... on Media { MEDIA_FIELDS } }
 }
 """.replace("MEDIA_FIELDS", MEDIA_FIELDS)
+NODES_PER_CALL = 250  # Shopify's limit on `nodes(ids:)`
+HANDLES_PER_CALL = 50  # aliased productByIdentifier lookups per query
 STAGED_UPLOAD = """
 mutation claroStagedUpload($input: [StagedUploadInput!]!) {
   stagedUploadsCreate(input: $input) {
@@ -88,7 +90,6 @@ query claroCurrentBulkMutation { currentBulkOperation(type: MUTATION) { BULK_FIE
 # Costs Shopify charges these two documents in practice (the requested cost is refunded to the actual one).
 MUTATION_COST = 10
 QUERY_COST = 1
-MEDIA_QUERY_COST = 3
 STATUSES = {"active": "ACTIVE", "draft": "DRAFT", "archived": "ARCHIVED"}
 STATE_BATCH = 50  # channel-state rows written per transaction during a push
 
@@ -176,14 +177,31 @@ class ShopifyClient:
             return body.get("data") or {}
         raise ShopifyError(f"still THROTTLED after {self.max_throttled} waits: lower the push's pace or retry later")
 
+    def product_ids_by_handle(self, handles: list[str]) -> dict[str, str | None]:
+        """The ids of many products by handle: one query of up to 50 aliased lookups (50 points) per call."""
+        out: dict[str, str | None] = {}
+        for start in range(0, len(handles), HANDLES_PER_CALL):
+            chunk = handles[start:start + HANDLES_PER_CALL]
+            query = "query claroProductsByHandle(%s) { %s }" % (  # noqa: UP031 - GraphQL braces
+                ", ".join(f"$h{i}: String!" for i in range(len(chunk))),
+                " ".join(f"p{i}: productByIdentifier(identifier: {{handle: $h{i}}}) {{ id }}"
+                         for i in range(len(chunk))))
+            found = self.execute(query, {f"h{i}": h for i, h in enumerate(chunk)}, cost=len(chunk) * QUERY_COST)
+            out.update({h: (found.get(f"p{i}") or {}).get("id") for i, h in enumerate(chunk)})
+        return out
+
     def product_id_by_handle(self, handle: str) -> str | None:
         found = self.execute(PRODUCT_BY_HANDLE, {"handle": handle}).get("productByIdentifier")
         return found["id"] if found else None
 
-    def product_media(self, product_id: str) -> list[dict]:
-        """The product's media as they are now (status, mediaErrors, original URL)."""
-        found = self.execute(PRODUCT_MEDIA, {"id": product_id}, cost=MEDIA_QUERY_COST).get("product")
-        return list(found["media"]["nodes"]) if found else []
+    def media(self, ids: list[str]) -> dict[str, dict]:
+        """Media as they are now (status, mediaErrors, original URL), by id; 250 ids per call."""
+        out: dict[str, dict] = {}
+        for start in range(0, len(ids), NODES_PER_CALL):
+            chunk = ids[start:start + NODES_PER_CALL]
+            out.update({n["id"]: n for n in self.execute(MEDIA_BY_ID, {"ids": chunk}, cost=len(chunk))["nodes"]
+                        if n})
+        return out
 
     # ------------------------------------------------------------------------------- bulk operations
     def stage_upload(self, body: bytes, filename: str = "claro_product_set.jsonl") -> str:
@@ -401,6 +419,7 @@ class PushResult:
     user_errors: list[dict] = field(default_factory=list)
     media: list[dict] = field(default_factory=list)  # the media nodes as last read (status, mediaErrors)
     sources: list[str] = field(default_factory=list)  # the image URLs sent, in order
+    errors_before_media: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -412,6 +431,9 @@ class PushResult:
 
     def note_media(self, media: list[dict]) -> None:
         """Take the media as read; a FAILED one is an error on every record of the product (naming its URL)."""
+        if self.errors_before_media is None:
+            self.errors_before_media = dict(self.errors)
+        self.errors = dict(self.errors_before_media)
         self.media = media
         self.media_ids = [m["id"] for m in media]
         for i, node in enumerate(media):
@@ -466,11 +488,13 @@ def push_bulk(client: ShopifyClient, sends: list[tuple[ProductPayload, str | Non
     """Upsert many products with one bulk operation; return one PushResult per product, in order.
 
     The JSONL holds one `{"input": ...}` per product, with the stored id or the id found under its handle (as
-    `push_product` does, so nothing is created twice). Each line of the result file is matched back to its
-    product by `__lineNumber` (Shopify does not promise the input's order). A product with no result line (the
-    operation FAILED part way) comes back with an error on its records, so it is sent again next push."""
+    `push_product` does, so nothing is created twice; handles are looked up 50 to a query). Each line of the
+    result file is matched back to its product by `__lineNumber` (Shopify does not promise the input's order).
+    A product with no result line (the operation FAILED part way) comes back with an error on its records, so it
+    is sent again next push."""
     def upload() -> tuple[dict | None, list[dict]]:
-        ids = [remote_id or client.product_id_by_handle(p.handle) for p, remote_id in sends]
+        found = client.product_ids_by_handle([p.handle for p, remote_id in sends if not remote_id])
+        ids = [remote_id or found[p.handle] for p, remote_id in sends]
         lines = [json.dumps({"input": dict(p.input, **({"id": i} if i else {}))}, separators=(",", ":"))
                  for (p, _), i in zip(sends, ids, strict=True)]
         return client.run_bulk_mutation(PRODUCT_SET, client.stage_upload(("\n".join(lines) + "\n").encode()))
@@ -515,26 +539,27 @@ def push_bulk(client: ShopifyClient, sends: list[tuple[ProductPayload, str | Non
 
 
 def settle_media(client: ShopifyClient, results: Iterable[PushResult]) -> list[PushResult]:
-    """Read again the media Shopify is still downloading, a few times with growing waits (`media_polls`,
-    from `poll_first` seconds); return the results whose media became FAILED (their errors now say so).
-    Media still processing after that are left as sent."""
+    """Read again the media Shopify is still downloading (`nodes(ids:)`, 250 a call), a few times with growing
+    waits (`media_polls`, from `poll_first` seconds); return the results whose media became FAILED (their errors
+    now say so). Media still processing after that are left as sent."""
     pending = [r for r in results if r.media_pending]
-    failed: list[PushResult] = []
+    failed: dict[int, PushResult] = {}
     delay = client.poll_first
     for _ in range(client.media_polls):
         if not pending:
             break
         client.sleep(delay)
         delay = min(client.poll_most, delay * 2)
+        now = client.media([m["id"] for r in pending for m in r.media if m.get("status") in ("UPLOADED", "PROCESSING")])
         for result in pending:
-            before = set(result.errors.items())
-            result.note_media(client.product_media(result.product_id))
-            if set(result.errors.items()) != before:
-                failed.append(result)
+            before = dict(result.errors)
+            result.note_media([now.get(m["id"], m) for m in result.media])
+            if result.errors != before:
+                failed[id(result)] = result
         pending = [r for r in pending if r.media_pending]
     if pending:
         log.warning("media of %d products still processing on Shopify; not waited for", len(pending))
-    return failed
+    return list(failed.values())
 
 
 # ------------------------------------------------------------------------------------------------- push

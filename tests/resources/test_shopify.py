@@ -269,7 +269,7 @@ def test_the_api_down_mid_push_the_next_run_resumes_without_duplicating(shop, cl
     shop.operations.clear()
     plan = push(client, state, "shop", DEST, RECORDS, "sku")
     assert plan.unchanged == ["tee"] and plan.create == ["polo"] and len(shop.products) == 2
-    assert shop.operations == ["productByIdentifier", "productSet", "product"]  # then its new image is read again
+    assert shop.operations == ["productByIdentifier", "productSet", "nodes"]  # then its new image is read again
 
 
 def test_an_option_value_outside_the_products_options_is_refused_by_the_fake(shop, clock) -> None:

@@ -51,11 +51,15 @@ def on_shop(shop) -> dict[str, tuple[str, str, str]]:
     return {v["sku"]: (p["title"], v["price"], p["handle"]) for p in shop.products.values() for v in p["variants"]}
 
 
-def test_more_products_than_the_threshold_go_as_one_bulk_operation(shop, clock, state) -> None:
+def test_more_products_than_the_threshold_go_as_one_bulk_operation(shop, clock, state, monkeypatch) -> None:
+    from claro_dagster.resources import shopify
+
+    monkeypatch.setattr(shopify, "HANDLES_PER_CALL", 2)
     shop.bulk_results_reversed = True  # Shopify does not promise the input's order: lines match by __lineNumber
     records = catalogue(5)
     plan = push(client_for(shop, clock), state, "shop", BULK, records, "sku")
     assert shop.contract_errors == [] and plan.failed == {} and sorted(plan.create) == [f"s{i}" for i in range(5)]
+    assert shop.operations.count("productByIdentifier") == 3  # the 5 handles looked up 2 to a query
     assert shop.operations.count("bulkOperationRunMutation") == 1 and "productSet" not in shop.operations
     assert shop.operations.count("stagedUploadsCreate") == 1
     [upload] = shop.uploads.values()  # one {"input": ...} per product: the productSet variables
@@ -188,13 +192,14 @@ def test_the_fake_checks_the_upload_and_each_line_against_the_mutation(shop, clo
 # ------------------------------------------------------------------------------------------------ media
 def test_an_image_that_does_not_resolve_comes_back_on_its_records(shop, clock, state) -> None:
     bad = "https://img.invalid/TEE.jpg"  # .invalid never resolves (RFC 2606)
-    records = [record("T-M", image=bad), record("T-L", size="L", image=bad), record("P-1", style="POLO")]
+    records = [record("T-M", image=bad, image2="https://img.example/TEE-2.jpg"),
+               record("T-L", size="L", image=bad), record("P-1", style="POLO")]
     plan = push(client_for(shop, clock), state, "shop", DEST, records, "sku")
     why = (f"image {bad}: Media could not be processed because the image could not be downloaded. "
            "(IMAGE_DOWNLOAD_FAILURE); fix the image URL and the product is sent again next push")
     assert plan.failed == {"T-M": why, "T-L": why}
     tee = next(p for p in shop.products.values() if p["handle"] == "tee")
-    assert [m["status"] for m in tee["media"]] == ["FAILED"] and len(tee["variants"]) == 2  # the rest is there
+    assert [m["status"] for m in tee["media"]] == ["FAILED", "READY"] and len(tee["variants"]) == 2  # the rest too
     stored = state.get("shop")
     assert (stored["T-M"].status, stored["T-M"].error, stored["T-M"].remote_id) == ("failed", why, tee["id"])
     assert stored["T-M"].remote_ids["variant"] == tee["variants"][0]["id"]
@@ -207,14 +212,14 @@ def test_an_image_that_does_not_resolve_comes_back_on_its_records(shop, clock, s
     fixed = [dict(r, image="https://img.example/TEE.jpg") if r["style"] == "TEE" else r for r in records]
     plan = push(client_for(shop, clock), state, "shop", DEST, fixed, "sku")
     assert plan.failed == {} and state.counts("shop") == {"pushed": 3}
-    assert [m["status"] for m in shop.products[tee["id"]]["media"]] == ["READY"]
+    assert [m["status"] for m in shop.products[tee["id"]]["media"]] == ["READY", "READY"]
 
 
 def test_media_are_polled_with_growing_waits_and_not_forever(shop, clock, state) -> None:
     shop.media_seconds = 5  # Shopify needs 5 s to download the image
     shop.unreachable.add("https://img.example/TEE.jpg")
     plan = push(client_for(shop, clock), state, "shop", DEST, [record("T-M")], "sku")
-    assert clock.slept == [1.0, 2.0, 4.0] and shop.operations.count("product") == 3
+    assert clock.slept == [1.0, 2.0, 4.0] and shop.operations.count("nodes") == 3
     assert "https://img.example/TEE.jpg" in plan.failed["T-M"]
     shop.media_seconds = 10_000  # never done within the bound: the push stops waiting and keeps the record
     clock.slept.clear()
@@ -229,5 +234,6 @@ def test_an_image_failing_in_a_bulk_operation_comes_back_on_its_records(shop, cl
     shop.unreachable.add("https://img.example/S2.jpg")
     plan = push(client_for(shop, clock), state, "shop", BULK, records, "sku")
     assert len(shop.bulk_operations) == 1 and sorted(plan.failed) == ["S2-L", "S2-M"]
+    assert shop.operations.count("nodes") == 1  # the media of all four products read back in one call
     assert plan.failed["S2-M"].startswith("image https://img.example/S2.jpg: Media could not be processed")
     assert state.counts("shop") == {"pushed": 6, "failed": 2} and shop.contract_errors == []
