@@ -458,14 +458,14 @@ def product_result(payload: ProductPayload, product: Mapping[str, Any] | None,
     """A productSet answer (one call's or one bulk result line's) as a PushResult of the payload's records."""
     result = PushResult(payload.handle, payload.keys, errors=dict(payload.errors), user_errors=user_errors,
                         sources=[f["originalSource"] for f in payload.input.get("files", [])])
-    if product:
-        result.product_id = product["id"]
-        result.variant_ids = {v.get("sku") or "": v["id"] for v in product["variants"]["nodes"]}
-        result.note_media(list(product["media"]["nodes"]))
     if user_errors:
         message = _messages(user_errors)
         for k in payload.keys:
             result.errors.setdefault(k, message)
+    if product:  # after the userErrors: media read again later keep them
+        result.product_id = product["id"]
+        result.variant_ids = {v.get("sku") or "": v["id"] for v in product["variants"]["nodes"]}
+        result.note_media(list(product["media"]["nodes"]))
     return result
 
 

@@ -56,9 +56,13 @@ def test_more_products_than_the_threshold_go_as_one_bulk_operation(shop, clock, 
 
     monkeypatch.setattr(shopify, "HANDLES_PER_CALL", 2)
     shop.bulk_results_reversed = True  # Shopify does not promise the input's order: lines match by __lineNumber
+    shop.bulk_lines_per_read = 2  # the operation runs two lines between two reads of it
     records = catalogue(5)
     plan = push(client_for(shop, clock), state, "shop", BULK, records, "sku")
     assert shop.contract_errors == [] and plan.failed == {} and sorted(plan.create) == [f"s{i}" for i in range(5)]
+    # read: CREATED -> RUNNING, then 1 s later lines 0-1, 2 s later 2-3, 4 s later line 4 and COMPLETED; then the
+    # media the lines created are read again once, 1 s later
+    assert shop.operations.count("node") == 4 and clock.slept == [1.0, 2.0, 4.0, 1.0]
     assert shop.operations.count("productByIdentifier") == 3  # the 5 handles looked up 2 to a query
     assert shop.operations.count("bulkOperationRunMutation") == 1 and "productSet" not in shop.operations
     assert shop.operations.count("stagedUploadsCreate") == 1
