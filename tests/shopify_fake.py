@@ -17,7 +17,8 @@ refuse fails the test. It then answers the operations the connector uses, as Sho
 - bulk operations (shopify.dev "Bulk import data with the GraphQL Admin API", API 2025-01):
   `stagedUploadsCreate` (resource BULK_MUTATION_VARIABLES) returns an upload target the fake itself serves
   (`/staged-uploads/`), with signed-looking form parameters that the multipart POST must echo, the file last;
-  `bulkOperationRunMutation` checks the mutation against the schema (userError INVALID_MUTATION), finds the
+  `bulkOperationRunMutation` checks the mutation against the schema and the guide's limit of one connection
+  field (userError INVALID_MUTATION), finds the
   upload by `stagedUploadPath` (NO_SUCH_FILE), reads it as JSONL (INVALID_STAGED_UPLOAD_FILE) and refuses to
   start while another bulk mutation runs (OPERATION_IN_PROGRESS: one at a time per shop before 2026-01). The
   operation is CREATED; each read of it (`node(id:)`, `currentBulkOperation(type: MUTATION)`) moves it on:
@@ -52,7 +53,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from graphql import GraphQLSchema, build_client_schema, parse, validate
+from graphql import (
+    GraphQLSchema,
+    TypeInfo,
+    TypeInfoVisitor,
+    Visitor,
+    build_client_schema,
+    get_named_type,
+    parse,
+    validate,
+    visit,
+)
 from graphql.execution.values import get_argument_values, get_variable_values
 from graphql.language import DocumentNode, OperationDefinitionNode, OperationType
 
@@ -69,6 +80,20 @@ MEDIA_DOWNLOAD_FAILED = {"code": "IMAGE_DOWNLOAD_FAILURE", "details": None,
 def admin_schema() -> GraphQLSchema:
     with gzip.open(SCHEMA, "rt", encoding="utf-8") as handle:
         return build_client_schema(json.load(handle)["data"])
+
+
+def connections(document: DocumentNode) -> int:
+    """How many connection fields (of a `...Connection` type) a document selects."""
+    info, found = TypeInfo(admin_schema()), []
+
+    class Count(Visitor):
+        def enter_field(self, *_: Any) -> None:
+            named = get_named_type(info.get_type())
+            if named is not None and named.name.endswith("Connection"):
+                found.append(named.name)
+
+    visit(document, TypeInfoVisitor(info, Count()))
+    return len(found)
 
 
 class ContractError(AssertionError):
@@ -190,9 +215,11 @@ class FakeShopify:
             return self.product_set(variables["input"])
         if field == "productByIdentifier":
             return self.by_handle(variables)
-        if field == "nodes":  # media by id (the only nodes the connector reads back this way)
+        if field == "nodes":  # products and media by id (the nodes the connector reads back this way)
             media = {m["id"]: m for p in self.products.values() for m in p.get("media", [])}
-            return {"nodes": [self._media_view(media[i]) if i in media else None for i in variables["ids"]]}
+            return {"nodes": [self._media_view(media[i]) if i in media else
+                              self._product_view(self.products[i]) if i in self.products else None
+                              for i in variables["ids"]]}
         if field == "stagedUploadsCreate":
             return self.staged_uploads_create(variables["input"])
         if field == "bulkOperationRunMutation":
@@ -248,7 +275,7 @@ class FakeShopify:
 
     def _product_view(self, stored: dict) -> dict:
         """The product as an answer shows it (a superset of what the connector selects)."""
-        return {"id": stored["id"], "handle": stored["handle"],
+        return {"__typename": "Product", "id": stored["id"], "handle": stored["handle"],
                 "variants": {"nodes": [{"id": v["id"], "sku": v.get("sku"), "selectedOptions": [
                     {"name": o["optionName"], "value": o["name"]} for o in v["optionValues"]]}
                     for v in stored["variants"]]},
@@ -331,6 +358,8 @@ class FakeShopify:
         operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
         if len(operations) != 1 or operations[0].operation != OperationType.MUTATION:
             return refused("INVALID_MUTATION", "Invalid mutation: give exactly one mutation", ["mutation"])
+        if connections(document) > 1:  # "limited to one connection field" (bulk import guide, limitations)
+            return refused("INVALID_MUTATION", "Bulk mutations cannot contain more than 1 connection.", ["mutation"])
         body = self.uploads.get(path)
         if body is None:
             return refused("NO_SUCH_FILE", f"The JSONL file could not be found: {path}", ["stagedUploadPath"])

@@ -55,6 +55,22 @@ query claroProductByHandle($handle: String!) {
   productByIdentifier(identifier: {handle: $handle}) { id handle }
 }
 """
+# A bulk operation's mutation may hold one connection field (shopify.dev, bulk import limitations): the
+# variants; the media of the products it wrote are read afterwards (PRODUCTS_MEDIA).
+BULK_PRODUCT_SET = """
+mutation claroBulkProductSet($input: ProductSetInput!) {
+  productSet(input: $input, synchronous: true) {
+    product { id handle variants(first: 250) { nodes { id sku selectedOptions { name value } } } }
+    userErrors { field message code }
+  }
+}
+"""
+PRODUCTS_MEDIA = """
+query claroProductsMedia($ids: [ID!]!) {
+  nodes(ids: $ids) { ... on Product { id media(first: 50) { nodes { MEDIA_FIELDS } } } }
+}
+""".replace("MEDIA_FIELDS", MEDIA_FIELDS)
+PRODUCTS_PER_MEDIA_CALL = 15  # media(first: 50) asks up to 53 points a product, a query at most 1,000
 MEDIA_BY_ID = """
 query claroMedia($ids: [ID!]!) {
   nodes(ids: $ids) { ... on Media { MEDIA_FIELDS } }
@@ -193,6 +209,15 @@ class ShopifyClient:
     def product_id_by_handle(self, handle: str) -> str | None:
         found = self.execute(PRODUCT_BY_HANDLE, {"handle": handle}).get("productByIdentifier")
         return found["id"] if found else None
+
+    def products_media(self, ids: list[str]) -> dict[str, list[dict]]:
+        """The media of many products (status, mediaErrors, original URL), by product id."""
+        out: dict[str, list[dict]] = {}
+        for start in range(0, len(ids), PRODUCTS_PER_MEDIA_CALL):
+            chunk = ids[start:start + PRODUCTS_PER_MEDIA_CALL]
+            found = self.execute(PRODUCTS_MEDIA, {"ids": chunk}, cost=len(chunk) * 53)["nodes"]
+            out.update({n["id"]: list(n["media"]["nodes"]) for n in found if n})
+        return out
 
     def media(self, ids: list[str]) -> dict[str, dict]:
         """Media as they are now (status, mediaErrors, original URL), by id; 250 ids per call."""
@@ -465,7 +490,8 @@ def product_result(payload: ProductPayload, product: Mapping[str, Any] | None,
     if product:  # after the userErrors: media read again later keep them
         result.product_id = product["id"]
         result.variant_ids = {v.get("sku") or "": v["id"] for v in product["variants"]["nodes"]}
-        result.note_media(list(product["media"]["nodes"]))
+        if "media" in product:  # not in a bulk operation's result
+            result.note_media(list(product["media"]["nodes"]))
     return result
 
 
@@ -497,7 +523,7 @@ def push_bulk(client: ShopifyClient, sends: list[tuple[ProductPayload, str | Non
         ids = [remote_id or found[p.handle] for p, remote_id in sends]
         lines = [json.dumps({"input": dict(p.input, **({"id": i} if i else {}))}, separators=(",", ":"))
                  for (p, _), i in zip(sends, ids, strict=True)]
-        return client.run_bulk_mutation(PRODUCT_SET, client.stage_upload(("\n".join(lines) + "\n").encode()))
+        return client.run_bulk_mutation(BULK_PRODUCT_SET, client.stage_upload(("\n".join(lines) + "\n").encode()))
 
     operation, user_errors = upload()
     if any(e.get("code") == "OPERATION_IN_PROGRESS" for e in user_errors):
@@ -535,6 +561,10 @@ def push_bulk(client: ShopifyClient, sends: list[tuple[ProductPayload, str | Non
                "it is sent again next push")
         out.append(PushResult(payload.handle, payload.keys, errors=dict(payload.errors, **dict.fromkeys(
             payload.keys, why)), user_errors=[{"field": None, "message": why}]))
+    with_media = [r for r in out if r.product_id and r.sources]
+    media = client.products_media([r.product_id for r in with_media])
+    for result in with_media:
+        result.note_media(media.get(result.product_id, []))
     return out
 
 

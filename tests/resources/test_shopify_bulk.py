@@ -9,7 +9,7 @@ import json
 import pytest
 
 from claro_dagster.resources.http import HttpError
-from claro_dagster.resources.shopify import PRODUCT_SET, ShopifyError, build_products, push
+from claro_dagster.resources.shopify import BULK_PRODUCT_SET, PRODUCT_SET, ShopifyError, build_products, push
 from tests.resources.test_shopify import DEST, Clock, client_for, record
 
 BULK = DEST.model_copy(update={"bulk_threshold": 3})
@@ -60,9 +60,8 @@ def test_more_products_than_the_threshold_go_as_one_bulk_operation(shop, clock, 
     records = catalogue(5)
     plan = push(client_for(shop, clock), state, "shop", BULK, records, "sku")
     assert shop.contract_errors == [] and plan.failed == {} and sorted(plan.create) == [f"s{i}" for i in range(5)]
-    # read: CREATED -> RUNNING, then 1 s later lines 0-1, 2 s later 2-3, 4 s later line 4 and COMPLETED; then the
-    # media the lines created are read again once, 1 s later
-    assert shop.operations.count("node") == 4 and clock.slept == [1.0, 2.0, 4.0, 1.0]
+    # read: CREATED -> RUNNING, then 1 s later lines 0-1, 2 s later 2-3, 4 s later line 4 and COMPLETED
+    assert shop.operations.count("node") == 4 and clock.slept == [1.0, 2.0, 4.0]
     assert shop.operations.count("productByIdentifier") == 3  # the 5 handles looked up 2 to a query
     assert shop.operations.count("bulkOperationRunMutation") == 1 and "productSet" not in shop.operations
     assert shop.operations.count("stagedUploadsCreate") == 1
@@ -78,7 +77,7 @@ def test_more_products_than_the_threshold_go_as_one_bulk_operation(shop, clock, 
             assert stored[variant["sku"]].remote_ids["variant"] == variant["id"]
             assert stored[variant["sku"]].remote_ids["media"] == [m["id"] for m in product["media"]]
     [operation] = shop.bulk_operations.values()
-    assert operation["status"] == "COMPLETED" and operation["query"] == PRODUCT_SET
+    assert operation["status"] == "COMPLETED" and operation["query"] == BULK_PRODUCT_SET
     shop.operations.clear()
     again = push(client_for(shop, clock), state, "shop", BULK, records, "sku")
     assert again.sent == 0 and shop.operations == [] and len(again.unchanged) == 5
@@ -140,9 +139,9 @@ def test_products_a_bulk_operation_created_whose_ids_were_lost_are_found_by_hand
 def test_a_second_bulk_mutation_is_refused_while_one_runs_and_the_push_waits_for_it(shop, clock, state) -> None:
     client = client_for(shop, clock)
     path = client.stage_upload(b'{"input": {"title": "Other", "handle": "other"}}\n')
-    first, errors = client.run_bulk_mutation(PRODUCT_SET, path)
+    first, errors = client.run_bulk_mutation(BULK_PRODUCT_SET, path)
     assert errors == [] and first["status"] == "CREATED"
-    second, errors = client.run_bulk_mutation(PRODUCT_SET, path)
+    second, errors = client.run_bulk_mutation(BULK_PRODUCT_SET, path)
     assert second is None and [e["code"] for e in errors] == ["OPERATION_IN_PROGRESS"]
     assert first["id"] in errors[0]["message"]
     # a push meeting the running operation waits for it to finish, then runs its own
@@ -182,14 +181,17 @@ def test_the_fake_checks_the_upload_and_each_line_against_the_mutation(shop, clo
     shop.contract_errors.clear()
     # a line whose variables do not fit ProductSetInput is a contract error and an `errors` result line
     path = client.stage_upload(b'{"input": {"title": "ok", "handle": "ok"}}\n{"input": {"colour": "red"}}\n')
-    operation, _ = client.run_bulk_mutation(PRODUCT_SET, path)
+    operation, _ = client.run_bulk_mutation(BULK_PRODUCT_SET, path)
     done = client.wait_for_bulk(operation["id"])
     lines = list(client.bulk_result_lines(done["url"]))
     assert [line["__lineNumber"] for line in lines] == [0, 1] and "colour" in lines[1]["errors"][0]["message"]
     assert lines[0]["data"]["productSet"]["userErrors"] == [] and len(shop.contract_errors) == 1
     _, errors = client.run_bulk_mutation("mutation { nope }", path)
     assert [e["code"] for e in errors] == ["INVALID_MUTATION"]
-    _, errors = client.run_bulk_mutation(PRODUCT_SET, "tmp/1/bulk/missing/x.jsonl")
+    _, errors = client.run_bulk_mutation(PRODUCT_SET, path)  # variants and media: two connections
+    assert errors == [{"field": ["mutation"], "message": "Bulk mutations cannot contain more than 1 connection.",
+                       "code": "INVALID_MUTATION"}]
+    _, errors = client.run_bulk_mutation(BULK_PRODUCT_SET, "tmp/1/bulk/missing/x.jsonl")
     assert [e["code"] for e in errors] == ["NO_SUCH_FILE"]
 
 
@@ -236,8 +238,10 @@ def test_media_are_polled_with_growing_waits_and_not_forever(shop, clock, state)
 def test_an_image_failing_in_a_bulk_operation_comes_back_on_its_records(shop, clock, state) -> None:
     records = catalogue(4)
     shop.unreachable.add("https://img.example/S2.jpg")
+    shop.media_seconds = 10  # still downloading when the operation has finished
     plan = push(client_for(shop, clock), state, "shop", BULK, records, "sku")
     assert len(shop.bulk_operations) == 1 and sorted(plan.failed) == ["S2-L", "S2-M"]
-    assert shop.operations.count("nodes") == 1  # the media of all four products read back in one call
+    # one read of the four products' media after the operation (1 s), then of the pending media by id until done
+    assert shop.operations.count("nodes") == 5 and clock.slept == [1.0, 1.0, 2.0, 4.0, 8.0]
     assert plan.failed["S2-M"].startswith("image https://img.example/S2.jpg: Media could not be processed")
     assert state.counts("shop") == {"pushed": 6, "failed": 2} and shop.contract_errors == []
