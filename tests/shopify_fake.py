@@ -16,7 +16,8 @@ refuse fails the test. It then answers the operations the connector uses, as Sho
   domain (RFC 2606: a name that never resolves). A FAILED media sent again is downloaded again (a new media);
 - bulk operations (shopify.dev "Bulk import data with the GraphQL Admin API", API 2025-01):
   `stagedUploadsCreate` (resource BULK_MUTATION_VARIABLES) returns an upload target the fake itself serves
-  (`/staged-uploads/`), with signed-looking form parameters that the multipart POST must echo, the file last;
+  (`/staged-uploads/`), with signed-looking form parameters that the multipart POST must echo, the file last
+  and no larger than `max_upload_bytes` (20 MB);
   `bulkOperationRunMutation` checks the mutation against the schema and the guide's limit of one connection
   field (userError INVALID_MUTATION), finds the
   upload by `stagedUploadPath` (NO_SUCH_FILE), reads it as JSONL (INVALID_STAGED_UPLOAD_FILE) and refuses to
@@ -123,6 +124,7 @@ class FakeShopify:
         self.bulk_lines_per_read: int | None = None
         self.bulk_fail_after: int | None = None
         self.bulk_results_reversed = False
+        self.max_upload_bytes = 20 * 1024 * 1024  # the largest JSONL a bulk mutation takes
         self.files: dict[str, bytes] = {}  # result files served under /bulk-results/
         self._ids = itertools.count(1)
         self.server = RecordingServer(self._handle)
@@ -318,7 +320,7 @@ class FakeShopify:
         """The staged upload target: a multipart form POST of the signed parameters, then `file` (last)."""
         def refuse(code: str, message: str) -> Any:
             self.contract_errors.append(f"staged upload: {message}")
-            return 400 if code == "InvalidArgument" else 403, {"Content-Type": "application/xml"}, \
+            return 403 if code == "AccessDenied" else 400, {"Content-Type": "application/xml"}, \
                 f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
 
         if "X-Shopify-Access-Token" in request.headers:
@@ -335,7 +337,10 @@ class FakeShopify:
         expected = self.staged.get(fields.get("key", ""))
         if expected is None or fields != expected:
             return refuse("AccessDenied", "the form fields are not the ones stagedUploadsCreate returned")
-        self.uploads[fields["key"]] = parts[-1][1].get_payload(decode=True)
+        content = parts[-1][1].get_payload(decode=True)
+        if len(content) > self.max_upload_bytes:
+            return refuse("EntityTooLarge", f"{len(content)} bytes is over the {self.max_upload_bytes} allowed")
+        self.uploads[fields["key"]] = content
         return 201, {"Content-Type": "application/xml"}, (
             f"<?xml version='1.0' encoding='UTF-8'?><PostResponse><Location>{self.url}/staged-uploads/"
             f"{fields['key']}</Location><Key>{fields['key']}</Key></PostResponse>")

@@ -78,6 +78,7 @@ query claroMedia($ids: [ID!]!) {
 """.replace("MEDIA_FIELDS", MEDIA_FIELDS)
 NODES_PER_CALL = 250  # Shopify's limit on `nodes(ids:)`
 HANDLES_PER_CALL = 50  # aliased productByIdentifier lookups per query
+BULK_FILE_LIMIT = 20 * 1024 * 1024  # bytes of JSONL one bulk mutation takes (bulk import guide, 2025-01)
 STAGED_UPLOAD = """
 mutation claroStagedUpload($input: [StagedUploadInput!]!) {
   stagedUploadsCreate(input: $input) {
@@ -510,6 +511,21 @@ def push_product(client: ShopifyClient, payload: ProductPayload, product_id: str
     return product_result(payload, product, user_errors)
 
 
+def bulk_batches(sends: list[tuple[ProductPayload, str | None]]) -> Iterator[list[tuple[ProductPayload, str | None]]]:
+    """The products in runs whose JSONL stays under BULK_FILE_LIMIT bytes (an id added to a line included)."""
+    batch: list[tuple[ProductPayload, str | None]] = []
+    size = 0
+    for send in sends:
+        line = len(json.dumps({"input": send[0].input}, separators=(",", ":")).encode()) + 64
+        if batch and size + line > BULK_FILE_LIMIT:
+            yield batch
+            batch, size = [], 0
+        batch.append(send)
+        size += line
+    if batch:
+        yield batch
+
+
 def push_bulk(client: ShopifyClient, sends: list[tuple[ProductPayload, str | None]]) -> list[PushResult]:
     """Upsert many products with one bulk operation; return one PushResult per product, in order.
 
@@ -667,12 +683,14 @@ def push(client: ShopifyClient | None, state: Any, destination: str, dest: Any, 
         return out
 
     if len(sends) > dest.bulk_threshold:
-        results = push_bulk(client, sends)
-        plan.sent += len(sends)  # products written (by one bulk operation)
-        for (payload, remote_id), result in zip(sends, results, strict=True):
-            entries += record(payload, remote_id, result)
-            done.append((payload, remote_id, result))
-        state.put(entries)
+        for batch in bulk_batches(sends):  # one bulk operation per file Shopify accepts, stored as each ends
+            results = push_bulk(client, batch)
+            plan.sent += len(batch)  # products written (by one bulk operation)
+            for (payload, remote_id), result in zip(batch, results, strict=True):
+                entries += record(payload, remote_id, result)
+                done.append((payload, remote_id, result))
+            state.put(entries)
+            entries = []
     else:
         for payload, remote_id in sends:
             result = push_product(client, payload, remote_id)

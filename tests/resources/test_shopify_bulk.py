@@ -88,6 +88,24 @@ def test_more_products_than_the_threshold_go_as_one_bulk_operation(shop, clock, 
     assert on_shop(shop)["S2-M"][1] == "99.00" and len(shop.products) == 5
 
 
+def test_a_bulk_file_over_the_size_limit_is_split_into_operations_run_one_after_another(
+        shop, clock, state, monkeypatch) -> None:
+    from claro_dagster.resources import shopify
+
+    records = catalogue(5)
+    line = len(json.dumps({"input": build_products(records, BULK, "sku")[0].input}).encode())
+    monkeypatch.setattr(shopify, "BULK_FILE_LIMIT", 2 * (line + 64) + 10)  # two products a file
+    shop.max_upload_bytes = 2 * (line + 64) + 10
+    plan = push(client_for(shop, clock), state, "shop", BULK, records, "sku")
+    assert plan.failed == {} and shop.contract_errors == [] and len(shop.products) == 5
+    assert [len(o["lines"]) for o in shop.bulk_operations.values()] == [2, 2, 1]
+    assert state.counts("shop") == {"pushed": 10}
+    shop.max_upload_bytes = line  # what the storage answers to a file over the limit
+    monkeypatch.setattr(shopify, "BULK_FILE_LIMIT", 10 * line)
+    with pytest.raises(HttpError, match="400.*EntityTooLarge"):
+        push(client_for(shop, clock), state, "shop", BULK, catalogue(9)[4:], "sku")
+
+
 def test_at_the_threshold_products_go_one_productset_each(shop, clock, state) -> None:
     push(client_for(shop, clock), state, "shop", BULK, catalogue(3), "sku")
     assert shop.bulk_operations == {} and shop.operations.count("productSet") == 3 and len(shop.products) == 3
