@@ -7,7 +7,8 @@ refuse fails the test. It then answers the operations the connector uses, as Sho
 - `productSet(input:)`: creates a product (no `input.id`) or replaces the options, variants, metafields and
   media of the product `input.id`; bad input comes back as `userErrors` (field, message, code);
 - `productByIdentifier(identifier: {handle})`: the product with that handle, or null;
-- `nodes(ids:)`: media as they are now (1 point per id);
+- `nodes(ids:)`: products and media as they are now (1 point per id);
+- several root fields in one query (aliased lookups) are answered each, their costs added;
 - media: `files[].originalSource` is downloaded after productSet answers, as Shopify does: a new media starts
   `PROCESSING` (that is what the answer that created it shows) and, read again once `media_seconds` have passed
   on the fake's clock, is `READY`, or `FAILED` with a `mediaErrors` entry (code IMAGE_DOWNLOAD_FAILURE, the
@@ -17,16 +18,15 @@ refuse fails the test. It then answers the operations the connector uses, as Sho
 - bulk operations (shopify.dev "Bulk import data with the GraphQL Admin API", API 2025-01):
   `stagedUploadsCreate` (resource BULK_MUTATION_VARIABLES) returns an upload target the fake itself serves
   (`/staged-uploads/`), with signed-looking form parameters that the multipart POST must echo, the file last
-  and no larger than `max_upload_bytes` (20 MB);
-  `bulkOperationRunMutation` checks the mutation against the schema and the guide's limit of one connection
-  field (userError INVALID_MUTATION), finds the
-  upload by `stagedUploadPath` (NO_SUCH_FILE), reads it as JSONL (INVALID_STAGED_UPLOAD_FILE) and refuses to
-  start while another bulk mutation runs (OPERATION_IN_PROGRESS: one at a time per shop before 2026-01). The
-  operation is CREATED; each read of it (`node(id:)`, `currentBulkOperation(type: MUTATION)`) moves it on:
-  RUNNING, then each read runs `bulk_lines_per_read` lines (all by default) as the mutation, each line's
-  variables coerced to the mutation's variable types (a line that does not coerce is a contract error and an
-  `errors` line), until COMPLETED with `url`, the JSONL result file (`{"data": ..., "__lineNumber": n}` per
-  line) the fake serves at `/bulk-results/`. `bulk_fail_after = N` makes the operation FAILED
+  and no larger than `max_upload_bytes` (20 MB), without the Admin token; `bulkOperationRunMutation` checks the
+  mutation against the schema and the guide's limit of one connection field (userError INVALID_MUTATION),
+  finds the upload by `stagedUploadPath` (NO_SUCH_FILE), reads it as JSONL (INVALID_STAGED_UPLOAD_FILE) and
+  refuses to start while another bulk mutation runs (OPERATION_IN_PROGRESS: one at a time per shop before
+  2026-01). The operation is CREATED; each read of it (`node(id:)`, `currentBulkOperation(type: MUTATION)`)
+  moves it on: RUNNING, then each read runs `bulk_lines_per_read` lines (all by default) as the mutation, each
+  line's variables coerced to the mutation's variable types (a line that does not coerce is a contract error
+  and an `errors` line), until COMPLETED with `url`, the JSONL result file (`{"data": ..., "__lineNumber": n}`
+  per line) the fake serves at `/bulk-results/`. `bulk_fail_after = N` makes the operation FAILED
   (INTERNAL_SERVER_ERROR) after N lines, with `partialDataUrl` serving those N lines' results.
   `bulk_results_reversed` writes the result file in reverse: Shopify does not promise the input's order.
 - cost: every answer has `extensions.cost` with a `throttleStatus` from a leaky bucket (maximumAvailable,
