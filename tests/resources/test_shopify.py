@@ -110,7 +110,7 @@ def test_user_errors_come_back_to_the_records_of_the_product(shop, clock) -> Non
     assert next(r for r in results if r.handle == "polo").ok
 
 
-def test_an_image_url_that_does_not_resolve_is_a_user_error(shop, clock) -> None:
+def test_an_image_source_that_is_not_a_url_is_a_user_error(shop, clock) -> None:
     results = push_all(client_for(shop, clock), [record("IMG", style="IMG", image="not a url")])
     assert results[0].errors == {"IMG": "input.files.0.originalSource: Image URL is invalid"}
 
@@ -269,7 +269,7 @@ def test_the_api_down_mid_push_the_next_run_resumes_without_duplicating(shop, cl
     shop.operations.clear()
     plan = push(client, state, "shop", DEST, RECORDS, "sku")
     assert plan.unchanged == ["tee"] and plan.create == ["polo"] and len(shop.products) == 2
-    assert shop.operations == ["productByIdentifier", "productSet"]
+    assert shop.operations == ["productByIdentifier", "productSet", "nodes"]  # then its new image is read again
 
 
 def test_an_option_value_outside_the_products_options_is_refused_by_the_fake(shop, clock) -> None:
