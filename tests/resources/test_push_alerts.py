@@ -17,12 +17,14 @@ from standardwebhooks.webhooks import Webhook
 
 from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.catalogue.channels import ChannelState
+from claro_dagster.catalogue.opening import open_store
 from claro_dagster.catalogue.push_failures import PUSH_FAILED
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.definitions import build_definitions
 from claro_dagster.resources.sales_channels import push_destination
 from claro_dagster.resources.webhooks import WebhookSender
 from claro_dagster.spec.loader import load_spec
+from tests.cli_project import claro
 from tests.resources.test_slack import FakeSlack, limit_problems, postmessage_problems
 from tests.shopify_fake import FakeShopify
 
@@ -239,3 +241,26 @@ def test_the_destination_asset_announces_with_its_run(world, tmp_path):
     summary = next(r.json() for r in slack.posts() if r.json()["channel"] == "#push-summary")
     [button] = [b for b in summary["blocks"] if b["type"] == "actions"][0]["elements"]
     assert button["url"].endswith(f"/runs/{result.run_id}")
+
+
+def test_claro_push_announces_too_and_status_lists_the_entries(world, tmp_path):
+    """The CLI's push (a process of its own) goes through the same path: events, Slack, then `push status`."""
+    spec_path, spec, _, shop, slack, _ = world
+    home = tmp_path / "cli-home"
+    home.mkdir()
+    store = open_store(spec, home=home)
+    store.apply(ChangeSet("load", "products", "import", [
+        Change("SKU-7", "title", "Bowl", 100), Change("SKU-7", "price", -1.0, 100)]))
+    pushed = claro("push", "shop", home=home, spec=spec_path)
+    assert pushed.returncode == 1, pushed.stderr  # a record was refused
+    [event] = events(store)
+    assert event["record"] == "SKU-7" and "run_id" not in event["payload"]
+    assert sorted(heard(slack)) == [(c, ":no_entry: Push failed: 1 record to shop")
+                                    for c in ("#onboarding", "#push-summary", "#shop")]
+    status = claro("push", "status", "shop", home=home, spec=spec_path)
+    assert status.returncode == 0, status.stderr
+    assert "push.failed SKU-7 (sku-7): input.variants.0.price: Price must be greater than or equal to 0" \
+        in status.stdout
+    again = claro("push", "shop", home=home, spec=spec_path)
+    assert again.returncode == 1 and len(events(store)) == 1 and len(heard(slack)) == 3  # told once
+    store.dispose()
