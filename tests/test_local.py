@@ -67,8 +67,9 @@ def test_claro_run_is_in_the_instance_under_its_jobs_and_the_sensors_find_it_don
     summary = run_everything(demo.spec, demo.home, progress=lambda message: None, bar=False)
 
     assert {b.source: b.status for b in summary.batches} == {"suppliers_csv": "published", "acme_csv": "published"}
-    assert summary.destinations == {"catalogue_dump": "skipped: set CLARO_S3_ENDPOINT_URL to enable it",
-                                    "warehouse": "synced"}
+    assert summary.destinations == {
+        "shopify_store": "skipped: set CLARO_SHOPIFY_SHOP_URL and CLARO_SHOPIFY_TOKEN to enable it",
+        "catalogue_dump": "skipped: set CLARO_S3_ENDPOINT_URL to enable it", "warehouse": "synced"}
     assert summary.chained == {"products_revalidation": "done"}
     with instance_for(demo.home) as instance:
         runs = instance.get_runs()

@@ -141,9 +141,10 @@ def destination_resource(dest: DestinationSpec):
 
 
 def missing_env(dest: DestinationSpec) -> str | None:
-    """The environment variable a destination needs that is not set, if any."""
+    """The environment variables a destination needs that are not set (`A and B`), if any."""
     if dest.kind in sales_channels.CHANNEL_KINDS:
-        return sales_channels.missing_env(dest)
+        missing = [name for name in sales_channels.required_env(dest) if name and not os.environ.get(name)]
+        return " and ".join(missing) or None
     name = dest.url_env if dest.kind == "postgres" else dest.endpoint_url_env if dest.kind == "s3" else None
     return name if name and not os.environ.get(name) else None
 

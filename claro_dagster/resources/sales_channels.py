@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from claro_dagster.catalogue.channels import PushPlan
+from claro_dagster.resources.push_alerts import alerting
 
 #: kind -> the module that pushes it
 CHANNEL_MODULES = {"shopify": "claro_dagster.resources.shopify"}
@@ -35,4 +36,5 @@ def push_destination(store: Any, destination: str, dest: Any, *, filter: str | N
     """Push what changed in a channel destination's records (see each channel's `push_from_store`)."""
     module = importlib.import_module(CHANNEL_MODULES[dest.kind])
     client = None if dry_run else module.client_from_env(dest)
-    return module.push_from_store(store, destination, dest, client, filter=filter, dry_run=dry_run)
+    with alerting(store, destination, dest, dry_run=dry_run):  # push.failed: outbox events and Slack
+        return module.push_from_store(store, destination, dest, client, filter=filter, dry_run=dry_run)

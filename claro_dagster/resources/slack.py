@@ -38,6 +38,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 
+from claro_dagster.spec.checks import ALERT_EVENTS
 from claro_dagster.spec.models import NotificationsSpec, SlackRoute
 
 log = logging.getLogger(__name__)
@@ -69,19 +70,10 @@ BUTTON_URL_MAX = 3000
 MAX_RECORD_REPLIES = 20
 
 # ---------------------------------------------------------------------------------------------- events
-EVENTS: tuple[str, ...] = (
-    "run.failed",
-    "run.completed",
-    "batch.halted",
-    "review.queued",
-    # change events, as the catalogue store writes them to its outbox
-    "change.applied",
-    "change.approved",
-    "change.rejected",
-    "change.queued_for_review",
-)
+#: The alerts a route's `events` can name (the spec check refuses others): `spec.checks.ALERT_EVENTS`.
+EVENTS: tuple[str, ...] = ALERT_EVENTS
 _ICONS = {"run.failed": ":red_circle:", "batch.halted": ":octagonal_sign:",
-          "run.completed": ":white_check_mark:", "review.queued": ":eyes:"}
+          "run.completed": ":white_check_mark:", "review.queued": ":eyes:", "push.failed": ":no_entry:"}
 
 # Errors after which no further message can succeed (bad token, Slack unreachable): stop posting.
 _FATAL_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",

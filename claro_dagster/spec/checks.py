@@ -10,6 +10,7 @@ import re
 import zoneinfo
 from collections.abc import Iterable
 from difflib import get_close_matches
+from fnmatch import fnmatchcase
 from functools import cache
 from typing import Any
 from urllib.parse import urlparse
@@ -27,6 +28,18 @@ SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
 AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3")
 AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify")
+#: Events the store's outbox holds, which webhook subscriptions (`notifications.webhooks.*.events`) can list.
+OUTBOX_EVENTS: tuple[str, ...] = (
+    "run.started", "run.completed", "run.failed",
+    "change.applied", "change.approved", "change.rejected", "change.queued_for_review",
+    "push.failed",
+)
+#: Alerts Slack routes (`notifications.slack[].events`, pipeline `routing[].events`) can hear; `slack.EVENTS`.
+ALERT_EVENTS: tuple[str, ...] = (
+    "run.failed", "run.completed", "batch.halted", "review.queued", "push.failed",
+    # change events, as the catalogue store writes them to its outbox
+    "change.applied", "change.approved", "change.rejected", "change.queued_for_review",
+)
 # Slack channel ids: C (public), G (private), D (direct message) followed by upper-case alphanumerics.
 _SLACK_CHANNEL = re.compile(r"#[^\s#]+|[CGD][A-Z0-9]{6,}")
 # Who may use a slash command: a user id (U…, W… on Enterprise Grid), a user-group id (S…) or everyone.
@@ -41,6 +54,15 @@ def unknown(value: object, choices: Iterable[str], what: str, listing: str = "de
     if close:
         msg += f", did you mean {close[0]!r}?"
     return msg + (f" ({listing}: {', '.join(choices)})" if choices else " (none defined)")
+
+
+def _event_problem(pattern: str, known: tuple[str, ...], where: str) -> str | None:
+    """Why an `events` entry (a name or a shell-style pattern such as `change.*`) matches none of `known`."""
+    if any(fnmatchcase(name, pattern) for name in known):
+        return None
+    if any(c in pattern for c in "*?["):
+        return f"{pattern!r} matches no event {where} ({', '.join(known)})"
+    return unknown(pattern, known, f"an event {where}", "events")
 
 
 @cache
@@ -245,6 +267,9 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
                 if cat is not None and attr not in cat.attributes:
                     out.append((loc + ("routing", j, "attributes", k), unknown(attr, cat.attributes,
                                                                              "an attribute", "attributes")))
+            for k, event in enumerate(rule.events):
+                if msg := _event_problem(event, ALERT_EVENTS, "Slack alerts carry"):
+                    out.append((loc + ("routing", j, "events", k), msg))
             if rule.notify is not None and not rule.notify.startswith("#"):
                 out.append((loc + ("routing", j, "notify"), f"{rule.notify!r} is not a Slack channel: write it "
                             "as '#channel-name'"))
@@ -282,6 +307,9 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         for j, pipe_name in enumerate(route.pipelines):
             if pipe_name not in spec.pipelines:
                 out.append((loc + ("pipelines", j), unknown(pipe_name, spec.pipelines, "a pipeline")))
+        for j, event in enumerate(route.events):
+            if msg := _event_problem(event, ALERT_EVENTS, "Slack alerts carry"):
+                out.append((loc + ("events", j), msg))
     groups = False
     for command, who in notes.slack_commands:
         for j, entry in enumerate(who):
@@ -298,6 +326,9 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         url = urlparse(hook.url)
         if url.scheme not in ("http", "https") or not url.netloc:
             out.append((loc + ("url",), f"{hook.url!r} is not an http(s) URL"))
+        for j, event in enumerate(hook.events):
+            if msg := _event_problem(event, OUTBOX_EVENTS, "webhooks carry"):
+                out.append((loc + ("events", j), msg))
         if hook.mode == "scheduled" and not hook.cron:
             out.append((loc + ("cron",), "a webhook in 'scheduled' mode needs 'cron'"))
         if hook.cron is not None and (msg := _cron_problem(hook.cron)):

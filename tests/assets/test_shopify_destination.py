@@ -29,8 +29,7 @@ def shop(tmp_path, monkeypatch):
             monkeypatch.delenv(name, raising=False)
         shop_yaml = "\n".join("  " + line for line in yaml.safe_dump({"shop": SHOP}).splitlines())
         text = text.replace("\ndestinations:\n", "\ndestinations:\n" + shop_yaml + "\n", 1)
-        text = text.replace("destinations: [catalogue_dump, warehouse]",
-                            "destinations: [catalogue_dump, warehouse, shop]")
+        text = text.replace("catalogue_dump, warehouse]", "catalogue_dump, warehouse, shop]")
         assert "shop_url_env" in text and "warehouse, shop]" in text
         (tmp_path / "claro.yaml").write_text(text, encoding="utf-8")
         defs = build_definitions(tmp_path / "claro.yaml", tmp_path / "home")
