@@ -214,3 +214,17 @@ def test_the_sensor_definition():
                                 resource_key="drive_source_x")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.required_resource_keys == {"drive_source_x"}
+
+
+def test_claro_upload_refuses_a_drive_source_naming_its_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    project(tmp_path, extra_sources=SOURCE)
+    file = tmp_path / "f.csv"
+    file.write_bytes(ACME.read_bytes())
+    env = {**os.environ, "CLARO_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-m", "claro_dagster.cli", "--spec", str(tmp_path / "claro.yaml"),
+                           "upload", str(file), "--source", "supplier_drive"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and f"receives its files from Drive folder {FOLDER}, not by upload" in done.stderr
