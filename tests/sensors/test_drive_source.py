@@ -228,3 +228,43 @@ def test_claro_upload_refuses_a_drive_source_naming_its_folder(tmp_path):
     done = subprocess.run([sys.executable, "-m", "claro_dagster.cli", "--spec", str(tmp_path / "claro.yaml"),
                            "upload", str(file), "--source", "supplier_drive"], env=env, capture_output=True, text=True)
     assert done.returncode == 1 and f"receives its files from Drive folder {FOLDER}, not by upload" in done.stderr
+
+
+def test_a_shared_drive_folder_with_a_long_feed_is_paged_across_ticks(tmp_path, drive):
+    """Evaluated on its own (no runs): a folder in a shared drive, one page of the feed per tick."""
+    shared = "0ASharedDrive42"
+    partitions = dg.DynamicPartitionsDefinition(name="products_batches")
+    sensor = build_drive_sensor("team_drive", "team", FOLDER, tmp_path / "inbox", target=["products/batch_raw"],
+                                partitions_def=partitions, resource_key="drive_source_team", drive_id=shared,
+                                max_pages_per_tick=1)
+    resources = {"drive_source_team": DriveConnection(credentials_env="CLARO_TEST_DRIVE_KEY",
+                                                      endpoint_url_env="CLARO_TEST_DRIVE_URL")}
+    @dg.asset(partitions_def=partitions, key=["products", "batch_raw"])
+    def batch_raw() -> None:
+        """Never run here: the sensor's target."""
+
+    defs = dg.Definitions(assets=[batch_raw], sensors=[sensor], resources=resources)
+    with dg.instance_for_test() as instance:
+        cursor = None
+
+        def tick():
+            nonlocal cursor
+            context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
+                                              definitions=defs, resources=resources)
+            result = sensor.evaluate_tick(context)
+            cursor = result.cursor
+            return result
+
+        drive.add("my_drive.csv", b"sku\nA-1\n", "text/csv", [FOLDER])  # same folder id, not in the shared drive
+        assert tick().run_requests == []
+        for i in range(3):
+            drive.add(f"other{i}.csv", b"sku\nB-1\n", "text/csv", ["2AnotherFolder"], drive_id=shared)
+        wanted = drive.add("team.csv", b"sku\nC-1\n", "text/csv", [FOLDER], drive_id=shared)
+        first = tick()
+        assert first.run_requests == [] and "changes continue next tick" in first.skip_message
+        [request] = tick().run_requests
+        assert request.tags[TAG_DRIVE_FILE] == wanted
+        assert (tmp_path / "inbox" / request.partition_key / "team.csv").read_bytes() == b"sku\nC-1\n"
+        assert "caught up" in tick().skip_message
+    listing = [r.path for r in drive.requests if r.path.startswith("/drive/v3/files?")]
+    assert all(f"driveId={shared}" in p and "corpora=drive" in p for p in listing)
