@@ -460,7 +460,8 @@ def upload(file: Path, source: Annotated[str, typer.Option(help="The source the 
     kind = claro.spec.sources[source].kind
     if kind not in ("inbox", "upload"):
         spec = claro.spec.sources[source]
-        raise user_error(f"source {source!r} receives its files from s3://{spec.bucket}/{spec.prefix}, not by "
+        where = f"Drive folder {spec.folder_id}" if kind == "drive" else f"s3://{spec.bucket}/{spec.prefix}"
+        raise user_error(f"source {source!r} receives its files from {where}, not by "
                          "upload: put the file there, or upload it to an upload or inbox source")
     if not file.is_file():
         raise user_error(f"{file}: no such file")

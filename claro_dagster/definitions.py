@@ -27,16 +27,17 @@ from claro_dagster.assets.catalogue_ops import (
 from claro_dagster.assets.onboarding import INBOX_KINDS, batches_partitions, build_onboarding, stages_of
 from claro_dagster.catalogue.schema import default_home
 from claro_dagster.dev import webserver_url as dev_webserver_url
+from claro_dagster.resources import drive
 from claro_dagster.resources.catalogue import BatchFrameIOManager, CatalogueResource, database_url_setting
 from claro_dagster.resources.s3 import S3Connection, source_resource_key
 from claro_dagster.resources.slack import SlackNotifier
 from claro_dagster.schedules import build_schedules
 from claro_dagster.schedules.retention import build_retention_schedule
 from claro_dagster.sensors.chaining import build_completion_sensor, build_review_checkpoint_sensor
-from claro_dagster.sensors.inbound import build_inbox_sensor, build_s3_sensor
+from claro_dagster.sensors.inbound import build_drive_sensor, build_inbox_sensor, build_s3_sensor
 from claro_dagster.sensors.notifications import build_notification_sensors, slack_configured
 from claro_dagster.spec import default_spec_path, load_spec
-from claro_dagster.spec.models import ProjectSpec
+from claro_dagster.spec.models import ProjectSpec, SourceSpec
 
 if TYPE_CHECKING:  # what `define_asset_job` returns (Dagster does not export the class)
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -74,6 +75,18 @@ def operation_job_name(catalogue: str, operation: str) -> str:
 def destinations_job_name(pipeline_name: str) -> str:
     """The job (and sensor) syncing an onboarding pipeline's configured destinations after each batch."""
     return f"{pipeline_name}_destinations"
+
+
+def drive_source_sensor(source_name: str, source: SourceSpec, claro: CatalogueResource,
+                        job: UnresolvedAssetJobDefinition, partitions: dg.DynamicPartitionsDefinition,
+                        resources: dict[str, object]) -> dg.SensorDefinition:
+    """The sensor of a `kind: drive` source, and its own connection (its key file and endpoint variables)."""
+    key = drive.source_resource_key(source_name)
+    resources[key] = drive.DriveConnection(credentials_env=source.credentials_env or "",
+                                           endpoint_url_env=source.endpoint_url_env)
+    return build_drive_sensor(inbound_sensor_name(source_name, "drive"), source_name, source.folder_id or "",
+                              claro.inbox_dir(source_name), target=job, partitions_def=partitions, resource_key=key,
+                              drive_id=source.drive_id, max_file_bytes=int(source.max_file_mb * 1024 * 1024))
 
 
 def build_definitions(spec_path: Path | None = None, home: Path | None = None) -> dg.Definitions:
@@ -146,6 +159,8 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
                 sensors.append(build_s3_sensor(inbound_sensor_name(source_name, "s3"), source_name, source.bucket,
                                                source.prefix, target=batch_job, partitions_def=partitions,
                                                resource_key=s3_keys[source_name]))
+            elif source.kind == "drive":
+                sensors.append(drive_source_sensor(source_name, source, claro, batch_job, partitions, resources))
         if pipeline.review_checkpoint:
             sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published, job=batch_job))
         # A destination whose settings are not in this environment keeps its asset (runnable by hand, with a

@@ -218,7 +218,8 @@ def _run_everything(defs: dg.Definitions, instance: dg.DagsterInstance, export_f
     for catalogue in order:  # listed first, so the bar knows how many batches there are
         for source in spec.pipelines[pipelines[catalogue]].sources:
             if spec.sources[source].kind not in INBOX_KINDS:
-                progress(f"{catalogue}: source {source} is received by its {source}_s3 sensor (`claro dev`), not here")
+                sensor = f"{source}_{spec.sources[source].kind}"
+                progress(f"{catalogue}: source {source} is received by its {sensor} sensor (`claro dev`), not here")
                 continue
             # Named as the inbox sensor names them (name, size and modification time; the run hashes the content), so
             # the run of a file carries the run key the sensor would request for it.

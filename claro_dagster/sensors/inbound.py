@@ -1,4 +1,7 @@
-"""Inbound sensors: an inbox folder or an S3 prefix becomes a stream of batch runs.
+"""Inbound sensors: an inbox folder, an S3 prefix or a Google Drive folder becomes a stream of batch runs.
+
+(The Drive sensor, `build_drive_sensor`, follows Drive's changes feed and downloads each file itself: see its
+docstring. What follows describes the inbox and S3 sensors.)
 
 Each file (or object) becomes one batch: a dynamic partition whose key is
 `batch_key(source, filename, version)`. Ticks only list: they never read a file. The version is therefore
@@ -29,6 +32,7 @@ Tags on every run request:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +40,7 @@ from pathlib import Path
 import dagster as dg
 
 from claro_dagster.catalogue.batches import batch_key
+from claro_dagster.resources.drive import DriveClient, DriveConnection, DriveError, DriveFile, DriveFileRejected
 from claro_dagster.resources.inbox import Inbox
 from claro_dagster.resources.s3 import DEFAULT_SETTLE_SECONDS, S3Connection, S3Cursor
 
@@ -184,3 +189,149 @@ def build_s3_sensor(
         )
 
     return _s3_sensor
+
+
+# -- Google Drive ------------------------------------------------------------------------------------
+
+TAG_DRIVE_FILE = "claro/drive_file"
+DEFAULT_DRIVE_MAX_BYTES = 100 * 1024 * 1024
+
+
+def drive_run_key(key: str, file: DriveFile) -> str:
+    """`<batch key>@<file id>:<MD5 or v<version>>`: a changed file is a new run, an unchanged one never twice."""
+    return f"{key}@{file.id}:{file.content_version}"
+
+
+def build_drive_sensor(
+    name: str,
+    source_name: str,
+    folder_id: str,
+    receive_dir: Path,
+    *,
+    target: Target,
+    partitions_def: dg.DynamicPartitionsDefinition,
+    resource_key: str,
+    drive_id: str | None = None,
+    max_file_bytes: int = DEFAULT_DRIVE_MAX_BYTES,
+    minimum_interval_seconds: int = 60,
+    max_pages_per_tick: int = 50,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    description: str | None = None,
+) -> dg.SensorDefinition:
+    """A sensor that follows a Drive folder through the changes feed and requests one run per new or changed
+    CSV, XLSX or Google Sheets file in it.
+
+    The cursor is Drive's page token. The first tick asks for the start page token, then lists the folder
+    (`files.list`), so files already there are received; later ticks page through the changes from the token
+    (at most `max_pages_per_tick` pages: a long feed continues next tick). A change counts when its file is not
+    trashed or removed and the folder is among its parents. Unlike the inbox and S3 sensors, this one downloads:
+    Drive has no path the run could read, and the content must be the version the run key names. Each file is
+    streamed into `<receive_dir>/<batch key>/<name>` (a Google Sheet exported as `<name>.xlsx`), once per
+    version, and the run reads it from there like an inbox file. A file that is not a spreadsheet or is too
+    large is not received: it is logged and kept as `<receive_dir>/quarantine/<batch key>/<name>.reason.txt`
+    with the reason, as the inbox keeps refused files. Needs the resource `resource_key` (a `DriveConnection`).
+    """
+    if not partitions_def.name:
+        raise ValueError("partitions_def must be a named DynamicPartitionsDefinition")
+    receive_path = Path(receive_dir)
+
+    @dg.sensor(
+        name=name,
+        target=target,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description=description or f"Requests one batch run per new or changed spreadsheet in Drive folder "
+                                   f"{folder_id}",
+        tags={TAG_SOURCE: source_name},
+        required_resource_keys={resource_key},
+    )
+    def _drive_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        connection: DriveConnection = getattr(context.resources, resource_key)
+        client = connection.client()
+        try:
+            token = _drive_token(context.cursor)
+            if token is None:  # first tick: where the feed starts now, then what is already in the folder
+                token = client.start_page_token(drive_id)
+                candidates = list(client.list_folder(folder_id, drive_id))
+                state = "folder listed"
+            else:
+                candidates = []
+                for _ in range(max_pages_per_tick):
+                    page = client.changes(token, drive_id)
+                    token = page.token
+                    candidates += [c.file for c in page.changes if c.file is not None and not c.removed]
+                    if page.caught_up:
+                        break
+                state = "changes feed caught up" if page.caught_up else "changes continue next tick"
+            keys: list[str] = []
+            requests: list[dg.RunRequest] = []
+            for file in candidates:
+                if file.trashed or file.is_folder or folder_id not in file.parents:
+                    continue
+                key = batch_key(source_name, file.filename, drive_version(file))
+                if key in keys:  # the same version twice in one tick (a feed lists a file once per change)
+                    continue
+                received = _receive_drive_file(context, client, file, key, receive_path, max_file_bytes)
+                if received is None:
+                    continue
+                keys.append(key)
+                requests.append(dg.RunRequest(
+                    run_key=drive_run_key(key, file),
+                    partition_key=key,
+                    tags={TAG_SOURCE: source_name, TAG_URI: str(received.resolve()), TAG_VERSION: file.content_version,
+                          TAG_BATCH: key, TAG_DRIVE_FILE: file.id},
+                ))
+        finally:
+            client.close()
+        cursor = json.dumps({"v": 1, "token": token}, sort_keys=True, separators=(",", ":"))
+        if not requests:
+            return dg.SensorResult(skip_reason=f"no new spreadsheets in Drive folder {folder_id} ({state})",
+                                   cursor=cursor)
+        return dg.SensorResult(run_requests=requests,
+                               dynamic_partitions_requests=_new_partitions(context, partitions_def, keys),
+                               cursor=cursor)
+
+    return _drive_sensor
+
+
+def drive_version(file: DriveFile) -> str:
+    """The hex version a Drive file's batch key is made from: its id and its MD5 (or Sheet version) together."""
+    return hashlib.sha256(f"{file.id}\0{file.content_version}".encode()).hexdigest()
+
+
+def _drive_token(cursor: str | None) -> str | None:
+    if not cursor:
+        return None
+    try:
+        data = json.loads(cursor)
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict) or data.get("v") != 1 or not data.get("token"):
+        # Starting over would list the folder again (harmless: run keys repeat) but hides the fault; say it.
+        raise ValueError(f"not a Drive sensor cursor: {cursor[:80]!r}; reset the sensor's cursor in the UI to "
+                         "start over from the folder's current content")
+    return str(data["token"])
+
+
+def _receive_drive_file(context: dg.SensorEvaluationContext, client: DriveClient, file: DriveFile, key: str,
+                        receive_dir: Path, max_file_bytes: int) -> Path | None:
+    """The file's local copy (downloaded once per version), or None when it is refused (noted, logged once)."""
+    target = receive_dir / key / file.filename
+    if target.exists():
+        return target
+    note = receive_dir / "quarantine" / key / f"{file.filename}.reason.txt"
+    if note.exists():
+        return None
+    try:
+        return client.download(file, target, max_bytes=max_file_bytes)
+    except DriveFileRejected as exc:
+        reason = exc.reason
+    except DriveError as exc:
+        if getattr(exc, "status", None) != 404:
+            raise
+        reason = f"{file.describe()} could not be downloaded ({exc}); it was deleted or moved meanwhile"
+    context.log.warning(reason)
+    note.parent.mkdir(parents=True, exist_ok=True)
+    note.write_text(f"{reason}\n\nbatch: {key}\nfile: drive file {file.id} ({file.name}, {file.mime_type})\n"
+                    f"version: {file.content_version}\n", encoding="utf-8")
+    return None

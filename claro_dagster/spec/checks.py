@@ -26,7 +26,7 @@ Problem = tuple[Loc, str]
 SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
-AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3")
+AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive")
 AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify")
 #: Events the store's outbox holds, which webhook subscriptions (`notifications.webhooks.*.events`) can list.
 OUTBOX_EVENTS: tuple[str, ...] = (
@@ -209,6 +209,7 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
                         "files into"))
         if source.kind == "s3" and not source.bucket:
             out.append((loc + ("bucket",), "an s3 source needs 'bucket'"))
+        out += _drive_source_problems(loc, source)
         if msg := _override_problem(spec, source.thresholds):
             out.append((loc + ("thresholds",), msg))
 
@@ -421,6 +422,35 @@ def _check_shopify(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:
             attribute(loc + ("images", "attributes", i), name, ("image", "text"))
         if dest.images.alt:
             attribute(loc + ("images", "alt"), dest.images.alt, ("text", "enum"))
+    return out
+
+
+_DRIVE_ID = re.compile(r"[A-Za-z0-9_-]{5,}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _drive_source_problems(loc: Loc, source: Any) -> list[Problem]:
+    """A drive source needs its folder id and the variable naming its service-account key."""
+    if source.kind != "drive":
+        return []
+    out: list[Problem] = []
+    if not source.folder_id:
+        out.append((loc + ("folder_id",), "a drive source needs 'folder_id': the id at the end of the folder's "
+                    "address (drive.google.com/drive/folders/<folder_id>)"))
+    elif not _DRIVE_ID.fullmatch(source.folder_id):
+        out.append((loc + ("folder_id",), f"{source.folder_id!r} is not a Drive folder id: copy the part of the "
+                    "folder's address after /folders/ (letters, digits, '-' and '_')"))
+    if source.drive_id is not None and not _DRIVE_ID.fullmatch(source.drive_id):
+        out.append((loc + ("drive_id",), f"{source.drive_id!r} is not a shared drive id: copy the part of the "
+                    "shared drive's address after /folders/"))
+    if not source.credentials_env:
+        out.append((loc + ("credentials_env",), "a drive source needs 'credentials_env': the environment variable "
+                    "holding the path of the service account's JSON key file (share the folder with its email)"))
+    for key in ("credentials_env", "endpoint_url_env"):
+        value = getattr(source, key)
+        if value and not _ENV_NAME.fullmatch(value):
+            out.append((loc + (key,), f"{value!r} is not an environment variable name: name the variable, not "
+                        "its value"))
     return out
 
 

@@ -110,7 +110,7 @@ class CatalogueSpec(SpecModel):
 
 class SourceSpec(SpecModel):
     catalogue: str
-    kind: Literal["upload", "inbox", "s3"] = "upload"
+    kind: Literal["upload", "inbox", "s3", "drive"] = "upload"
     description: str | None = None
     # inbox
     path: str | None = None
@@ -118,6 +118,12 @@ class SourceSpec(SpecModel):
     bucket: str | None = None
     prefix: str = ""
     endpoint_url_env: str | None = None
+    # drive: a folder (optionally in a shared drive) followed through the changes feed. `endpoint_url_env` names
+    # the variable holding the API root (Google's when unset), `credentials_env` the service-account key file.
+    folder_id: str | None = None
+    drive_id: str | None = None
+    credentials_env: str | None = None
+    max_file_mb: float = Field(100, gt=0, description="larger files are refused, with the reason kept")
     # files
     sheet: str | int | None = None
     encoding: str | None = None
