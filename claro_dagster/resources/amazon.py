@@ -75,6 +75,9 @@ class AmazonError(ChannelError):
     """A call to SP-API or Login with Amazon that did not succeed; the message says what to do."""
 
 
+_SCHEMAS: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}  # endpoint -> (product type, version) -> schema
+
+
 class UnknownProductType(AmazonError):
     """Amazon has no such product type (for this marketplace): the listings of that type cannot be sent."""
 
@@ -160,7 +163,9 @@ class AmazonListings:
         self._token: str | None = None
         self._token_expires = 0.0
         self._versions: dict[str, str] = {}  # product type -> version fetched
-        self._schemas: dict[tuple[str, str], dict[str, Any]] = {}  # (product type, version) -> JSON Schema
+        # (product type, version) -> JSON Schema; shared by the clients of one endpoint in this process, so each
+        # push asks only which version is current (a schema document is hundreds of kilobytes)
+        self._schemas = _SCHEMAS.setdefault(self.endpoint_url, {})
 
     @classmethod
     def from_environment(cls, *, seller_id: str, marketplace_ids: Sequence[str], client_id_env: str,
