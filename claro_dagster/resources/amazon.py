@@ -12,6 +12,12 @@
   with the JSON pointer of the offending value;
 * the issues Amazon returns come back per SKU (code, message, severity, attribute names).
 
+`push` / `push_from_store` turn catalogue records into listings for a `kind: amazon` destination (`build_listing`:
+SKU, product type fixed or per record, the spec's attribute mapping laid out in Amazon's attribute structure) and
+send only what changed since the last accepted listing, kept per record in the channel state
+(`catalogue.channels`): price/quantity-like changes as JSON Patch, the rest as puts, many at once as one
+JSON_LISTINGS_FEED, archived records as deletions; refusals (local schema or Amazon's) land on their records.
+
 Requests go through `claro_dagster.resources.http.HttpClient`, the project's one HTTP layer, rather than through
 python-amazon-sp-api's clients: the listings calls are three small REST calls, the project's layer already retries
 429/5xx after the server's hint with an injectable clock and sleep (tests never wait), and python-amazon-sp-api keeps

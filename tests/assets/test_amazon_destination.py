@@ -106,3 +106,35 @@ def test_the_demo_destination_is_checked_and_skipped_without_its_variables(monke
     from claro_dagster.assets.catalogue_ops import missing_env
 
     assert missing_env(spec.destinations["amazon_listings"]) == "CLARO_AMAZON_CLIENT_ID"
+
+
+def test_the_api_down_mid_sync_the_next_sync_sends_only_the_rest(amazon, monkeypatch):
+    from claro_dagster.catalogue.channels import ChannelState
+    from claro_dagster.resources import amazon as amazon_module
+    from claro_dagster.resources.http import HttpClient
+
+    defs, claro, instance, fake = amazon
+    real = amazon_module.client_from_env
+
+    def quick(dest):  # the real client, its retries not waiting on the wall clock
+        client = real(dest)
+        client.http = HttpClient(sleep=lambda seconds: None, max_attempts=2)
+        return client
+
+    monkeypatch.setattr(amazon_module, "client_from_env", quick)
+    fake.go_down_after(5)  # the product type, then four listings
+    failed = dg.materialize(list(defs.assets), selection=[dg.AssetKey(["products", "amazon_listings"])],
+                            instance=instance, resources=defs.resources, raise_on_error=False)
+    assert not failed.success and len(fake.listings) == 4
+    assert ChannelState(claro.store).counts("amazon_listings") == {"pushed": 4}
+    fake.come_back()
+    resumed = sync(defs, instance)
+    assert (resumed["created"], resumed["unchanged"], resumed["calls"]) == (6, 4, 6) and resumed["check_passed"]
+    put = [r.path.split("?")[0].rsplit("/", 1)[1] for r in fake.server.requests if r.method == "PUT"
+           and "/listings/" in r.path]
+    assert len(fake.listings) == 10 and sorted(set(put)) == sorted(fake.listings)
+    assert all(put.count(sku) == 1 for sku in put[:4])  # what arrived before the outage was not sent again
+
+
+def test_the_destination_job_runs_one_at_a_time(amazon):
+    assert amazon[0].resolve_job_def("products_amazon_listings").tags["claro/destination"] == "amazon_listings"
