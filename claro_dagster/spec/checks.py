@@ -399,6 +399,7 @@ _AMAZON_SHAPE_TYPES: dict[str, tuple[str, ...]] = {
     "list": ("text", "enum"), "quantity": ("number",),
 }
 _AMAZON_PRODUCT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_AMAZON_MARKETPLACE = re.compile(r"^[A-Z0-9]{10,14}$")
 
 
 def _check_amazon(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:
@@ -428,6 +429,10 @@ def _check_amazon(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:
         out.append((loc + ("marketplace_ids",), "an amazon destination needs 'marketplace_ids': at least one, "
                                                 "e.g. [ATVPDKIKX0DER] for amazon.com or [A1F83G8C2ARO7P] for "
                                                 "amazon.co.uk"))
+    for i, marketplace in enumerate(dest.marketplace_ids):
+        if not _AMAZON_MARKETPLACE.match(marketplace):
+            out.append((loc + ("marketplace_ids", i), f"{marketplace!r} is not an Amazon marketplace id (e.g. "
+                                                      "ATVPDKIKX0DER for amazon.com, A1F83G8C2ARO7P for amazon.co.uk)"))
     if dest.product_type is None:
         out.append((loc + ("product_type",), "an amazon destination needs 'product_type': an Amazon product type "
                                              "(e.g. LUGGAGE) or {attribute: <attr>} to read it from each record"))
@@ -455,6 +460,9 @@ def _check_amazon(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:
             attribute(path + ("attributes", i), other, _AMAZON_SHAPE_TYPES[mapped.shape], what)
         if mapped.shape in ("offer", "money") and not dest.currency:
             out.append((path, f"{name!r} is money: set the destination's 'currency' (e.g. GBP)"))
+        if mapped.shape in ("text", "list") and not dest.language_tag:
+            out.append((path, f"{name!r} is text in a language: set the destination's 'language_tag' (e.g. "
+                              "en_GB), or give it `shape: value` if it has no language"))
     return out
 
 

@@ -111,6 +111,12 @@ def test_the_product_type_can_come_from_each_record(tmp_path, monkeypatch) -> No
     (("    currency: GBP\n", ""),
      "claro.yaml:33 destinations.amazon.attributes.purchasable_offer: 'purchasable_offer' is money: set the "
      "destination's 'currency' (e.g. GBP)"),
+    (("    language_tag: en_GB\n", ""),
+     "claro.yaml:30 destinations.amazon.attributes.item_name: 'item_name' is text in a language: set the "
+     "destination's 'language_tag' (e.g. en_GB), or give it `shape: value` if it has no language"),
+    (("[A1F83G8C2ARO7P]", "[amazon.co.uk]"),
+     "claro.yaml:20 destinations.amazon.marketplace_ids[0]: 'amazon.co.uk' is not an Amazon marketplace id (e.g. "
+     "ATVPDKIKX0DER for amazon.com, A1F83G8C2ARO7P for amazon.co.uk)"),
     (("    status: state\n", "    status: stat\n"),
      "claro.yaml:29 destinations.amazon.status: 'stat' is not an attribute of catalogue 'products', did you mean "
      "'state'? (defined: sku, title, brand, gtin, price, stock, image, kind, state, launched)"),
