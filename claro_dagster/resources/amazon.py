@@ -436,13 +436,16 @@ class Listing:
 
 
 def _number(value: object, name: str) -> float | int:
-    number = float(value)  # ValueError names the value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
     if number != number:
-        raise ValueError(f"{name} is not a number")
+        raise ValueError(f"{name} {text_value(value)!r} is not a number")
     return int(number) if number.is_integer() else number
 
 
-def attribute_value(name: str, entry: AmazonAttribute, record: Mapping[str, Any], dest: Any) -> list[dict] | None:
+def attribute_value(name: str, entry: str | AmazonAttribute, record: Mapping[str, Any], dest: Any) -> list[dict] | None:
     """One Amazon attribute of a record in the structure its shape says (None: the record has no value)."""
     entry = amazon_attribute(name, entry)
     marketplaces = list(dest.marketplace_ids)
@@ -495,7 +498,8 @@ def build_listing(record: Mapping[str, Any], dest: Any, key: str) -> Listing:
     if not sku:
         listing.error = f"BUILD: SKU attribute {dest.sku!r} is empty"
     elif product_type is None:
-        listing.error = f"BUILD: product type attribute {dest.product_type.attribute!r} is empty"
+        listing.error = ("BUILD: the destination has no product_type" if dest.product_type is None else
+                         f"BUILD: product type attribute {dest.product_type.attribute!r} is empty")
     for name, entry in dest.attributes.items():
         try:
             value = attribute_value(name, entry, record, dest)

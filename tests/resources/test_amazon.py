@@ -302,6 +302,8 @@ def test_a_record_becomes_a_listing_in_amazons_attribute_structure():
     listing = build_listing(record("C-1", kind="suitcase", seller_sku="AMZ-C-1", stock=2.5), per_record, "sku")
     assert (listing.record, listing.sku, listing.product_type) == ("C-1", "AMZ-C-1", "SUITCASE")
     assert listing.error == "BUILD: stock '2.5' is not a whole quantity (/fulfillment_availability)"
+    assert build_listing(record("C-1", price="n/a"), DEST, "sku").error == \
+        "BUILD: price 'n/a' is not a number (/purchasable_offer)"
 
 
 def test_push_sends_each_listing_then_nothing_then_one_patch_for_a_price(fake, client, state):
@@ -443,3 +445,10 @@ def test_push_from_store_and_client_from_env(monkeypatch, fake):
     assert missing_env(DEST) == "AMZ_SECRET"
     with pytest.raises(ChannelError, match="Set AMZ_SECRET to push listings to Amazon"):
         client_from_env(DEST)
+
+
+def test_a_record_whose_listing_cannot_be_built_is_held_with_why(fake, client, state):
+    plan = push(client, state, "amazon", DEST, [record("C-1", price="n/a"), record("C-2")], "sku")
+    assert plan.failed == {"C-1": "BUILD: price 'n/a' is not a number (/purchasable_offer)"}
+    assert [(e.record, e.status) for e in state.failures("amazon")] == [("C-1", "held")]
+    assert puts(fake) == [("put", "C-2")]
