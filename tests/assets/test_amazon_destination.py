@@ -17,6 +17,14 @@ VARIABLES = {"CLARO_AMAZON_CLIENT_ID": CLIENT_ID, "CLARO_AMAZON_CLIENT_SECRET": 
              "CLARO_AMAZON_REFRESH_TOKEN": REFRESH_TOKEN}
 
 
+@pytest.fixture(autouse=True)
+def fresh_schema_cache():
+    """Product type schemas are cached per endpoint for the process: a fake on a reused port starts empty."""
+    from claro_dagster.resources import amazon as amazon_module
+
+    amazon_module._SCHEMAS.clear()
+
+
 @pytest.fixture
 def amazon(tmp_path, monkeypatch):
     """The demo's suppliers and Acme products published, its Amazon destination pointed at the fake."""

@@ -45,6 +45,14 @@ def offer(price: float):
     return {"currency": "USD", "marketplace_id": MARKETPLACE, "our_price": [{"schedule": [{"value_with_tax": price}]}]}
 
 
+@pytest.fixture(autouse=True)
+def fresh_schema_cache():
+    """Product type schemas are cached per endpoint for the process: a fake on a reused port starts empty."""
+    from claro_dagster.resources import amazon as amazon_module
+
+    amazon_module._SCHEMAS.clear()
+
+
 @pytest.fixture
 def fake():
     with FakeAmazon() as server:
