@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/amazon.py` from anywhere
@@ -40,10 +41,15 @@ def listing(sku: str, price: float) -> dict:
     return {
         "item_name": [{"value": f"Cabin case {sku}", "language_tag": "en_US", "marketplace_id": MARKETPLACE}],
         "brand": [{"value": "Claro", "marketplace_id": MARKETPLACE}],
-        "externally_assigned_product_identifier": [{"type": "ean", "value": "4006381333931"}],
+        "externally_assigned_product_identifier": [{"type": "ean", "value": ean(sku)}],
         "bullet_point": [{"value": "Fits overhead bins", "language_tag": "en_US"}],
         "purchasable_offer": [offer(price)],
     }
+
+
+def ean(sku: str) -> str:
+    """A 13-digit identifier of its own per SKU (Amazon refuses one identifier listed under two SKUs)."""
+    return f"{zlib.crc32(sku.encode()):013d}"
 
 
 def offer(price: float) -> dict:

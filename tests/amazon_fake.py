@@ -9,9 +9,13 @@
 - each operation has a token bucket at its documented rate and burst (`sp-api-rate-limits.json`): past it the answer
   is 429 with the model's ErrorList and `x-amzn-RateLimit-Limit`, counted in `throttled`;
 - `throttle_next(n)` answers the next n listings calls 429 with `Retry-After` whatever the bucket says;
-- listings are kept (`listings[sku]`) with PUT replacing and PATCH applying its operations, and validated against
+- `go_down_after(n)` answers n more operations, then 503 until `come_back()`; `expire_tokens_after(n)` expires the
+  tokens issued so far after n more (a token that expires mid-push);
+- listings are kept (`listings[sku]`) with PUT replacing, PATCH applying its operations and DELETE removing them
+  (`deleted`), and validated against
   the product type schema served by the definitions API (`product-type-LUGGAGE.schema.json`): a missing required
-  attribute gives status INVALID with an ERROR issue, a missing bullet point an accepted listing with a WARNING.
+  attribute gives status INVALID with an ERROR issue, a missing bullet point an accepted listing with a WARNING, and
+  a product identifier another SKU already lists under an ERROR 8572 (a check Amazon makes beyond the schema).
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class FakeAmazon:
         self.throttled = 0
         self.forced_throttles = 0
         self.listings: dict[str, dict[str, Any]] = {}
+        self.deleted: list[str] = []  # SKUs whose listing was deleted
         self.calls: list[str] = []  # operationIds answered (not throttled, not refused)
         self.schema_downloads = 0
         self.uploads: dict[str, bytes] = {}  # feed document id -> what was uploaded
@@ -106,6 +111,25 @@ class FakeAmazon:
         self.tokens_issued = 0
         self._valid_tokens: set[str] = set()
         self.buckets = {op: Bucket(rate, burst, clock) for op, (rate, burst) in LIMITS.items()}
+        self.down_after: int | None = None  # SP-API answers 503 once this many operations were answered
+        self.expire_after: int | None = None  # tokens issued so far expire once this many were answered
+        self.revoke = False
+
+    def go_down_after(self, count: int) -> None:
+        """Answer `count` more SP-API operations, then 503 (the model's ErrorList) to every one until `come_back()`."""
+        with self.server.lock:
+            self.down_after = len(self.calls) + count
+
+    def come_back(self) -> None:
+        with self.server.lock:
+            self.down_after = None
+
+    def expire_tokens_after(self, count: int, *, revoke: bool = False) -> None:
+        """Expire every token issued so far once `count` more SP-API operations were answered (mid-push); with
+        `revoke` every token issued after that is refused too (the seller withdrew the app's authorisation)."""
+        with self.server.lock:
+            self.expire_after = len(self.calls) + count
+            self.revoke = revoke
 
     def expire_tokens(self) -> None:
         with self.server.lock:
@@ -165,6 +189,12 @@ class FakeAmazon:
 
     def _operation(self, request: Request, operation_id: str, operation: dict[str, Any], model: dict[str, Any],
                    path_params: dict[str, str], query: dict[str, list[str]]):
+        if self.expire_after is not None and len(self.calls) >= self.expire_after:
+            self.expire_after = None
+            self._valid_tokens.clear()
+            self._refuse = self.revoke
+        if self.down_after is not None and len(self.calls) >= self.down_after:
+            return 503, {}, _errors("ServiceUnavailable", "Temporary overloading or maintenance of the server.")
         token = request.headers.get("x-amz-access-token") or request.headers.get("X-Amz-Access-Token")
         if token not in self._valid_tokens or getattr(self, "_refuse", False):
             return 403, {}, _errors("Unauthorized", "Access to requested resource is denied.",
@@ -231,6 +261,16 @@ class FakeAmazon:
             issues.append({"code": "90220", "message": error.message, "severity": "ERROR", "attributeNames": names,
                            "categories": ["MISSING_ATTRIBUTE" if error.validator == "required"
                                           else "INVALID_ATTRIBUTE"]})
+        # Beyond the schema, as Amazon does: a product identifier another SKU of the seller already lists under
+        for identifier in attributes.get("externally_assigned_product_identifier", []):
+            owner = next((other for other, listing in self.listings.items() if other != sku and any(
+                i.get("value") == identifier.get("value")
+                for i in listing["attributes"].get("externally_assigned_product_identifier", []))), None)
+            if owner is not None:
+                issues.append({"code": "8572", "message": f"The product identifier {identifier.get('value')} is "
+                               f"already used by SKU {owner}", "severity": "ERROR",
+                               "attributeNames": ["externally_assigned_product_identifier"],
+                               "categories": ["INVALID_ATTRIBUTE"]})
         if "bullet_point" not in attributes:
             issues.append({"code": "18027", "message": "'bullet_point' is recommended for better discoverability",
                            "severity": "WARNING", "attributeNames": ["bullet_point"],
@@ -262,6 +302,15 @@ class FakeAmazon:
             else:
                 attributes[name] = patch["value"]
         return 200, self._submission(sku, body["productType"], attributes)
+
+    def _deleteListingsItem(self, path_params, query, body):  # noqa: N802
+        sku = path_params["sku"]
+        if self.listings.pop(sku, None) is None:
+            return 200, {"sku": sku, "status": "INVALID", "submissionId": f"sub-{len(self.calls)}", "issues": [
+                {"code": "8541", "message": "No listing for this SKU to delete", "severity": "ERROR",
+                 "categories": ["INVALID_ATTRIBUTE"]}]}
+        self.deleted.append(sku)
+        return 200, {"sku": sku, "status": "ACCEPTED", "submissionId": f"sub-{len(self.calls)}", "issues": []}
 
     def _getListingsItem(self, path_params, query, body):  # noqa: N802
         sku = path_params["sku"]

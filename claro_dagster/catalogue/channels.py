@@ -10,7 +10,7 @@ created, like the webhook outbox's, when it is first used (`create_all` adds it 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,6 +160,34 @@ def records_to_push(store: Any, destination: str, dest: Any, *, filter: str | No
     yield records
     if not filter and not dry_run:
         store.set_cursor(cursor_name(destination), str(upto))
+
+
+def payload_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any], *,
+                    keyed: Mapping[str, tuple[str, str]] | None = None, ignore: Iterable[str] = ()) -> list[str]:
+    """What differs between the payload last pushed and this one, field by field, as `name: old -> new`.
+
+    `keyed` names list fields compared item by item: field -> (label, item key), e.g. Shopify's
+    `{"variants": ("variant", "sku")}` gives `variant SKU-1 price: "4.50" -> "4.00"`. Fields in `ignore` are
+    skipped (ids the channel assigned). Nothing is listed when there is no previous payload (a create)."""
+    if old is None:
+        return []
+    keyed = keyed or {}
+    out = []
+    for name in sorted((set(old) | set(new)) - set(keyed) - set(ignore)):
+        if old.get(name) != new.get(name):
+            out.append(f"{name}: {json.dumps(old.get(name))} -> {json.dumps(new.get(name))}")
+    for list_name, (label, item_key) in keyed.items():
+        before = {v.get(item_key): v for v in old.get(list_name, [])}
+        after = {v.get(item_key): v for v in new.get(list_name, [])}
+        for item in sorted(set(before) | set(after), key=str):
+            if item not in before or item not in after:
+                out.append(f"{label} {item}: {'added' if item in after else 'removed'}")
+                continue
+            for name in sorted(set(before[item]) | set(after[item])):
+                if before[item].get(name) != after[item].get(name):
+                    out.append(f"{label} {item} {name}: {json.dumps(before[item].get(name))} -> "
+                               f"{json.dumps(after[item].get(name))}")
+    return out
 
 
 def text_value(value: object) -> str | None:

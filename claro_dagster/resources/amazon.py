@@ -12,6 +12,12 @@
   with the JSON pointer of the offending value;
 * the issues Amazon returns come back per SKU (code, message, severity, attribute names).
 
+`push` / `push_from_store` turn catalogue records into listings for a `kind: amazon` destination (`build_listing`:
+SKU, product type fixed or per record, the spec's attribute mapping laid out in Amazon's attribute structure) and
+send only what changed since the last accepted listing, kept per record in the channel state
+(`catalogue.channels`): price/quantity-like changes as JSON Patch, the rest as puts, many at once as one
+JSON_LISTINGS_FEED, archived records as deletions; refusals (local schema or Amazon's) land on their records.
+
 Requests go through `claro_dagster.resources.http.HttpClient`, the project's one HTTP layer, rather than through
 python-amazon-sp-api's clients: the listings calls are three small REST calls, the project's layer already retries
 429/5xx after the server's hint with an injectable clock and sleep (tests never wait), and python-amazon-sp-api keeps
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import hashlib
 import json as jsonlib
 import os
 import threading
@@ -35,7 +42,17 @@ from urllib.parse import quote
 
 import jsonschema
 
-from claro_dagster.resources.http import HttpClient, body_excerpt
+from claro_dagster.catalogue.channels import (
+    ChannelError,
+    ChannelRecord,
+    ChannelState,
+    PushPlan,
+    payload_changes,
+    records_to_push,
+    text_value,
+)
+from claro_dagster.resources.http import HttpClient, HttpError, body_excerpt
+from claro_dagster.spec.models import AmazonAttribute, amazon_attribute
 
 LISTINGS = "/listings/2021-08-01/items"
 DEFINITIONS = "/definitions/2020-09-01/productTypes"
@@ -60,8 +77,15 @@ DEFAULT_TOKEN_URL = "https://api.amazon.com/auth/o2/token"
 FEED_DONE = frozenset({"DONE", "FATAL", "CANCELLED"})
 
 
-class AmazonError(Exception):
+class AmazonError(ChannelError):
     """A call to SP-API or Login with Amazon that did not succeed; the message says what to do."""
+
+
+_SCHEMAS: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}  # endpoint -> (product type, version) -> schema
+
+
+class UnknownProductType(AmazonError):
+    """Amazon has no such product type (for this marketplace): the listings of that type cannot be sent."""
 
 
 class TokenBucket:
@@ -145,7 +169,9 @@ class AmazonListings:
         self._token: str | None = None
         self._token_expires = 0.0
         self._versions: dict[str, str] = {}  # product type -> version fetched
-        self._schemas: dict[tuple[str, str], dict[str, Any]] = {}  # (product type, version) -> JSON Schema
+        # (product type, version) -> JSON Schema; shared by the clients of one endpoint in this process, so each
+        # push asks only which version is current (a schema document is hundreds of kilobytes)
+        self._schemas = _SCHEMAS.setdefault(self.endpoint_url, {})
 
     @classmethod
     def from_environment(cls, *, seller_id: str, marketplace_ids: Sequence[str], client_id_env: str,
@@ -182,16 +208,22 @@ class AmazonListings:
 
     # ------------------------------------------------------------------ calls
     def call(self, operation: str, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-             json: Any = None) -> Any:
-        """One SP-API call: paced by its operation's bucket, the token refreshed once if the API refuses it."""
+             json: Any = None, missing_ok: bool = False) -> Any:
+        """One SP-API call: paced by its operation's bucket, the token refreshed once if the API refuses it.
+
+        With `missing_ok` a 404 answers its ErrorList instead of raising."""
         refreshed = False
         while True:
             bucket = self.buckets.get(operation)
             if bucket is not None:
                 bucket.take()
-            response = self.http.request(
-                method, self.endpoint_url + path, params=params, json=json, raise_for_status=False,
-                headers={"x-amz-access-token": self.access_token(), "Accept": "application/json"})
+            try:
+                response = self.http.request(
+                    method, self.endpoint_url + path, params=params, json=json, raise_for_status=False,
+                    headers={"x-amz-access-token": self.access_token(), "Accept": "application/json"})
+            except HttpError as error:
+                raise AmazonError(f"SP-API {operation} could not be reached ({error}): check the endpoint URL "
+                                  "or try again later; the next push resumes where this one stopped") from error
             if response.status_code in (401, 403) and not refreshed:
                 refreshed = True
                 self.access_token(refresh=True)
@@ -201,7 +233,8 @@ class AmazonListings:
                     f"SP-API refused {operation} even with a fresh access token (HTTP {response.status_code}: "
                     f"{body_excerpt(response)}): check that the application has the Product Listing role and "
                     f"is authorised by seller {self.seller_id}")
-            if response.status_code >= 400 and response.status_code != 400:
+            if response.status_code >= 400 and response.status_code != 400 and not (
+                    missing_ok and response.status_code == 404):
                 raise AmazonError(f"SP-API {operation} failed with HTTP {response.status_code}: "
                                   f"{body_excerpt(response)}; try again later or check the endpoint URL")
             return response.json() if response.content else None
@@ -214,9 +247,9 @@ class AmazonListings:
             return self._schemas[(product_type, version)]
         definition = self.call("getDefinitionsProductType", "GET", f"{DEFINITIONS}/{quote(product_type, safe='')}",
                                params={"marketplaceIds": ",".join(self.marketplace_ids), "sellerId": self.seller_id,
-                                       "requirements": "LISTING", "locale": "DEFAULT"})
+                                       "requirements": "LISTING", "locale": "DEFAULT"}, missing_ok=True)
         if not definition or "errors" in definition:
-            raise AmazonError(f"Amazon has no product type {product_type!r}: {definition}; "
+            raise UnknownProductType(f"Amazon has no product type {product_type!r}: {definition}; "
                               "pick one listed by searchDefinitionsProductTypes")
         version = definition["productTypeVersion"]["version"]
         if (product_type, version) not in self._schemas:
@@ -278,6 +311,11 @@ class AmazonListings:
         body = {"productType": product_type, "patches": [dict(p) for p in patches]}
         return self._result(sku, self.call("patchListingsItem", "PATCH", self._item_path(sku),
                                            params=self._params(), json=body))
+
+    def delete_listing(self, sku: str) -> ListingResult:
+        """Delete a listing in the marketplaces (deleteListingsItem)."""
+        return self._result(sku, self.call("deleteListingsItem", "DELETE", self._item_path(sku),
+                                           params=self._params()))
 
     def get_listing(self, sku: str) -> dict[str, Any]:
         return self.call("getListingsItem", "GET", self._item_path(sku),
@@ -369,3 +407,263 @@ class AmazonListings:
 def patch_replace(attribute: str, value: Any) -> dict[str, Any]:
     """A JSON Patch `replace` of one whole attribute, the usual shape of a price or quantity change."""
     return {"op": "replace", "path": f"/attributes/{attribute}", "value": copy.deepcopy(value)}
+
+
+# ---------------------------------------------------------------------------------------------- listings of records
+# Attributes whose change alone goes as a JSON Patch (patchListingsItem): price and quantity-like edits.
+PATCHABLE = frozenset({"purchasable_offer", "list_price", "fulfillment_availability"})
+STATE_BATCH = 50  # channel-state rows written per transaction during a push
+
+
+@dataclass
+class Listing:
+    """One record's Amazon listing: its SKU, product type and attributes in Amazon's structure."""
+
+    record: str  # the catalogue key
+    sku: str
+    product_type: str | None
+    attributes: dict[str, Any]
+    archived: bool = False
+    error: str | None = None  # why it cannot be built (it is held back, nothing is sent)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return {"productType": self.product_type, "attributes": self.attributes}
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(jsonlib.dumps(self.payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _number(value: object, name: str) -> float | int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if number != number:
+        raise ValueError(f"{name} {text_value(value)!r} is not a number")
+    return int(number) if number.is_integer() else number
+
+
+def attribute_value(name: str, entry: str | AmazonAttribute, record: Mapping[str, Any], dest: Any) -> list[dict] | None:
+    """One Amazon attribute of a record in the structure its shape says (None: the record has no value)."""
+    entry = amazon_attribute(name, entry)
+    marketplaces = list(dest.marketplace_ids)
+    language = {"language_tag": dest.language_tag} if dest.language_tag else {}
+    if entry.shape == "list":
+        if entry.attributes:
+            parts = [text_value(record.get(a)) for a in entry.attributes]
+        else:
+            whole = text_value(record.get(entry.attribute))
+            parts = whole.split(entry.separator) if whole and entry.separator else [whole]
+        parts = [p.strip() for p in parts if p and p.strip()]
+        return [{"value": p, **language, "marketplace_id": m} for m in marketplaces for p in parts] or None
+    raw = record.get(entry.attribute)
+    text = text_value(raw)
+    if text is None:
+        return None
+    if entry.shape == "quantity":  # fulfillment_availability carries no marketplace id
+        quantity = _number(raw, entry.attribute)
+        if not isinstance(quantity, int) or quantity < 0:
+            raise ValueError(f"{entry.attribute} {text!r} is not a whole quantity")
+        return [{"fulfillment_channel_code": entry.fulfillment_channel_code, "quantity": quantity}]
+    if entry.shape == "offer":
+        price = _number(raw, entry.attribute)
+        return [{"currency": dest.currency, "marketplace_id": m, "our_price": [{"schedule": [{"value_with_tax":
+                                                                                                  price}]}]}
+                for m in marketplaces]
+    if entry.shape == "money":
+        return [{"currency": dest.currency, "value_with_tax": _number(raw, entry.attribute), "marketplace_id": m}
+                for m in marketplaces]
+    if entry.shape == "identifier":
+        return [{"type": entry.type, "value": text, "marketplace_id": m} for m in marketplaces]
+    if entry.shape == "image":
+        return [{"media_location": text, "marketplace_id": m} for m in marketplaces]
+    if entry.shape == "value":
+        value = _number(raw, entry.attribute) if isinstance(raw, int | float) and not isinstance(raw, bool) else text
+        return [{"value": value, "marketplace_id": m} for m in marketplaces]
+    return [{"value": text, **language, "marketplace_id": m} for m in marketplaces]
+
+
+def build_listing(record: Mapping[str, Any], dest: Any, key: str) -> Listing:
+    """A record's listing per the destination's mapping (`DestinationSpec` of kind amazon)."""
+    rkey = text_value(record[key]) or ""
+    sku = text_value(record.get(dest.sku)) if dest.sku else rkey
+    if isinstance(dest.product_type, str) or dest.product_type is None:
+        product_type = dest.product_type
+    else:
+        product_type = (text_value(record.get(dest.product_type.attribute)) or "").upper() or None
+    archived = bool(dest.status) and (text_value(record.get(dest.status)) or "").lower() == "archived"
+    listing = Listing(rkey, sku or rkey, product_type, {}, archived)
+    if not sku:
+        listing.error = f"BUILD: SKU attribute {dest.sku!r} is empty"
+    elif product_type is None:
+        listing.error = ("BUILD: the destination has no product_type" if dest.product_type is None else
+                         f"BUILD: product type attribute {dest.product_type.attribute!r} is empty")
+    for name, entry in dest.attributes.items():
+        try:
+            value = attribute_value(name, entry, record, dest)
+        except ValueError as error:
+            listing.error = listing.error or f"BUILD: {error} ({'/' + name})"
+            continue
+        if value:
+            listing.attributes[name] = value
+    return listing
+
+
+def issue_text(issues: Sequence[ListingIssue]) -> str:
+    """`code: message (pointer)` for each ERROR issue (all issues when none is an error)."""
+    errors = [i for i in issues if i.severity == "ERROR"] or list(issues)
+    return "; ".join(f"{i.code}: {i.message}" + (f" ({i.pointer})" if i.pointer else
+                                                 f" ({', '.join(i.attribute_names)})" if i.attribute_names else "")
+                     for i in errors) or "Amazon did not accept the listing"
+
+
+def listing_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
+    """What differs between the listing last accepted and this one, attribute by attribute."""
+    def flat(payload: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        return None if payload is None else {"productType": payload.get("productType"),
+                                             **payload.get("attributes", {})}
+
+    return payload_changes(flat(old), flat(new))
+
+
+def _patches(old: Mapping[str, Any] | None, new: Listing) -> list[dict[str, Any]] | None:
+    """JSON Patch replace ops when only price/quantity-like attributes changed since `old`; else None (a put)."""
+    if not old or old.get("productType") != new.product_type:
+        return None
+    before, after = old.get("attributes", {}), new.attributes
+    changed = {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
+    if not changed or not changed <= PATCHABLE or not changed <= set(after):
+        return None
+    return [patch_replace(n, after[n]) for n in sorted(changed)]
+
+
+def push(client: AmazonListings | None, state: ChannelState, destination: str, dest: Any,
+         records: Sequence[Mapping[str, Any]], key: str, *, dry_run: bool = False) -> PushPlan:
+    """Push records' listings, sending only those whose listing changed since it was last accepted.
+
+    A change of price/quantity-like attributes only is a `patchListingsItem`; other changes and new listings a
+    `putListingsItem`, or, past `bulk_threshold` listings, one JSON_LISTINGS_FEED. A record whose status is
+    archived has its listing deleted. Every listing is validated against its product type's schema first and an
+    invalid one is never sent. Channel state is written as the push goes (and when it stops on an error), so the
+    next push sends only what did not arrive. With `dry_run` nothing is sent and nothing is written."""
+    listings = [build_listing(r, dest, key) for r in records]
+    stored = state.get(destination, [item.record for item in listings])
+    plan, entries = PushPlan(), []
+    puts: list[tuple[Listing, ChannelRecord | None]] = []
+    patches: list[tuple[Listing, ChannelRecord, list[dict[str, Any]]]] = []
+    deletes: list[tuple[Listing, ChannelRecord]] = []
+    for listing in listings:
+        before = stored.get(listing.record)
+        listed = before is not None and before.remote_id is not None and before.status != "archived"
+        if listing.error:
+            plan.failed[listing.record] = listing.error
+            entries.append(_entry(destination, listing, "held", before, error=listing.error))
+            continue
+        if listing.archived:
+            if listed:
+                plan.archive.append(listing.sku)
+                deletes.append((listing, before))
+            else:  # never on Amazon (or deleted already): nothing to send
+                plan.unchanged.append(listing.sku)
+                if before is None or before.status != "archived":
+                    entries.append(ChannelRecord(destination, listing.record, "archived", listing.sku,
+                                                 hash=listing.digest, payload=listing.payload))
+            continue
+        if before is not None and before.hash == listing.digest and (before.status == "pushed" or listed):
+            plan.unchanged.append(listing.sku)  # Amazon holds this very listing (a refused change was undone)
+            if before.status != "pushed":
+                entries.append(ChannelRecord(destination, listing.record, "pushed", listing.sku, before.remote_id,
+                                             before.remote_ids, before.hash, payload=before.payload))
+            continue
+        if listed:
+            plan.update.append(listing.sku)
+            plan.changes[listing.sku] = listing_changes(before.payload, listing.payload)
+            ops = _patches(before.payload, listing)
+            if ops is not None:
+                patches.append((listing, before, ops))
+                continue
+        else:
+            plan.create.append(listing.sku)
+        puts.append((listing, before))
+    if dry_run:
+        return plan
+    def record(listing: Listing, before: ChannelRecord | None, result: ListingResult, ok_status: str, *,
+               counted: bool = True) -> None:
+        plan.sent += counted and result.sent
+        if result.ok:
+            entries.append(ChannelRecord(destination, listing.record, ok_status, listing.sku, listing.sku,
+                                         {"submission": result.submission_id}, listing.digest,
+                                         payload=listing.payload))
+        else:
+            plan.failed[listing.record] = issue_text(result.issues)
+            entries.append(_entry(destination, listing, "failed", before, error=plan.failed[listing.record]))
+        if len(entries) >= STATE_BATCH:  # stored as the push goes: a push that dies mid-way keeps what it did
+            state.put(entries)
+            entries.clear()
+
+    try:
+        unknown: dict[str, str] = {}
+        for product_type in sorted({item.product_type for item, *_ in (*puts, *patches)}):
+            try:
+                client.product_type_schema(product_type)
+            except UnknownProductType as error:
+                unknown[product_type] = f"PRODUCT_TYPE: {error}"
+        if unknown:
+            for listing, before in [*puts, *((lst, b) for lst, b, _ in patches)]:
+                if listing.product_type in unknown:
+                    plan.failed[listing.record] = unknown[listing.product_type]
+                    entries.append(_entry(destination, listing, "failed", before, error=unknown[listing.product_type]))
+            puts = [(lst, b) for lst, b in puts if lst.product_type not in unknown]
+            patches = [(lst, b, ops) for lst, b, ops in patches if lst.product_type not in unknown]
+
+        for listing, before in deletes:
+            record(listing, before, client.delete_listing(listing.sku), "archived")
+        if len(puts) + len(patches) > dest.bulk_threshold:
+            sending = [(listing, before) for listing, before in puts] + [(lst, b) for lst, b, _ in patches]
+            results = {r.sku: r for r in client.push_feed([(lst.sku, lst.product_type, lst.attributes)
+                                                           for lst, _ in sending])}
+            plan.sent += any(r.sent for r in results.values())  # one feed, however many listings it carries
+            for listing, before in sending:
+                record(listing, before, results[listing.sku], "pushed", counted=False)
+        else:
+            for listing, before, ops in patches:
+                record(listing, before, client.patch_listing(listing.sku, ops, product_type=listing.product_type),
+                       "pushed")
+            for listing, before in puts:
+                record(listing, before, client.put_listing(listing.sku, listing.product_type, listing.attributes),
+                       "pushed")
+    except HttpError as error:  # the schema or feed documents, fetched outside `call`
+        raise AmazonError(f"Amazon could not be reached ({error}): try again later; the next push resumes where "
+                          "this one stopped") from error
+    finally:
+        state.put(entries)
+    return plan
+
+
+def _entry(destination: str, listing: Listing, status: str, before: ChannelRecord | None, *,
+           error: str) -> ChannelRecord:
+    """A failed or held record's state: what Amazon still holds (the last accepted listing) is kept."""
+    return ChannelRecord(destination, listing.record, status, listing.sku, before.remote_id if before else None,
+                         before.remote_ids if before else {}, before.hash if before else None, error,
+                         before.payload if before else None)
+
+
+# ----------------------------------------------------------------------------------- from the catalogue
+def push_from_store(store: Any, destination: str, dest: Any, client: AmazonListings | None, *,
+                    filter: str | None = None, dry_run: bool = False) -> PushPlan:
+    """Push the listings of the records changed since the destination's cursor and of those refused last time."""
+    key = store.catalogue(dest.catalogue).key
+    with records_to_push(store, destination, dest, filter=filter, dry_run=dry_run, group_by=None) as records:
+        return push(client, ChannelState(store), destination, dest, records, key, dry_run=dry_run) \
+            if records else PushPlan()
+
+
+def client_from_env(dest: Any) -> AmazonListings:
+    """The client for an amazon destination, from the variables its spec names (read when a push runs)."""
+    return AmazonListings.from_environment(
+        seller_id=dest.seller_id, marketplace_ids=dest.marketplace_ids, client_id_env=dest.client_id_env,
+        client_secret_env=dest.client_secret_env, refresh_token_env=dest.refresh_token_env,
+        endpoint_url_env=dest.endpoint_url_env, token_url_env=dest.token_url_env,
+        issue_locale=dest.language_tag or "en_US")

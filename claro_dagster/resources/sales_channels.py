@@ -16,7 +16,7 @@ from claro_dagster.catalogue.channels import PushPlan
 from claro_dagster.resources.push_alerts import alerting
 
 #: kind -> the module that pushes it
-CHANNEL_MODULES = {"shopify": "claro_dagster.resources.shopify"}
+CHANNEL_MODULES = {"shopify": "claro_dagster.resources.shopify", "amazon": "claro_dagster.resources.amazon"}
 CHANNEL_KINDS: tuple[str, ...] = tuple(CHANNEL_MODULES)
 
 
@@ -24,6 +24,8 @@ def required_env(dest: Any) -> list[str]:
     """The environment variables a channel destination cannot push without (endpoint overrides are optional)."""
     if dest.kind == "shopify":
         return [dest.shop_url_env, dest.token_env]
+    if dest.kind == "amazon":  # the SP-API and token endpoints default to Amazon's own
+        return [dest.client_id_env, dest.client_secret_env, dest.refresh_token_env]
     return []
 
 

@@ -28,6 +28,7 @@ from datetime import date, datetime
 from typing import Any
 
 from claro_dagster.catalogue.channels import ChannelError, ChannelRecord, ChannelState, PushPlan, records_to_push
+from claro_dagster.catalogue.channels import payload_changes as channel_payload_changes
 from claro_dagster.catalogue.channels import text_value as _text
 
 from .http import HttpClient, HttpError
@@ -611,23 +612,7 @@ def settle_media(client: ShopifyClient, results: Iterable[PushResult]) -> list[P
 # ------------------------------------------------------------------------------------------------- push
 def payload_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
     """What differs between the payload last pushed and this one, field by field (variants by SKU)."""
-    if old is None:
-        return []
-    out = []
-    for name in sorted((set(old) | set(new)) - {"variants", "id"}):
-        if old.get(name) != new.get(name):
-            out.append(f"{name}: {json.dumps(old.get(name))} -> {json.dumps(new.get(name))}")
-    before = {v.get("sku"): v for v in old.get("variants", [])}
-    after = {v.get("sku"): v for v in new.get("variants", [])}
-    for sku in sorted(set(before) | set(after), key=str):
-        if sku not in before or sku not in after:
-            out.append(f"variant {sku}: {'added' if sku in after else 'removed'}")
-            continue
-        for name in sorted(set(before[sku]) | set(after[sku])):
-            if before[sku].get(name) != after[sku].get(name):
-                out.append(f"variant {sku} {name}: {json.dumps(before[sku].get(name))} -> "
-                           f"{json.dumps(after[sku].get(name))}")
-    return out
+    return channel_payload_changes(old, new, keyed={"variants": ("variant", "sku")}, ignore=("id",))
 
 
 def push(client: ShopifyClient | None, state: Any, destination: str, dest: Any, records: Iterable[Mapping],

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
-from .models import AttributeSpec, ProjectSpec, ThresholdOverride, Thresholds
+from .models import AttributeSpec, ProjectSpec, ThresholdOverride, Thresholds, amazon_attribute
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
@@ -27,7 +27,7 @@ SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
 AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive")
-AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify")
+AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "amazon")
 #: Events the store's outbox holds, which webhook subscriptions (`notifications.webhooks.*.events`) can list.
 OUTBOX_EVENTS: tuple[str, ...] = (
     "run.started", "run.completed", "run.failed",
@@ -232,6 +232,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
                 out.append((loc + ("table",), "a postgres destination needs 'table'"))
         if dest.kind == "shopify" and dest.catalogue in spec.catalogues:
             out += _check_shopify(spec, loc, dest)
+        if dest.kind == "amazon" and dest.catalogue in spec.catalogues:
+            out += _check_amazon(spec, loc, dest)
 
     for pname, pipe in spec.pipelines.items():
         loc = ("pipelines", pname)
@@ -451,6 +453,80 @@ def _drive_source_problems(loc: Loc, source: Any) -> list[Problem]:
         if value and not _ENV_NAME.fullmatch(value):
             out.append((loc + (key,), f"{value!r} is not an environment variable name: name the variable, not "
                         "its value"))
+    return out
+
+
+# Catalogue attribute types each Amazon attribute shape can be filled from.
+_AMAZON_SHAPE_TYPES: dict[str, tuple[str, ...]] = {
+    "text": ("text", "enum", "reference", "number", "date"), "value": ("text", "enum", "reference", "number", "date"),
+    "offer": ("number",), "money": ("number",), "identifier": ("text",), "image": ("image", "text"),
+    "list": ("text", "enum"), "quantity": ("number",),
+}
+_AMAZON_PRODUCT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_AMAZON_MARKETPLACE = re.compile(r"^[A-Z0-9]{10,14}$")
+
+
+def _check_amazon(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:
+    """The Amazon mapping against its catalogue: credentials named, seller and marketplaces given, a product type,
+    and each mapped attribute exists with a type its shape can hold (money needs `currency`)."""
+    out: list[Problem] = []
+    attributes = spec.catalogues[dest.catalogue].attributes
+    where = f"an attribute of catalogue {dest.catalogue!r}"
+
+    def attribute(path: Loc, name: str, types: tuple[str, ...] | None, what: str = "this key") -> None:
+        if name not in attributes:
+            out.append((path, unknown(name, attributes, where)))
+        elif types and attributes[name].type not in types:
+            out.append((path, f"{name!r} is a {attributes[name].type} attribute; {what} takes "
+                              f"{' or '.join(types)} attributes"))
+
+    for key, what in (("client_id_env", "the SP-API application's LWA client id"),
+                      ("client_secret_env", "the SP-API application's LWA client secret"),
+                      ("refresh_token_env", "the seller's LWA refresh token (from authorising the app)")):
+        if not getattr(dest, key):
+            out.append((loc + (key,), f"an amazon destination needs {key!r}: the environment variable that "
+                                      f"holds {what}"))
+    if not dest.seller_id:
+        out.append((loc + ("seller_id",), "an amazon destination needs 'seller_id': the selling partner id "
+                                          "(Seller Central: Settings > Account Info > Merchant Token)"))
+    if not dest.marketplace_ids:
+        out.append((loc + ("marketplace_ids",), "an amazon destination needs 'marketplace_ids': at least one, "
+                                                "e.g. [ATVPDKIKX0DER] for amazon.com or [A1F83G8C2ARO7P] for "
+                                                "amazon.co.uk"))
+    for i, marketplace in enumerate(dest.marketplace_ids):
+        if not _AMAZON_MARKETPLACE.match(marketplace):
+            out.append((loc + ("marketplace_ids", i), f"{marketplace!r} is not an Amazon marketplace id (e.g. "
+                                                      "ATVPDKIKX0DER for amazon.com, A1F83G8C2ARO7P for amazon.co.uk)"))
+    if dest.product_type is None:
+        out.append((loc + ("product_type",), "an amazon destination needs 'product_type': an Amazon product type "
+                                             "(e.g. LUGGAGE) or {attribute: <attr>} to read it from each record"))
+    elif isinstance(dest.product_type, str):
+        if not _AMAZON_PRODUCT_TYPE.match(dest.product_type):
+            out.append((loc + ("product_type",), f"{dest.product_type!r} is not an Amazon product type name "
+                                                 "(upper case, e.g. LUGGAGE); to read it from each record write "
+                                                 "{attribute: <attr>}"))
+    else:
+        attribute(loc + ("product_type", "attribute"), dest.product_type.attribute, ("text", "enum"))
+    for key, types in (("sku", ("text",)), ("status", ("enum", "text"))):
+        if getattr(dest, key):
+            attribute(loc + (key,), getattr(dest, key), types)
+    if not dest.attributes:
+        out.append((loc + ("attributes",), "an amazon destination needs 'attributes': Amazon attribute names "
+                                           "mapped to catalogue attributes (item_name: title, brand: brand, ...)"))
+    for name, entry in dest.attributes.items():
+        mapped = amazon_attribute(name, entry)
+        path = loc + ("attributes", name)
+        what = f"shape {mapped.shape!r} of {name!r}"
+        if mapped.attribute:
+            attribute(path if isinstance(entry, str) else path + ("attribute",), mapped.attribute,
+                      _AMAZON_SHAPE_TYPES[mapped.shape], what)
+        for i, other in enumerate(mapped.attributes):
+            attribute(path + ("attributes", i), other, _AMAZON_SHAPE_TYPES[mapped.shape], what)
+        if mapped.shape in ("offer", "money") and not dest.currency:
+            out.append((path, f"{name!r} is money: set the destination's 'currency' (e.g. GBP)"))
+        if mapped.shape in ("text", "list") and not dest.language_tag:
+            out.append((path, f"{name!r} is text in a language: set the destination's 'language_tag' (e.g. "
+                              "en_GB), or give it `shape: value` if it has no language"))
     return out
 
 

@@ -203,6 +203,63 @@ class ShopifyImages(SpecModel):
     alt: str | None = None
 
 
+# Amazon attribute shapes (`AmazonAttribute.shape`): how catalogue values are laid out in Amazon's attribute structure.
+AMAZON_SHAPES: tuple[str, ...] = ("text", "value", "offer", "money", "identifier", "image", "list", "quantity")
+# The shape an Amazon attribute takes when the mapping gives just a catalogue attribute name; any other: `text`.
+AMAZON_DEFAULT_SHAPES: dict[str, str] = {
+    "purchasable_offer": "offer", "list_price": "money", "fulfillment_availability": "quantity",
+    "externally_assigned_product_identifier": "identifier", "main_product_image_locator": "image",
+    "bullet_point": "list",
+}
+AMAZON_IDENTIFIER_TYPES: tuple[str, ...] = ("ean", "gtin", "upc", "isbn")
+
+
+class AmazonProductTypeFrom(SpecModel):
+    """`product_type: {attribute: <attr>}`: each record's Amazon product type is the value of this attribute."""
+
+    attribute: str
+
+
+class AmazonAttribute(SpecModel):
+    """One Amazon attribute filled from the catalogue, with its shape (each item also gets the marketplace id):
+
+    text: [{value, language_tag}]; value: [{value}] (numbers, codes: no language tag);
+    offer: [{currency, our_price: [{schedule: [{value_with_tax}]}]}]; money: [{currency, value_with_tax}];
+    identifier: [{type, value}]; image: [{media_location}]; list: one {value, language_tag} per attribute of
+    `attributes` (or per `separator`-split part of `attribute`); quantity: [{fulfillment_channel_code, quantity}].
+    """
+
+    attribute: str | None = Field(None, description="the catalogue attribute holding the value")
+    attributes: list[str] = Field(default_factory=list, description="list shape: several attributes, one item "
+                                                                    "each, in order (e.g. bullet points)")
+    shape: Literal["text", "value", "offer", "money", "identifier", "image", "list", "quantity"] | None = Field(
+        None, description="unset: the Amazon attribute's usual shape (AMAZON_DEFAULT_SHAPES), else text")
+    type: Literal["ean", "gtin", "upc", "isbn"] = Field("ean", description="identifier shape: the identifier's "
+                                                                           "type")
+    separator: str | None = Field(None, description="list shape from one attribute: split its value on this")
+    fulfillment_channel_code: str = Field("DEFAULT", description="quantity shape: DEFAULT is seller-fulfilled")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AmazonAttribute:
+        if bool(self.attribute) == bool(self.attributes):
+            raise ValueError("give either 'attribute' (one catalogue attribute) or 'attributes' (a list, for the "
+                             "list shape), not both or neither")
+        if self.attributes and self.shape not in (None, "list"):
+            raise ValueError(f"'attributes' (several catalogue attributes) makes a list; shape {self.shape!r} "
+                             "takes one 'attribute'")
+        return self
+
+
+def amazon_attribute(name: str, entry: str | AmazonAttribute) -> AmazonAttribute:
+    """A mapping entry of an amazon destination with its shape resolved (a plain name: the usual shape)."""
+    if isinstance(entry, str):
+        entry = AmazonAttribute(attribute=entry)
+    if entry.shape is None:
+        usual = "image" if name.startswith("other_product_image_locator_") else AMAZON_DEFAULT_SHAPES.get(name)
+        entry = entry.model_copy(update={"shape": "list" if entry.attributes else usual or "text"})
+    return entry
+
+
 class DestinationSpec(SpecModel):
     kind: Literal["s3", "postgres", "shopify", "amazon", "bigquery", "sheets", "webhook"]
     catalogue: str
@@ -228,7 +285,9 @@ class DestinationSpec(SpecModel):
     title: str | None = None
     description: str | None = None
     vendor: str | None = None
-    product_type: str | None = None
+    product_type: str | AmazonProductTypeFrom | None = Field(
+        None, description="shopify: the attribute holding the product type; amazon: a fixed Amazon product type "
+                          "(`product_type: LUGGAGE`) or `{attribute: <attr>}` to read it from each record")
     tags: str | None = None
     status: str | None = Field(None, description="attribute whose value is active, draft or archived")
     price: str | None = None
@@ -237,7 +296,32 @@ class DestinationSpec(SpecModel):
     barcode: str | None = None
     metafields: list[ShopifyMetafield] = Field(default_factory=list)
     images: ShopifyImages | None = None
-    bulk_threshold: int = Field(250, ge=1, description="pushes of more products than this use a bulk operation")
+    bulk_threshold: int = Field(250, ge=1, description="pushes of more products (Shopify) or listings (Amazon) "
+                                                       "than this use a bulk operation / a JSON_LISTINGS_FEED")
+    # amazon: the seller and marketplaces, where (environment variable names, never the values), then the mapping
+    # from Amazon attribute names to catalogue attributes. Reuses `endpoint_url_env` (the SP-API endpoint),
+    # `filter`, `sku`, `status` (archived deletes the listing) and `bulk_threshold`.
+    seller_id: str | None = Field(None, description="the selling partner id (merchant token) the listings belong to")
+    marketplace_ids: list[str] = Field(default_factory=list, description="e.g. ATVPDKIKX0DER (amazon.com), "
+                                                                         "A1F83G8C2ARO7P (amazon.co.uk)")
+    client_id_env: str | None = Field(None, description="variable holding the SP-API application's LWA client id")
+    client_secret_env: str | None = Field(None, description="variable holding the LWA client secret")
+    refresh_token_env: str | None = Field(None, description="variable holding the seller's LWA refresh token")
+    token_url_env: str | None = Field(None, description="variable holding the Login with Amazon token URL "
+                                                        "(unset: Amazon's own)")
+    language_tag: str | None = Field(None, pattern=r"^[a-z]{2}_[A-Z]{2}$", description="language of text "
+                                                                                       "values, e.g. en_GB")
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="currency of money values, e.g. GBP")
+    attributes: dict[str, str | AmazonAttribute] = Field(
+        default_factory=dict, description="Amazon attribute name -> a catalogue attribute (its usual shape) or "
+                                          "{attribute, shape, ...} (see AmazonAttribute)")
+
+    @model_validator(mode="after")
+    def _product_type_from_attribute_is_amazon_only(self) -> DestinationSpec:
+        if isinstance(self.product_type, AmazonProductTypeFrom) and self.kind != "amazon":
+            raise ValueError(f"product_type {{attribute: ...}} is for amazon destinations; for {self.kind} "
+                             "write the attribute's name (product_type: category)")
+        return self
 
 
 class SlackRoute(SpecModel):
