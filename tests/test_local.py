@@ -69,6 +69,8 @@ def test_claro_run_is_in_the_instance_under_its_jobs_and_the_sensors_find_it_don
     assert {b.source: b.status for b in summary.batches} == {"suppliers_csv": "published", "acme_csv": "published"}
     assert summary.destinations == {
         "shopify_store": "skipped: set CLARO_SHOPIFY_SHOP_URL and CLARO_SHOPIFY_TOKEN to enable it",
+        "amazon_listings": "skipped: set CLARO_AMAZON_CLIENT_ID and CLARO_AMAZON_CLIENT_SECRET and "
+                           "CLARO_AMAZON_REFRESH_TOKEN to enable it",
         "catalogue_dump": "skipped: set CLARO_S3_ENDPOINT_URL to enable it", "warehouse": "synced"}
     assert summary.chained == {"products_revalidation": "done"}
     with instance_for(demo.home) as instance:

@@ -32,10 +32,6 @@ def amazon(tmp_path, monkeypatch):
         text = (DEMO_DIR / "claro.yaml").read_text(encoding="utf-8")
         for name in ("CLARO_S3_ENDPOINT_URL", "CLARO_WAREHOUSE_URL", *VARIABLES):  # the other destinations idle
             monkeypatch.delenv(name, raising=False)
-        # the demo keeps the destination out of its pipeline (`claro push` sends it); here the pipeline syncs it
-        text = text.replace("destinations: [catalogue_dump, warehouse]",
-                            "destinations: [catalogue_dump, warehouse, amazon_listings]")
-        assert "warehouse, amazon_listings]" in text
         (tmp_path / "claro.yaml").write_text(text, encoding="utf-8")
         defs = build_definitions(tmp_path / "claro.yaml", tmp_path / "home")
         claro = defs.resources["claro"]
@@ -113,7 +109,8 @@ def test_the_demo_destination_is_checked_and_skipped_without_its_variables(monke
         monkeypatch.delenv(name, raising=False)
     from claro_dagster.assets.catalogue_ops import missing_env
 
-    assert missing_env(spec.destinations["amazon_listings"]) == "CLARO_AMAZON_CLIENT_ID"
+    assert missing_env(spec.destinations["amazon_listings"]) == ("CLARO_AMAZON_CLIENT_ID and CLARO_AMAZON_CLIENT_SECRET and "
+                                                               "CLARO_AMAZON_REFRESH_TOKEN")
 
 
 def test_the_api_down_mid_sync_the_next_sync_sends_only_the_rest(amazon, monkeypatch):

@@ -98,6 +98,7 @@ def test_graph_snapshot(monkeypatch):
             expected[f"{catalogue}/{operation}"] = [f"{catalogue}/records"]
     expected["products/review_checkpoint"] = ["products/records"]  # products_onboarding has a review checkpoint
     expected["products/shopify_store"] = ["products/review_checkpoint"]  # its variables unset: runnable by hand
+    expected["products/amazon_listings"] = ["products/review_checkpoint"]
     expected["products/catalogue_dump"] = ["products/review_checkpoint"]
     expected["products/warehouse"] = ["products/review_checkpoint"]
     assert edges == expected
@@ -105,7 +106,7 @@ def test_graph_snapshot(monkeypatch):
     assert checks == {(("products", "batch_validated"), "within_error_budget"),
                       (("suppliers", "batch_validated"), "within_error_budget"),
                       (("products", "validate"), "records_valid"), (("suppliers", "validate"), "records_valid"),
-                      (("products", "shopify_store"), "all_pushed")}
+                      (("products", "shopify_store"), "all_pushed"), (("products", "amazon_listings"), "all_pushed")}
     sensors = sorted(s.name for s in defs.sensors)
     assert sensors == ["acme_csv_inbox", "claro_run_completed", "claro_run_failed", "claro_run_started",
                        "globex_xlsx_inbox", "products_onboarding_destinations", "products_onboarding_review_checkpoint",

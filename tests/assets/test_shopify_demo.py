@@ -90,7 +90,7 @@ def on_shop(stored: dict) -> dict:
     out["variants"] = [{k: v for k, v in variant.items() if k != "id"} for variant in stored["variants"]]
     out["metafields"] = stored.get("metafields", [])
     # the fake keeps the input as the schema coerces it: `duplicateResolutionMode` is FileSetInput's default
-    out["media"] = [{k: v for k, v in m.items() if k not in ("id", "duplicateResolutionMode")}
+    out["media"] = [{k: v for k, v in m.items() if k not in ("duplicateResolutionMode", *FakeShopify.MEDIA_STATE)}
                     for m in stored["media"]]
     return out
 

@@ -280,8 +280,8 @@ def test_the_demo_definitions_accept_every_schedules_run_config(tmp_path, monkey
         dg.validate_run_config(job, request.run_config)  # raises if an op name or field were wrong
     nightly = full.resolve_schedule_def("products_nightly")
     keys = full.resolve_job_def(nightly.job_name).asset_layer.selected_asset_keys
-    assert keys == {dg.AssetKey(["products", n]) for n in ("analyse", "export", "shopify_store", "catalogue_dump",
-                                                           "warehouse")}
+    assert keys == {dg.AssetKey(["products", n]) for n in ("analyse", "export", "shopify_store", "amazon_listings",
+                                                           "catalogue_dump", "warehouse")}
     # Runs of a schedule are runs of a named job: the operation's own, or the schedule's when it spans several
     assert {s.name: s.job_name for s in defs.schedules} == {
         "nightly_quality": "products_analyse", "hourly_active_export": "products_export",

@@ -48,7 +48,8 @@ def test_demo_loads_and_covers_every_attribute_type() -> None:
     assert products.attributes["title"].casing is None  # `casing: none` in the YAML
     assert products.attributes["colour"].synonyms["grey"] == ["gray", "gry"]
     assert spec.catalogues["suppliers"].key == "supplier_id"
-    assert spec.pipelines["products_onboarding"].destinations == ["shopify_store", "catalogue_dump", "warehouse"]
+    assert spec.pipelines["products_onboarding"].destinations == ["shopify_store", "amazon_listings", "catalogue_dump",
+                                                                  "warehouse"]
     assert spec.schedules["hourly_active_export"].paused is True
     assert spec.notifications.webhooks["erp"].secret_env == "CLARO_WEBHOOK_SECRET_ERP"
     assert spec.spec_path == (DEMO_DIR / "claro.yaml").resolve()
@@ -59,7 +60,7 @@ def test_summarize_demo() -> None:
     spec = load_spec(DEMO_DIR / "claro.yaml")
     assert summarize(spec) == (
         "claro.yaml: OK — 2 catalogues (products: 17 attributes, suppliers: 5), 3 sources, "
-        "3 pipelines, 2 schedules, 3 destinations"
+        "3 pipelines, 2 schedules, 4 destinations"
     )
 
 
