@@ -72,7 +72,17 @@ RATES: dict[str, tuple[float, int]] = {
     "getFeedDocument": (0.0222, 10),
 }
 FEEDS = "/feeds/2021-06-30"
-DEFAULT_ENDPOINT = "https://sellingpartnerapi-na.amazon.com"  # North America; EU: -eu, Far East: -fe
+# The SP-API endpoint serving each marketplace (Amazon's "SP-API endpoints" and "marketplace IDs" tables): a
+# destination without an endpoint variable is sent to its marketplaces' region.
+REGION_ENDPOINTS = {"na": "https://sellingpartnerapi-na.amazon.com", "eu": "https://sellingpartnerapi-eu.amazon.com",
+                    "fe": "https://sellingpartnerapi-fe.amazon.com"}
+MARKETPLACE_REGIONS = {
+    **dict.fromkeys(("ATVPDKIKX0DER", "A2EUQ1WTGCTBG2", "A1AM78C64UM0Y8", "A2Q3Y263D00KWC"), "na"),
+    **dict.fromkeys(("A1RKKUPIHCS9HS", "A1F83G8C2ARO7P", "A13V1IB3VIYZZH", "AMEN7PMS3EDWL", "A1805IZSGTT6HS",
+                     "A1PA6795UKMFR9", "APJ6JRA9NG5V4", "A2NODRKZP88ZB9", "AE08WJ6YKNBMC", "A1C3SOZRARQ6R3",
+                     "ARBP9OOSHTCHU", "A33AVAJ2PDY3EV", "A17E79C6D8DWNP", "A2VIGQ35RCS4UG", "A21TJRUUN4KGV"), "eu"),
+    **dict.fromkeys(("A19VAU5U5O7RUS", "A39IBJ37TRP1C6", "A1VC38T7YXB528"), "fe"),
+}
 DEFAULT_TOKEN_URL = "https://api.amazon.com/auth/o2/token"
 FEED_DONE = frozenset({"DONE", "FATAL", "CANCELLED"})
 
@@ -186,7 +196,7 @@ class AmazonListings:
                               "client id and secret, and the seller's refresh token from authorising the app)")
         return cls(seller_id=seller_id, marketplace_ids=marketplace_ids, client_id=environ[client_id_env],
                    client_secret=environ[client_secret_env], refresh_token=environ[refresh_token_env],
-                   endpoint_url=environ.get(endpoint_url_env or "", "") or DEFAULT_ENDPOINT,
+                   endpoint_url=environ.get(endpoint_url_env or "", "") or region_endpoint(marketplace_ids),
                    token_url=environ.get(token_url_env or "", "") or DEFAULT_TOKEN_URL, **kwargs)
 
     # ------------------------------------------------------------------ token
@@ -667,3 +677,16 @@ def client_from_env(dest: Any) -> AmazonListings:
         client_secret_env=dest.client_secret_env, refresh_token_env=dest.refresh_token_env,
         endpoint_url_env=dest.endpoint_url_env, token_url_env=dest.token_url_env,
         issue_locale=dest.language_tag or "en_US")
+
+
+def region_endpoint(marketplace_ids: Sequence[str]) -> str:
+    """Amazon's SP-API endpoint for these marketplaces; they must all be served by one region."""
+    regions = {MARKETPLACE_REGIONS.get(m) for m in marketplace_ids}
+    if None in regions:
+        unknown = [m for m in marketplace_ids if m not in MARKETPLACE_REGIONS]
+        raise AmazonError(f"Marketplace {', '.join(unknown)} is not one this project knows the region of: set the "
+                          "destination's endpoint_url_env to its SP-API endpoint (sellingpartnerapi-na, -eu or -fe)")
+    if len(regions) != 1:
+        raise AmazonError(f"Marketplaces {', '.join(marketplace_ids)} are served by different SP-API regions "
+                          f"({', '.join(sorted(regions))}): make one destination per region")
+    return REGION_ENDPOINTS[regions.pop()]

@@ -109,8 +109,8 @@ def test_the_demo_destination_is_checked_and_skipped_without_its_variables(monke
         monkeypatch.delenv(name, raising=False)
     from claro_dagster.assets.catalogue_ops import missing_env
 
-    assert missing_env(spec.destinations["amazon_listings"]) == ("CLARO_AMAZON_CLIENT_ID and CLARO_AMAZON_CLIENT_SECRET and "
-                                                               "CLARO_AMAZON_REFRESH_TOKEN")
+    assert missing_env(spec.destinations["amazon_listings"]) == \
+        "CLARO_AMAZON_CLIENT_ID and CLARO_AMAZON_CLIENT_SECRET and CLARO_AMAZON_REFRESH_TOKEN"
 
 
 def test_the_api_down_mid_sync_the_next_sync_sends_only_the_rest(amazon, monkeypatch):

@@ -17,6 +17,7 @@ from claro_dagster.resources.amazon import (
     client_from_env,
     patch_replace,
     push,
+    region_endpoint,
 )
 from claro_dagster.resources.http import HttpClient
 from claro_dagster.resources.sales_channels import missing_env
@@ -251,6 +252,15 @@ def test_the_client_comes_from_the_environment_variables_a_spec_names(fake):
                                               environ={**environ, "AMZ_ENDPOINT": "", "AMZ_TOKEN_URL": ""}, **names)
     assert (default.endpoint_url, default.token_url) == \
         ("https://sellingpartnerapi-na.amazon.com", "https://api.amazon.com/auth/o2/token")
+
+
+def test_without_an_endpoint_the_marketplaces_region_is_used():
+    assert region_endpoint(["A1F83G8C2ARO7P", "A1PA6795UKMFR9"]) == "https://sellingpartnerapi-eu.amazon.com"
+    assert region_endpoint(["A1VC38T7YXB528"]) == "https://sellingpartnerapi-fe.amazon.com"
+    with pytest.raises(AmazonError, match="different SP-API regions"):
+        region_endpoint(["ATVPDKIKX0DER", "A1F83G8C2ARO7P"])
+    with pytest.raises(AmazonError, match="set the destination's endpoint_url_env"):
+        region_endpoint(["AXXXXXXXXXXXX"])
 
 
 # ------------------------------------------------------------------------------ records -> listings -> push
