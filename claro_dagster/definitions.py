@@ -33,7 +33,12 @@ from claro_dagster.resources.slack import SlackNotifier
 from claro_dagster.schedules import build_schedules
 from claro_dagster.schedules.retention import build_retention_schedule
 from claro_dagster.sensors.chaining import build_completion_sensor, build_review_checkpoint_sensor
-from claro_dagster.sensors.inbound import build_inbox_sensor, build_s3_sensor
+from claro_dagster.sensors.inbound import (
+    bigquery_source_resource_key,
+    build_bigquery_sensor,
+    build_inbox_sensor,
+    build_s3_sensor,
+)
 from claro_dagster.sensors.notifications import build_notification_sensors, slack_configured
 from claro_dagster.spec import default_spec_path, load_spec
 from claro_dagster.spec.models import ProjectSpec
@@ -74,6 +79,17 @@ def operation_job_name(catalogue: str, operation: str) -> str:
 def destinations_job_name(pipeline_name: str) -> str:
     """The job (and sensor) syncing an onboarding pipeline's configured destinations after each batch."""
     return f"{pipeline_name}_destinations"
+
+
+def bigquery_source_sensor(source_name: str, source, batch_job, partitions, resources: dict) -> dg.SensorDefinition:
+    """A BigQuery source's pull sensor and its connection (resource `source_<name>_bigquery`)."""
+    from claro_dagster.resources.bigquery import BigQueryConnection
+
+    key = bigquery_source_resource_key(source_name)
+    resources[key] = BigQueryConnection(project=source.project, endpoint_url_env=source.endpoint_url_env,
+                                        credentials_env=source.credentials_env)
+    return build_bigquery_sensor(inbound_sensor_name(source_name, "bigquery"), source_name, source,
+                                 target=batch_job, partitions_def=partitions, resource_key=key)
 
 
 def build_definitions(spec_path: Path | None = None, home: Path | None = None) -> dg.Definitions:
@@ -146,6 +162,8 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
                 sensors.append(build_s3_sensor(inbound_sensor_name(source_name, "s3"), source_name, source.bucket,
                                                source.prefix, target=batch_job, partitions_def=partitions,
                                                resource_key=s3_keys[source_name]))
+            elif source.kind == "bigquery":
+                sensors.append(bigquery_source_sensor(source_name, source, batch_job, partitions, resources))
         if pipeline.review_checkpoint:
             sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published, job=batch_job))
         # A destination whose settings are not in this environment keeps its asset (runnable by hand, with a

@@ -201,7 +201,8 @@ class Contract:
         elif kind == "number":
             ok = isinstance(value, int | float) or (from_query and _is_float(value))
         elif kind == "boolean":
-            ok = isinstance(value, bool) or (from_query and value in ("true", "false"))
+            # query booleans are read case-insensitively by Google's front end; the SDK sends Python's `True`
+            ok = isinstance(value, bool) or (from_query and str(value).lower() in ("true", "false"))
         elif kind == "any" or kind is None:
             ok = True
         else:
@@ -848,7 +849,7 @@ def _wire(value: Any, kind: str, query: dict) -> Any:
         return None
     if _norm(kind) == "TIMESTAMP":
         micros = int(value.timestamp() * 1_000_000)
-        if query.get("formatOptions.useInt64Timestamp") == "true":
+        if str(query.get("formatOptions.useInt64Timestamp")).lower() == "true":
             return str(micros)
         return f"{micros / 1_000_000:.6f}"
     if isinstance(value, dt.date):
