@@ -270,6 +270,7 @@ class FakeBigQuery:
         self._tokens: dict[str, str] = {}  # access token -> client_email
         self.revoked: set[str] = set()
         self.lock = threading.RLock()
+        self.server_seconds = 0.0  # time spent answering (parsing uploads, running jobs): benchmarks subtract it
 
     def close(self) -> None:
         self.server.close()
@@ -325,6 +326,13 @@ class FakeBigQuery:
     # -- dispatch --------------------------------------------------------------------------------------------
 
     def _handle(self, req: Request):
+        start = time.perf_counter()
+        try:
+            return self._answer(req)
+        finally:
+            self.server_seconds += time.perf_counter() - start
+
+    def _answer(self, req: Request):
         parts = urlsplit(req.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         if parts.path == "/token":

@@ -124,22 +124,31 @@ def to_parquet(frame: pd.DataFrame, columns: Sequence[Column], key: str) -> byte
     arrays, fields = [], []
     for col in columns:
         series = frame[col.name]
+        arrow = pa.array(series, from_pandas=True) if isinstance(series.dtype, pd.ArrowDtype) else None
+        if isinstance(arrow, pa.ChunkedArray):
+            arrow = arrow.combine_chunks()
         if col.type == "DATE":
             parsed = pd.to_datetime(series.astype(object), errors="coerce", format="ISO8601")
             bad = series.notna() & parsed.isna()
             _refuse(frame, bad, key, col, "is not a date (YYYY-MM-DD)")
             values = pa.array(parsed.dt.date.where(parsed.notna(), None), type=pa.date32(), from_pandas=True)
         elif col.type in ("FLOAT", "INTEGER"):
-            numbers = pd.to_numeric(series.astype(object), errors="coerce")
-            _refuse(frame, series.notna() & numbers.isna(), key, col, "is not a number")
+            if arrow is not None and (pa.types.is_floating(arrow.type) or pa.types.is_integer(arrow.type)):
+                values = arrow.cast(pa.float64())  # typed by the store already: no per-value parsing
+                numbers = None
+            else:
+                numbers = pd.to_numeric(series.astype(object), errors="coerce")
+                _refuse(frame, series.notna() & numbers.isna(), key, col, "is not a number")
+                values = pa.array(numbers, type=pa.float64(), from_pandas=True)
             if col.type == "INTEGER":
-                _refuse(frame, numbers.notna() & (numbers % 1 != 0), key, col,
+                whole = pd.Series(values.to_numpy(zero_copy_only=False))
+                _refuse(frame, whole.notna() & (whole % 1 != 0), key, col,
                         "is not a whole number (the integer-range partition column)")
-            values = pa.array(numbers, type=pa.float64(), from_pandas=True).cast(_ARROW[col.type])
+                values = values.cast(pa.int64())
+        elif arrow is not None:
+            values = arrow.cast(pa.string())
         else:
-            values = pa.array(series.astype(object).where(series.notna(), None), type=pa.string(),
-                              from_pandas=True) if not isinstance(series.dtype, pd.ArrowDtype) else \
-                pa.array(series, from_pandas=True).cast(pa.string())
+            values = pa.array(series.astype(object).where(series.notna(), None), type=pa.string(), from_pandas=True)
         arrays.append(values)
         fields.append(pa.field(col.name, _ARROW[col.type], nullable=col.mode != "REQUIRED"))
     sink = io.BytesIO()
