@@ -192,8 +192,9 @@ def test_quota_errors_are_retried_with_backoff(fake) -> None:
     table, sleeps = connector(fake)
     fake.fail("bigquery.tables.get", 429, "rateLimitExceeded", times=2)
     fake.fail("bigquery.jobs.get", 403, "quotaExceeded", times=1, retry_after=7)
+    fake.fail("bigquery.jobs.insert", 503, "backendError", times=1)  # the upload is refused whole, then resent
     push(table, ROWS, "append", job_id="x")
-    assert len(stored(fake)) == 3
+    assert len(stored(fake)) == 3 and len(fake.jobs) == 1
     assert 7 in sleeps  # Retry-After honoured
     assert len(fake.calls("bigquery.tables.get")) == 3
 
@@ -204,7 +205,9 @@ def test_quota_errors_that_do_not_stop_fail_clearly_without_moving_anything(fake
     with pytest.raises(BigQueryError, match=r"still refused after 4 attempts \(quota: HTTP 403.*raise it in the "
                                             r"Google Cloud console"):
         push(table, ROWS, "append", job_id="x")
-    assert len(sleeps) == 3 and sleeps == sorted(sleeps, key=lambda s: 0) and all(s >= 0 for s in sleeps)
+    # three waits between four attempts, each within the exponential full-jitter bound (0.5 s, 1 s, 2 s)
+    assert len(sleeps) == 3 and all(0 <= s <= 0.5 * 2 ** n for n, s in enumerate(sleeps))
+    assert len(fake.calls("bigquery.tables.get")) == 4 and fake.calls("bigquery.jobs.insert") == []
 
 
 def test_a_revoked_service_account_key_fails_naming_the_variable(fake, tmp_path, monkeypatch) -> None:
