@@ -23,8 +23,9 @@ What a push does (`BigQueryTable.push`):
      found DONE without error counts as this push's load; one found failed is retried under `<id>_r<n>`;
    * replace: WRITE_TRUNCATE of the whole (filtered) catalogue; BigQuery keeps the table's partitioning and
      clustering and replaces its rows (and schema) atomically;
-   * merge: WRITE_TRUNCATE into a staging table `_claro_stage_<table>_<job>`, then one MERGE statement on the
-     catalogue key (matched rows updated, new rows inserted), then the staging table is dropped;
+   * merge: WRITE_TRUNCATE into a staging table `_claro_stage_<table>_<random>` (created expiring in a day, so
+     it goes away even if the process dies), then one MERGE statement on the catalogue key (matched rows
+     updated, new rows inserted), then the staging table is dropped;
 4. every job is polled (jobs.get) until DONE; `errorResult` fails the push with the job id, and a bad row that
    BigQuery reports by its row number is mapped back to the record's key.
 
@@ -392,6 +393,18 @@ class BigQueryTable:
                             + "; ".join(dict.fromkeys(messages))
                             + ". Nothing was marked as sent; fix the record(s) and push again")
 
+    def _create_staging(self, dataset: str, stage: str, columns: Sequence[Column]) -> None:
+        """The staging table, set to expire in a day: dropped after the MERGE, and gone by itself should the
+        process die before that."""
+        import datetime as dt
+
+        from google.cloud import bigquery
+
+        ref = f"{self.project}.{dataset}.{stage}"
+        staging = bigquery.Table(ref, schema=[_field(c) for c in columns])
+        staging.expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+        self._call(f"create staging table {ref}", lambda: self.client.create_table(staging, retry=None))
+
     def delete_table(self, dataset: str, table: str) -> None:
         ref = f"{self.project}.{dataset}.{table}"
         self._call(f"drop {ref}", lambda: self.client.delete_table(ref, not_found_ok=True, retry=None))
@@ -420,6 +433,7 @@ class BigQueryTable:
             return result
         stage = f"_claro_stage_{table}_{random.getrandbits(48):012x}"[:1024]
         try:
+            self._create_staging(dataset, stage, columns)
             job = self.load(data, dataset, stage, columns, write="WRITE_TRUNCATE", frame=frame, key=key)
             result.jobs.append(job.job_id)
             merge = self.query(merge_statement(self.project, dataset, table, stage, [c.name for c in columns], key),

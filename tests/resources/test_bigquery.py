@@ -140,6 +140,8 @@ def test_merge_loads_a_staging_table_then_one_merge_on_the_key_then_drops_the_st
     assert len(queries) == 2 and all(q.startswith("MERGE `test-project.claro.products` T USING") for q in queries)
     assert [k for k in fake.tables if k[2] != TABLE] == []  # staging dropped
     assert len(fake.calls("bigquery.tables.delete")) == 2
+    staging = [c.body for c in fake.calls("bigquery.tables.insert") if c.body["tableReference"]["tableId"] != TABLE]
+    assert len(staging) == 2 and all(int(t["expirationTime"]) > 0 for t in staging)  # gone by itself if left
 
 
 def test_a_new_attribute_becomes_a_new_column(fake) -> None:
