@@ -247,6 +247,9 @@ class BigQueryTable:
                 raise BigQueryError(self._auth_message(what, exc)) from exc
             except gexc.Unauthorized as exc:
                 raise BigQueryError(self._auth_message(what, exc)) from exc
+            except gexc.BadRequest as exc:
+                raise BigQueryError(f"{what}: BigQuery refused the request ({exc.message}); nothing was "
+                                    "written or marked as done") from exc
             except (gexc.TooManyRequests, gexc.ServerError, gexc.Forbidden) as exc:
                 reasons = {e.get("reason") for e in (exc.errors or []) if isinstance(e, dict)}
                 if isinstance(exc, gexc.Forbidden) and not reasons & _RETRY_REASONS:

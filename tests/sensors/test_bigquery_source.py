@@ -118,3 +118,42 @@ def test_each_pull_becomes_a_batch_through_the_onboarding_stages(fake, tmp_path,
         [run] = tick(defs, instance, "erp_bq_bigquery")
         assert run.success and claro.store.record("products", "ACM-20001")["price"] == 22.0
         assert len([b for b in BatchRegistry(claro.store).list() if b.source == "erp_bq"]) == 2
+
+
+def test_a_query_source_is_pulled_as_a_subquery(fake) -> None:
+    fake.create_table(PROJECT, DATASET, TABLE, FIELDS, [item("ACM-20001", "Kettle", 20.0, 0),
+                                                         item("ACM-20002", "Toaster", 5.0, 5)])
+    table = BigQueryTable(PROJECT, endpoint_url=fake.url, sleep=lambda s: None)
+    rows, cursor = table.pull(f"(SELECT sku, title, price, updated_at FROM `{PROJECT}.{DATASET}.{TABLE}` "
+                              "WHERE price > 10)", "sku", "updated_at", None, 100)
+    assert list(rows["sku"]) == ["ACM-20001"] and cursor["keys"] == ["ACM-20001"]
+
+
+def test_a_pulled_file_is_requested_again_until_its_batch_is_received(fake, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CLARO_BQ_ENDPOINT", fake.url)
+    fake.create_table(PROJECT, DATASET, TABLE, FIELDS, [item("ACM-20001", "Enamel kettle", 24.5, 0)])
+    text = (DEMO_DIR / "claro.yaml").read_text(encoding="utf-8")
+    text = text.replace("\nsources:\n", "\nsources:\n" + SOURCE, 1)
+    text = text.replace("sources: [acme_csv, globex_xlsx]", "sources: [acme_csv, globex_xlsx, erp_bq]")
+    (tmp_path / "claro.yaml").write_text(text, encoding="utf-8")
+    defs = build_definitions(tmp_path / "claro.yaml", tmp_path / "home")
+    claro = defs.resources["claro"]
+    sensor = defs.resolve_sensor_def("erp_bq_bigquery")
+    with dg.instance_for_test() as instance:
+        def evaluate():
+            context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), definitions=defs,
+                                              resources={
+                k: defs.resources[k] for k in sensor.required_resource_keys})
+            return sensor.evaluate_tick(context)
+
+        first = evaluate()  # the run it requests never starts (e.g. the daemon stopped)
+        second = evaluate()
+        assert [r.run_key for r in first.run_requests] == [r.run_key for r in second.run_requests]
+        assert len(list(claro.inbox_dir("erp_bq").glob("*.csv"))) == 1  # pulled once, requested twice
+        fake.fail("bigquery.jobs.insert", 400, "invalidQuery")
+        cursor = claro.store.get_cursor(bigquery_cursor_name("erp_bq"))
+        with pytest.raises(Exception) as failed:
+            evaluate()
+        chain = [failed.value, failed.value.__cause__, failed.value.__context__]
+        assert any("pull from `acme-erp.exports.items`" in str(e) for e in chain)
+        assert claro.store.get_cursor(bigquery_cursor_name("erp_bq")) == cursor  # a failed pull moves nothing
