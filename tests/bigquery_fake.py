@@ -9,7 +9,8 @@ REST API documents (cloud.google.com/bigquery/docs/reference/rest), for what the
   parameter must be one the method or the API declares (typed: integer, boolean, enum), and the JSON body
   (or the metadata part of an upload) must match the method's request schema: no unknown property, the
   declared types, enum values. The check is written from the document, not per method. A request that fails
-  it gets 400 and is listed in `contract_errors`, which every test asserts empty;
+  it gets 400 and is listed in `contract_errors`, which every test asserts empty; every JSON answer the fake
+  gives is held to the method's response schema the same way;
 * datasets get/insert, tables get/insert/patch/delete (partitioning and clustering rules: a time partition
   column is DATE, TIMESTAMP or DATETIME (DATE not by HOUR), an integer-range column is INTEGER with
   start < end and interval > 0, at most four clustering columns of clusterable types; a patch may add
@@ -83,6 +84,7 @@ class Method:
     parameters: dict
     request_ref: str | None
     literal: int
+    response_ref: str | None = None
 
 
 class Contract:
@@ -101,7 +103,8 @@ class Contract:
                 self.methods.append(Method(
                     m["id"], m["httpMethod"], self._pattern(self.base + m["path"]),
                     self._pattern(simple) if simple else None, upload, m.get("parameters", {}),
-                    m.get("request", {}).get("$ref"), len(re.sub(r"\{[^}]+\}", "", m["path"]))))
+                    m.get("request", {}).get("$ref"), len(re.sub(r"\{[^}]+\}", "", m["path"])),
+                    m.get("response", {}).get("$ref")))
         self.methods.sort(key=lambda m: -m.literal)
 
     @staticmethod
@@ -356,9 +359,15 @@ class FakeBigQuery:
                     reply[1]["Retry-After"] = str(retry_after)
                 return reply
             try:
-                return self._serve(method.id, path_params, query, body, req)
+                reply = self._serve(method.id, path_params, query, body, req)
             except BigQueryApiError as exc:
                 return _error(exc.status, exc.reason, exc.message)
+            if reply[0] == 200 and method.response_ref and isinstance(reply[2], dict):
+                try:  # what the fake answers is held to the document too
+                    self.contract.check_value(f"response of {method.id}", reply[2], {"$ref": method.response_ref})
+                except ContractError as exc:
+                    self.contract_errors.append(str(exc))
+            return reply
 
     def _body(self, method: Method, req: Request, query: dict, upload: bool) -> Any:
         if upload and query.get("uploadType") == "multipart":

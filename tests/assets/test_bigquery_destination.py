@@ -198,3 +198,20 @@ def test_a_new_attribute_becomes_a_new_column(published, tmp_path) -> None:
     assert result["added_columns"] == ["season"] and result["rows_sent"] == 1
     assert fake.schema(PROJECT, DATASET, "products")["season"] == "STRING"
     assert {r["sku"]: r["season"] for r in fake.rows(PROJECT, DATASET, "products")}["ACM-10101"] == "SS26"
+
+
+def test_a_destination_whose_key_variable_is_unset_is_left_out_of_the_automatic_sync(tmp_path, monkeypatch) -> None:
+    from claro_dagster.assets.catalogue_ops import missing_env
+
+    monkeypatch.delenv("CLARO_BQ_KEY", raising=False)
+    monkeypatch.setenv("CLARO_BQ_ENDPOINT", "http://127.0.0.1:9")
+    spec = tmp_path / "claro.yaml"
+    spec.write_text(demo_spec().replace("    endpoint_url_env: CLARO_BQ_ENDPOINT\n  bq_replace:",
+                                        "    endpoint_url_env: CLARO_BQ_ENDPOINT\n    credentials_env: CLARO_BQ_KEY\n"
+                                        "  bq_replace:"), encoding="utf-8")
+    defs = build_definitions(spec, tmp_path / "home")
+    dests = defs.resources["claro"].spec.destinations
+    assert missing_env(dests["bq_append"]) == "CLARO_BQ_KEY" and missing_env(dests["bq_merge"]) is None
+    synced = defs.resolve_job_def("products_onboarding_destinations").asset_layer.selected_asset_keys
+    assert dg.AssetKey(["products", "bq_merge"]) in synced and dg.AssetKey(["products", "bq_append"]) not in synced
+    assert dg.AssetKey(["products", "bq_append"]) in {k for a in defs.assets for k in a.keys}  # runnable by hand
