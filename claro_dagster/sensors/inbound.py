@@ -214,6 +214,10 @@ def pull_bigquery_source(store, inbox_dir: Path, source_name: str, source, table
     digest = hashlib.sha256(data).hexdigest()
     inbox_dir.mkdir(parents=True, exist_ok=True)
     path = inbox_dir / f"{source_name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{digest[:10]}.csv"
+    # where the rows came from: the query and the watermark range, next to the file (kept with the pull)
+    path.with_suffix(".pull.json").write_text(json.dumps({
+        "source": source_name, "from": sql_from, "key": source.key, "watermark": source.watermark,
+        "after": cursor, "upto": new_cursor, "rows": len(frame)}, indent=1, default=str), encoding="utf-8")
     partial = path.with_suffix(".part")
     partial.write_bytes(data)
     os.replace(partial, path)  # complete or absent: a tick never emits a half-written file

@@ -4,6 +4,7 @@ onboarding stages, against the contract-checked fake (tests/bigquery_fake.py, Bi
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import dagster as dg
 import pytest
@@ -149,7 +150,10 @@ def test_a_pulled_file_is_requested_again_until_its_batch_is_received(fake, tmp_
         first = evaluate()  # the run it requests never starts (e.g. the daemon stopped)
         second = evaluate()
         assert [r.run_key for r in first.run_requests] == [r.run_key for r in second.run_requests]
-        assert len(list(claro.inbox_dir("erp_bq").glob("*.csv"))) == 1  # pulled once, requested twice
+        [pulled] = claro.inbox_dir("erp_bq").glob("*.csv")  # pulled once, requested twice
+        note = json.loads(pulled.with_suffix(".pull.json").read_text())
+        assert (note["from"], note["after"], note["upto"]["keys"], note["rows"]) == (
+            f"`{PROJECT}.{DATASET}.{TABLE}`", None, ["ACM-20001"], 1)
         fake.fail("bigquery.jobs.insert", 400, "invalidQuery")
         cursor = claro.store.get_cursor(bigquery_cursor_name("erp_bq"))
         with pytest.raises(Exception) as failed:
