@@ -34,7 +34,13 @@ from claro_dagster.resources.slack import SlackNotifier
 from claro_dagster.schedules import build_schedules
 from claro_dagster.schedules.retention import build_retention_schedule
 from claro_dagster.sensors.chaining import build_completion_sensor, build_review_checkpoint_sensor
-from claro_dagster.sensors.inbound import build_drive_sensor, build_inbox_sensor, build_s3_sensor
+from claro_dagster.sensors.inbound import (
+    bigquery_source_resource_key,
+    build_bigquery_sensor,
+    build_drive_sensor,
+    build_inbox_sensor,
+    build_s3_sensor,
+)
 from claro_dagster.sensors.notifications import build_notification_sensors, slack_configured
 from claro_dagster.spec import default_spec_path, load_spec
 from claro_dagster.spec.models import ProjectSpec, SourceSpec
@@ -87,6 +93,17 @@ def drive_source_sensor(source_name: str, source: SourceSpec, claro: CatalogueRe
     return build_drive_sensor(inbound_sensor_name(source_name, "drive"), source_name, source.folder_id or "",
                               claro.inbox_dir(source_name), target=job, partitions_def=partitions, resource_key=key,
                               drive_id=source.drive_id, max_file_bytes=int(source.max_file_mb * 1024 * 1024))
+
+
+def bigquery_source_sensor(source_name: str, source, batch_job, partitions, resources: dict) -> dg.SensorDefinition:
+    """A BigQuery source's pull sensor and its connection (resource `source_<name>_bigquery`)."""
+    from claro_dagster.resources.bigquery import BigQueryConnection
+
+    key = bigquery_source_resource_key(source_name)
+    resources[key] = BigQueryConnection(project=source.project, endpoint_url_env=source.endpoint_url_env,
+                                        credentials_env=source.credentials_env)
+    return build_bigquery_sensor(inbound_sensor_name(source_name, "bigquery"), source_name, source,
+                                 target=batch_job, partitions_def=partitions, resource_key=key)
 
 
 def build_definitions(spec_path: Path | None = None, home: Path | None = None) -> dg.Definitions:
@@ -161,6 +178,8 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
                                                resource_key=s3_keys[source_name]))
             elif source.kind == "drive":
                 sensors.append(drive_source_sensor(source_name, source, claro, batch_job, partitions, resources))
+            elif source.kind == "bigquery":
+                sensors.append(bigquery_source_sensor(source_name, source, batch_job, partitions, resources))
         if pipeline.review_checkpoint:
             sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published, job=batch_job))
         # A destination whose settings are not in this environment keeps its asset (runnable by hand, with a

@@ -12,6 +12,7 @@ from claro_dagster.operations.analyse import analyse_catalogue
 from claro_dagster.operations.export import CHUNK_ROWS as EXPORT_CHUNK_ROWS
 from claro_dagster.operations.export import EXPORT_FORMATS, export_records
 from claro_dagster.operations.validate import validate_batch
+from claro_dagster.resources import bigquery as bq
 from claro_dagster.resources import sales_channels
 from claro_dagster.resources.catalogue import CatalogueResource
 from claro_dagster.resources.postgres import PostgresDestination
@@ -126,6 +127,43 @@ def run_export(claro: CatalogueResource, catalogue: str, fmt: str, filter: str |
                           on_progress=on_progress)
 
 
+def _bigquery_what(dest: DestinationSpec) -> str:
+    table = f"{dest.project}.{dest.dataset}.{dest.table}"
+    return {"append": f"load jobs appending to {table} the records changed since its cursor",
+            "replace": f"load jobs replacing {table} with the whole filtered catalogue",
+            "merge": f"load job + MERGE on the key into {table} of the records changed since its cursor"}[dest.mode]
+
+
+def push_bigquery(table: bq.BigQueryTable, store: CatalogueStore, name: str, dest: DestinationSpec,
+                  where: str | None, moves_cursor: bool = True) -> dg.MaterializeResult:
+    """One BigQuery push: replace sends the whole filtered catalogue, append and merge what changed since the
+    destination's cursor; the cursor moves only after the load (and the MERGE) succeeded."""
+    spec = store.catalogue(dest.catalogue)
+    key = spec.key
+    columns = [key, *[c for c in (dest.columns or list(spec.attributes)) if c != key]]
+    since = int(store.get_cursor(cursor_name(name), "0"))
+    upto = store.last_seq()
+    if dest.mode == "replace":
+        frame = store.records(dest.catalogue, filter=where, columns=columns)
+    else:
+        frame = store.changed_since(dest.catalogue, since, filter=where, columns=columns)
+    frame = frame[columns]
+    layout = bq.layout_of(dest)
+    result = table.push(dest.dataset, dest.table, frame, bq.table_columns(spec, columns, layout), key, dest.mode,
+                        layout, job_id=bq.job_id_for(name, since, upto) if dest.mode == "append" else None)
+    if moves_cursor:  # an ad-hoc narrower run must not move the cursor past records it skipped
+        store.set_cursor(cursor_name(name), str(upto))
+    metadata = {"rows_sent": len(frame), "mode": dest.mode, "jobs": dg.MetadataValue.json(result.jobs),
+                "table": f"{dest.project}.{dest.dataset}.{dest.table}", "cursor": upto,
+                "added_columns": dg.MetadataValue.json(result.added_columns),
+                "created_table": result.created_table, "found_existing_job": result.found_existing_job}
+    if result.inserted is not None:
+        metadata["inserted"] = result.inserted
+    if result.updated is not None:
+        metadata["updated"] = result.updated
+    return dg.MaterializeResult(metadata=metadata)
+
+
 def destination_resource_key(name: str) -> str:
     return f"destination_{name}"
 
@@ -135,6 +173,9 @@ def destination_resource(dest: DestinationSpec):
         return S3Connection.from_env(dest.endpoint_url_env)
     if dest.kind == "postgres":
         return PostgresDestination.from_env(dest.url_env)
+    if dest.kind == "bigquery":
+        return bq.BigQueryConnection(project=dest.project, endpoint_url_env=dest.endpoint_url_env,
+                                     credentials_env=dest.credentials_env)
     if dest.kind in sales_channels.CHANNEL_KINDS:  # the client is built from the environment when a push runs
         return dg.ResourceDefinition.hardcoded_resource(dest)
     return None
@@ -143,19 +184,23 @@ def destination_resource(dest: DestinationSpec):
 def missing_env(dest: DestinationSpec) -> str | None:
     """The environment variables a destination needs that are not set (`A and B`), if any."""
     if dest.kind in sales_channels.CHANNEL_KINDS:
-        missing = [name for name in sales_channels.required_env(dest) if name and not os.environ.get(name)]
-        return " and ".join(missing) or None
+        return sales_channels.missing_env(dest)
+    if dest.kind == "bigquery":  # credentials_env unset means application default credentials
+        names = [n for n in (dest.endpoint_url_env, dest.credentials_env) if n]
+        return next((n for n in names if not os.environ.get(n)), None)
     name = dest.url_env if dest.kind == "postgres" else dest.endpoint_url_env if dest.kind == "s3" else None
     return name if name and not os.environ.get(name) else None
 
 
 def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]) -> dg.AssetsDefinition | None:
     """Outbound sync: S3 gets a full snapshot per run under a versioned key; PostgreSQL gets an upsert of only
-    the records changed since its cursor."""
-    if dest.kind not in ("s3", "postgres", *sales_channels.CHANNEL_KINDS):
+    the records changed since its cursor; BigQuery a load job (append, replace or merge, see resources/bigquery)."""
+    if dest.kind not in ("s3", "postgres", "bigquery", *sales_channels.CHANNEL_KINDS):
         return None  # the other connectors arrive with their own issues
     catalogue = dest.catalogue
     resource_key = destination_resource_key(name)
+    what = "snapshot" if dest.kind == "s3" else _bigquery_what(dest) if dest.kind == "bigquery" else \
+        "incremental upsert"
 
     @dg.asset(key=[catalogue, name], group_name=catalogue, deps=after, kinds={dest.kind},
               required_resource_keys={resource_key, "claro"}, op_tags={"claro/destination": name},
@@ -163,8 +208,8 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
                                              description="every record that should be on the channel was "
                                                          "accepted by its last push")]
               if dest.kind in sales_channels.CHANNEL_KINDS else None,
-              description=f"Outbound {dest.kind}: {'snapshot' if dest.kind == 's3' else 'incremental upsert'} "
-                          f"of {catalogue}" + (f" where {dest.filter}" if dest.filter else ""))
+              description=f"Outbound {dest.kind}: {what} of {catalogue}"
+                          + (f" where {dest.filter}" if dest.filter else ""))
     def destination(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:
         connector = getattr(context.resources, resource_key)
         store = context.resources.claro.store
@@ -188,6 +233,8 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
                 "created": len(plan.create), "updated": len(plan.update), "archived": len(plan.archive),
                 "unchanged": len(plan.unchanged), "failed": len(plan.failed), "calls": plan.sent},
                 check_results=[check])
+        if dest.kind == "bigquery":
+            return push_bigquery(connector.table(), store, name, dest, where, moves_cursor=not config.filter)
         since = int(store.get_cursor(cursor_name(name), "0"))
         upto = store.last_seq()
         frame = store.changed_since(catalogue, since, filter=where, columns=columns)

@@ -30,7 +30,8 @@ def required_env(dest: Any) -> list[str]:
 
 
 def missing_env(dest: Any) -> str | None:
-    return next((name for name in required_env(dest) if name and not os.environ.get(name)), None)
+    """The required variables that are not set (`A and B`), if any."""
+    return " and ".join(name for name in required_env(dest) if name and not os.environ.get(name)) or None
 
 
 def push_destination(store: Any, destination: str, dest: Any, *, filter: str | None = None,

@@ -335,3 +335,96 @@ def _receive_drive_file(context: dg.SensorEvaluationContext, client: DriveClient
     note.write_text(f"{reason}\n\nbatch: {key}\nfile: drive file {file.id} ({file.name}, {file.mime_type})\n"
                     f"version: {file.content_version}\n", encoding="utf-8")
     return None
+
+
+def bigquery_source_resource_key(source_name: str) -> str:
+    return f"source_{source_name}_bigquery"
+
+
+def bigquery_cursor_name(source_name: str) -> str:
+    """The store cursor of a BigQuery source: the last watermark pulled and the keys pulled at exactly it."""
+    return f"source:{source_name}:bigquery"
+
+
+def pull_bigquery_source(store, inbox_dir: Path, source_name: str, source, table) -> Path | None:
+    """Pull the rows newer than the source's watermark into ONE new CSV file in its inbox folder, then move the
+    watermark (so a failure before the file is written pulls the same rows again). None when nothing is new."""
+    import hashlib
+    import os
+    import time
+
+    from claro_dagster.resources.bigquery import cursor_json
+
+    cursor_text = store.get_cursor(bigquery_cursor_name(source_name))
+    cursor = json.loads(cursor_text) if cursor_text else None
+    sql_from = f"({source.query})" if source.query else f"`{source.project}.{source.dataset}.{source.table}`"
+    frame, new_cursor = table.pull(sql_from, source.key, source.watermark, cursor, limit=BIGQUERY_PULL_ROWS)
+    if new_cursor is None:
+        return None
+    data = frame.to_csv(index=False).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    inbox_dir.mkdir(parents=True, exist_ok=True)
+    path = inbox_dir / f"{source_name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{digest[:10]}.csv"
+    # where the rows came from: the query and the watermark range, next to the file (kept with the pull)
+    path.with_suffix(".pull.json").write_text(json.dumps({
+        "source": source_name, "from": sql_from, "key": source.key, "watermark": source.watermark,
+        "after": cursor, "upto": new_cursor, "rows": len(frame)}, indent=1, default=str), encoding="utf-8")
+    partial = path.with_suffix(".part")
+    partial.write_bytes(data)
+    os.replace(partial, path)  # complete or absent: a tick never emits a half-written file
+    store.set_cursor(bigquery_cursor_name(source_name), cursor_json(new_cursor))
+    return path
+
+
+BIGQUERY_PULL_ROWS = 100_000  # rows per pull (one batch); more wait for the next tick
+
+
+def build_bigquery_sensor(
+    name: str,
+    source_name: str,
+    source,
+    *,
+    target: Target,
+    partitions_def: dg.DynamicPartitionsDefinition,
+    resource_key: str,
+    minimum_interval_seconds: int = 300,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+) -> dg.SensorDefinition:
+    """A sensor that pulls a BigQuery table or query incrementally (by its watermark column) and turns each pull
+    into one batch: the rows are written as a CSV file into the source's inbox folder, then the watermark moves
+    (stored per source in the catalogue store). Every tick also requests a run for each pulled file whose batch
+    was not received yet, so a tick that failed after writing its file loses nothing (run keys are the batch
+    keys: Dagster never launches one twice)."""
+    if not partitions_def.name:
+        raise ValueError("partitions_def must be a named DynamicPartitionsDefinition")
+    what = source.query and "its query" or f"{source.project}.{source.dataset}.{source.table}"
+
+    @dg.sensor(name=name, target=target, minimum_interval_seconds=minimum_interval_seconds,
+               default_status=default_status, tags={TAG_SOURCE: source_name},
+               required_resource_keys={"claro", resource_key},
+               description=f"Pulls the rows of {what} newer than {source.watermark!r} into a batch")
+    def _bigquery_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        from claro_dagster.catalogue.batches import BatchRegistry
+
+        claro = context.resources.claro
+        inbox_dir = claro.inbox_dir(source_name)
+        pulled = pull_bigquery_source(claro.store, inbox_dir, source_name, source,
+                                      getattr(context.resources, resource_key).table())
+        registry = BatchRegistry(claro.store)
+        keys, requests = [], []
+        for path in sorted(inbox_dir.glob("*.csv")) if inbox_dir.exists() else []:
+            # the pull named the file after its content's hash: the tick lists, it never reads a file
+            digest = path.stem.rsplit("-", 1)[-1]
+            key = batch_key(source_name, path.name, digest)
+            if registry.get(key) is not None:
+                continue
+            keys.append(key)
+            requests.append(dg.RunRequest(run_key=key, partition_key=key, tags={
+                TAG_SOURCE: source_name, TAG_URI: str(path.resolve()), TAG_VERSION: digest, TAG_BATCH: key}))
+        if not requests:
+            return dg.SensorResult(skip_reason=f"no rows newer than the watermark in {what}")
+        context.log.info(f"pulled {pulled.name if pulled else 'nothing new'}; {len(requests)} batch(es) to receive")
+        return dg.SensorResult(run_requests=requests,
+                               dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
+
+    return _bigquery_sensor

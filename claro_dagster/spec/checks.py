@@ -26,8 +26,8 @@ Problem = tuple[Loc, str]
 SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
-AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive")
-AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "amazon")
+AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive", "bigquery")
+AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "amazon", "bigquery")
 #: Events the store's outbox holds, which webhook subscriptions (`notifications.webhooks.*.events`) can list.
 OUTBOX_EVENTS: tuple[str, ...] = (
     "run.started", "run.completed", "run.failed",
@@ -40,6 +40,9 @@ ALERT_EVENTS: tuple[str, ...] = (
     # change events, as the catalogue store writes them to its outbox
     "change.applied", "change.approved", "change.rejected", "change.queued_for_review",
 )
+# BigQuery's own limits (cloud.google.com/bigquery/docs/clustered-tables, .../partitioned-tables).
+BIGQUERY_MAX_CLUSTER_FIELDS = 4
+_BIGQUERY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,1023}")
 # Slack channel ids: C (public), G (private), D (direct message) followed by upper-case alphanumerics.
 _SLACK_CHANNEL = re.compile(r"#[^\s#]+|[CGD][A-Z0-9]{6,}")
 # Who may use a slash command: a user id (U…, W… on Enterprise Grid), a user-group id (S…) or everyone.
@@ -210,6 +213,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         if source.kind == "s3" and not source.bucket:
             out.append((loc + ("bucket",), "an s3 source needs 'bucket'"))
         out += _drive_source_problems(loc, source)
+        if source.kind == "bigquery":
+            out += _check_bigquery_source(loc, source)
         if msg := _override_problem(spec, source.thresholds):
             out.append((loc + ("thresholds",), msg))
 
@@ -234,6 +239,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
             out += _check_shopify(spec, loc, dest)
         if dest.kind == "amazon" and dest.catalogue in spec.catalogues:
             out += _check_amazon(spec, loc, dest)
+        if dest.kind == "bigquery" and dest.catalogue in spec.catalogues:
+            out += _check_bigquery_destination(spec, loc, dest)
 
     for pname, pipe in spec.pipelines.items():
         loc = ("pipelines", pname)
@@ -368,6 +375,81 @@ _SHOPIFY_FIELDS: dict[str, tuple[str, ...] | None] = {
     "status": ("enum", "text"), "price": ("number",), "compare_at_price": ("number",),
     "sku": ("text",), "barcode": ("text",),
 }
+
+
+def _check_bigquery_source(loc: Loc, source: Any) -> list[Problem]:
+    """A BigQuery pull names a project, a table or a query (not both), the key and the watermark column."""
+    out: list[Problem] = []
+    for key, what in (("project", "the Google Cloud project the query runs in"),
+                      ("key", "the column identifying a row"),
+                      ("watermark", "the column that grows with every change, e.g. updated_at")):
+        if not getattr(source, key):
+            out.append((loc + (key,), f"a bigquery source needs {key!r}: {what}"))
+    if bool(source.query) == bool(source.table):
+        out.append((loc, "a bigquery source needs exactly one of 'table' (with 'dataset') or 'query'"))
+    elif source.table and not source.dataset:
+        out.append((loc + ("dataset",), "a bigquery source reading a 'table' needs its 'dataset'"))
+    return out
+
+
+def _check_bigquery_destination(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:
+    """Where the table is, and its layout against BigQuery's rules: a partition column is a DATE (a date
+    attribute, DAY/MONTH/YEAR) or an INTEGER range (a number attribute with start < end and an interval), or
+    ingestion time; at most four clustering columns, each an attribute."""
+    out: list[Problem] = []
+    attributes = spec.catalogues[dest.catalogue].attributes
+    for key in ("project", "dataset", "table"):
+        value = getattr(dest, key)
+        if not value:
+            out.append((loc + (key,), f"a bigquery destination needs {key!r}"))
+        elif key != "project" and not _BIGQUERY_NAME.fullmatch(value):
+            out.append((loc + (key,), f"{value!r} is not a BigQuery {key} name: letters, digits and underscores, "
+                                      "not starting with a digit"))
+    part = dest.partition_by
+    if part is not None:
+        ploc = loc + ("partition_by",)
+        ranged = (part.start, part.end, part.interval) != (None, None, None)
+        if part.ingestion_time:
+            if part.attribute or ranged:
+                out.append((ploc, "partition by ingestion time takes only 'granularity'; remove 'attribute' "
+                                  "and the range"))
+        elif not part.attribute:
+            out.append((ploc, "partition_by needs 'attribute' (a date or number attribute) or "
+                              "'ingestion_time: true'"))
+        elif part.attribute not in attributes:
+            out.append((ploc + ("attribute",), unknown(part.attribute, attributes,
+                                                       f"an attribute of catalogue {dest.catalogue!r}")))
+        elif attributes[part.attribute].type == "date":
+            if ranged:
+                out.append((ploc, f"{part.attribute!r} is a date attribute: partition it by 'granularity' "
+                                  "(DAY, MONTH or YEAR), not by an integer range"))
+            elif part.granularity == "HOUR":
+                out.append((ploc + ("granularity",), f"{part.attribute!r} is written as a DATE column, which "
+                                                     "BigQuery partitions by DAY, MONTH or YEAR, not HOUR"))
+        elif attributes[part.attribute].type == "number":
+            if None in (part.start, part.end, part.interval):
+                out.append((ploc, f"{part.attribute!r} is a number attribute: an integer-range partition needs "
+                                  "'start', 'end' and 'interval'"))
+            elif part.start >= part.end:
+                out.append((ploc + ("end",), f"'end' ({part.end}) must be greater than 'start' ({part.start})"))
+            if part.granularity:
+                out.append((ploc + ("granularity",), "'granularity' is for date attributes and ingestion time; "
+                                                     "an integer range takes 'start', 'end' and 'interval'"))
+        else:
+            out.append((ploc + ("attribute",), f"{part.attribute!r} is a {attributes[part.attribute].type} "
+                                               "attribute; BigQuery partitions by a date or an integer column"))
+    if len(dest.cluster_by) > BIGQUERY_MAX_CLUSTER_FIELDS:
+        out.append((loc + ("cluster_by",), f"BigQuery clusters by at most {BIGQUERY_MAX_CLUSTER_FIELDS} columns, "
+                                           f"got {len(dest.cluster_by)}: keep the four most filtered on"))
+    for i, name in enumerate(dest.cluster_by):
+        if name not in attributes:
+            out.append((loc + ("cluster_by", i), unknown(name, attributes,
+                                                         f"an attribute of catalogue {dest.catalogue!r}")))
+        elif attributes[name].type == "number" and not (part and part.attribute == name and part.interval):
+            out.append((loc + ("cluster_by", i), f"{name!r} is a number attribute, written as a FLOAT column, "
+                                                 "which BigQuery cannot cluster by; cluster by text, enum, "
+                                                 "reference or date attributes"))
+    return out
 
 
 def _check_shopify(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:

@@ -110,7 +110,7 @@ class CatalogueSpec(SpecModel):
 
 class SourceSpec(SpecModel):
     catalogue: str
-    kind: Literal["upload", "inbox", "s3", "drive"] = "upload"
+    kind: Literal["upload", "inbox", "s3", "drive", "bigquery"] = "upload"
     description: str | None = None
     # inbox
     path: str | None = None
@@ -124,6 +124,15 @@ class SourceSpec(SpecModel):
     drive_id: str | None = None
     credentials_env: str | None = None
     max_file_mb: float = Field(100, gt=0, description="larger files are refused, with the reason kept")
+    # bigquery: a table (`dataset` + `table`) or a `query`, pulled incrementally by `watermark` (ties broken by
+    # `key`); `credentials_env` (above) names the variable holding a service-account key file (unset: application
+    # default credentials); `endpoint_url_env` (above) points the client at another endpoint (tests)
+    project: str | None = None
+    dataset: str | None = None
+    table: str | None = None
+    query: str | None = None
+    key: str | None = Field(None, description="column identifying a row (the tie-breaker at the watermark)")
+    watermark: str | None = Field(None, description="column that grows with every change (e.g. updated_at)")
     # files
     sheet: str | int | None = None
     encoding: str | None = None
@@ -260,6 +269,18 @@ def amazon_attribute(name: str, entry: str | AmazonAttribute) -> AmazonAttribute
     return entry
 
 
+class BigQueryPartition(SpecModel):
+    """How a BigQuery table is partitioned: by a date attribute (`granularity`), by an integer range of a number
+    attribute (`start`, `end`, `interval`), or by ingestion time (`ingestion_time: true`, with `granularity`)."""
+
+    attribute: str | None = None
+    granularity: Literal["DAY", "HOUR", "MONTH", "YEAR"] | None = None
+    start: int | None = None
+    end: int | None = None
+    interval: int | None = Field(None, gt=0)
+    ingestion_time: bool = False
+
+
 class DestinationSpec(SpecModel):
     kind: Literal["s3", "postgres", "shopify", "amazon", "bigquery", "sheets", "webhook"]
     catalogue: str
@@ -273,6 +294,14 @@ class DestinationSpec(SpecModel):
     # postgres
     url_env: str | None = None
     table: str | None = None
+    # bigquery: `project`.`dataset`.`table` (reuses `table` and `endpoint_url_env`); `credentials_env` names the
+    # variable holding a service-account key file (unset: application default credentials)
+    project: str | None = None
+    dataset: str | None = None
+    mode: Literal["append", "replace", "merge"] = "merge"
+    partition_by: BigQueryPartition | None = None
+    cluster_by: list[str] = Field(default_factory=list, description="up to four attributes")
+    credentials_env: str | None = None
     # shopify: where and how (environment variable names, never the values), then the mapping of attributes
     shop_url_env: str | None = Field(None, description="variable holding the shop's base URL, "
                                                        "e.g. https://example.myshopify.com")
