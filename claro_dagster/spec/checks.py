@@ -27,7 +27,7 @@ SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
 AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3")
-AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify")
+AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "sheets")
 #: Events the store's outbox holds, which webhook subscriptions (`notifications.webhooks.*.events`) can list.
 OUTBOX_EVENTS: tuple[str, ...] = (
     "run.started", "run.completed", "run.failed",
@@ -231,6 +231,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
                 out.append((loc + ("table",), "a postgres destination needs 'table'"))
         if dest.kind == "shopify" and dest.catalogue in spec.catalogues:
             out += _check_shopify(spec, loc, dest)
+        if dest.kind == "sheets" and dest.catalogue in spec.catalogues:
+            out += _check_sheets(spec, loc, dest)
 
     for pname, pipe in spec.pipelines.items():
         loc = ("pipelines", pname)
@@ -421,6 +423,41 @@ def _check_shopify(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:
             attribute(loc + ("images", "attributes", i), name, ("image", "text"))
         if dest.images.alt:
             attribute(loc + ("images", "alt"), dest.images.alt, ("text", "enum"))
+    return out
+
+
+# A named range's name: letters, digits and underscores, not starting with a digit, and not a cell reference.
+_NAMED_RANGE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,249}")
+_A1_OR_R1C1 = re.compile(r"([A-Za-z]{1,3}[0-9]+|[Rr][0-9]*[Cc][0-9]*)")
+
+
+def _check_sheets(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:
+    """A sheets destination: where (spreadsheet, named range, key file variable) and its columns, key first."""
+    out: list[Problem] = []
+    cat = spec.catalogues[dest.catalogue]
+    if not dest.spreadsheet_id:
+        out.append((loc + ("spreadsheet_id",), "a sheets destination needs 'spreadsheet_id': the id in the "
+                                               "spreadsheet's URL (docs.google.com/spreadsheets/d/<id>/edit)"))
+    if not dest.named_range:
+        out.append((loc + ("named_range",), "a sheets destination needs 'named_range': the named range it syncs "
+                                            "(created on the first sync), e.g. claro_products"))
+    elif not _NAMED_RANGE.fullmatch(dest.named_range) or _A1_OR_R1C1.fullmatch(dest.named_range):
+        out.append((loc + ("named_range",), f"{dest.named_range!r} is not a valid named range name: letters, "
+                                            "digits and underscores, not starting with a digit and not a cell "
+                                            "reference such as A1 or R1C1"))
+    if not dest.credentials_env:
+        out.append((loc + ("credentials_env",), "a sheets destination needs 'credentials_env': the environment "
+                                                "variable holding the path of the service account's JSON key file"))
+    if dest.columns:
+        if dest.columns[0] != cat.key:
+            out.append((loc + ("columns", 0), f"the first column must be the catalogue key {cat.key!r} (records are "
+                                              "matched by it; its column is protected)"))
+        for i, name in enumerate(dest.columns):
+            if name not in cat.attributes:
+                out.append((loc + ("columns", i), unknown(name, cat.attributes, f"an attribute of catalogue "
+                                                          f"{dest.catalogue!r}", "attributes")))
+            elif dest.columns.index(name) != i:
+                out.append((loc + ("columns", i), f"{name!r} is listed twice in 'columns'"))
     return out
 
 

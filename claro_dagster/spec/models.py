@@ -232,6 +232,15 @@ class DestinationSpec(SpecModel):
     metafields: list[ShopifyMetafield] = Field(default_factory=list)
     images: ShopifyImages | None = None
     bulk_threshold: int = Field(250, ge=1, description="pushes of more products than this use a bulk operation")
+    # sheets: a named range of a Google spreadsheet, pushed and pulled (a destination that is also a source); `columns`
+    # are its columns (key first), `endpoint_url_env` may name the Sheets API base URL (tests: a local server)
+    spreadsheet_id: str | None = Field(None, description="the id in the spreadsheet's URL (/d/<id>/edit)")
+    named_range: str | None = Field(None, description="the named range synced (created on the first sync)")
+    worksheet: str | None = Field(None, description="tab the named range is created on (default: the first)")
+    credentials_env: str | None = Field(None, description="variable holding the path of the service account's "
+                                                          "JSON key file")
+    confidence: float | None = Field(None, ge=0, le=100, description="confidence of edits pulled from the sheet; "
+                                                                     "unset: every edit waits for review")
 
 
 class SlackRoute(SpecModel):
