@@ -289,7 +289,8 @@ def sync_sheet(store: Any, destination: str, dest: Any, client: SheetsClient, *,
                                    change_set_id=f"sheets:{destination}:{run_id or uuid.uuid4().hex}",
                                    confidence=dest.confidence, where=where, cell_ref=cell_ref, run_id=run_id,
                                    validate=validator or attribute_validator(store, catalogue))
-        current = records()
+        if result.pulled.applied:
+            current = records()
     waiting = open_cells()
     result.pending = len(waiting)
     rows = target_rows(columns, diff, current, waiting)
