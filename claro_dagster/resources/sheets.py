@@ -149,7 +149,9 @@ class SheetsClient:
         path = f"v4/spreadsheets/{quote(spreadsheet_id, safe='')}/values/{quote(range_name, safe='')}"
         body = self._call("GET", path,
                           what=f"range {range_name!r} of spreadsheet {spreadsheet_id}",
-                          params={"valueRenderOption": "UNFORMATTED_VALUE", "majorDimension": "ROWS"})
+                          params={"valueRenderOption": "UNFORMATTED_VALUE", "majorDimension": "ROWS",
+                                  # a date a person typed comes back as text, not as a serial day number
+                                  "dateTimeRenderOption": "FORMATTED_STRING"})
         return body.get("values", [])
 
     def batch_update(self, spreadsheet_id: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
@@ -267,9 +269,11 @@ def sync_sheet(store: Any, destination: str, dest: Any, client: SheetsClient, *,
         return catalogue_texts(store.records(catalogue, filter=dest.filter, columns=columns), columns)
 
     def open_cells() -> set[tuple[str, str]]:
+        from claro_dagster.catalogue.changes import OPEN
         from claro_dagster.catalogue.review import ReviewQueue
 
-        return {(i.record, i.field) for i in ReviewQueue(store).list(catalogue=catalogue,
+        # every undecided item, snoozed ones too: a snoozed edit is still waiting, not rejected
+        return {(i.record, i.field) for i in ReviewQueue(store).list(catalogue=catalogue, status=OPEN,
                                                                      source=f"sheets:{destination}")}
 
     current = records()

@@ -186,3 +186,16 @@ def test_key_column_deleted_or_range_renamed_is_a_clear_error_and_changes_nothin
         sync_sheet(store, "sheet", DEST, client())
     assert store.records("products").to_dict("records") == before
     assert len(fake.batch_updates) == 1
+
+
+def test_a_snoozed_edit_still_waits_in_the_sheet(fake, store):
+    from datetime import UTC, datetime, timedelta
+
+    sync_sheet(store, "sheet", DEST, client())
+    fake.edit("claro_products", "P-3", "status", "draft")
+    sync_sheet(store, "sheet", DEST, client())
+    [item] = ReviewQueue(store).list(source="sheets:sheet")
+    ReviewQueue(store).snooze([item.id], datetime.now(UTC) + timedelta(days=1), by="max")
+    again = sync_sheet(store, "sheet", DEST, client())
+    assert again.calls == 0 and fake.records("claro_products")["P-3"]["status"] == "draft"
+    assert store.record("products", "P-3")["status"] == "active"
