@@ -191,7 +191,9 @@ def test_a_new_row_is_a_new_record_through_validation(store):
     assert any("bad key" in i and "does not match the pattern" in i for i in result.invalid)
 
 
-def test_state_keeps_only_what_changed(store):
+def test_state_keeps_only_what_changed(store_url):
+    """On both backends: the table is created when first used, beside the catalogue's own."""
+    store = CatalogueStore(SPEC, store_url)
     states = SheetState(store)
     old = states.load("sheet")
     new = synced(BASE)
@@ -203,3 +205,4 @@ def test_state_keeps_only_what_changed(store):
     changed.proposed[("A-2", "price")] = None
     assert states.save("sheet", new, changed) == 2
     assert states.load("sheet") == changed
+    store.dispose()

@@ -199,3 +199,44 @@ def test_a_snoozed_edit_still_waits_in_the_sheet(fake, store):
     again = sync_sheet(store, "sheet", DEST, client())
     assert again.calls == 0 and fake.records("claro_products")["P-3"]["status"] == "draft"
     assert store.record("products", "P-3")["status"] == "active"
+
+
+# ---------------------------------------------------------------------------------------------- the fake itself
+def test_the_fake_follows_the_documented_range_semantics(fake):
+    """values.get omits trailing empty cells and rows; rows inserted inside a named range grow it, at its end they do
+    not; writing outside the grid is refused and a refused batchUpdate changes nothing (it is atomic)."""
+    c = client()
+    sheet_id = 0
+    add = c.batch_update("sheet-1", [
+        {"updateCells": {"start": {"sheetId": sheet_id, "rowIndex": 0, "columnIndex": 0}, "fields": "userEnteredValue",
+                         "rows": [{"values": [{"userEnteredValue": {"stringValue": "sku"}},
+                                              {"userEnteredValue": {"stringValue": "title"}}]},
+                                  {"values": [{"userEnteredValue": {"stringValue": "A-1"}}, {}]},
+                                  {"values": [{}, {}]}]}},
+        {"addNamedRange": {"namedRange": {"name": "r", "range": {"sheetId": sheet_id, "startRowIndex": 0,
+                                                                 "endRowIndex": 3, "startColumnIndex": 0,
+                                                                 "endColumnIndex": 2}}}}])
+    named = add["replies"][1]["addNamedRange"]["namedRange"]
+    assert "startRowIndex" not in named["range"]  # zero fields are omitted, as in Google's answers
+    assert c.values("sheet-1", "r") == [["sku", "title"], ["A-1"]]
+    assert c.values("sheet-1", "Products!A1:B1") == [["sku", "title"]]
+
+    def height() -> int:
+        r = c.spreadsheet("sheet-1")["namedRanges"][0]["range"]
+        return r["endRowIndex"] - r.get("startRowIndex", 0)
+
+    c.batch_update("sheet-1", [{"insertDimension": {"range": {"sheetId": sheet_id, "dimension": "ROWS",
+                                                              "startIndex": 3, "endIndex": 5},
+                                                    "inheritFromBefore": True}}])
+    assert height() == 3  # at the end: not extended
+    c.batch_update("sheet-1", [{"insertDimension": {"range": {"sheetId": sheet_id, "dimension": "ROWS",
+                                                              "startIndex": 1, "endIndex": 2},
+                                                    "inheritFromBefore": True}}])
+    assert height() == 4 and c.values("sheet-1", "r") == [["sku", "title"], [], ["A-1"]]
+    with pytest.raises(SheetsError, match="after last row in grid"):
+        c.batch_update("sheet-1", [
+            {"deleteDimension": {"range": {"sheetId": sheet_id, "dimension": "ROWS", "startIndex": 1,
+                                           "endIndex": 2}}},
+            {"updateCells": {"start": {"sheetId": sheet_id, "rowIndex": 5000, "columnIndex": 0},
+                             "fields": "userEnteredValue", "rows": [{"values": [{}]}]}}])
+    assert height() == 4  # the delete before the refused request was not applied either
