@@ -4,6 +4,8 @@ Google's Sheets v4 discovery document (tests/sheets_fake.py), and a person's edi
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import dagster as dg
 import pytest
@@ -38,22 +40,40 @@ def demo_with_sheet(tmp_path, **overrides) -> str:
     return path
 
 
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """The demo's suppliers and Acme products published once for the module (publishing is most of each test's
+    time); each test works on a copy of this home."""
+    base = tmp_path_factory.mktemp("published")
+    saved = {n: os.environ.pop(n, None) for n in ("CLARO_S3_ENDPOINT_URL", "CLARO_WAREHOUSE_URL", "TEST_SHEETS_KEY")}
+    try:  # the other destinations stay idle; no automatic sync
+        spec = demo_with_sheet(base)
+        defs = build_definitions(spec, base / "home")
+        with dg.instance_for_test() as instance:
+            publish_demo_products(defs, instance)
+        defs.resources["claro"].store.engine.dispose()
+    finally:
+        os.environ.update({n: v for n, v in saved.items() if v is not None})
+    return spec, base / "home"
+
+
 @pytest.fixture
-def project(tmp_path, monkeypatch):
-    """The demo's suppliers and Acme products published, with a sheets destination pointed at the fake."""
+def project(published, tmp_path, monkeypatch):
+    """A copy of the published demo, with a sheets destination pointed at the fake."""
+    spec, template = published
+    home = tmp_path / "home"
+    shutil.copytree(template, home)
     with FakeSheets() as fake:
         for name in ("CLARO_S3_ENDPOINT_URL", "CLARO_WAREHOUSE_URL", "TEST_SHEETS_KEY"):
-            monkeypatch.delenv(name, raising=False)  # the other destinations stay idle; no automatic sync
-        spec = demo_with_sheet(tmp_path)
-        defs = build_definitions(spec, tmp_path / "home")
+            monkeypatch.delenv(name, raising=False)
+        defs = build_definitions(spec, home)
         key, public = service_account_key(tmp_path, fake.token_uri)
         fake.public_key_pem = public
         fake.create("merch-2026", title="Merchandising", tabs=("Products",))
         monkeypatch.setenv("TEST_SHEETS_KEY", str(key))
         monkeypatch.setenv("TEST_SHEETS_URL", fake.url)
         with dg.instance_for_test() as instance:
-            publish_demo_products(defs, instance)
-            yield defs, defs.resources["claro"], instance, fake, spec, tmp_path / "home"
+            yield defs, defs.resources["claro"], instance, fake, spec, home
         assert fake.contract_errors == []
 
 
