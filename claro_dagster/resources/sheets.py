@@ -235,6 +235,11 @@ def sync_sheet(store: Any, destination: str, dest: Any, client: SheetsClient, *,
     where = f"spreadsheet {dest.spreadsheet_id} named range {dest.named_range!r}"
     states = SheetState(store)
     state = states.load(destination)
+    # the range the stored state belongs to: when the spec names another one, the sync starts afresh there
+    synced_to = json.dumps({"spreadsheet": dest.spreadsheet_id, "named_range": dest.named_range}, sort_keys=True)
+    if (state.values or state.proposed) and store.get_cursor(_cursor(destination)) != synced_to:
+        states.forget(destination)
+        state = states.load(destination)
     meta = client.spreadsheet(dest.spreadsheet_id)
     named = _locate(meta, dest.named_range)
     if named is None:
@@ -243,7 +248,8 @@ def sync_sheet(store: Any, destination: str, dest: Any, client: SheetsClient, *,
             raise SheetsError(
                 f"{where}: the named range is gone (renamed or deleted; named ranges now: "
                 f"{', '.join(map(repr, others)) or 'none'}). Rename it back to {dest.named_range!r} in Data > Named "
-                "ranges and sync again, or change `named_range` in the spec; nothing was changed in the catalogue")
+                "ranges and sync again (or name a new range in the spec's `named_range`: the next sync creates it); "
+                "nothing was changed in the catalogue")
         sheet = (_sheet(meta, title=dest.worksheet) if dest.worksheet else
                  (meta.get("sheets") or [None])[0])
         if sheet is None:
@@ -253,7 +259,7 @@ def sync_sheet(store: Any, destination: str, dest: Any, client: SheetsClient, *,
         grid = {"sheetId": sheet_id, "startRowIndex": 0, "endRowIndex": 1, "startColumnIndex": 0,
                 "endColumnIndex": len(columns)}
         data: list[list[Any]] = []
-        result.created_range = True
+        result.created_range = fresh = True
     else:
         grid = dict(named["range"])
         grid.setdefault("sheetId", 0)
@@ -261,7 +267,9 @@ def sync_sheet(store: Any, destination: str, dest: Any, client: SheetsClient, *,
         values = client.values(dest.spreadsheet_id, dest.named_range)
         height = grid.get("endRowIndex", 0) - grid.get("startRowIndex", 0)
         header = values[0] if values else []
-        check_header(header, columns, where=where)
+        fresh = not state.values and not any(h not in (None, "") for h in header)
+        if not fresh:  # an empty range never synced gets its header below
+            check_header(header, columns, where=where)
         data = [list(r) for r in values[1:]] + [[] for _ in range(max(0, height - len(values)))]
     start_row, start_col = grid.get("startRowIndex", 0), grid.get("startColumnIndex", 0)
 
@@ -312,7 +320,11 @@ def sync_sheet(store: Any, destination: str, dest: Any, client: SheetsClient, *,
     elif grow < 0:
         batch.append({"deleteDimension": {"range": {"sheetId": sheet_id, "dimension": "ROWS",
                                                     "startIndex": below + grow, "endIndex": below}}})
-    if named is None:
+    width = (sheet or {}).get("properties", {}).get("gridProperties", {}).get("columnCount")
+    if width is not None and width < start_col + len(columns):
+        batch.insert(0, {"appendDimension": {"sheetId": sheet_id, "dimension": "COLUMNS",
+                                             "length": start_col + len(columns) - width}})
+    if fresh:
         batch.append(_update_cells(sheet_id, start_row, start_col, [[_header(c) for c in columns]]))
     blocks: list[list[tuple[int, list[str | None]]]] = []
     for i, row in changed:  # consecutive changed rows are one updateCells
@@ -328,7 +340,7 @@ def sync_sheet(store: Any, destination: str, dest: Any, client: SheetsClient, *,
                  "startColumnIndex": start_col, "endColumnIndex": start_col + len(columns)}
     if named is None:
         batch.append({"addNamedRange": {"namedRange": {"name": dest.named_range, "range": new_range}}})
-    elif grow:
+    elif grow or named["range"].get("endColumnIndex") != new_range["endColumnIndex"]:
         batch.append({"updateNamedRange": {"namedRange": {"namedRangeId": named["namedRangeId"],
                                                           "name": dest.named_range, "range": new_range},
                                            "fields": "range"}})
@@ -341,7 +353,13 @@ def sync_sheet(store: Any, destination: str, dest: Any, client: SheetsClient, *,
         client.batch_update(dest.spreadsheet_id, batch)
         result.calls = 1
     states.save(destination, state, next_state(columns, state, rows, result.pulled.proposed, waiting))
+    store.set_cursor(_cursor(destination), synced_to)
     return result
+
+
+def _cursor(destination: str) -> str:
+    """The store cursor naming the spreadsheet and named range a sheets destination's stored state belongs to."""
+    return f"sheets:{destination}"
 
 
 def _texts(raw: Sequence[Any], width: int) -> list[str | None]:

@@ -240,3 +240,25 @@ def test_the_fake_follows_the_documented_range_semantics(fake):
             {"updateCells": {"start": {"sheetId": sheet_id, "rowIndex": 5000, "columnIndex": 0},
                              "fields": "userEnteredValue", "rows": [{"values": [{}]}]}}])
     assert height() == 4  # the delete before the refused request was not applied either
+
+
+def test_a_new_range_named_in_the_spec_starts_afresh_and_wide_columns_fit(fake, store):
+    sync_sheet(store, "sheet", DEST, client())
+    fake.spreadsheets["sheet-1"].sheets[1].column_count = 2  # the Notes tab is narrower than the four columns
+    moved = DEST.model_copy(update={"named_range": "claro_products_v2", "worksheet": "Notes"})
+    result = sync_sheet(store, "sheet", moved, client())
+    assert result.created_range and result.rows == 3
+    assert fake.records("claro_products_v2")["P-2"] == {"sku": "P-2", "title": "Product 2", "price": 3,
+                                                        "status": "active"}
+    assert sync_sheet(store, "sheet", moved, client()).calls == 0
+
+
+def test_an_empty_named_range_a_person_made_is_filled_in(fake, store):
+    client().batch_update("sheet-1", [{"addNamedRange": {"namedRange": {"name": "claro_products", "range": {
+        "sheetId": 0, "startRowIndex": 4, "endRowIndex": 5, "startColumnIndex": 1, "endColumnIndex": 5}}}}])
+    result = sync_sheet(store, "sheet", DEST, client())
+    assert not result.created_range and result.rows == 3
+    assert fake.range_values("claro_products")[0] == ["sku", "title", "price", "status"]
+    [protected] = fake.spreadsheets["sheet-1"].sheets[0].protected
+    assert (protected["range"]["startColumnIndex"], protected["range"]["endColumnIndex"]) == (1, 2)
+    assert sync_sheet(store, "sheet", DEST, client()).calls == 0
