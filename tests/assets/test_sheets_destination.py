@@ -206,3 +206,23 @@ def test_key_column_deleted_or_range_renamed_fails_clearly_and_changes_nothing(p
     failed = sync(defs, instance, ok=False)
     assert not failed.success and "the key column 'sku' is not the first column" in str(failed.all_events)
     assert in_catalogue(claro) == before
+
+
+def test_synced_after_each_publish_and_on_a_schedule(tmp_path, monkeypatch):
+    """With its key variable set, the sheet is in the destinations job the publish sensor starts; a schedule targets
+    `<catalogue>/<destination>`; without the variable it is left out of the automatic sync."""
+    spec = demo_with_sheet(tmp_path)
+    spec.write_text(spec.read_text(encoding="utf-8").replace(
+        "\nschedules:\n", "\nschedules:\n  sheet_hourly:\n    target: products/merch_sheet\n    every: hourly\n", 1),
+        encoding="utf-8")
+    for name in ("CLARO_S3_ENDPOINT_URL", "CLARO_WAREHOUSE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TEST_SHEETS_KEY", str(tmp_path / "key.json"))
+    defs = build_definitions(spec, tmp_path / "home")
+    synced = defs.resolve_job_def("products_onboarding_destinations").asset_layer.selected_asset_keys
+    assert dg.AssetKey(["products", "merch_sheet"]) in synced
+    schedule = defs.resolve_schedule_def("sheet_hourly")
+    assert (schedule.job_name, schedule.cron_schedule) == ("products_merch_sheet", "0 * * * *")
+    monkeypatch.delenv("TEST_SHEETS_KEY")
+    idle = build_definitions(spec, tmp_path / "home2")
+    assert not any(j.name == "products_onboarding_destinations" for j in idle.resolve_all_job_defs())
