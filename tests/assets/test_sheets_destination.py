@@ -25,6 +25,10 @@ COLUMNS = ["sku", "title", "brand", "price", "colour", "status"]
 SHEET = {"kind": "sheets", "catalogue": "products", "spreadsheet_id": "merch-2026", "named_range": "claro_products",
          "columns": COLUMNS, "credentials_env": "TEST_SHEETS_KEY", "endpoint_url_env": "TEST_SHEETS_URL"}
 RANGE = "claro_products"
+# the demo's other destinations stay idle (and the sheet's own variable unset while the definitions are built, so
+# publishing never syncs it by itself)
+IDLE = ("CLARO_S3_ENDPOINT_URL", "CLARO_WAREHOUSE_URL", "CLARO_SHOPIFY_SHOP_URL", "CLARO_SHOPIFY_TOKEN",
+        "TEST_SHEETS_KEY")
 
 
 def demo_with_sheet(tmp_path, **overrides) -> str:
@@ -32,8 +36,7 @@ def demo_with_sheet(tmp_path, **overrides) -> str:
     dest = {k: v for k, v in {**SHEET, **overrides}.items() if v is not None}
     block = "\n".join("  " + line for line in yaml.safe_dump({"merch_sheet": dest}).splitlines())
     text = text.replace("\ndestinations:\n", "\ndestinations:\n" + block + "\n", 1)
-    text = text.replace("destinations: [catalogue_dump, warehouse]",
-                        "destinations: [catalogue_dump, warehouse, merch_sheet]")
+    text = text.replace("catalogue_dump, warehouse]", "catalogue_dump, warehouse, merch_sheet]")
     assert "merch_sheet:" in text and "warehouse, merch_sheet]" in text
     path = tmp_path / "claro.yaml"
     path.write_text(text, encoding="utf-8")
@@ -45,7 +48,7 @@ def published(tmp_path_factory):
     """The demo's suppliers and Acme products published once for the module (publishing is most of each test's
     time); each test works on a copy of this home."""
     base = tmp_path_factory.mktemp("published")
-    saved = {n: os.environ.pop(n, None) for n in ("CLARO_S3_ENDPOINT_URL", "CLARO_WAREHOUSE_URL", "TEST_SHEETS_KEY")}
+    saved = {n: os.environ.pop(n, None) for n in IDLE}
     try:  # the other destinations stay idle; no automatic sync
         spec = demo_with_sheet(base)
         defs = build_definitions(spec, base / "home")
@@ -64,7 +67,7 @@ def project(published, tmp_path, monkeypatch):
     home = tmp_path / "home"
     shutil.copytree(template, home)
     with FakeSheets() as fake:
-        for name in ("CLARO_S3_ENDPOINT_URL", "CLARO_WAREHOUSE_URL", "TEST_SHEETS_KEY"):
+        for name in IDLE:
             monkeypatch.delenv(name, raising=False)
         defs = build_definitions(spec, home)
         key, public = service_account_key(tmp_path, fake.token_uri)
@@ -215,7 +218,7 @@ def test_synced_after_each_publish_and_on_a_schedule(tmp_path, monkeypatch):
     spec.write_text(spec.read_text(encoding="utf-8").replace(
         "\nschedules:\n", "\nschedules:\n  sheet_hourly:\n    target: products/merch_sheet\n    every: hourly\n", 1),
         encoding="utf-8")
-    for name in ("CLARO_S3_ENDPOINT_URL", "CLARO_WAREHOUSE_URL"):
+    for name in IDLE:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TEST_SHEETS_KEY", str(tmp_path / "key.json"))
     defs = build_definitions(spec, tmp_path / "home")
