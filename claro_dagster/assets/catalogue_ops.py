@@ -178,6 +178,8 @@ def destination_resource(dest: DestinationSpec):
                                      credentials_env=dest.credentials_env)
     if dest.kind in sales_channels.CHANNEL_KINDS:  # the client is built from the environment when a push runs
         return dg.ResourceDefinition.hardcoded_resource(dest)
+    if dest.kind == "sheets":
+        return dg.ResourceDefinition.hardcoded_resource(dest)  # the client is built from the environment per sync
     return None
 
 
@@ -188,13 +190,20 @@ def missing_env(dest: DestinationSpec) -> str | None:
     if dest.kind == "bigquery":  # credentials_env unset means application default credentials
         names = [n for n in (dest.endpoint_url_env, dest.credentials_env) if n]
         return next((n for n in names if not os.environ.get(n)), None)
+    if dest.kind == "sheets":
+        from claro_dagster.resources.sheets import missing_env as sheets_missing_env
+
+        return sheets_missing_env(dest)
     name = dest.url_env if dest.kind == "postgres" else dest.endpoint_url_env if dest.kind == "s3" else None
     return name if name and not os.environ.get(name) else None
 
 
 def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]) -> dg.AssetsDefinition | None:
     """Outbound sync: S3 gets a full snapshot per run under a versioned key; PostgreSQL gets an upsert of only
-    the records changed since its cursor; BigQuery a load job (append, replace or merge, see resources/bigquery)."""
+    the records changed since its cursor; BigQuery a load job (append, replace or merge, see resources/bigquery);
+    Google Sheets a two-way sync (see resources/sheets)."""
+    if dest.kind == "sheets":
+        return build_sheets_destination(name, dest, after)
     if dest.kind not in ("s3", "postgres", "bigquery", *sales_channels.CHANNEL_KINDS):
         return None  # the other connectors arrive with their own issues
     catalogue = dest.catalogue
@@ -247,5 +256,38 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
         return dg.MaterializeResult(metadata={
             "rows_sent": len(frame), "inserted": result.inserted if result else 0,
             "updated": result.updated if result else 0, "table": dest.table, "cursor": upto})
+
+    return destination
+
+
+def build_sheets_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]) -> dg.AssetsDefinition:
+    """Two-way sync with a Google Sheets named range: pull the edits people made (as changes through validation and
+    the gate, conflicts for review), then push what the catalogue changed, in one batchUpdate."""
+    catalogue = dest.catalogue
+    resource_key = destination_resource_key(name)
+
+    @dg.asset(key=[catalogue, name], group_name=catalogue, deps=after, kinds={"googlesheets"},
+              required_resource_keys={resource_key, "claro"}, op_tags={"claro/destination": name},
+              description=f"Two-way sync of {catalogue} with named range {dest.named_range!r} of Google spreadsheet "
+                          f"{dest.spreadsheet_id}" + (f" where {dest.filter}" if dest.filter else ""))
+    def destination(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        from claro_dagster.resources.sheets import client_from_env, sync_sheet
+
+        store = context.resources.claro.store
+        result = sync_sheet(store, name, dest, client_from_env(dest), run_id=context.run_id)
+        for problem in result.problems:
+            context.log.warning(problem)
+        if result.deleted_rows:
+            context.log.warning(f"rows deleted in the sheet, kept in the catalogue and written back: "
+                                f"{', '.join(result.deleted_rows)}")
+        p = result.pulled
+        return dg.MaterializeResult(metadata={
+            "pulled_applied": p.applied, "pulled_queued": p.queued, "conflicts": result.conflicts,
+            "invalid": len(p.invalid), "new_rows": result.new_rows, "deleted_in_sheet": len(result.deleted_rows),
+            "waiting_for_review": result.pending, "rows": result.rows, "rows_written": result.rows_written,
+            "batch_updates": result.calls,
+            "details": dg.MetadataValue.md("\n".join(f"- {line}" for line in [
+                *(f"invalid: {i}" for i in p.invalid), *(f"deleted in the sheet: {k}" for k in result.deleted_rows),
+                *result.problems]) or "nothing to report")})
 
     return destination

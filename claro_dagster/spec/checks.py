@@ -27,7 +27,7 @@ SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
 AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive", "bigquery")
-AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "amazon", "bigquery")
+AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "amazon", "bigquery", "sheets")
 #: Events the store's outbox holds, which webhook subscriptions (`notifications.webhooks.*.events`) can list.
 OUTBOX_EVENTS: tuple[str, ...] = (
     "run.started", "run.completed", "run.failed",
@@ -241,6 +241,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
             out += _check_amazon(spec, loc, dest)
         if dest.kind == "bigquery" and dest.catalogue in spec.catalogues:
             out += _check_bigquery_destination(spec, loc, dest)
+        if dest.kind == "sheets" and dest.catalogue in spec.catalogues:
+            out += _check_sheets(spec, loc, dest)
 
     for pname, pipe in spec.pipelines.items():
         loc = ("pipelines", pname)
@@ -609,6 +611,41 @@ def _check_amazon(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:
         if mapped.shape in ("text", "list") and not dest.language_tag:
             out.append((path, f"{name!r} is text in a language: set the destination's 'language_tag' (e.g. "
                               "en_GB), or give it `shape: value` if it has no language"))
+    return out
+
+
+# A named range's name: letters, digits and underscores, not starting with a digit, and not a cell reference.
+_NAMED_RANGE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,249}")
+_A1_OR_R1C1 = re.compile(r"([A-Za-z]{1,3}[0-9]+|[Rr][0-9]*[Cc][0-9]*)")
+
+
+def _check_sheets(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:
+    """A sheets destination: where (spreadsheet, named range, key file variable) and its columns, key first."""
+    out: list[Problem] = []
+    cat = spec.catalogues[dest.catalogue]
+    if not dest.spreadsheet_id:
+        out.append((loc + ("spreadsheet_id",), "a sheets destination needs 'spreadsheet_id': the id in the "
+                                               "spreadsheet's URL (docs.google.com/spreadsheets/d/<id>/edit)"))
+    if not dest.named_range:
+        out.append((loc + ("named_range",), "a sheets destination needs 'named_range': the named range it syncs "
+                                            "(created on the first sync), e.g. claro_products"))
+    elif not _NAMED_RANGE.fullmatch(dest.named_range) or _A1_OR_R1C1.fullmatch(dest.named_range):
+        out.append((loc + ("named_range",), f"{dest.named_range!r} is not a valid named range name: letters, "
+                                            "digits and underscores, not starting with a digit and not a cell "
+                                            "reference such as A1 or R1C1"))
+    if not dest.credentials_env:
+        out.append((loc + ("credentials_env",), "a sheets destination needs 'credentials_env': the environment "
+                                                "variable holding the path of the service account's JSON key file"))
+    if dest.columns:
+        if dest.columns[0] != cat.key:
+            out.append((loc + ("columns", 0), f"the first column must be the catalogue key {cat.key!r} (records are "
+                                              "matched by it; its column is protected)"))
+        for i, name in enumerate(dest.columns):
+            if name not in cat.attributes:
+                out.append((loc + ("columns", i), unknown(name, cat.attributes, f"an attribute of catalogue "
+                                                          f"{dest.catalogue!r}", "attributes")))
+            elif dest.columns.index(name) != i:
+                out.append((loc + ("columns", i), f"{name!r} is listed twice in 'columns'"))
     return out
 
 

@@ -351,6 +351,14 @@ class DestinationSpec(SpecModel):
             raise ValueError(f"product_type {{attribute: ...}} is for amazon destinations; for {self.kind} "
                              "write the attribute's name (product_type: category)")
         return self
+    # sheets: a named range of a Google spreadsheet, pushed and pulled (a destination that is also a source); `columns`
+    # are its columns (key first), `credentials_env` (above) names the variable holding the path of the service
+    # account's JSON key file, `endpoint_url_env` may name the Sheets API base URL (tests: a local server)
+    spreadsheet_id: str | None = Field(None, description="the id in the spreadsheet's URL (/d/<id>/edit)")
+    named_range: str | None = Field(None, description="the named range synced (created on the first sync)")
+    worksheet: str | None = Field(None, description="tab the named range is created on (default: the first)")
+    confidence: float | None = Field(None, ge=0, le=100, description="confidence of edits pulled from the sheet; "
+                                                                     "unset: every edit waits for review")
 
 
 class SlackRoute(SpecModel):

@@ -257,12 +257,12 @@ def test_route_to_an_undefined_channel_and_pipeline_rules(tmp_path, monkeypatch)
            "you mean '#ops'? (channels: #ops)" in found
 
 
-@pytest.mark.parametrize("kind", ["sheets", "webhook"])
+@pytest.mark.parametrize("kind", ["webhook"])
 def test_a_destination_kind_that_is_not_built_is_refused(tmp_path, monkeypatch, kind: str) -> None:
     rest = f"destinations:\n  shop:\n    kind: {kind}\n    catalogue: products\n"
     assert problems(tmp_path, monkeypatch, rest=rest) == [
         f"claro.yaml:9 destinations.shop.kind: destination kind {kind!r} is not available yet (available now: s3, "
-        "postgres, shopify, amazon, bigquery); remove this destination or change its kind"]
+        "postgres, shopify, amazon, bigquery, sheets); remove this destination or change its kind"]
 
 
 def test_every_kind_claro_check_accepts_does_something() -> None:
