@@ -35,3 +35,16 @@ def publish_demo_products(defs, instance) -> None:
         inbox.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, inbox / path.name)
         assert run_batch(defs, instance, receive(claro, source, inbox / path.name), quiet=True).success
+
+
+def demo_spec_syncing(*destinations: str, text: str | None = None) -> str:
+    """The demo spec's text (or `text`) with `destinations` added to products_onboarding's destination list.
+    Fails loudly when the demo's layout changed, rather than leaving a test's destination out of the pipeline."""
+    import re
+
+    from claro_dagster.spec import DEMO_DIR
+
+    text = (DEMO_DIR / "claro.yaml").read_text(encoding="utf-8") if text is None else text
+    pipeline = re.compile(r"(\n  products_onboarding:\n(?:    .*\n)*?    destinations: \[)([^\]]*)\]")
+    assert pipeline.search(text), "the demo's products_onboarding has no `destinations: [...]` line"
+    return pipeline.sub(lambda m: m.group(1) + ", ".join([m.group(2), *destinations]) + "]", text, count=1)

@@ -8,7 +8,7 @@ import math
 
 import dagster as dg
 import pytest
-from batches import publish_demo_products
+from batches import demo_spec_syncing, publish_demo_products
 
 from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.catalogue.channels import cursor_name
@@ -50,8 +50,7 @@ DESTINATIONS = """\
 
 def demo_spec(extra_attribute: str = "") -> str:
     text = (DEMO_DIR / "claro.yaml").read_text(encoding="utf-8")
-    text = text.replace("    destinations: [catalogue_dump, warehouse]\n",
-                        "    destinations: [catalogue_dump, warehouse, bq_append, bq_replace, bq_merge]\n")
+    text = demo_spec_syncing("bq_append", "bq_replace", "bq_merge", text=text)
     text = text.replace("    table: catalogue_products\n", "    table: catalogue_products\n" + DESTINATIONS)
     if extra_attribute:
         text = text.replace("      status:\n        type: enum\n        values: [active, draft, archived]\n",

@@ -10,7 +10,7 @@ import shutil
 import dagster as dg
 import pytest
 import yaml
-from batches import publish_demo_products
+from batches import demo_spec_syncing, publish_demo_products
 
 from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.catalogue.review import ReviewQueue
@@ -36,7 +36,7 @@ def demo_with_sheet(tmp_path, **overrides) -> str:
     dest = {k: v for k, v in {**SHEET, **overrides}.items() if v is not None}
     block = "\n".join("  " + line for line in yaml.safe_dump({"merch_sheet": dest}).splitlines())
     text = text.replace("\ndestinations:\n", "\ndestinations:\n" + block + "\n", 1)
-    text = text.replace("catalogue_dump, warehouse]", "catalogue_dump, warehouse, merch_sheet]")
+    text = demo_spec_syncing("merch_sheet", text=text)
     assert "merch_sheet:" in text and "warehouse, merch_sheet]" in text
     path = tmp_path / "claro.yaml"
     path.write_text(text, encoding="utf-8")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 import yaml
-from batches import publish_demo_products
+from batches import demo_spec_syncing, publish_demo_products
 
 from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.definitions import build_definitions
@@ -29,7 +29,7 @@ def shop(tmp_path, monkeypatch):
             monkeypatch.delenv(name, raising=False)
         shop_yaml = "\n".join("  " + line for line in yaml.safe_dump({"shop": SHOP}).splitlines())
         text = text.replace("\ndestinations:\n", "\ndestinations:\n" + shop_yaml + "\n", 1)
-        text = text.replace("catalogue_dump, warehouse]", "catalogue_dump, warehouse, shop]")
+        text = demo_spec_syncing("shop", text=text)
         assert "shop_url_env" in text and "warehouse, shop]" in text
         (tmp_path / "claro.yaml").write_text(text, encoding="utf-8")
         defs = build_definitions(tmp_path / "claro.yaml", tmp_path / "home")
