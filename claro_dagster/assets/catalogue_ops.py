@@ -164,6 +164,27 @@ def push_bigquery(table: bq.BigQueryTable, store: CatalogueStore, name: str, des
     return dg.MaterializeResult(metadata=metadata)
 
 
+def push_supabase_rest(store: CatalogueStore, name: str, dest: DestinationSpec, where: str | None,
+                       moves_cursor: bool = True, **http_options) -> dg.MaterializeResult:
+    """Supabase through PostgREST: the records changed since the destination's cursor, upserted in batches of
+    `batch_size` (resources/supabase.py); the cursor moves only after every batch was accepted."""
+    from claro_dagster.resources.supabase import PostgrestTable, frame_rows
+
+    spec = store.catalogue(dest.catalogue)
+    key = spec.key
+    since = int(store.get_cursor(cursor_name(name), "0"))
+    upto = store.last_seq()
+    frame = store.changed_since(dest.catalogue, since, filter=where, columns=dest.columns)
+    if dest.columns:
+        frame = frame[[key, *[c for c in dest.columns if c != key]]]
+    result = PostgrestTable.from_env(dest, **http_options).upsert(frame_rows(frame), key, dest.batch_size) \
+        if len(frame) else None
+    if moves_cursor:  # an ad-hoc narrower run must not move the cursor past records it skipped
+        store.set_cursor(cursor_name(name), str(upto))
+    return dg.MaterializeResult(metadata={"rows_sent": len(frame), "requests": result.requests if result else 0,
+                                          "table": dest.table, "mode": "rest", "cursor": upto})
+
+
 def destination_resource_key(name: str) -> str:
     return f"destination_{name}"
 
@@ -171,8 +192,10 @@ def destination_resource_key(name: str) -> str:
 def destination_resource(dest: DestinationSpec):
     if dest.kind == "s3":
         return S3Connection.from_env(dest.endpoint_url_env)
-    if dest.kind == "postgres":
+    if dest.kind == "postgres" or (dest.kind == "supabase" and dest.mode == "sql"):
         return PostgresDestination.from_env(dest.url_env)
+    if dest.kind == "supabase":  # rest: the PostgREST client is built from the environment per push
+        return dg.ResourceDefinition.hardcoded_resource(dest)
     if dest.kind == "bigquery":
         return bq.BigQueryConnection(project=dest.project, endpoint_url_env=dest.endpoint_url_env,
                                      credentials_env=dest.credentials_env)
@@ -194,6 +217,10 @@ def missing_env(dest: DestinationSpec) -> str | None:
         from claro_dagster.resources.sheets import missing_env as sheets_missing_env
 
         return sheets_missing_env(dest)
+    if dest.kind == "supabase":
+        from claro_dagster.resources.supabase import required_env as supabase_required_env
+
+        return next((n for n in supabase_required_env(dest) if not os.environ.get(n)), None)
     name = dest.url_env if dest.kind == "postgres" else dest.endpoint_url_env if dest.kind == "s3" else None
     return name if name and not os.environ.get(name) else None
 
@@ -204,7 +231,7 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
     Google Sheets a two-way sync (see resources/sheets)."""
     if dest.kind == "sheets":
         return build_sheets_destination(name, dest, after)
-    if dest.kind not in ("s3", "postgres", "bigquery", *sales_channels.CHANNEL_KINDS):
+    if dest.kind not in ("s3", "postgres", "supabase", "bigquery", *sales_channels.CHANNEL_KINDS):
         return None  # the other connectors arrive with their own issues
     catalogue = dest.catalogue
     resource_key = destination_resource_key(name)
@@ -244,6 +271,8 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
                 check_results=[check])
         if dest.kind == "bigquery":
             return push_bigquery(connector.table(), store, name, dest, where, moves_cursor=not config.filter)
+        if dest.kind == "supabase" and dest.mode == "rest":
+            return push_supabase_rest(store, name, dest, where, moves_cursor=not config.filter)
         since = int(store.get_cursor(cursor_name(name), "0"))
         upto = store.last_seq()
         frame = store.changed_since(catalogue, since, filter=where, columns=columns)

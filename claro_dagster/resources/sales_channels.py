@@ -16,7 +16,8 @@ from claro_dagster.catalogue.channels import PushPlan
 from claro_dagster.resources.push_alerts import alerting
 
 #: kind -> the module that pushes it
-CHANNEL_MODULES = {"shopify": "claro_dagster.resources.shopify", "amazon": "claro_dagster.resources.amazon"}
+CHANNEL_MODULES = {"shopify": "claro_dagster.resources.shopify", "amazon": "claro_dagster.resources.amazon",
+                   "rest": "claro_dagster.resources.rest_destination"}
 CHANNEL_KINDS: tuple[str, ...] = tuple(CHANNEL_MODULES)
 
 
@@ -26,6 +27,10 @@ def required_env(dest: Any) -> list[str]:
         return [dest.shop_url_env, dest.token_env]
     if dest.kind == "amazon":  # the SP-API and token endpoints default to Amazon's own
         return [dest.client_id_env, dest.client_secret_env, dest.refresh_token_env]
+    if dest.kind == "rest":  # the base URL (when the url template is relative) and the auth's secrets
+        from claro_dagster.resources.rest_destination import required_env as rest_required_env
+
+        return rest_required_env(dest)
     return []
 
 

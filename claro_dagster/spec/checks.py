@@ -17,7 +17,15 @@ from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
-from .models import AttributeSpec, ProjectSpec, ThresholdOverride, Thresholds, amazon_attribute
+from .models import (
+    AttributeSpec,
+    ProjectSpec,
+    ThresholdOverride,
+    Thresholds,
+    amazon_attribute,
+    rest_body_attributes,
+    url_placeholders,
+)
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
@@ -27,7 +35,8 @@ SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
 AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive", "bigquery")
-AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "amazon", "bigquery", "sheets")
+AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "amazon", "bigquery", "sheets",
+                                                 "supabase", "rest")
 #: Events the store's outbox holds, which webhook subscriptions (`notifications.webhooks.*.events`) can list.
 OUTBOX_EVENTS: tuple[str, ...] = (
     "run.started", "run.completed", "run.failed",
@@ -243,6 +252,10 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
             out += _check_bigquery_destination(spec, loc, dest)
         if dest.kind == "sheets" and dest.catalogue in spec.catalogues:
             out += _check_sheets(spec, loc, dest)
+        if dest.kind in ("supabase", "rest", "bigquery"):
+            out += _check_supabase_rest_modes(loc, dest)
+        if dest.kind == "rest" and dest.catalogue in spec.catalogues:
+            out += _check_rest_destination(spec, loc, dest)
 
     for pname, pipe in spec.pipelines.items():
         loc = ("pipelines", pname)
@@ -682,3 +695,66 @@ def summarize(spec: ProjectSpec, name: str | None = None) -> str:
     return (f"{name}: OK — {_count(len(spec.catalogues), 'catalogue')} ({', '.join(cats)}), "
             f"{_count(len(spec.sources), 'source')}, {_count(len(spec.pipelines), 'pipeline')}, "
             f"{_count(len(spec.schedules), 'schedule')}, {_count(len(spec.destinations), 'destination')}")
+
+
+def _check_supabase_rest_modes(loc: Loc, dest: Any) -> list[Problem]:
+    """supabase: `mode` sql or rest with what each needs; `mode: sql|rest` belongs to supabase only."""
+    out: list[Problem] = []
+    if dest.kind == "bigquery":
+        if dest.mode in ("sql", "rest"):
+            out.append((loc + ("mode",), f"mode {dest.mode!r} is for supabase destinations; bigquery takes "
+                                         "append, replace or merge"))
+        return out
+    if dest.kind == "rest":
+        return out
+    if "mode" not in dest.model_fields_set or dest.mode not in ("sql", "rest"):
+        out.append((loc + ("mode",), "a supabase destination needs 'mode': sql (upsert through the database URL in "
+                                     "url_env) or rest (PostgREST, with api_key_env)"))
+        return out
+    if not dest.table:
+        out.append((loc + ("table",), "a supabase destination needs 'table' (with mode rest it must exist, with a "
+                                      "primary key or unique index on the catalogue key)"))
+    if dest.mode == "sql" and not dest.url_env:
+        out.append((loc + ("url_env",), "a supabase sql destination needs 'url_env': the environment variable that "
+                                        "holds the database URL (Project Settings > Database > connection string)"))
+    if dest.mode == "rest":
+        if not (dest.url_env or dest.rest_url_env):
+            out.append((loc + ("url_env",), "a supabase rest destination needs 'url_env' (the variable holding the "
+                                            "project URL, e.g. https://xyz.supabase.co) or 'rest_url_env'"))
+        if not dest.api_key_env:
+            out.append((loc + ("api_key_env",), "a supabase rest destination needs 'api_key_env': the variable "
+                                                "holding the project's API key (a secret or service_role key)"))
+    return out
+
+
+def _check_rest_destination(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Problem]:
+    """A rest destination: a URL template and body reading attributes the catalogue has, auth with its secrets."""
+    out: list[Problem] = []
+    attributes = set(spec.catalogues[dest.catalogue].attributes) | {spec.catalogues[dest.catalogue].key}
+    if not dest.url:
+        out.append((loc + ("url",), "a rest destination needs 'url': the endpoint, a template such as "
+                                    "https://erp.example/api/items/{sku}"))
+    else:
+        if dest.per == "batch" and url_placeholders(dest.url):
+            out.append((loc + ("url",), "with per: batch the url cannot hold {attribute} placeholders (one request "
+                                        "carries many records)"))
+        for name in url_placeholders(dest.url):
+            if name not in attributes:
+                out.append((loc + ("url",), f"the url template names {{{name}}}, which is not an attribute of "
+                                            f"{dest.catalogue}"))
+        if not dest.url_env and not dest.url.startswith(("http://", "https://")):
+            out.append((loc + ("url",), "the url must start with http:// or https:// (or be relative to the base "
+                                        "URL in url_env)"))
+    for name in sorted(rest_body_attributes(dest.body) - attributes):
+        out.append((loc + ("body",), f"the body names {name!r}, which is not an attribute of {dest.catalogue}: "
+                                     "write {value: ...} for a literal"))
+    if dest.auth is not None:
+        needs = {"bearer": ["token_env"], "basic": ["username_env", "password_env"], "api_key": ["key_env"],
+                 "oauth2": ["client_id_env", "client_secret_env"]}[dest.auth.type]
+        for key in needs:
+            if not getattr(dest.auth, key):
+                out.append((loc + ("auth", key), f"auth type {dest.auth.type} needs {key!r}: the environment "
+                                                  "variable holding the secret"))
+        if dest.auth.type == "oauth2" and not (dest.auth.token_url or dest.auth.token_url_env):
+            out.append((loc + ("auth", "token_url"), "auth type oauth2 needs 'token_url' (or 'token_url_env')"))
+    return out

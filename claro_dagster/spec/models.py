@@ -9,7 +9,7 @@ that name the file, line and key path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -281,8 +281,58 @@ class BigQueryPartition(SpecModel):
     ingestion_time: bool = False
 
 
+class RestAuthSpec(SpecModel):
+    """How a REST destination authenticates (resources/http_auth.py); secrets are named by `_env` keys."""
+
+    type: Literal["bearer", "basic", "api_key", "oauth2"]
+    token_env: str | None = Field(None, description="bearer: variable holding the token")
+    username_env: str | None = Field(None, description="basic: variable holding the user name")
+    password_env: str | None = Field(None, description="basic: variable holding the password")
+    key_env: str | None = Field(None, description="api_key: variable holding the key")
+    name: str = Field("X-API-Key", description="api_key: the header or query parameter carrying the key")
+    location: Literal["header", "query"] = Field("header", description="api_key: in a header or the query")
+    token_url: str | None = Field(None, description="oauth2: the token endpoint (or token_url_env)")
+    token_url_env: str | None = None
+    client_id_env: str | None = None
+    client_secret_env: str | None = None
+    scope: str | None = None
+
+
+class RestSuccessSpec(SpecModel):
+    """What counts as success for a REST destination: one of `status`, and no error in the JSON body."""
+
+    status: list[int] = Field(default_factory=lambda: [200, 201, 202, 204])
+    error_path: str | None = Field("error", description="dotted path in the JSON answer that, when present and "
+                                                        "not null/false/empty, is the record's error")
+    ok_path: str | None = Field(None, description="dotted path that must equal ok_value")
+    ok_value: Any = None
+
+
+def rest_body_attributes(template: Any) -> set[str]:
+    """The attribute names a rest destination's body template reads: leaf strings and `{attribute: name}`;
+    `{value: ...}` and non-string leaves are literals."""
+    if isinstance(template, str):
+        return {template}
+    if isinstance(template, dict):
+        if set(template) == {"attribute"}:
+            return {str(template["attribute"])}
+        if set(template) == {"value"}:
+            return set()
+        return set().union(*(rest_body_attributes(v) for v in template.values()))
+    if isinstance(template, list):
+        return set().union(*(rest_body_attributes(v) for v in template))
+    return set()
+
+
+def url_placeholders(url: str) -> list[str]:
+    """The `{attribute}` placeholders of a URL template."""
+    import string
+
+    return [name for _, name, _, _ in string.Formatter().parse(url) if name]
+
+
 class DestinationSpec(SpecModel):
-    kind: Literal["s3", "postgres", "shopify", "amazon", "bigquery", "sheets", "webhook"]
+    kind: Literal["s3", "postgres", "shopify", "amazon", "bigquery", "sheets", "webhook", "supabase", "rest"]
     catalogue: str
     filter: str | None = None
     columns: list[str] | None = None
@@ -298,7 +348,8 @@ class DestinationSpec(SpecModel):
     # variable holding a service-account key file (unset: application default credentials)
     project: str | None = None
     dataset: str | None = None
-    mode: Literal["append", "replace", "merge"] = "merge"
+    mode: Literal["append", "replace", "merge", "sql", "rest"] = Field(
+        "merge", description="bigquery: append, replace or merge; supabase: sql or rest")
     partition_by: BigQueryPartition | None = None
     cluster_by: list[str] = Field(default_factory=list, description="up to four attributes")
     credentials_env: str | None = None
@@ -359,6 +410,22 @@ class DestinationSpec(SpecModel):
     worksheet: str | None = Field(None, description="tab the named range is created on (default: the first)")
     confidence: float | None = Field(None, ge=0, le=100, description="confidence of edits pulled from the sheet; "
                                                                      "unset: every edit waits for review")
+    # supabase: `mode: sql` upserts through the database URL in `url_env` (as postgres); `mode: rest` through
+    # PostgREST at `rest_url_env` (or `url_env` + /rest/v1) with the key in `api_key_env`. Reuses `table`.
+    # rest: a custom REST endpoint (resources/rest_destination.py). Reuses `url_env` (optional base URL `url` is
+    # joined to) and `batch_size`.
+    rest_url_env: str | None = Field(None, description="supabase rest: variable holding the PostgREST URL "
+                                                       "(e.g. https://xyz.supabase.co/rest/v1)")
+    api_key_env: str | None = Field(None, description="supabase rest: variable holding the project's API key")
+    batch_size: int = Field(500, ge=1, le=100_000, description="records per request (supabase rest, rest per batch)")
+    url: str | None = Field(None, description="rest: URL template filled from the record, e.g. "
+                                              "https://erp.example/api/items/{sku}")
+    method: Literal["POST", "PUT", "PATCH"] = "PUT"
+    per: Literal["record", "batch"] = "record"
+    body: dict[str, Any] | None = Field(None, description="rest: the receiver's JSON; leaves are attribute names, "
+                                                          "{attribute: name} or {value: literal}")
+    auth: RestAuthSpec | None = None
+    success: RestSuccessSpec = Field(default_factory=lambda: RestSuccessSpec())
 
 
 class SlackRoute(SpecModel):
