@@ -186,3 +186,68 @@ def test_oauth2_token_cached_until_expiry_and_refetched_once_after_a_401(state, 
         assert plan.update == ["R0"] and auth.fetches == 3
         paths = [r.path for r in server.requests]
         assert paths[-3:] == ["/i/R0", "/token", "/i/R0"]
+
+
+# ------------------------------------------------------------------------------------------------ claro check
+CATALOGUE = """\
+catalogues:
+  products:
+    key: sku
+    attributes:
+      sku: {type: text}
+      title: {type: text}
+      price: {type: number}
+"""
+
+
+def spec_problems(tmp_path, monkeypatch, text: str) -> list[str]:
+    from claro_dagster.spec import SpecError, load_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "claro.yaml").write_text(CATALOGUE + text, encoding="utf-8")
+    try:
+        load_spec("claro.yaml")
+    except SpecError as error:
+        return str(error).splitlines()
+    return []
+
+
+def test_claro_check_accepts_a_good_rest_destination(tmp_path, monkeypatch):
+    assert spec_problems(tmp_path, monkeypatch, """\
+destinations:
+  erp:
+    kind: rest
+    catalogue: products
+    url: https://erp.example/api/items/{sku}
+    body: {id: sku, name: {attribute: title}, price: {amount: price, currency: {value: GBP}}}
+    auth: {type: oauth2, token_url: https://erp.example/token, client_id_env: ID, client_secret_env: SECRET}
+    success: {status: [200], error_path: result.error}
+""") == []
+
+
+def test_claro_check_names_unknown_attributes_and_missing_auth_keys(tmp_path, monkeypatch):
+    found = spec_problems(tmp_path, monkeypatch, """\
+destinations:
+  erp:
+    kind: rest
+    catalogue: products
+    url: https://erp.example/api/items/{code}
+    per: record
+    body: {id: sku, colour: colour}
+    auth: {type: basic, username_env: ERP_USER}
+""")
+    assert any("destinations.erp.url: the url template names {code}, which is not an attribute of products" in line
+               for line in found), found
+    assert any("destinations.erp.body: the body names 'colour', which is not an attribute of products" in line
+               for line in found), found
+    assert any("destinations.erp.auth.password_env: auth type basic needs 'password_env'" in line
+               for line in found), found
+    batch = spec_problems(tmp_path, monkeypatch, """\
+destinations:
+  erp:
+    kind: rest
+    catalogue: products
+    url: https://erp.example/api/items/{sku}
+    per: batch
+""")
+    assert any("with per: batch the url cannot hold {attribute} placeholders" in line for line in batch), batch

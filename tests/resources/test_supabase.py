@@ -141,3 +141,36 @@ def test_fake_refuses_mismatched_keys_bad_json_and_missing_keys(fake, table):
 
     bare = requests.post(f"{fake.rest_url}/{table}", json={"sku": "A"}, timeout=10)
     assert bare.status_code == 401 and "No API key" in bare.json()["message"]
+
+
+# ------------------------------------------------------------------------------------------------ claro check
+def spec_problems(tmp_path, monkeypatch, dest: str) -> list[str]:
+    from claro_dagster.spec import SpecError, load_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "claro.yaml").write_text(
+        "catalogues:\n  products:\n    key: sku\n    attributes:\n      sku: {type: text}\n"
+        "destinations:\n  sb:\n    kind: supabase\n    catalogue: products\n" + dest, encoding="utf-8")
+    try:
+        load_spec("claro.yaml")
+    except SpecError as error:
+        return str(error).splitlines()
+    return []
+
+
+@pytest.mark.parametrize("dest, message", [
+    ("    mode: rest\n    url_env: SB_URL\n    api_key_env: SB_KEY\n    table: items\n", None),
+    ("    mode: sql\n    url_env: SB_DB\n    table: items\n", None),
+    ("    url_env: SB_DB\n    table: items\n", "destinations.sb.mode: a supabase destination needs 'mode': sql"),
+    ("    mode: merge\n    url_env: SB_DB\n    table: items\n", "destinations.sb.mode: a supabase destination needs"),
+    ("    mode: rest\n    url_env: SB_URL\n    table: items\n", "destinations.sb.api_key_env: a supabase rest "
+                                                               "destination needs 'api_key_env'"),
+    ("    mode: sql\n    table: items\n", "destinations.sb.url_env: a supabase sql destination needs 'url_env'"),
+    ("    mode: rest\n    url_env: U\n    api_key_env: K\n", "destinations.sb.table: a supabase destination needs"),
+])
+def test_claro_check_supabase_modes(tmp_path, monkeypatch, dest, message):
+    found = spec_problems(tmp_path, monkeypatch, dest)
+    if message is None:
+        assert found == []
+    else:
+        assert any(message in line for line in found), found

@@ -262,7 +262,7 @@ def test_a_destination_kind_that_is_not_built_is_refused(tmp_path, monkeypatch, 
     rest = f"destinations:\n  shop:\n    kind: {kind}\n    catalogue: products\n"
     assert problems(tmp_path, monkeypatch, rest=rest) == [
         f"claro.yaml:9 destinations.shop.kind: destination kind {kind!r} is not available yet (available now: s3, "
-        "postgres, shopify, amazon, bigquery, sheets); remove this destination or change its kind"]
+        "postgres, shopify, amazon, bigquery, sheets, supabase, rest); remove this destination or change its kind"]
 
 
 def test_every_kind_claro_check_accepts_does_something() -> None:
