@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+import pandas as pd
+
 from claro_dagster.catalogue.channels import (
     ChannelError,
     ChannelRecord,
@@ -84,8 +86,11 @@ def json_value(value: Any) -> Any:
     """A record's value as JSON: None for missing/NaN, numpy scalars as Python, timestamps as ISO text."""
     if value is None:
         return None
-    if isinstance(value, float) and value != value:
-        return None
+    try:
+        if pd.isna(value):  # NaN, NaT, pd.NA
+            return None
+    except (TypeError, ValueError):  # a list or mapping: not a scalar null
+        pass
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):  # numpy scalar
         try:
             return json_value(value.item())

@@ -58,6 +58,17 @@ def table_rows(pg_url, table):
         return {r[0]: r[1:] for r in conn.execute(f"SELECT sku, title, price, brand, gtin FROM {table}").fetchall()}
 
 
+def push_failed_events(store) -> list[dict]:
+    import json
+
+    from claro_dagster.catalogue.push_failures import PUSH_FAILED
+
+    e = store.t["events"]
+    with store.engine.connect() as conn:
+        rows = conn.execute(e.select().where(e.c.type == PUSH_FAILED).order_by(e.c.id)).mappings().all()
+    return [dict(row, payload=json.loads(row["payload"])) for row in rows]
+
+
 def catalogue_rows(claro):
     frame = claro.store.records("products")
     return {r["sku"]: (r["title"], r["price"], r["brand"], r["gtin"]) for r in frame.to_dict("records")}
@@ -168,6 +179,8 @@ def test_rest_destination_sends_changed_records_and_keeps_200_errors_per_record(
                                 "brand": brand}
             [failure] = ChannelState(claro.store).failures("erp")
             assert (failure.record, failure.error) == ("ACM-10102", "HTTP 200 with error: item is locked for editing")
+            assert [(e["record"], e["payload"]["error"]) for e in push_failed_events(claro.store)] == [
+                ("ACM-10102", "HTTP 200 with error: item is locked for editing")]  # alerted like the sales channels
             refused_key = next(r.headers["Idempotency-Key"] for r in erp.server.requests
                                if r.path.endswith("/ACM-10102"))
             erp.server.requests.clear()
@@ -227,6 +240,11 @@ def test_claro_push_and_status_for_a_rest_destination(tmp_path, monkeypatch):
         store.dispose()
         monkeypatch.setenv("CLI_TEST_ERP_KEY", "k-123")  # not CLARO_*: cli_project.claro drops those
         assert os.environ["CLI_TEST_ERP_KEY"] == "k-123"
+
+        dry = run_claro("push", "erp", "--dry-run", home=home, spec=spec)
+        assert dry.returncode == 0, dry.stderr
+        assert "would create SKU-1" in dry.stdout and "would create SKU-2" in dry.stdout
+        assert erp.server.requests == []
 
         pushed = run_claro("push", "erp", home=home, spec=spec)
         assert pushed.returncode == 1, pushed.stderr  # one record refused with a 200 error body

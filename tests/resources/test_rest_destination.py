@@ -48,6 +48,11 @@ def test_body_template_renders_attributes_literals_and_nulls():
     body = render_body(spec("http://x/{sku}").body, RECORDS[1])
     assert body == {"id": "B/2", "name": "Stove", "pricing": {"amount": None}, "source": "claro", "active": True}
     assert render_body(None, {"sku": "A", "n": 1}) == {"sku": "A", "n": 1}
+    import numpy as np
+    import pandas as pd
+
+    assert render_body(["a", "b", "c", "d"], {"a": pd.NA, "b": np.int64(3), "c": pd.Timestamp("2026-01-02"),
+                                              "d": pd.NaT}) == [None, 3, "2026-01-02T00:00:00", None]
     assert render_body([{"attribute": "sku"}, "title", 3], RECORDS[0]) == ["A-1", "Tent", 3]
     assert render_url("https://erp.example/api/items/{sku}", RECORDS[1]) == "https://erp.example/api/items/B%2F2"
     with pytest.raises(ValueError, match="needs 'sku'"):
