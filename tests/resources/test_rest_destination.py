@@ -256,3 +256,17 @@ destinations:
     per: batch
 """)
     assert any("with per: batch the url cannot hold {attribute} placeholders" in line for line in batch), batch
+
+
+def test_a_5xx_that_outlasts_the_retries_fails_the_record_and_a_dead_endpoint_stops_the_push(state):
+    with RecordingServer() as server:
+        server.answer(*[(503, {"Retry-After": "0"}, {"error": "maintenance"})] * 3, (200, {}, {}))
+        plan = push(client(), state, "erp", spec(server.url + "/i/{sku}"), RECORDS, "sku")
+        assert plan.failed["A-1"] == 'HTTP 503: {"error": "maintenance"}' and len(server.requests) == 4
+        assert plan.create == ["B/2"] and state.get("erp")["A-1"].status == "failed"
+        server.answer("hang")
+        slow = RestDestinationClient(HttpClient(timeout=0.2, max_attempts=1), http_auth.HttpAuth())
+        with pytest.raises(ChannelError, match="timed out.*check the endpoint is up"):
+            push(slow, state, "erp", spec(server.url + "/i/{sku}"), [{**RECORDS[0], "title": "x"}], "sku")
+        server.release.set()
+        assert state.get("erp")["B/2"].status == "pushed"  # what was accepted before is kept
