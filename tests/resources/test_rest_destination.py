@@ -270,3 +270,24 @@ def test_a_5xx_that_outlasts_the_retries_fails_the_record_and_a_dead_endpoint_st
             push(slow, state, "erp", spec(server.url + "/i/{sku}"), [{**RECORDS[0], "title": "x"}], "sku")
         server.release.set()
         assert state.get("erp")["B/2"].status == "pushed"  # what was accepted before is kept
+
+
+def test_oauth2_from_the_spec_with_a_relative_url_under_url_env(state, monkeypatch):
+    def handler(request):
+        if request.path == "/oauth/token":
+            return (200, {}, {"access_token": "t-1", "expires_in": 3600})
+        return (201, {}, b"") if request.headers.get("Authorization") == "Bearer t-1" else (401, {}, {})
+
+    with RecordingServer(handler) as server:
+        for name, value in {"ERP_BASE": server.url, "ERP_TOKEN_URL": server.url + "/oauth/token", "ERP_ID": "cid",
+                            "ERP_SECRET": "sec"}.items():
+            monkeypatch.setenv(name, value)
+        dest = spec("/api/items/{sku}", url_env="ERP_BASE", auth={
+            "type": "oauth2", "token_url_env": "ERP_TOKEN_URL", "client_id_env": "ERP_ID",
+            "client_secret_env": "ERP_SECRET"})
+        plan = push(client_from_env(dest), state, "erp", dest, RECORDS, "sku")
+        assert plan.create == ["A-1", "B/2"] and not plan.failed
+        assert [r.path for r in server.requests] == ["/oauth/token", "/api/items/A-1", "/api/items/B%2F2"]
+        from claro_dagster.resources.sales_channels import required_env
+
+        assert required_env(dest) == ["ERP_BASE", "ERP_ID", "ERP_SECRET", "ERP_TOKEN_URL"]
