@@ -686,7 +686,7 @@ def export(catalogue: CatalogueOption = None,
 
 
 @app.command()
-def push(destination: Annotated[str, typer.Argument(help="A destination of kind shopify or amazon, or `status`.")],
+def push(destination: Annotated[str, typer.Argument(help="A shopify, amazon or rest destination, or `status`.")],
          target: Annotated[str | None, typer.Argument(help="With `status`: the destination to report on.")] = None,
          filter: Annotated[str | None, typer.Option("--filter", "-f", help="Only these records (the cursor stays "
                                                                             "put).")] = None,
