@@ -26,6 +26,18 @@ import http_fakes
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
+@pytest.fixture(autouse=True)
+def _no_dagster_state_storage_left_behind():
+    """Dagster keeps the current definitions-state storage in a ContextVar that `DagsterInstance.__enter__` sets
+    and its exit resets. A test whose temporary instances are entered and left out of order (a yield fixture's
+    instance around a test's own) can leave it pointing at a disposed instance's SQLite file, and every later
+    `dg.materialize` in the process then fails with "unable to open database file". Reset it after each test."""
+    yield
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)
+
+
 def _answers(url: str) -> bool:
     try:
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
