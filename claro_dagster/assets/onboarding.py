@@ -257,6 +257,19 @@ def fetch(claro: CatalogueResource, batch: Batch, s3: S3Connection | None) -> Pa
     return target
 
 
+def with_failed_pages(rejected: pd.DataFrame, batch: Batch) -> pd.DataFrame:
+    """The rejected rows plus, for a scrape batch, each page that gave no row (no line; its URL and reason).
+    They are kept with the batch's rejected rows but never count against the error budget: they were not rows."""
+    from claro_dagster.sensors.inbound import failed_pages
+
+    failed = failed_pages(batch.uri) if batch.uri and not batch.uri.startswith("s3://") else []
+    if not failed:
+        return rejected
+    pages = pd.DataFrame([{"__line__": float("nan"), "url": p["url"], "status": p.get("status"),
+                           "__reasons__": f"page {p['url']}: {p['reason']}"} for p in failed])
+    return pd.concat([rejected, pages], ignore_index=True) if len(rejected) else pages
+
+
 def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.DynamicPartitionsDefinition,
                      s3_resources: Mapping[str, str] | None = None) -> list[dg.AssetsDefinition]:
     """The five stage assets of one pipeline, keyed `<catalogue>/<stage>`.
@@ -358,7 +371,7 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
         with settling(claro, batch, "batch_validated"):
             cat = claro.store.catalogue(catalogue)
             result = validate_batch(mapped, cat, known_references=known_references(claro.store, catalogue))
-            rejected = registry.save_rejected(batch.key, result.rejected)
+            rejected = registry.save_rejected(batch.key, with_failed_pages(result.rejected, batch))
         passed = result.error_rate <= pipeline.error_budget
         verdict = (f"{rejected} of {result.rows_in} rows failed validation ({result.error_rate:.1%}); "
                    f"the error budget is {pipeline.error_budget:.0%}")
