@@ -522,6 +522,16 @@ def failed_pages(received: str | Path) -> list[dict]:
     return list(json.loads(note.read_text(encoding="utf-8")).get("failed", []))
 
 
+def failures_summary(pages: list, shown: int = 5) -> str:
+    """`; N failed: <url>: <reason>; ...` (the first `shown`), or "" when every page gave values or was unchanged."""
+    failed = [p for p in pages if p.failed]
+    if not failed:
+        return ""
+    listed = "; ".join(f"{p.url}: {p.reason}" for p in failed[:shown])
+    more = f"; and {len(failed) - shown} more (see the tick's log)" if len(failed) > shown else ""
+    return f"; {len(failed)} failed: {listed}{more}"
+
+
 def build_scrape_sensor(
     name: str,
     source_name: str,
@@ -565,9 +575,8 @@ def build_scrape_sensor(
             keys.append(key)
             requests.append(dg.RunRequest(run_key=key, partition_key=key, tags={
                 TAG_SOURCE: source_name, TAG_URI: str(path.resolve()), TAG_VERSION: digest, TAG_BATCH: key}))
-        failed = sum(1 for p in pages if p.failed)
         if not requests:
-            return dg.SensorResult(skip_reason=f"no new values on {len(pages)} page(s); {failed} failed")
+            return dg.SensorResult(skip_reason=f"no new values on {len(pages)} page(s)" + failures_summary(pages))
         context.log.info(f"pulled {pulled.name if pulled else 'nothing new'}; {len(requests)} batch(es) to receive")
         return dg.SensorResult(run_requests=requests,
                                dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))

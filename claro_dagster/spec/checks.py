@@ -216,7 +216,7 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         if source.kind == "bigquery":
             out += _check_bigquery_source(loc, source)
         if source.kind == "scrape":
-            out += _check_scrape_source(loc, source)
+            out += _check_scrape_source(spec, loc, source)
         if msg := _override_problem(spec, source.thresholds):
             out.append((loc + ("thresholds",), msg))
 
@@ -396,8 +396,9 @@ def _check_bigquery_source(loc: Loc, source: Any) -> list[Problem]:
     return out
 
 
-def _check_scrape_source(loc: Loc, source: Any) -> list[Problem]:
+def _check_scrape_source(spec: ProjectSpec, loc: Loc, source: Any) -> list[Problem]:
     """A scrape names its pages one way (urls, url_template or sitemap), http(s) only, and what to extract."""
+    from string import Formatter
     from urllib.parse import urlsplit
 
     from claro_dagster.resources.scrape import PRODUCT_FIELDS
@@ -413,6 +414,16 @@ def _check_scrape_source(loc: Loc, source: Any) -> list[Problem]:
     for i, url in enumerate(source.urls):
         if urlsplit(url).scheme not in ("http", "https"):
             out.append((loc + ("urls", str(i)), f"{url!r}: only http and https URLs are scraped"))
+    if source.url_template and source.catalogue in spec.catalogues:
+        attributes = spec.catalogues[source.catalogue].attributes
+        try:
+            names = [n for _, n, _, _ in Formatter().parse(source.url_template) if n is not None]
+        except ValueError as exc:
+            names = []
+            out.append((loc + ("url_template",), f"not a URL template ({exc}): write fields as {{attribute}}"))
+        for name in names:
+            if name not in attributes:
+                out.append((loc + ("url_template",), unknown(name, attributes, f"an attribute of {source.catalogue}")))
     if source.filter and not source.url_template:
         out.append((loc + ("filter",), "'filter' picks the records a 'url_template' is filled from; add one"))
     for column, name in source.extract.items():

@@ -125,15 +125,24 @@ def test_scraped_pages_become_published_records_and_failed_pages_rejected_rows(s
 def test_a_pull_where_robots_refuses_everything_fetches_no_page_and_makes_no_batch(tmp_path) -> None:
     with WebShop(robots="User-agent: *\nDisallow: /\n") as shop:
         defs = build_definitions(spec_with_shop(tmp_path, shop.url), tmp_path / "home")
+        sensor = defs.resolve_sensor_def("web_shop_scrape")
         with dg.instance_for_test() as instance:
-            assert tick(defs, instance, "web_shop_scrape") == []
+            result = sensor.evaluate_tick(dg.build_sensor_context(
+                instance=instance, definitions=defs,
+                resources={k: defs.resources[k] for k in sensor.required_resource_keys}))
+        assert not result.run_requests
+        # every page is named as refused by robots.txt; only robots.txt itself was requested
+        refused = [u for u in PAGES if f"{shop.url}{u}: refused by robots.txt" in result.skip_message]
+        assert len(refused) == 5 and "and 4 more" in result.skip_message
         assert shop.paths() == ["/robots.txt"]
 
 
 def test_spec_check_names_what_a_scrape_source_lacks(tmp_path) -> None:
     text = (DEMO_DIR / "claro.yaml").read_text(encoding="utf-8")
     bad = "  bad_scrape:\n    kind: scrape\n    catalogue: products\n    urls: [file:///etc/passwd]\n" \
-          "    sitemap: https://shop.example/sitemap.xml\n    extract: {title: colour}\n"
+          "    sitemap: https://shop.example/sitemap.xml\n    extract: {title: colour}\n" \
+          "  bad_template:\n    kind: scrape\n    catalogue: products\n" \
+          "    url_template: https://shop.example/p/{part_no}\n    extract: {sku: sku}\n"
     text = text.replace("\nsources:\n", "\nsources:\n" + bad, 1)
     assert "bad_scrape" in text
     (tmp_path / "claro.yaml").write_text(text, encoding="utf-8")
@@ -143,3 +152,4 @@ def test_spec_check_names_what_a_scrape_source_lacks(tmp_path) -> None:
     assert any("exactly one of 'urls'" in p for p in problems)
     assert any("only http and https" in p for p in problems)
     assert any("'colour' is not one of" in p for p in problems)
+    assert any("bad_template.url_template" in p and "part_no" in p for p in str(failed.value).splitlines())
