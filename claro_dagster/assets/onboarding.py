@@ -270,6 +270,18 @@ def with_failed_pages(rejected: pd.DataFrame, batch: Batch) -> pd.DataFrame:
     return pd.concat([rejected, pages], ignore_index=True) if len(rejected) else pages
 
 
+def page_citations(batch: Batch, frame: pd.DataFrame, key: str) -> dict[str, str] | None:
+    """Record key -> the URL of the page its row was scraped from (a scrape batch's pull note), else None."""
+    from claro_dagster.sensors.inbound import pulled_rows
+
+    pages = pulled_rows(batch.uri) if batch.uri and not batch.uri.startswith("s3://") else {}
+    if not pages or "__line__" not in frame.columns:
+        return None
+    lines = frame["__line__"].map(lambda n: str(int(n)) if n == n and n is not None else None)
+    return {str(k): pages[line] for k, line in zip(frame[key], lines, strict=True)
+            if line in pages and k is not None and k == k}
+
+
 def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.DynamicPartitionsDefinition,
                      s3_resources: Mapping[str, str] | None = None) -> list[dg.AssetsDefinition]:
     """The five stage assets of one pipeline, keyed `<catalogue>/<stage>`.
@@ -432,6 +444,7 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
             frame = normalized.copy()
             if "__record__" in frame.columns:  # rows matched by GTIN write to the record they matched
                 frame[cat.key] = frame[cat.key].where(frame[cat.key].notna(), frame["__record__"])
+            citations = page_citations(batch, frame, cat.key)
             frame = frame[[c for c in cat.attributes if c in frame.columns]]
             rows = pd.util.hash_pandas_object(frame, index=False, categorize=False)
             digest = hashlib.sha256(rows.to_numpy().tobytes()).hexdigest()
@@ -440,7 +453,7 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
                 run_id=context.run_id, source=batch.source, reason=f"published from {batch.filename}",
                 overwrite_confidence=claro.spec.sources[batch.source].overwrite_confidence,
                 empty_cells=claro.spec.sources[batch.source].empty_cells,
-                clear_reason=f"cleared: empty cell in {batch.filename}")
+                clear_reason=f"cleared: empty cell in {batch.filename}", citations=citations)
         registry.set_status(batch.key, "published", stage="records", message=result.summary())
         settle_inbox_file(claro, batch)
         return dg.MaterializeResult(metadata={

@@ -514,6 +514,15 @@ def pull_scrape_source(store, inbox_dir: Path, source_name: str, source, scraper
     return path, pages
 
 
+def pulled_rows(received: str | Path) -> dict[str, str]:
+    """Line -> the URL of the page a scrape pull's row came from, from the note beside its file ({} otherwise)."""
+    note = Path(received).with_suffix(".pull.json")
+    if not note.is_file():
+        return {}
+    rows = json.loads(note.read_text(encoding="utf-8")).get("rows")
+    return {str(k): str(v) for k, v in rows.items()} if isinstance(rows, dict) else {}
+
+
 def failed_pages(received: str | Path) -> list[dict]:
     """The pages a scrape pull could not take values from ({url, status, reason}), from the note beside its file."""
     note = Path(received).with_suffix(".pull.json")

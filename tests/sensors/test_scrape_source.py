@@ -87,9 +87,12 @@ def test_scraped_pages_become_published_records_and_failed_pages_rejected_rows(s
         assert claro.store.record("products", "ACM-30002")["price"] == 39.0  # microdata
         assert claro.store.record("products", "ACM-30003")["title"] == "Camping mug"  # OpenGraph
         assert claro.store.record("products", "ACM-30004")["price"] == 19.95  # CSS selectors
-        # each value's provenance names its page
+        # each value's provenance cites its page
         note = json.loads(next(claro.inbox_dir("web_shop").glob("*.pull.json")).read_text())
         assert set(note["rows"].values()) == {f"{shop.url}/p/ACM-3000{i}" for i in (1, 2, 3, 4)}
+        for i, field in ((1, "price"), (2, "title"), (3, "title"), (4, "price")):
+            prov = claro.store.provenance("products", f"ACM-3000{i}", field)
+            assert (prov.citation, prov.source) == (f"{shop.url}/p/ACM-3000{i}", "web_shop")
         # every page that gave nothing is kept with the batch's rejected rows, with its reason
         rejected = BatchRegistry(claro.store).rejected_rows(batch.key)
         reasons = dict(zip(rejected["url"], rejected["reasons"], strict=True))
@@ -111,6 +114,7 @@ def test_scraped_pages_become_published_records_and_failed_pages_rejected_rows(s
         shop.pages["/p/ACM-30001"] = shop.pages["/p/ACM-30001"].replace("24.50", "22.00")
         [run] = tick(defs, instance, "web_shop_scrape")
         assert run.success and claro.store.record("products", "ACM-30001")["price"] == 22.0
+        assert claro.store.provenance("products", "ACM-30001", "price").citation == f"{shop.url}/p/ACM-30001"
 
         # url_template: one page per record matching the filter (brand Acme: the kettle and the toaster)
         shop.pages["/p/ACM-30002"] = shop.pages["/p/ACM-30002"].replace("Steel toaster", "Steel toaster 2-slot")
