@@ -69,6 +69,10 @@ class WebShop:
                 path = self.path.split("?", 1)[0]
                 if path == "/robots.txt":
                     return self._send(200, shop.robots, "text/plain")
+                if path == "/sitemap_index.xml":
+                    return self._send(200, '<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/'
+                                           f'schemas/sitemap/0.9"><sitemap><loc>{shop.url}/sitemap.xml</loc>'
+                                           '</sitemap></sitemapindex>', "application/xml")
                 if path == "/sitemap.xml":
                     locs = "".join(f"<url><loc>{shop.url}{p}</loc></url>" for p in shop.pages
                                    if p.startswith("/p/"))

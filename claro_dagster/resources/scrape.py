@@ -195,10 +195,12 @@ def extract_row(html: str, url: str, extract: Mapping[str, str], selectors: Mapp
     return row
 
 
-def sitemap_urls(xml: bytes) -> list[str]:
-    """The page URLs of a sitemap (`<urlset>`), parsed with defusedxml (no entity expansion, no DTD tricks)."""
+def sitemap_urls(xml: bytes) -> tuple[list[str], bool]:
+    """(The `<loc>` URLs of a sitemap, True when it is a sitemap index listing other sitemaps), parsed with
+    defusedxml (no entity expansion, no DTD tricks)."""
     root = SafeET.fromstring(xml)
-    return [el.text.strip() for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "loc" and el.text]
+    locs = [el.text.strip() for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "loc" and el.text]
+    return locs, root.tag.rsplit("}", 1)[-1] == "sitemapindex"
 
 
 class Scraper:
@@ -265,14 +267,20 @@ class Scraper:
         return self._robots[host]
 
     # ------------------------------------------------------------------ pages
-    def urls_from_sitemap(self, sitemap: str) -> list[str]:
+    def urls_from_sitemap(self, sitemap: str, depth: int = 2) -> list[str]:
+        """The page URLs a sitemap lists; a sitemap index's sitemaps are read in turn (at most `depth` levels)."""
         rules = self.robots(sitemap)
         if isinstance(rules, str) or not rules.can_fetch(sitemap, self.user_agent):
             raise HttpError("GET", sitemap, None, reason="the sitemap is refused by robots.txt")
         response = self._get(sitemap)
         if response.status_code != 200:
             raise HttpError("GET", sitemap, response.status_code)
-        return sitemap_urls(response.content)
+        locs, is_index = sitemap_urls(response.content)
+        if not is_index:
+            return locs
+        if depth <= 0:
+            raise HttpError("GET", sitemap, None, reason="sitemap indexes nested too deep")
+        return [url for nested in locs for url in self.urls_from_sitemap(nested, depth - 1)]
 
     def page(self, url: str, extract: Mapping[str, str], selectors: Mapping[str, str],
              cache: PageCache | None = None) -> Page:

@@ -151,6 +151,7 @@ def test_the_guard_refuses_other_schemes() -> None:
 def test_sitemap_and_url_templates(shop) -> None:
     urls = scraper().urls_from_sitemap(f"{shop.url}/sitemap.xml")
     assert urls == [f"{shop.url}/p/ACM-3000{i}" for i in (1, 2, 3, 4)]
+    assert scraper().urls_from_sitemap(f"{shop.url}/sitemap_index.xml") == urls  # an index: its sitemaps read
     with pytest.raises(Exception):  # noqa: B017 - defusedxml refuses entity declarations, whichever error
         sitemap_urls(b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><urlset><url><loc>&a;</loc></url>'
                      b"</urlset>")
