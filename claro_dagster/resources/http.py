@@ -321,8 +321,9 @@ class AddressGuard:
     """Refuses URLs that are not http(s) or whose host resolves (every address it resolves to) into a private,
     loopback, link-local, unique-local, multicast or reserved range, unless the host is in `allow_hosts`.
 
-    The check runs after DNS resolution, and `GuardedHttpClient` runs it again on every redirect. A host name
-    that resolves differently between the check and the connection (DNS rebinding) is not covered.
+    The check runs after DNS resolution, and `GuardedHttpClient` runs it again on every redirect and, on the
+    address each new connection really reached (`check_peer`), so a name that resolves differently between the
+    check and the connection (DNS rebinding) is refused too (connections through a proxy are checked before only).
     """
 
     def __init__(self, allow_hosts: Iterable[str] = (),
@@ -350,9 +351,51 @@ class AddressGuard:
                 self._refuse(method, url, f"{host} resolves to {reason}; list the host in the source's "
                                           "allow_hosts to fetch it anyway")
 
+    def check_peer(self, scheme: str, host: str, port: int | None, address: str) -> None:
+        """Refuse a connection that reached a refused address (after the URL's host passed `check`)."""
+        if host.lower().strip("[]") in self.allow_hosts:
+            return
+        reason = refused_address(address)
+        if reason:
+            self._refuse("CONNECT", f"{scheme}://{host}:{port}/", f"{host} connected to {reason} (its address "
+                                                                  "changed after it was checked)")
+
     def _refuse(self, method: str, url: str, reason: str) -> None:
         log.warning("refused %s %s: %s", method.upper(), safe_url(url), reason)
         raise AddressRefused(method, url, f"refused: {reason}")
+
+
+class _PeerCheckingAdapter(requests.adapters.HTTPAdapter):
+    """Checks the address each new connection reached against the guard, before anything is sent on it."""
+
+    def __init__(self, guard: AddressGuard):
+        self.guard = guard
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        from urllib3.connection import HTTPConnection, HTTPSConnection
+        from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+        super().init_poolmanager(*args, **kwargs)
+        guard = self.guard
+
+        def checked(base: type, scheme: str) -> type:
+            class Checked(base):
+                def _new_conn(self):
+                    sock = super()._new_conn()
+                    try:
+                        guard.check_peer(scheme, self.host, self.port, sock.getpeername()[0])
+                    except AddressRefused:
+                        sock.close()
+                        raise
+                    return sock
+            return Checked
+
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("GuardedPool", (HTTPConnectionPool,), {"ConnectionCls": checked(HTTPConnection, "http")}),
+            "https": type("GuardedHTTPSPool", (HTTPSConnectionPool,),
+                          {"ConnectionCls": checked(HTTPSConnection, "https")}),
+        }
 
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -369,6 +412,8 @@ class GuardedHttpClient(HttpClient):
         super().__init__(*args, **kwargs)
         self.guard = guard
         self.max_redirects = max_redirects
+        for prefix in ("http://", "https://"):
+            self.session.mount(prefix, _PeerCheckingAdapter(guard))
 
     def request(self, method: str, url: str, *, max_attempts: int | None = None, raise_for_status: bool = True,
                 **kwargs: Any) -> requests.Response:

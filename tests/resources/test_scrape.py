@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from claro_dagster.resources.http import AddressGuard, AddressRefused
+from claro_dagster.resources.http import AddressGuard, AddressRefused, GuardedHttpClient
 from claro_dagster.resources.scrape import PageCache, Scraper, fill_template, sitemap_urls
 from tests.web_shop import WebShop
 
@@ -122,6 +122,17 @@ def test_a_redirect_to_127_0_0_1_is_refused_when_only_another_name_is_allowed(sh
     [page] = s.pages([f"http://localhost:{port}/moved"], EXTRACT, SELECTORS)
     assert page.failed and "127.0.0.1 is a loopback address" in page.reason
     assert "/p/ACM-30001" not in shop.paths() and "/moved" in shop.paths()
+
+
+def test_a_name_that_resolves_elsewhere_when_connecting_is_refused(shop) -> None:
+    """DNS rebinding: the check sees a public address, the connection reaches loopback; nothing is requested."""
+    port = shop.url.rsplit(":", 1)[1]
+    client = GuardedHttpClient(guard=AddressGuard(resolve=fake_resolve("93.184.216.34")), max_attempts=1)
+    with pytest.raises(AddressRefused, match="localhost connected to 127.0.0.1 is a loopback address"):
+        client.get(f"http://localhost:{port}/p/ACM-30001")
+    assert shop.paths() == []
+    allowed = GuardedHttpClient(guard=AddressGuard(["localhost"]), max_attempts=1)
+    assert allowed.get(f"http://localhost:{port}/p/ACM-30001").status_code == 200
 
 
 def fake_resolve(address: str):
