@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -203,6 +204,15 @@ def sitemap_urls(xml: bytes) -> tuple[list[str], bool]:
     return locs, root.tag.rsplit("}", 1)[-1] == "sitemapindex"
 
 
+class PageTooLarge(Exception):
+    """A page (or robots.txt, or sitemap) whose body is larger than the scraper reads."""
+
+
+#: One request at a time per host in this process, whichever scraper (source) asks.
+_HOSTS = threading.Lock()
+_HOST_LOCKS: dict[str, threading.Lock] = {}
+
+
 class Scraper:
     """Fetches pages politely through a guarded HTTP client and extracts one row per page.
 
@@ -212,11 +222,12 @@ class Scraper:
     def __init__(self, *, user_agent: str = DEFAULT_USER_AGENT, delay_seconds: float = 1.0,
                  allow_hosts: Iterable[str] = (), timeout: float = 20, max_attempts: int = 3,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-                 resolve: Callable[..., list] | None = None):
+                 resolve: Callable[..., list] | None = None, max_bytes: int = 10 * 1024 * 1024):
         guard = AddressGuard(allow_hosts, **({"resolve": resolve} if resolve else {}))
         self.client = GuardedHttpClient(timeout=timeout, max_attempts=max_attempts, user_agent=user_agent,
                                         sleep=sleep, guard=guard)
         self.user_agent = user_agent
+        self.max_bytes = max_bytes
         self.delay_seconds = delay_seconds
         self.sleep = sleep
         self.clock = clock
@@ -243,9 +254,24 @@ class Scraper:
         self._last[host] = self.clock()
 
     def _get(self, url: str, headers: Mapping[str, str] | None = None):
-        self._wait_turn(self._host(url))
-        self.fetched.append(url)
-        return self.client.get(url, headers=dict(headers or {}), raise_for_status=False)
+        """GET one URL: one request at a time per host in this process (other scrapers too), body capped."""
+        host = self._host(url)
+        with _HOSTS:
+            lock = _HOST_LOCKS.setdefault(host, threading.Lock())
+        with lock:
+            self._wait_turn(host)
+            self.fetched.append(url)
+            response = self.client.get(url, headers=dict(headers or {}), raise_for_status=False, stream=True)
+            try:
+                body = bytearray()
+                for chunk in response.iter_content(64 * 1024):
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise PageTooLarge(f"larger than {self.max_bytes:,} bytes: not read")
+            finally:
+                response.close()
+            response._content = bytes(body)  # what requests keeps after reading a body itself
+            return response
 
     def robots(self, url: str) -> Protego | str:
         """The host's robots.txt rules, or the reason everything on the host is refused."""
@@ -255,6 +281,8 @@ class Scraper:
                 response = self._get(host + "/robots.txt")
             except AddressRefused as exc:
                 self._robots[host] = str(exc.reason)
+            except PageTooLarge as exc:
+                self._robots[host] = f"robots.txt {exc}: nothing fetched"
             except HttpError as exc:
                 self._robots[host] = f"robots.txt unreachable ({exc.reason or exc.status}): nothing fetched"
             else:
@@ -272,7 +300,10 @@ class Scraper:
         rules = self.robots(sitemap)
         if isinstance(rules, str) or not rules.can_fetch(sitemap, self.user_agent):
             raise HttpError("GET", sitemap, None, reason="the sitemap is refused by robots.txt")
-        response = self._get(sitemap)
+        try:
+            response = self._get(sitemap)
+        except PageTooLarge as exc:
+            raise HttpError("GET", sitemap, None, reason=f"the sitemap is {exc}") from exc
         if response.status_code != 200:
             raise HttpError("GET", sitemap, response.status_code)
         locs, is_index = sitemap_urls(response.content)
@@ -294,6 +325,8 @@ class Scraper:
             response = self._get(url, cache.headers(url) if cache else None)
         except AddressRefused as exc:
             return Page(url, reason=str(exc.reason))
+        except PageTooLarge as exc:
+            return Page(url, reason=f"page {exc}")
         except HttpError as exc:
             return Page(url, reason=f"not fetched: {exc.reason or exc.status}")
         page = Page(url, status=response.status_code, etag=response.headers.get("ETag"),

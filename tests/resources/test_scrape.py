@@ -65,6 +65,12 @@ def test_pages_that_fail_are_listed_with_their_reason(shop) -> None:
     assert "/private/secret" not in shop.paths()  # robots.txt said no: never requested
 
 
+def test_a_page_larger_than_the_limit_is_not_read(shop) -> None:
+    shop.pages["/p/huge"] = "<html>" + "x" * 50_000 + "</html>"
+    [huge, small] = scraper(max_bytes=20_000).pages([f"{shop.url}/p/huge", f"{shop.url}/p/ACM-30001"], EXTRACT, {})
+    assert huge.reason == "page larger than 20,000 bytes: not read" and small.values
+
+
 def test_a_target_disallowing_everything_is_never_fetched() -> None:
     with WebShop(robots="User-agent: *\nDisallow: /\n") as shop:
         pages = scraper().pages([f"{shop.url}/p/ACM-30001", f"{shop.url}/p/ACM-30002"], EXTRACT, SELECTORS)
