@@ -106,6 +106,17 @@ def bigquery_source_sensor(source_name: str, source, batch_job, partitions, reso
                                  target=batch_job, partitions_def=partitions, resource_key=key)
 
 
+def scrape_source_sensor(source_name: str, source, batch_job, partitions, resources: dict) -> dg.SensorDefinition:
+    """A scrape source's sensor and its connection (resource `source_<name>_scrape`)."""
+    from claro_dagster.sensors.inbound import ScrapeConnection, build_scrape_sensor, scrape_source_resource_key
+
+    key = scrape_source_resource_key(source_name)
+    resources[key] = ScrapeConnection(user_agent=source.user_agent, delay_seconds=source.delay_seconds,
+                                      allow_hosts=list(source.allow_hosts))
+    return build_scrape_sensor(inbound_sensor_name(source_name, "scrape"), source_name, source,
+                               target=batch_job, partitions_def=partitions, resource_key=key)
+
+
 def build_definitions(spec_path: Path | None = None, home: Path | None = None) -> dg.Definitions:
     spec_path = Path(spec_path or default_spec_path()).resolve()
     home = Path(home or default_home()).resolve()
@@ -180,6 +191,8 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
                 sensors.append(drive_source_sensor(source_name, source, claro, batch_job, partitions, resources))
             elif source.kind == "bigquery":
                 sensors.append(bigquery_source_sensor(source_name, source, batch_job, partitions, resources))
+            elif source.kind == "scrape":
+                sensors.append(scrape_source_sensor(source_name, source, batch_job, partitions, resources))
         if pipeline.review_checkpoint:
             sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published, job=batch_job))
         # A destination whose settings are not in this environment keeps its asset (runnable by hand, with a

@@ -257,6 +257,31 @@ def fetch(claro: CatalogueResource, batch: Batch, s3: S3Connection | None) -> Pa
     return target
 
 
+def with_failed_pages(rejected: pd.DataFrame, batch: Batch) -> pd.DataFrame:
+    """The rejected rows plus, for a scrape batch, each page that gave no row (no line; its URL and reason).
+    They are kept with the batch's rejected rows but never count against the error budget: they were not rows."""
+    from claro_dagster.sensors.inbound import failed_pages
+
+    failed = failed_pages(batch.uri) if batch.uri and not batch.uri.startswith("s3://") else []
+    if not failed:
+        return rejected
+    pages = pd.DataFrame([{"__line__": float("nan"), "url": p["url"], "status": p.get("status"),
+                           "__reasons__": f"page {p['url']}: {p['reason']}"} for p in failed])
+    return pd.concat([rejected, pages], ignore_index=True) if len(rejected) else pages
+
+
+def page_citations(batch: Batch, frame: pd.DataFrame, key: str) -> dict[str, str] | None:
+    """Record key -> the URL of the page its row was scraped from (a scrape batch's pull note), else None."""
+    from claro_dagster.sensors.inbound import pulled_rows
+
+    pages = pulled_rows(batch.uri) if batch.uri and not batch.uri.startswith("s3://") else {}
+    if not pages or "__line__" not in frame.columns:
+        return None
+    lines = frame["__line__"].map(lambda n: str(int(n)) if n == n and n is not None else None)
+    return {str(k): pages[line] for k, line in zip(frame[key], lines, strict=True)
+            if line in pages and k is not None and k == k}
+
+
 def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.DynamicPartitionsDefinition,
                      s3_resources: Mapping[str, str] | None = None) -> list[dg.AssetsDefinition]:
     """The five stage assets of one pipeline, keyed `<catalogue>/<stage>`.
@@ -358,7 +383,7 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
         with settling(claro, batch, "batch_validated"):
             cat = claro.store.catalogue(catalogue)
             result = validate_batch(mapped, cat, known_references=known_references(claro.store, catalogue))
-            rejected = registry.save_rejected(batch.key, result.rejected)
+            rejected = registry.save_rejected(batch.key, with_failed_pages(result.rejected, batch))
         passed = result.error_rate <= pipeline.error_budget
         verdict = (f"{rejected} of {result.rows_in} rows failed validation ({result.error_rate:.1%}); "
                    f"the error budget is {pipeline.error_budget:.0%}")
@@ -419,6 +444,7 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
             frame = normalized.copy()
             if "__record__" in frame.columns:  # rows matched by GTIN write to the record they matched
                 frame[cat.key] = frame[cat.key].where(frame[cat.key].notna(), frame["__record__"])
+            citations = page_citations(batch, frame, cat.key)
             frame = frame[[c for c in cat.attributes if c in frame.columns]]
             rows = pd.util.hash_pandas_object(frame, index=False, categorize=False)
             digest = hashlib.sha256(rows.to_numpy().tobytes()).hexdigest()
@@ -427,7 +453,7 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
                 run_id=context.run_id, source=batch.source, reason=f"published from {batch.filename}",
                 overwrite_confidence=claro.spec.sources[batch.source].overwrite_confidence,
                 empty_cells=claro.spec.sources[batch.source].empty_cells,
-                clear_reason=f"cleared: empty cell in {batch.filename}")
+                clear_reason=f"cleared: empty cell in {batch.filename}", citations=citations)
         registry.set_status(batch.key, "published", stage="records", message=result.summary())
         settle_inbox_file(claro, batch)
         return dg.MaterializeResult(metadata={

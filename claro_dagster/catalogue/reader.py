@@ -38,6 +38,7 @@ class Provenance:
     reviewer: str | None
     confidence: float
     at: datetime
+    citation: str | None = None  # where the value was read, e.g. a scraped page's URL
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ class CatalogueReader:
             for chunk in chunks(wanted):
                 for r in c.execute(sa.select(p).where(p.c.id.in_(chunk))):
                     out[r.id] = Provenance(r.operation, r.change_set, r.run_id, r.source, r.model, r.reviewer,
-                                           r.confidence, aware(r.at))
+                                           r.confidence, aware(r.at), r.citation)
         return out
 
     # ------------------------------------------------------------------ history

@@ -199,7 +199,7 @@ class ReviewQueue:
                     provs[id(ch)] = (ValueProvenance("review", item.run_id, f"reviewer:{by}", None, by, 100.0)
                                      if decision == "edited"
                                      else ValueProvenance(item.operation, item.run_id, item.source, item.model, by,
-                                                          item.confidence))
+                                                          item.confidence, item.citation))
                 opened.write(changes, kind="review", decide=lambda _c, _a: "applied",
                              provenance_of=lambda c, p=provs: p[id(c)], proposal_of=lambda c, p=proposal: p[id(c)],
                              event_type="change.approved")

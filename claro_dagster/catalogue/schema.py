@@ -82,6 +82,7 @@ def shared_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("reviewer", sa.Text),
         sa.Column("confidence", sa.Float, nullable=False),
         _ts("at", nullable=False),
+        sa.Column("citation", sa.Text),  # where the value was read (e.g. a scraped page's URL)
     )
     t["history"] = sa.Table(
         "claro_history", metadata,

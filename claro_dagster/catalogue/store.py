@@ -15,7 +15,7 @@ change. Change sets are idempotent by identity: applying one twice changes nothi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +110,13 @@ class CatalogueStore:
                        run_id: str | None = None, source: str | None = None, model: str | None = None,
                        confidence: float = 100.0, overwrite_confidence: float | None = None,
                        reason: str = "imported", empty_cells: EmptyCells = "ignore",
-                       clear_reason: str = "cleared: empty cell") -> ApplyResult:
+                       clear_reason: str = "cleared: empty cell",
+                       citations: Mapping[str, str] | None = None) -> ApplyResult:
         """Write whole rows as one change set through the gate (see `ChangeSetWriter.import_records`)."""
         return self.writer.import_records(
             catalogue, frame, change_set_id=change_set_id, operation=operation, run_id=run_id, source=source,
             model=model, confidence=confidence, overwrite_confidence=overwrite_confidence, reason=reason,
-            empty_cells=empty_cells, clear_reason=clear_reason)
+            empty_cells=empty_cells, clear_reason=clear_reason, citations=citations)
 
     def apply(self, change_set: ChangeSet) -> ApplyResult:
         """Gate and write a change set; a change set already applied is a no-op."""

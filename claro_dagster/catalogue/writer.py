@@ -15,8 +15,8 @@ import hashlib
 import io
 import itertools
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -62,6 +62,7 @@ class ValueProvenance:
     model: str | None
     reviewer: str | None
     confidence: float
+    citation: str | None = None  # where the value was read, e.g. a scraped page's URL
 
 
 class ChangeSetWriter:
@@ -129,8 +130,12 @@ class ChangeSetWriter:
                        operation: str = "import", run_id: str | None = None, source: str | None = None,
                        model: str | None = None, confidence: float = 100.0, overwrite_confidence: float | None = None,
                        reason: str = "imported", empty_cells: EmptyCells = "ignore",
-                       clear_reason: str = "cleared: empty cell") -> ApplyResult:
+                       clear_reason: str = "cleared: empty cell",
+                       citations: Mapping[str, str] | None = None) -> ApplyResult:
         """Write whole rows (one per record key, a DataFrame or an Arrow table) as one change set, through the gate.
+
+        `citations` (record key -> where its row was read, e.g. a scraped page's URL) goes into the provenance
+        of each value the row writes.
 
         New records are bulk-inserted, with each attribute's `default` where the row gives no value;
         existing ones are compared by content hash first (hashed column-wise on Arrow data, compared with
@@ -194,15 +199,23 @@ class ChangeSetWriter:
                             for a in new.column_names if a != key}
                 result.created = new.num_rows
                 reuse = new_hashes is not None and not defaulted and all(o == "applied" for o in outcomes.values())
-                opened.insert_new(new, outcomes, ValueProvenance(operation, run_id, source, model, None, confidence),
-                                  hashes=new_hashes if reuse else None)
+                prov = ValueProvenance(operation, run_id, source, model, None, confidence)
+                if citations:  # one provenance per cited origin: the new rows are inserted per citation
+                    cited = np.array([citations.get(str(k)) for k in new.column(key).to_pylist()], dtype=object)
+                    for citation in dict.fromkeys(cited.tolist()):
+                        rows = cited == citation
+                        opened.insert_new(new.filter(pa.array(rows)), outcomes, replace(prov, citation=citation),
+                                          hashes=new_hashes[rows] if reuse else None)
+                else:
+                    opened.insert_new(new, outcomes, prov, hashes=new_hashes if reuse else None)
                 result.applied += sum(new.num_rows - new.column(a).null_count
                                       for a, o in outcomes.items() if o == "applied")
                 # Fields the gate held back on new records become proposals like any other change.
                 held_cols = [a for a, o in outcomes.items() if o != "applied"]
                 if held_cols:
                     held_frame = new.select([key, *held_cols]).to_pandas()
-                    held = [Change(str(k), a, v, confidence, reason) for a in held_cols
+                    cite = (citations or {}).get
+                    held = [Change(str(k), a, v, confidence, reason, citation=cite(str(k))) for a in held_cols
                             for k, v in zip(held_frame[key], held_frame[a], strict=True) if not is_missing(v)]
                     if held:
                         opened.write(held, kind="update")
@@ -211,11 +224,12 @@ class ChangeSetWriter:
                 changed = data.filter(pa.array(~is_new)) if is_new.any() else data
                 self._write_changed(opened, catalogue, changed.to_pandas(), confidence=confidence,
                                     overwrite=overwrite, reason=reason, empty_cells=empty_cells,
-                                    clear_reason=clear_reason)
+                                    clear_reason=clear_reason, citations=citations or {})
             return opened.finish()
 
     def _write_changed(self, opened: OpenChangeSet, catalogue: str, changed: pd.DataFrame, *, confidence: float,
-                       overwrite: float, reason: str, empty_cells: EmptyCells, clear_reason: str) -> None:
+                       overwrite: float, reason: str, empty_cells: EmptyCells, clear_reason: str,
+                       citations: Mapping[str, str] | None = None) -> None:
         """Existing records whose content differs: compare field by field, write what changed through the gate."""
         cat = self.schema.catalogue(catalogue)
         key = cat.key
@@ -242,9 +256,11 @@ class ChangeSetWriter:
                     continue
                 if is_missing(v):
                     if empty_cells == "clear":
-                        changes.append(Change(str(k), a, None, overwrite, clear_reason))
+                        changes.append(Change(str(k), a, None, overwrite, clear_reason,
+                                              citation=(citations or {}).get(str(k))))
                     continue  # an empty cell is no information: the value stays
-                changes.append(Change(str(k), a, v, confidence if was is None else overwrite, reason))
+                changes.append(Change(str(k), a, v, confidence if was is None else overwrite, reason,
+                                      citation=(citations or {}).get(str(k))))
         opened.result.unchanged += len(changed) * (changed.shape[1] - 1) - len(changes)
         opened.write(changes, kind="update", current=current)
 
@@ -506,8 +522,8 @@ class OpenChangeSet:
             p = self.t["provenance"]
             self._prov_ids[prov] = self.conn.execute(p.insert().values(
                 change_set=self.cs.id, operation=prov.operation, run_id=prov.run_id, source=prov.source,
-                model=prov.model, reviewer=prov.reviewer, confidence=float(prov.confidence), at=now()
-            )).inserted_primary_key[0]
+                model=prov.model, reviewer=prov.reviewer, confidence=float(prov.confidence), at=now(),
+                citation=prov.citation)).inserted_primary_key[0]
         return self._prov_ids[prov]
 
     def event(self, event_type: str, *, record: str | None, field: str | None, payload: dict[str, Any],
@@ -547,7 +563,7 @@ class OpenChangeSet:
                 result.unchanged += 1
                 continue
             p = provenance_of(ch) if provenance_of else ValueProvenance(cs.operation, cs.run_id, cs.source, cs.model,
-                                                                        cs.reviewer, ch.confidence)
+                                                                        cs.reviewer, ch.confidence, ch.citation)
             outcome = decide(ch, attr) if decide else gate(
                 ch.confidence, self.writer.thresholds(cs.catalogue, cs.operation, ch.field, cs.source))
             payload = {"record": ch.record, "field": ch.field, "old": old, "new": new, "confidence": ch.confidence,

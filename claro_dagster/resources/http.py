@@ -26,11 +26,13 @@ needs a custom wait strategy in either library; the loop itself is a dozen lines
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import logging
 import random
 import re
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
@@ -286,3 +288,150 @@ def _describe(exc: Exception) -> str:
 
 __all__ = ["HttpClient", "HttpError", "RETRY_STATUSES", "body_excerpt", "parse_reset", "parse_retry_after",
            "safe_url"]
+
+
+# -- SSRF guard (opt-in per client: scraping turns it on) ---------------------------------------------------------
+# Written with the standard library's `ipaddress` rather than a package (e.g. advocate, which pins an old requests and
+# is unmaintained): the rule is a dozen lines, and `ipaddress` already knows every special-purpose range
+# (is_private covers 10/8, 172.16/12, 192.168/16, fc00::/7 and more; is_link_local 169.254/16 and fe80::/10).
+
+class AddressRefused(HttpError):
+    """A URL the SSRF guard will not fetch: not http(s), or its host resolves to a private, loopback, link-local,
+    multicast or reserved address and is not explicitly allowed."""
+
+    def __init__(self, method: str, url: str, reason: str):
+        super().__init__(method, url, None, reason=reason)
+
+
+def refused_address(address: str) -> str | None:
+    """Why an IP address may not be fetched (None when it is a public address)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    # most specific first: Python's is_private also covers loopback, link-local, 0/8 and 240/4
+    for name in ("loopback", "link_local", "unspecified", "multicast", "reserved", "private"):
+        if getattr(ip, f"is_{name}"):
+            return f"{ip} is a {name.replace('_', '-')} address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return f"{ip} is a site-local address"
+    return None
+
+
+class AddressGuard:
+    """Refuses URLs that are not http(s) or whose host resolves (every address it resolves to) into a private,
+    loopback, link-local, unique-local, multicast or reserved range, unless the host is in `allow_hosts`.
+
+    The check runs after DNS resolution, and `GuardedHttpClient` runs it again on every redirect and, on the
+    address each new connection really reached (`check_peer`), so a name that resolves differently between the
+    check and the connection (DNS rebinding) is refused too (connections through a proxy are checked before only).
+    """
+
+    def __init__(self, allow_hosts: Iterable[str] = (),
+                 resolve: Callable[..., list] = socket.getaddrinfo):
+        self.allow_hosts = {h.lower().strip("[]") for h in allow_hosts}
+        self.resolve = resolve
+
+    def check(self, method: str, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            self._refuse(method, url, f"only http and https URLs are fetched, not {parts.scheme or 'no'} scheme")
+        host = (parts.hostname or "").lower()
+        if not host:
+            self._refuse(method, url, "the URL names no host")
+        if host in self.allow_hosts:
+            return
+        try:
+            infos = self.resolve(host, parts.port or (443 if parts.scheme == "https" else 80),
+                                 proto=socket.IPPROTO_TCP)
+        except (socket.gaierror, UnicodeError) as exc:
+            self._refuse(method, url, f"{host} does not resolve ({exc})")
+        for info in infos:
+            reason = refused_address(info[4][0])
+            if reason:
+                self._refuse(method, url, f"{host} resolves to {reason}; list the host in the source's "
+                                          "allow_hosts to fetch it anyway")
+
+    def check_peer(self, scheme: str, host: str, port: int | None, address: str) -> None:
+        """Refuse a connection that reached a refused address (after the URL's host passed `check`)."""
+        if host.lower().strip("[]") in self.allow_hosts:
+            return
+        reason = refused_address(address)
+        if reason:
+            self._refuse("CONNECT", f"{scheme}://{host}:{port}/", f"{host} connected to {reason} (its address "
+                                                                  "changed after it was checked)")
+
+    def _refuse(self, method: str, url: str, reason: str) -> None:
+        log.warning("refused %s %s: %s", method.upper(), safe_url(url), reason)
+        raise AddressRefused(method, url, f"refused: {reason}")
+
+
+class _PeerCheckingAdapter(requests.adapters.HTTPAdapter):
+    """Checks the address each new connection reached against the guard, before anything is sent on it."""
+
+    def __init__(self, guard: AddressGuard):
+        self.guard = guard
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        from urllib3.connection import HTTPConnection, HTTPSConnection
+        from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+        super().init_poolmanager(*args, **kwargs)
+        guard = self.guard
+
+        def checked(base: type, scheme: str) -> type:
+            class Checked(base):
+                def _new_conn(self):
+                    sock = super()._new_conn()
+                    try:
+                        guard.check_peer(scheme, self.host, self.port, sock.getpeername()[0])
+                    except AddressRefused:
+                        sock.close()
+                        raise
+                    return sock
+            return Checked
+
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("GuardedPool", (HTTPConnectionPool,), {"ConnectionCls": checked(HTTPConnection, "http")}),
+            "https": type("GuardedHTTPSPool", (HTTPSConnectionPool,),
+                          {"ConnectionCls": checked(HTTPSConnection, "https")}),
+        }
+
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class GuardedHttpClient(HttpClient):
+    """An `HttpClient` whose every request, and every redirect it is sent to, passes an `AddressGuard`.
+
+    Redirects are followed here (`allow_redirects=False` per hop) so each `Location` is checked before it is
+    fetched; at most `max_redirects` hops. Retries, backoff and throttling are the base client's, per hop.
+    """
+
+    def __init__(self, *args: Any, guard: AddressGuard, max_redirects: int = 10, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+        self.max_redirects = max_redirects
+        for prefix in ("http://", "https://"):
+            self.session.mount(prefix, _PeerCheckingAdapter(guard))
+
+    def request(self, method: str, url: str, *, max_attempts: int | None = None, raise_for_status: bool = True,
+                **kwargs: Any) -> requests.Response:
+        current = self.url(url)
+        kwargs.pop("allow_redirects", None)
+        for _ in range(self.max_redirects + 1):
+            self.guard.check(method, current)
+            response = super().request(method, current, max_attempts=max_attempts, raise_for_status=False,
+                                       allow_redirects=False, **kwargs)
+            location = response.headers.get("Location")
+            if response.status_code not in REDIRECT_STATUSES or not location:
+                if raise_for_status and response.status_code >= 400:
+                    raise HttpError(method, current, response.status_code, body_excerpt(response))
+                return response
+            response.close()
+            current = urljoin(current, location)
+            if response.status_code == 303 or (response.status_code in (301, 302) and method.upper() == "POST"):
+                method = "GET"
+                kwargs.pop("data", None)
+                kwargs.pop("json", None)
+        raise HttpError(method, current, None, reason=f"more than {self.max_redirects} redirects")

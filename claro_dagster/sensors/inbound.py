@@ -428,3 +428,166 @@ def build_bigquery_sensor(
                                dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
 
     return _bigquery_sensor
+
+
+# -- HTTPS scraping (`kind: scrape`) -----------------------------------------------------------------------------
+
+def scrape_source_resource_key(source_name: str) -> str:
+    return f"source_{source_name}_scrape"
+
+
+def scrape_cursor_name(source_name: str) -> str:
+    """The store cursor of a scrape source: ETag / Last-Modified per page URL (a 304 page is not extracted)."""
+    return f"source:{source_name}:scrape"
+
+
+class ScrapeConnection(dg.ConfigurableResource):
+    """How a scrape source fetches: its user agent, the delay between requests to a host, hosts allowed at private
+    addresses (`claro_dagster.resources.scrape.Scraper`)."""
+
+    user_agent: str | None = None
+    delay_seconds: float = 1.0
+    allow_hosts: list[str] = []
+
+    def scraper(self):
+        from claro_dagster.resources.scrape import DEFAULT_USER_AGENT, Scraper
+
+        return Scraper(user_agent=self.user_agent or DEFAULT_USER_AGENT, delay_seconds=self.delay_seconds,
+                       allow_hosts=self.allow_hosts)
+
+
+def scrape_urls(store, catalogue: str, source, scraper) -> list[str]:
+    """The pages to scrape: the spec's `urls`, the `sitemap`'s, or `url_template` filled per record of `filter`."""
+    from claro_dagster.resources.scrape import fill_template
+
+    if source.urls:
+        return list(source.urls)
+    if source.sitemap:
+        return scraper.urls_from_sitemap(source.sitemap)
+    records = store.records(catalogue, filter=source.filter)
+    return [url for url in (fill_template(source.url_template, r) for r in records.to_dict("records")) if url]
+
+
+def pull_scrape_source(store, inbox_dir: Path, source_name: str, source, scraper) -> tuple[Path | None, list]:
+    """Scrape the source's pages into ONE CSV file (a row per page that gave values) in its inbox folder, named by
+    its content's hash, with `<file>.pull.json` beside it: each row's page URL (line -> URL) and each page that
+    failed, with its reason (read by batch_validated into the batch's rejected rows). The ETag cache moves only
+    after the file is written. (None, pages) when no page gave new values."""
+    import csv
+    import hashlib
+    import io
+    import os
+    import time
+
+    from claro_dagster.resources.scrape import PageCache
+
+    cache = PageCache.from_json(store.get_cursor(scrape_cursor_name(source_name)))
+    urls = scrape_urls(store, source.catalogue, source, scraper)
+    pages = scraper.pages(urls, source.extract, source.selectors, cache)
+    rows = [p for p in pages if p.values]
+    if not rows:
+        if any(p.not_modified for p in pages):
+            store.set_cursor(scrape_cursor_name(source_name), cache.to_json())
+        return None, pages
+    columns = list(dict.fromkeys(c for p in rows for c in p.values))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(p.values for p in rows)
+    data = buffer.getvalue().encode()
+    digest = hashlib.sha256(data).hexdigest()
+    inbox_dir.mkdir(parents=True, exist_ok=True)
+    existing = sorted(inbox_dir.glob(f"{source_name}-*-{digest[:10]}.csv"))
+    if existing:  # the same values as a file pulled before (pages without ETag): no new batch
+        store.set_cursor(scrape_cursor_name(source_name), cache.to_json())
+        return None, pages
+    path = inbox_dir / f"{source_name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{digest[:10]}.csv"
+    path.with_suffix(".pull.json").write_text(json.dumps({
+        "source": source_name, "user_agent": scraper.user_agent,
+        "rows": {str(line): p.url for line, p in enumerate(rows, start=2)},
+        "failed": [{"url": p.url, "status": p.status, "reason": p.reason} for p in pages if p.failed],
+        "not_modified": [p.url for p in pages if p.not_modified]}, indent=1), encoding="utf-8")
+    partial = path.with_suffix(".part")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+    store.set_cursor(scrape_cursor_name(source_name), cache.to_json())
+    return path, pages
+
+
+def pulled_rows(received: str | Path) -> dict[str, str]:
+    """Line -> the URL of the page a scrape pull's row came from, from the note beside its file ({} otherwise)."""
+    note = Path(received).with_suffix(".pull.json")
+    if not note.is_file():
+        return {}
+    rows = json.loads(note.read_text(encoding="utf-8")).get("rows")
+    return {str(k): str(v) for k, v in rows.items()} if isinstance(rows, dict) else {}
+
+
+def failed_pages(received: str | Path) -> list[dict]:
+    """The pages a scrape pull could not take values from ({url, status, reason}), from the note beside its file."""
+    note = Path(received).with_suffix(".pull.json")
+    if not note.is_file():
+        return []
+    return list(json.loads(note.read_text(encoding="utf-8")).get("failed", []))
+
+
+def failures_summary(pages: list, shown: int = 5) -> str:
+    """`; N failed: <url>: <reason>; ...` (the first `shown`), or "" when every page gave values or was unchanged."""
+    failed = [p for p in pages if p.failed]
+    if not failed:
+        return ""
+    listed = "; ".join(f"{p.url}: {p.reason}" for p in failed[:shown])
+    more = f"; and {len(failed) - shown} more (see the tick's log)" if len(failed) > shown else ""
+    return f"; {len(failed)} failed: {listed}{more}"
+
+
+def build_scrape_sensor(
+    name: str,
+    source_name: str,
+    source,
+    *,
+    target: Target,
+    partitions_def: dg.DynamicPartitionsDefinition,
+    resource_key: str,
+    minimum_interval_seconds: int = 3600,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+) -> dg.SensorDefinition:
+    """A sensor that scrapes a source's pages (through the `ScrapeConnection` at `resource_key`) into one batch
+    file per pull and requests a run for every pulled file whose batch was not received yet."""
+    if not partitions_def.name:
+        raise ValueError("partitions_def must be a named DynamicPartitionsDefinition")
+
+    @dg.sensor(name=name, target=target, minimum_interval_seconds=minimum_interval_seconds,
+               default_status=default_status, tags={TAG_SOURCE: source_name},
+               required_resource_keys={"claro", resource_key},
+               description=f"Scrapes the product pages of source {source_name} into a batch")
+    def _scrape_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        from claro_dagster.catalogue.batches import BatchRegistry
+
+        claro = context.resources.claro
+        inbox_dir = claro.inbox_dir(source_name)
+        scraper = getattr(context.resources, resource_key).scraper()
+        try:
+            pulled, pages = pull_scrape_source(claro.store, inbox_dir, source_name, source, scraper)
+        finally:
+            scraper.close()
+        for page in pages:
+            if page.failed:
+                context.log.warning(f"{source_name}: {page.url}: {page.reason}")
+        registry = BatchRegistry(claro.store)
+        keys, requests = [], []
+        for path in sorted(inbox_dir.glob("*.csv")) if inbox_dir.exists() else []:
+            digest = path.stem.rsplit("-", 1)[-1]
+            key = batch_key(source_name, path.name, digest)
+            if registry.get(key) is not None:
+                continue
+            keys.append(key)
+            requests.append(dg.RunRequest(run_key=key, partition_key=key, tags={
+                TAG_SOURCE: source_name, TAG_URI: str(path.resolve()), TAG_VERSION: digest, TAG_BATCH: key}))
+        if not requests:
+            return dg.SensorResult(skip_reason=f"no new values on {len(pages)} page(s)" + failures_summary(pages))
+        context.log.info(f"pulled {pulled.name if pulled else 'nothing new'}; {len(requests)} batch(es) to receive")
+        return dg.SensorResult(run_requests=requests,
+                               dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
+
+    return _scrape_sensor

@@ -34,7 +34,7 @@ Problem = tuple[Loc, str]
 SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
-AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive", "bigquery")
+AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive", "bigquery", "scrape")
 AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "amazon", "bigquery", "sheets",
                                                  "supabase", "rest")
 #: Events the store's outbox holds, which webhook subscriptions (`notifications.webhooks.*.events`) can list.
@@ -224,6 +224,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         out += _drive_source_problems(loc, source)
         if source.kind == "bigquery":
             out += _check_bigquery_source(loc, source)
+        if source.kind == "scrape":
+            out += _check_scrape_source(spec, loc, source)
         if msg := _override_problem(spec, source.thresholds):
             out.append((loc + ("thresholds",), msg))
 
@@ -404,6 +406,45 @@ def _check_bigquery_source(loc: Loc, source: Any) -> list[Problem]:
         out.append((loc, "a bigquery source needs exactly one of 'table' (with 'dataset') or 'query'"))
     elif source.table and not source.dataset:
         out.append((loc + ("dataset",), "a bigquery source reading a 'table' needs its 'dataset'"))
+    return out
+
+
+def _check_scrape_source(spec: ProjectSpec, loc: Loc, source: Any) -> list[Problem]:
+    """A scrape names its pages one way (urls, url_template or sitemap), http(s) only, and what to extract."""
+    from string import Formatter
+    from urllib.parse import urlsplit
+
+    from claro_dagster.resources.scrape import PRODUCT_FIELDS
+
+    out: list[Problem] = []
+    ways = [k for k in ("urls", "url_template", "sitemap") if getattr(source, k)]
+    if len(ways) != 1:
+        out.append((loc, "a scrape source needs exactly one of 'urls' (a list), 'url_template' (filled from the "
+                         "catalogue's records, e.g. https://shop.example/p/{mpn}) or 'sitemap'"))
+    for key in ("url_template", "sitemap"):
+        if getattr(source, key) and urlsplit(getattr(source, key)).scheme not in ("http", "https"):
+            out.append((loc + (key,), "only http and https URLs are scraped"))
+    for i, url in enumerate(source.urls):
+        if urlsplit(url).scheme not in ("http", "https"):
+            out.append((loc + ("urls", str(i)), f"{url!r}: only http and https URLs are scraped"))
+    if source.url_template and source.catalogue in spec.catalogues:
+        attributes = spec.catalogues[source.catalogue].attributes
+        try:
+            names = [n for _, n, _, _ in Formatter().parse(source.url_template) if n is not None]
+        except ValueError as exc:
+            names = []
+            out.append((loc + ("url_template",), f"not a URL template ({exc}): write fields as {{attribute}}"))
+        for name in names:
+            if name not in attributes:
+                out.append((loc + ("url_template",), unknown(name, attributes, f"an attribute of {source.catalogue}")))
+    if source.filter and not source.url_template:
+        out.append((loc + ("filter",), "'filter' picks the records a 'url_template' is filled from; add one"))
+    for column, name in source.extract.items():
+        if name not in PRODUCT_FIELDS:
+            out.append((loc + ("extract", column), f"{name!r} is not one of {', '.join(PRODUCT_FIELDS)}"))
+    if not source.extract and not source.selectors:
+        out.append((loc, "a scrape source needs 'extract' (column: product field) or 'selectors' (column: CSS "
+                         "selector): what to take from each page"))
     return out
 
 

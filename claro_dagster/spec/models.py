@@ -110,7 +110,7 @@ class CatalogueSpec(SpecModel):
 
 class SourceSpec(SpecModel):
     catalogue: str
-    kind: Literal["upload", "inbox", "s3", "drive", "bigquery"] = "upload"
+    kind: Literal["upload", "inbox", "s3", "drive", "bigquery", "scrape"] = "upload"
     description: str | None = None
     # inbox
     path: str | None = None
@@ -133,6 +133,19 @@ class SourceSpec(SpecModel):
     query: str | None = None
     key: str | None = Field(None, description="column identifying a row (the tie-breaker at the watermark)")
     watermark: str | None = Field(None, description="column that grows with every change (e.g. updated_at)")
+    # scrape: pages from `urls`, a `url_template` filled from the catalogue's records matching `filter`, or a
+    # `sitemap`; `extract` maps columns to schema.org Product fields (JSON-LD, microdata, OpenGraph), `selectors`
+    # columns to CSS selectors (used where structured data gives nothing); robots.txt obeyed for `user_agent`,
+    # `delay_seconds` between requests to a host; `allow_hosts` may be fetched even at private addresses
+    urls: list[str] = Field(default_factory=list)
+    url_template: str | None = None
+    filter: str | None = None
+    sitemap: str | None = None
+    extract: dict[str, str] = Field(default_factory=dict)
+    selectors: dict[str, str] = Field(default_factory=dict)
+    user_agent: str | None = None
+    delay_seconds: float = Field(1.0, ge=0)
+    allow_hosts: list[str] = Field(default_factory=list)
     # files
     sheet: str | int | None = None
     encoding: str | None = None
