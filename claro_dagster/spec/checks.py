@@ -399,7 +399,7 @@ def _check_bigquery_source(loc: Loc, source: Any) -> list[Problem]:
 def _check_db_source(spec: ProjectSpec, loc: Loc, source: Any) -> list[Problem]:
     """A PostgreSQL / Supabase pull names its URL variable, a table or a query (not both), the key and the
     watermark; `soft_delete_sets` needs `soft_delete` and names attributes of the source's catalogue."""
-    from claro_dagster.resources.postgres import parse_table_name
+    from claro_dagster.resources.db_source import parse_table_name
 
     kind = source.kind
     out: list[Problem] = []

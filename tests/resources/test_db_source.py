@@ -83,6 +83,14 @@ def test_a_pull_writes_one_file_then_a_second_pull_takes_nothing(db, tmp_path) -
     assert [(r["sku"], r["price"]) for r in rows_of(third)] == [("ACM-20001", "19")]
 
 
+def test_cells_with_quotes_commas_and_line_breaks_come_back_as_they_were(db, tmp_path) -> None:
+    add(db, ("ACM-20001", 'The "Big" kettle,\nline two', 20.5, 0), ("ACM-20002", None, None, 1))
+    result = run(db, tmp_path, None)
+    assert [(r["sku"], r["title"], r["price"], r["deleted_at"]) for r in rows_of(result)] == [
+        ("ACM-20001", 'The "Big" kettle,\nline two', "20.5", ""), ("ACM-20002", "", "", "")]
+    assert result.path.read_text().splitlines()[1].startswith('"ACM-20001","The ""Big"" kettle,')
+
+
 def test_rows_sharing_the_boundary_watermark_are_never_lost(db, tmp_path) -> None:
     add(db, *[(f"ACM-2000{i}", f"Item {i}", i, 0) for i in (1, 2, 3)])
     first = run(db, tmp_path, None, max_rows=2, chunk_rows=1)  # the pull ends between rows of one watermark
