@@ -17,9 +17,9 @@ What a pull does (`pull`):
    cursor again. A single row updated with a watermark older than the cursor is not pulled either (the watermark is
    the only thing the pull can see): it arrives with its next change. Delete the source's cursor to pull all again;
 5. streams the rows newer than the cursor (claro_dagster.resources.watermark: ties at the boundary are kept) through
-   a server-side cursor (a psycopg named cursor: DECLARE/FETCH `chunk_rows` at a time), every column cast to text
-   by the server (the onboarding reads cells as text anyway, and the text is also the exact form the watermark is
-   stored and compared in), and writes each chunk to `<inbox>/.<name>.part` as CSV while hashing it;
+   a server-side cursor (a psycopg named cursor: DECLARE/FETCH `chunk_rows` at a time). The server casts every
+   column to text (the onboarding reads cells as text anyway, and the text is also the exact form the watermark is
+   stored and compared in) and builds each CSV line; each chunk is appended to `<inbox>/.<name>.part` and hashed;
 6. soft deletes (`soft_delete`: a column; a row is deleted when it is set: not NULL, not false/0/empty): with
    `soft_delete_sets` (e.g. `{status: archived}`) the row is kept and those columns set, so the catalogue record
    is archived through the gate like any other change; without it the row is left out of the batch and its key
