@@ -221,3 +221,12 @@ def test_a_missing_column_names_the_setting_to_fix(db, tmp_path) -> None:
         run(db, tmp_path, None, watermark="changed_at")
     with pytest.raises(DbSourceError, match="invalid table name"):
         run(db, tmp_path, None, table="items; DROP TABLE items")
+
+
+def test_the_module_imports_no_dagster() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, claro_dagster.resources.db_source; print('dagster' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -11,7 +11,7 @@ import pytest
 
 from claro_dagster.catalogue.batches import BatchRegistry
 from claro_dagster.definitions import build_definitions
-from claro_dagster.sensors.inbound import db_cursor_name
+from claro_dagster.sensors.inbound import db_cursor_name, db_source_settings, pull_db_source
 from claro_dagster.spec import DEMO_DIR, SpecError, load_spec
 
 pytestmark = pytest.mark.postgres
@@ -134,6 +134,24 @@ def test_a_failed_pull_moves_nothing_and_the_next_tick_resumes(db, tmp_path, mon
         monkeypatch.setenv("ERP_DATABASE_URL", db)
         [run] = tick(defs, instance, "erp_db_postgres")
         assert run.success and claro.store.record("products", "ACM-20001")["title"] == "Enamel kettle"
+
+
+def test_a_source_that_went_backwards_is_warned_and_moves_nothing(db, tmp_path) -> None:
+    upsert(db, "ACM-20001", "Enamel kettle", 24.5, 10)
+    (tmp_path / "claro.yaml").write_text(demo_with(source_block("postgres")), encoding="utf-8")
+    defs = build_definitions(tmp_path / "claro.yaml", tmp_path / "home")
+    claro = defs.resources["claro"]
+    with dg.instance_for_test() as instance:
+        [run] = tick(defs, instance, "erp_db_postgres")
+        assert run.success
+        cursor = claro.store.get_cursor(db_cursor_name("erp_db"))
+        sql(db, "UPDATE erp.items SET updated_at = updated_at - interval '1 day'")  # restored from an old backup
+        assert tick(defs, instance, "erp_db_postgres") == []  # the tick logs the warning below
+        settings = db_source_settings("erp_db", load_spec(tmp_path / "claro.yaml").sources["erp_db"])
+        result = pull_db_source(claro.store, claro.inbox_dir("erp_db"), settings)
+        [warning] = result.warnings
+        assert "older than the stored cursor 2026-11-30 09:10:00+00" in warning
+        assert claro.store.get_cursor(db_cursor_name("erp_db")) == cursor
 
 
 SPEC = """\
