@@ -136,6 +136,14 @@ def test_soft_deleted_rows_are_archived_when_the_spec_says_how(db, tmp_path) -> 
     assert json.loads(result.note.read_text())["soft_deleted"] == ["ACM-20002"]
 
 
+def test_a_soft_delete_rule_overrides_a_column_the_table_has(db, tmp_path) -> None:
+    sql(db, "ALTER TABLE items ADD COLUMN status text DEFAULT 'active'")
+    add(db, ("ACM-20001", "Kettle", 20, 0), ("ACM-20002", "Toaster", 30, 1, True))
+    result = run(db, tmp_path, None, soft_delete="deleted_at", soft_delete_sets={"status": 'arch"ived'})
+    assert [(r["sku"], r["status"]) for r in rows_of(result)] == [("ACM-20001", "active"),
+                                                                  ("ACM-20002", 'arch"ived')]
+
+
 def test_soft_deleted_rows_without_a_rule_are_left_out_and_reported(db, tmp_path) -> None:
     sql(db, "ALTER TABLE items ADD COLUMN gone boolean")
     add(db, ("ACM-20001", "Kettle", 20, 0), ("ACM-20002", "Toaster", 30, 1))
