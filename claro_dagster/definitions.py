@@ -37,6 +37,7 @@ from claro_dagster.sensors.chaining import build_completion_sensor, build_review
 from claro_dagster.sensors.inbound import (
     bigquery_source_resource_key,
     build_bigquery_sensor,
+    build_db_source_sensor,
     build_drive_sensor,
     build_inbox_sensor,
     build_s3_sensor,
@@ -117,6 +118,13 @@ def scrape_source_sensor(source_name: str, source, batch_job, partitions, resour
                                target=batch_job, partitions_def=partitions, resource_key=key)
 
 
+def db_source_sensor(source_name: str, source: SourceSpec, batch_job, partitions) -> dg.SensorDefinition:
+    """A PostgreSQL / Supabase source's pull sensor (`<source>_postgres` or `<source>_supabase`); the URL is read
+    from the source's `url_env` at each tick, so a missing variable fails the tick, naming it."""
+    return build_db_source_sensor(inbound_sensor_name(source_name, source.kind), source_name, source,
+                                  target=batch_job, partitions_def=partitions)
+
+
 def build_definitions(spec_path: Path | None = None, home: Path | None = None) -> dg.Definitions:
     spec_path = Path(spec_path or default_spec_path()).resolve()
     home = Path(home or default_home()).resolve()
@@ -193,6 +201,8 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
                 sensors.append(bigquery_source_sensor(source_name, source, batch_job, partitions, resources))
             elif source.kind == "scrape":
                 sensors.append(scrape_source_sensor(source_name, source, batch_job, partitions, resources))
+            elif source.kind in ("postgres", "supabase"):
+                sensors.append(db_source_sensor(source_name, source, batch_job, partitions))
         if pipeline.review_checkpoint:
             sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published, job=batch_job))
         # A destination whose settings are not in this environment keeps its asset (runnable by hand, with a

@@ -35,7 +35,6 @@ The caller moves its cursor only after `push` returned.
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import re
@@ -50,6 +49,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from claro_dagster.resources.http import parse_retry_after
+from claro_dagster.resources.watermark import NextCursor, already_taken, taken_keys
+from claro_dagster.resources.watermark import cursor_json as cursor_json  # re-exported: the sensors' import
 
 # BigQuery column types per catalogue attribute type (legacy names, as the REST API's TableFieldSchema uses).
 COLUMN_TYPES = {"text": "STRING", "image": "STRING", "enum": "STRING", "reference": "STRING", "date": "DATE",
@@ -454,8 +455,9 @@ class BigQueryTable:
     def pull(self, sql_from: str, key: str, watermark: str, cursor: dict | None,
              limit: int) -> tuple[pd.DataFrame, dict | None]:
         """Rows of `sql_from` (a table reference or a parenthesised query) with watermark >= the cursor's, in
-        (watermark, key) order, less the keys already pulled at exactly the cursor's watermark; at most
-        `limit`. Returns (rows, the next cursor or None when nothing new)."""
+        (watermark, key) order, less the keys already pulled at exactly the cursor's watermark (shared with the
+        PostgreSQL source: claro_dagster.resources.watermark); at most `limit`. Returns (rows, the next cursor or
+        None when nothing new)."""
         from google.cloud import bigquery
 
         wm, k = _quote(watermark), _quote(key)
@@ -463,7 +465,7 @@ class BigQueryTable:
         if cursor:
             params.append(bigquery.ScalarQueryParameter("watermark", cursor["type"], cursor["value"]))
             where = f"WHERE src.{wm} >= @watermark"
-        seen = set(cursor.get("keys", [])) if cursor else set()
+        seen = taken_keys(cursor)
         params.append(bigquery.ScalarQueryParameter("row_limit", "INT64", limit + len(seen)))
         sql = f"SELECT * FROM {sql_from} AS src {where} ORDER BY src.{wm}, src.{k} LIMIT @row_limit"
         job = self.query(sql, f"pull from {sql_from}", params, job_id_prefix="claro_pull_")
@@ -473,16 +475,14 @@ class BigQueryTable:
             raise BigQueryError(f"pull from {sql_from}: the result has no column {watermark!r} or {key!r} "
                                 f"(columns: {', '.join(schema)}); fix 'watermark' or 'key' in the source")
         records = [dict(r.items()) for r in rows]
-        records = [r for r in records if not (cursor and _wire(r[watermark]) == cursor["value"]
-                                              and str(r[key]) in seen)][:limit]
+        records = [r for r in records
+                   if not already_taken(cursor, seen, _wire(r[watermark]), str(r[key]))][:limit]
         if not records:
             return pd.DataFrame(columns=list(schema)), None
-        last = _wire(records[-1][watermark])
-        keys = [str(r[key]) for r in records if _wire(r[watermark]) == last]
-        if cursor and cursor["value"] == last:
-            keys = [*cursor.get("keys", []), *keys]
-        return pd.DataFrame(records, columns=list(schema)), \
-            {"value": last, "type": _param_type(schema[watermark]), "keys": sorted(set(keys))}
+        following = NextCursor(cursor)
+        for r in records:
+            following.see(_wire(r[watermark]), str(r[key]))
+        return pd.DataFrame(records, columns=list(schema)), following.cursor(_param_type(schema[watermark]))
 
 
 def merge_statement(project: str, dataset: str, table: str, stage: str, columns: Sequence[str], key: str) -> str:
@@ -572,7 +572,3 @@ class BigQueryConnection(dg.ConfigurableResource):
                                     "(or remove endpoint_url_env to use Google's)")
         return BigQueryTable(self.project, endpoint_url=endpoint, credentials_env=self.credentials_env,
                              location=self.location, max_attempts=self.max_attempts, **kwargs)
-
-
-def cursor_json(cursor: dict | None) -> str:
-    return json.dumps(cursor, sort_keys=True, separators=(",", ":")) if cursor else ""

@@ -376,6 +376,22 @@ def pull_bigquery_source(store, inbox_dir: Path, source_name: str, source, table
     return path
 
 
+def pulled_file_requests(registry, source_name: str, inbox_dir: Path) -> tuple[list[str], list[dg.RunRequest]]:
+    """One run request per pulled file in `inbox_dir` whose batch was not received yet (pulling sources). The
+    pull named each file after its content's hash: the tick lists, it never reads a file. Run keys are the batch
+    keys, so Dagster never launches one twice."""
+    keys, requests = [], []
+    for path in sorted(inbox_dir.glob("*.csv")) if inbox_dir.exists() else []:
+        digest = path.stem.rsplit("-", 1)[-1]
+        key = batch_key(source_name, path.name, digest)
+        if registry.get(key) is not None:
+            continue
+        keys.append(key)
+        requests.append(dg.RunRequest(run_key=key, partition_key=key, tags={
+            TAG_SOURCE: source_name, TAG_URI: str(path.resolve()), TAG_VERSION: digest, TAG_BATCH: key}))
+    return keys, requests
+
+
 BIGQUERY_PULL_ROWS = 100_000  # rows per pull (one batch); more wait for the next tick
 
 
@@ -410,17 +426,7 @@ def build_bigquery_sensor(
         inbox_dir = claro.inbox_dir(source_name)
         pulled = pull_bigquery_source(claro.store, inbox_dir, source_name, source,
                                       getattr(context.resources, resource_key).table())
-        registry = BatchRegistry(claro.store)
-        keys, requests = [], []
-        for path in sorted(inbox_dir.glob("*.csv")) if inbox_dir.exists() else []:
-            # the pull named the file after its content's hash: the tick lists, it never reads a file
-            digest = path.stem.rsplit("-", 1)[-1]
-            key = batch_key(source_name, path.name, digest)
-            if registry.get(key) is not None:
-                continue
-            keys.append(key)
-            requests.append(dg.RunRequest(run_key=key, partition_key=key, tags={
-                TAG_SOURCE: source_name, TAG_URI: str(path.resolve()), TAG_VERSION: digest, TAG_BATCH: key}))
+        keys, requests = pulled_file_requests(BatchRegistry(claro.store), source_name, inbox_dir)
         if not requests:
             return dg.SensorResult(skip_reason=f"no rows newer than the watermark in {what}")
         context.log.info(f"pulled {pulled.name if pulled else 'nothing new'}; {len(requests)} batch(es) to receive")
@@ -428,6 +434,84 @@ def build_bigquery_sensor(
                                dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
 
     return _bigquery_sensor
+
+
+# -- PostgreSQL / Supabase ---------------------------------------------------------------------------
+
+def db_cursor_name(source_name: str) -> str:
+    """The store cursor of a PostgreSQL or Supabase source: the last watermark pulled and the keys at exactly it."""
+    return f"source:{source_name}:db"
+
+
+def db_source_settings(source_name: str, source):
+    """The `DbSource` of a `kind: postgres` / `kind: supabase` spec block."""
+    from claro_dagster.resources.db_source import DbSource
+
+    return DbSource(name=source_name, url_env=source.url_env or "", key=source.key or "",
+                    watermark=source.watermark or "", table=source.table, query=source.query,
+                    soft_delete=source.soft_delete, soft_delete_sets=dict(source.soft_delete_sets),
+                    chunk_rows=source.chunk_rows, max_rows=source.max_rows_per_pull)
+
+
+def pull_db_source(store, inbox_dir: Path, settings, *, environ=None, on_chunk=None):
+    """Pull the rows newer than the source's stored cursor into one new CSV file in its inbox folder
+    (`claro_dagster.resources.db_source.pull`), then store the cursor: a failure before the file is complete
+    leaves the cursor, so the next pull takes the same rows again. Returns the `PullResult`."""
+    from claro_dagster.resources import db_source
+    from claro_dagster.resources.watermark import cursor_json, parse_cursor
+
+    name = db_cursor_name(settings.name)
+    result = db_source.pull(settings, parse_cursor(store.get_cursor(name)), inbox_dir, environ=environ,
+                            on_chunk=on_chunk)
+    if result.cursor is not None:
+        store.set_cursor(name, cursor_json(result.cursor))
+    return result
+
+
+def build_db_source_sensor(
+    name: str,
+    source_name: str,
+    source,
+    *,
+    target: Target,
+    partitions_def: dg.DynamicPartitionsDefinition,
+    minimum_interval_seconds: int = 300,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+) -> dg.SensorDefinition:
+    """A sensor that pulls a PostgreSQL / Supabase table or query incrementally (by its watermark column) and turns
+    each pull into one batch: the rows are streamed into a CSV file in the source's inbox folder, then the cursor
+    moves (stored per source in the catalogue store). Every tick also requests a run for each pulled file whose
+    batch was not received yet, so a tick that failed after writing its file loses nothing. Warnings of the pull
+    (the source went backwards, soft-deleted rows left out) are logged."""
+    if not partitions_def.name:
+        raise ValueError("partitions_def must be a named DynamicPartitionsDefinition")
+    settings = db_source_settings(source_name, source)
+
+    @dg.sensor(name=name, target=target, minimum_interval_seconds=minimum_interval_seconds,
+               default_status=default_status, tags={TAG_SOURCE: source_name}, required_resource_keys={"claro"},
+               description=f"Pulls the rows of {settings.what} (database in {settings.url_env}) newer than "
+                           f"{settings.watermark!r} into a batch")
+    def _db_source_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        from claro_dagster.catalogue.batches import BatchRegistry
+
+        claro = context.resources.claro
+        inbox_dir = claro.inbox_dir(source_name)
+        result = pull_db_source(claro.store, inbox_dir, settings)
+        for warning in result.warnings:
+            context.log.warning(warning)
+        if result.soft_deleted:
+            done = "archived" if settings.soft_delete_sets else "left out of the batch (no soft_delete_sets)"
+            context.log.warning(f"source {source_name}: {len(result.soft_deleted)} soft-deleted row(s) {done}; "
+                                f"keys in {result.note}")
+        keys, requests = pulled_file_requests(BatchRegistry(claro.store), source_name, inbox_dir)
+        if not requests:
+            return dg.SensorResult(skip_reason=f"no rows newer than the cursor in {settings.what}")
+        context.log.info(f"pulled {result.path.name if result.path else 'nothing new'}; "
+                         f"{len(requests)} batch(es) to receive")
+        return dg.SensorResult(run_requests=requests,
+                               dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
+
+    return _db_source_sensor
 
 
 # -- HTTPS scraping (`kind: scrape`) -----------------------------------------------------------------------------
@@ -574,16 +658,7 @@ def build_scrape_sensor(
         for page in pages:
             if page.failed:
                 context.log.warning(f"{source_name}: {page.url}: {page.reason}")
-        registry = BatchRegistry(claro.store)
-        keys, requests = [], []
-        for path in sorted(inbox_dir.glob("*.csv")) if inbox_dir.exists() else []:
-            digest = path.stem.rsplit("-", 1)[-1]
-            key = batch_key(source_name, path.name, digest)
-            if registry.get(key) is not None:
-                continue
-            keys.append(key)
-            requests.append(dg.RunRequest(run_key=key, partition_key=key, tags={
-                TAG_SOURCE: source_name, TAG_URI: str(path.resolve()), TAG_VERSION: digest, TAG_BATCH: key}))
+        keys, requests = pulled_file_requests(BatchRegistry(claro.store), source_name, inbox_dir)
         if not requests:
             return dg.SensorResult(skip_reason=f"no new values on {len(pages)} page(s)" + failures_summary(pages))
         context.log.info(f"pulled {pulled.name if pulled else 'nothing new'}; {len(requests)} batch(es) to receive")

@@ -34,7 +34,8 @@ Problem = tuple[Loc, str]
 SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
-AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive", "bigquery", "scrape")
+AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive", "bigquery", "scrape", "postgres",
+                                            "supabase")
 AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "amazon", "bigquery", "sheets",
                                                  "supabase", "rest")
 #: Events the store's outbox holds, which webhook subscriptions (`notifications.webhooks.*.events`) can list.
@@ -226,6 +227,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
             out += _check_bigquery_source(loc, source)
         if source.kind == "scrape":
             out += _check_scrape_source(spec, loc, source)
+        if source.kind in ("postgres", "supabase"):
+            out += _check_db_source(spec, loc, source)
         if msg := _override_problem(spec, source.thresholds):
             out.append((loc + ("thresholds",), msg))
 
@@ -445,6 +448,36 @@ def _check_scrape_source(spec: ProjectSpec, loc: Loc, source: Any) -> list[Probl
     if not source.extract and not source.selectors:
         out.append((loc, "a scrape source needs 'extract' (column: product field) or 'selectors' (column: CSS "
                          "selector): what to take from each page"))
+    return out
+
+
+def _check_db_source(spec: ProjectSpec, loc: Loc, source: Any) -> list[Problem]:
+    """A PostgreSQL / Supabase pull names its URL variable, a table or a query (not both), the key and the
+    watermark; `soft_delete_sets` needs `soft_delete` and names attributes of the source's catalogue."""
+    from claro_dagster.resources.db_source import parse_table_name
+
+    kind = source.kind
+    out: list[Problem] = []
+    for key, what in (("url_env", "the variable holding the database URL"),
+                      ("key", "the column identifying a row"),
+                      ("watermark", "the column that grows with every change, e.g. updated_at")):
+        if not getattr(source, key):
+            out.append((loc + (key,), f"a {kind} source needs {key!r}: {what}"))
+    if bool(source.query) == bool(source.table):
+        out.append((loc, f"a {kind} source needs exactly one of 'table' or 'query'"))
+    elif source.table:
+        try:
+            parse_table_name(source.table)
+        except ValueError as exc:
+            out.append((loc + ("table",), str(exc)))
+    if source.soft_delete_sets and not source.soft_delete:
+        out.append((loc + ("soft_delete_sets",), "'soft_delete_sets' needs 'soft_delete': the column marking "
+                    "deleted rows"))
+    catalogue = spec.catalogues.get(source.catalogue)
+    for name in source.soft_delete_sets:
+        if catalogue is not None and name not in catalogue.attributes:
+            out.append((loc + ("soft_delete_sets", name), unknown(name, list(catalogue.attributes),
+                                                                  f"an attribute of {source.catalogue}")))
     return out
 
 

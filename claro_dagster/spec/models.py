@@ -110,7 +110,7 @@ class CatalogueSpec(SpecModel):
 
 class SourceSpec(SpecModel):
     catalogue: str
-    kind: Literal["upload", "inbox", "s3", "drive", "bigquery", "scrape"] = "upload"
+    kind: Literal["upload", "inbox", "s3", "drive", "bigquery", "scrape", "postgres", "supabase"] = "upload"
     description: str | None = None
     # inbox
     path: str | None = None
@@ -146,6 +146,17 @@ class SourceSpec(SpecModel):
     user_agent: str | None = None
     delay_seconds: float = Field(1.0, ge=0)
     allow_hosts: list[str] = Field(default_factory=list)
+    # postgres / supabase: a `table` (`name` or `schema.name`) or a `query` (above) of the database whose URL is in
+    # `url_env` (Supabase: its database URL), pulled incrementally by `watermark` (ties broken by `key`, above) and
+    # streamed `chunk_rows` at a time, at most `max_rows_per_pull` rows per batch (more wait for the next pull).
+    # `soft_delete` names a column marking deleted rows (set: not NULL, not false): with `soft_delete_sets` (e.g.
+    # {status: archived}) those columns are set on them so the record is archived through the gate; without it
+    # they are left out of the batch and reported. A pull never deletes a catalogue record.
+    url_env: str | None = None
+    soft_delete: str | None = None
+    soft_delete_sets: dict[str, str] = Field(default_factory=dict)
+    chunk_rows: int = Field(10_000, gt=0, le=1_000_000)
+    max_rows_per_pull: int = Field(100_000, gt=0)
     # files
     sheet: str | int | None = None
     encoding: str | None = None
