@@ -351,28 +351,27 @@ def _send(client: HttpClient, auth: Auth, spec: Any, url: str, headers: dict, pa
 
 # -- the batch file ----------------------------------------------------------------------------------------
 
-def records_csv(records: list[dict]) -> bytes:
-    """The records as CSV (columns in first-seen order; nested values as JSON), for the onboarding stages."""
+def records_csv(records: list[dict], urls: list[str] | None = None, url_column: str | None = None) -> bytes:
+    """The records as CSV (columns in first-seen order; nested values as JSON), for the onboarding stages. With
+    `url_column`, a last column holding the URL of the page each record came from (`urls`, one per record)."""
     columns: dict[str, None] = {}
     for record in records:
-        for key in record:
-            if key not in columns:
-                columns[key] = None
+        if len(record) != len(columns) or record.keys() - columns.keys():
+            columns.update(dict.fromkeys(record))
+    names = list(columns)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    names = list(columns)
-    writer.writerow(names)
-    for record in records:
-        writer.writerow([_cell(record.get(name)) for name in names])
+    writer.writerow(names + ([url_column] if url_column else []))
+    rows = ([record.get(name) for name in names] for record in records)
+    if url_column:
+        rows = (row + [url] for row, url in zip(rows, urls or [], strict=True))
+    nested = (dict, list)
+    for row in rows:
+        for i, value in enumerate(row):  # csv writes None as an empty cell; only nested values need JSON
+            if isinstance(value, nested):
+                row[i] = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        writer.writerow(row)
     return out.getvalue().encode()
-
-
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
-    return value
 
 
 __all__ = ["Auth", "EVERY_SECONDS", "HttpPullError", "PullResult", "interval_seconds", "parse_page", "pull",

@@ -459,7 +459,7 @@ def pull_http_source(store, inbox_dir: Path, source_name: str, source, client, *
         if result.state != state and not result.not_modified:
             store.set_cursor(name, json.dumps(result.state, sort_keys=True))
         return None
-    data = records_csv(result.records)
+    data = records_csv(result.records, result.urls, spec.source_url_column)
     digest = hashlib.sha256(data).hexdigest()
     inbox_dir.mkdir(parents=True, exist_ok=True)
     path = inbox_dir / f"{source_name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{digest[:10]}.csv"

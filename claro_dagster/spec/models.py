@@ -165,6 +165,8 @@ class HttpPullSpec(SpecModel):
     paginate: HttpPaginateSpec = Field(default_factory=HttpPaginateSpec)
     incremental: HttpIncrementalSpec | None = None
     conditional: bool = True  # ETag / Last-Modified kept and sent back: an unchanged feed costs one 304
+    # each record's page URL, as a column of the batch (left unmapped unless an attribute is meant to hold it)
+    source_url_column: str | None = "_source_url"
     rate_limit: float | None = Field(None, gt=0, description="requests per second to the host")
     timeout_seconds: float = Field(30, gt=0)
     max_attempts: int = Field(5, ge=1)

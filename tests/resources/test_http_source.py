@@ -273,3 +273,5 @@ def test_csv_xml_and_xlsx_pages_and_the_batch_csv() -> None:
         with pytest.raises(HttpPullError, match="cannot be read safely"):
             pull(spec(url="/bomb", format="xml", records="item"), client(), base_url=server.url)
     assert records_csv([{"a": 1, "b": {"x": 1}}, {"c": None, "a": 2}]) == b'a,b,c\n1,"{""x"": 1}",\n2,,\n'
+    assert records_csv([{"a": 1}, {"a": 2}], ["http://h/p1", "http://h/p2"], "_source_url") == (
+        b"a,_source_url\n1,http://h/p1\n2,http://h/p2\n")

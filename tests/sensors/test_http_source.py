@@ -111,6 +111,10 @@ def test_each_pull_becomes_a_batch_and_an_unchanged_feed_makes_none(env, tmp_pat
         [note] = claro.inbox_dir("erp_http").rglob("*.pull.json")
         pages = json.loads(note.read_text())["pages"]
         assert [p["records"] for p in pages] == [2, 1] and pages[1]["url"].endswith("/api/items?page=2&per_page=2")
+        # and each record's page URL in the batch (a column the demo's mapping leaves unmapped)
+        [pulled] = claro.inbox_dir("erp_http").rglob("erp_http-*.csv")
+        rows = pulled.read_text().splitlines()
+        assert rows[0].endswith(",_source_url") and rows[3].endswith("/api/items?page=2&per_page=2")
         asked = len(server.requests)
         assert tick(defs, instance, "erp_http_http") == []  # unchanged: one 304, no batch
         assert len(server.requests) == asked + 1 and "If-None-Match" in server.requests[-1].headers
