@@ -275,3 +275,14 @@ def test_csv_xml_and_xlsx_pages_and_the_batch_csv() -> None:
     assert records_csv([{"a": 1, "b": {"x": 1}}, {"c": None, "a": 2}]) == b'a,b,c\n1,"{""x"": 1}",\n2,,\n'
     assert records_csv([{"a": 1}, {"a": 2}], ["http://h/p1", "http://h/p2"], "_source_url") == (
         b"a,_source_url\n1,http://h/p1\n2,http://h/p2\n")
+
+
+def test_secrets_never_appear_in_errors() -> None:
+    env = {"KEY": "k3y-very-secret"}
+    s = spec(records="data", max_attempts=2,
+             auth={"type": "api_key", "key_env": "KEY", "in": "query", "name": "api_key"})
+    with RecordingServer(lambda r: (500, {}, "down")) as server:
+        with pytest.raises(HttpError) as failed:
+            pull(s, client(), env=env, base_url=server.url)
+    assert "k3y-very-secret" not in str(failed.value) and "api_key=***" in str(failed.value)
+    assert len(server.requests) == 2 and all(query(r)["api_key"] == "k3y-very-secret" for r in server.requests)
