@@ -212,6 +212,8 @@ def pull(spec: Any, client: HttpClient, state: Mapping[str, Any] | None = None, 
     url = template
     last_cursor: Any = None
     new_watermark = watermark
+    boundary: set[str] = set(state.get("boundary") or [])
+    at_new: set[str] = set(boundary)
     for number in range(1, paginate.max_pages + 2):
         if number > paginate.max_pages:
             raise HttpPullError(f"{safe_url(url)}: more than max_pages={paginate.max_pages} pages; raise "
@@ -256,21 +258,31 @@ def pull(spec: Any, client: HttpClient, state: Mapping[str, Any] | None = None, 
             etag, modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
             result.state = {k: v for k, v in (("etag", etag), ("last_modified", modified)) if v}
         shown = safe_url(final_url)
-        result.pages.append({"url": shown, "records": len(records)})
-        result.records += records
-        result.urls += [shown] * len(records)
+        kept = records
         if spec.incremental:
             name = spec.incremental.field
+            kept = []
             for record in records:
                 value = record.get(name)
                 if value in (None, ""):
+                    kept.append(record)
                     continue
-                if watermark not in (None, "") and _compare(value, watermark) < 0:
+                order = 1 if watermark in (None, "") else _compare(value, watermark)
+                if order < 0:
                     raise HttpPullError(f"{shown}: record {record!s:.120} has {name}={value!r}, before the stored "
                                         f"watermark {watermark!r}: the feed went backwards (or ignores "
                                         f"{spec.incremental.param!r}); nothing was written")
+                fingerprint = _fingerprint(record)
+                if order == 0 and fingerprint in boundary:
+                    continue  # pulled last time already (an API answering `>=` the watermark sends it again)
+                kept.append(record)
                 if new_watermark in (None, "") or _compare(value, new_watermark) > 0:
-                    new_watermark = value
+                    new_watermark, at_new = value, {fingerprint}
+                elif _compare(value, new_watermark) == 0:
+                    at_new.add(fingerprint)
+        result.pages.append({"url": shown, "records": len(kept)})
+        result.records += kept
+        result.urls += [shown] * len(kept)
         # where the next page is, or stop
         style = paginate.style
         if style == "none" or not records and style in ("page", "offset"):
@@ -300,9 +312,17 @@ def pull(spec: Any, client: HttpClient, state: Mapping[str, Any] | None = None, 
             next_url = urljoin(final_url, link)
     if spec.incremental and new_watermark not in (None, ""):
         result.state["watermark"] = new_watermark
+        # the records at the new watermark (fingerprints), not to be taken again at the boundary next time
+        result.state["boundary"] = sorted(at_new | (boundary if new_watermark == watermark else set()))
     elif "watermark" in state:
         result.state["watermark"] = state["watermark"]
+        if state.get("boundary"):
+            result.state["boundary"] = state["boundary"]
     return result
+
+
+def _fingerprint(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _numeric(value: Any) -> bool:

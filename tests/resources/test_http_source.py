@@ -286,3 +286,23 @@ def test_secrets_never_appear_in_errors() -> None:
             pull(s, client(), env=env, base_url=server.url)
     assert "k3y-very-secret" not in str(failed.value) and "api_key=***" in str(failed.value)
     assert len(server.requests) == 2 and all(query(r)["api_key"] == "k3y-very-secret" for r in server.requests)
+
+
+def test_records_at_the_watermark_are_not_taken_twice_when_the_api_answers_at_or_after_it() -> None:
+    items = [dict(i) for i in ITEMS[:3]]
+
+    def handler(request):  # `>=`: the records at the watermark come again
+        since = query(request).get("since", "")
+        return 200, {}, {"data": [i for i in items if i["updated_at"] >= since]}
+
+    s = spec(records="data", incremental={"field": "updated_at", "param": "since"})
+    with RecordingServer(handler) as server:
+        first = pull(s, client(), base_url=server.url)
+        assert len(first.records) == 3
+        assert pull(s, client(), first.state, base_url=server.url).records == []
+        items.append({"sku": "ACM-39999", "title": "Late", "updated_at": items[-1]["updated_at"]})  # same stamp
+        items[2] = {**items[2], "title": "Item 2, renamed"}  # changed, stamp unchanged: taken again
+        again = pull(s, client(), first.state, base_url=server.url)
+        assert [(r["sku"], r["title"]) for r in again.records] == [("ACM-30002", "Item 2, renamed"),
+                                                                   ("ACM-39999", "Late")]
+        assert pull(s, client(), again.state, base_url=server.url).records == []
