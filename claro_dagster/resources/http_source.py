@@ -39,7 +39,10 @@ class HttpPullError(Exception):
 
 
 def interval_seconds(spec: Any) -> int:
-    """How often the source is pulled: `interval_seconds`, else `every`, else hourly."""
+    """How often the source's sensor ticks: `interval_seconds`, else `every`, else hourly (each minute with `cron`,
+    which then decides when a tick pulls)."""
+    if spec.cron:
+        return 60
     if spec.interval_seconds:
         return int(spec.interval_seconds)
     return EVERY_SECONDS.get(spec.every or "hourly", DEFAULT_INTERVAL_SECONDS)

@@ -506,8 +506,11 @@ def build_http_sensor(
 
         claro = context.resources.claro
         inbox_dir = claro.inbox_dir(source_name)
-        with make_client() as client:
-            pulled = pull_http_source(claro.store, inbox_dir, source_name, source, client)
+        due, cursor = http_pull_due(spec, context.cursor, _http_now())
+        pulled = None
+        if due:
+            with make_client() as client:
+                pulled = pull_http_source(claro.store, inbox_dir, source_name, source, client)
         registry = BatchRegistry(claro.store)
         keys, requests = [], []
         for path in sorted(inbox_dir.glob("*.csv")) if inbox_dir.exists() else []:
@@ -519,9 +522,33 @@ def build_http_sensor(
             requests.append(dg.RunRequest(run_key=key, partition_key=key, tags={
                 TAG_SOURCE: source_name, TAG_URI: str(path.resolve()), TAG_VERSION: digest, TAG_BATCH: key}))
         if not requests:
-            return dg.SensorResult(skip_reason=f"nothing new at {safe_url(spec.url)}")
+            why = "nothing new" if due else f"next pull at {json.loads(cursor)['due']} ({spec.cron})"
+            return dg.SensorResult(skip_reason=f"{why} at {safe_url(spec.url)}", cursor=cursor)
         context.log.info(f"pulled {pulled.name if pulled else 'nothing new'}; {len(requests)} batch(es) to receive")
-        return dg.SensorResult(run_requests=requests,
+        return dg.SensorResult(run_requests=requests, cursor=cursor,
                                dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
 
     return _http_sensor
+
+
+def _http_now():
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
+
+
+def http_pull_due(spec, cursor: str | None, now) -> tuple[bool, str | None]:
+    """(whether this tick pulls, the sensor cursor to keep). Without `cron` every tick pulls (the sensor's interval
+    is the schedule). With it, the first tick pulls, and later ones once the next cron time stored in the cursor
+    has come."""
+    import datetime as dt
+
+    if not spec.cron:
+        return True, cursor
+    from claro_dagster.spec.cron import next_run_times
+
+    due_at = json.loads(cursor).get("due") if cursor else None
+    if due_at and now < dt.datetime.fromisoformat(due_at):
+        return False, cursor
+    [following] = next_run_times(spec.cron, spec.timezone, now, 1)
+    return True, json.dumps({"due": following.isoformat()})

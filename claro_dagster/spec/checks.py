@@ -419,8 +419,14 @@ def _check_http_source(loc: Loc, source: Any) -> list[Problem]:
                     "next_url pagination needs 'next_url_path': the JMESPath of the next page's URL"))
     if style in ("cursor", "next_url") and http.format != "json":
         out.append((loc + ("http", "paginate", "style"), f"{style} pagination reads the JSON body: use format json"))
-    if http.every and http.interval_seconds:
-        out.append((loc + ("http", "every"), "give 'every' or 'interval_seconds', not both"))
+    if sum(1 for v in (http.every, http.interval_seconds, http.cron) if v) > 1:
+        out.append((loc + ("http", "every"), "give one of 'every', 'interval_seconds' or 'cron'"))
+    if http.cron:
+        from claro_dagster.spec.cron import is_valid_cron
+
+        if not is_valid_cron(http.cron):
+            out.append((loc + ("http", "cron"), f"{http.cron!r} is not a cron expression (5 fields, e.g. "
+                                                "'0 6 * * *' for 06:00 every day)"))
     return out
 
 

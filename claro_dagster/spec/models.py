@@ -172,6 +172,8 @@ class HttpPullSpec(SpecModel):
     max_attempts: int = Field(5, ge=1)
     every: Literal["minutely", "quarter_hourly", "hourly", "daily", "weekly"] | None = None
     interval_seconds: int | None = Field(None, ge=30)
+    cron: str | None = None  # pull at these times instead (checked every minute), in `timezone`
+    timezone: str = "UTC"
 
 
 class SourceSpec(SpecModel):

@@ -180,3 +180,36 @@ def test_the_spec_check_names_what_an_http_source_lacks(tmp_path) -> None:
     (tmp_path / "claro.yaml").write_text(replace_once(text, "\nsources:\n", "\nsources:\n" + broken))
     with pytest.raises(Exception, match="cursor_path"):
         load_spec(tmp_path / "claro.yaml")
+
+
+def test_a_cron_source_pulls_at_its_times_only(env, tmp_path, monkeypatch) -> None:
+    import datetime as dt
+
+    from claro_dagster.sensors import inbound
+
+    feed = Feed([item(1, "Enamel kettle", 24.5, 0)])
+    now = [dt.datetime(2026, 12, 2, 5, 30, tzinfo=dt.UTC)]
+    monkeypatch.setattr(inbound, "_http_now", lambda: now[0])
+    with RecordingServer(feed) as server, dg.instance_for_test() as instance:
+        env.setenv("CLARO_TEST_HTTP_FEED", server.url)
+        path = spec_with_http_source(tmp_path)
+        path.write_text(replace_once(path.read_text(), "      every: hourly\n", "      cron: '0 6 * * *'\n"))
+        defs = build_definitions(path, tmp_path / "home")
+        sensor = defs.resolve_sensor_def("erp_http_http")
+        assert sensor.minimum_interval_seconds == 60
+
+        def evaluate(cursor):
+            context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
+                                              definitions=defs,
+                                              resources={"claro": defs.resources["claro"]})
+            return sensor.evaluate_tick(context)
+
+        first = evaluate(None)  # the first tick pulls, and says when the next pull is due
+        assert len(first.run_requests) == 1 and json.loads(first.cursor) == {"due": "2026-12-02T06:00:00+00:00"}
+        asked = len(server.requests)
+        now[0] = dt.datetime(2026, 12, 2, 5, 59, tzinfo=dt.UTC)
+        early = evaluate(first.cursor)
+        assert len(server.requests) == asked and early.cursor == first.cursor  # not yet: no request at all
+        now[0] = dt.datetime(2026, 12, 2, 6, 0, 30, tzinfo=dt.UTC)
+        evaluate(first.cursor)
+        assert len(server.requests) == asked + 1  # due: pulled (the feed is unchanged: one 304)
