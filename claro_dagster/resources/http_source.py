@@ -217,6 +217,7 @@ def pull(spec: Any, client: HttpClient, state: Mapping[str, Any] | None = None, 
     new_watermark = watermark
     boundary: set[str] = set(state.get("boundary") or [])
     at_new: set[str] = set(boundary)
+    conditional = spec.conditional if spec.conditional is not None else paginate.style == "none"
     for number in range(1, paginate.max_pages + 2):
         if number > paginate.max_pages:
             raise HttpPullError(f"{safe_url(url)}: more than max_pages={paginate.max_pages} pages; raise "
@@ -225,13 +226,18 @@ def pull(spec: Any, client: HttpClient, state: Mapping[str, Any] | None = None, 
         if next_url is not None:
             url = next_url
         else:
-            url = template.format_map(values)
+            try:
+                url = template.format_map(values)
+            except (KeyError, ValueError, IndexError) as exc:
+                raise HttpPullError(f"http.url {spec.url!r} has a placeholder that is not one of {{page}}, "
+                                    f"{{offset}}, {{limit}}, {{cursor}}, {{watermark}} ({exc}); write a literal "
+                                    "brace twice") from exc
             params = {k: v for k, v in spec.query.items()}
             if spec.incremental and spec.incremental.param and watermark not in (None, ""):
                 params[spec.incremental.param] = watermark
             _page_params(spec, values, params, number)
         headers = dict(spec.headers)
-        if number == 1 and spec.conditional:
+        if number == 1 and conditional:
             if state.get("etag"):
                 headers["If-None-Match"] = state["etag"]
             if state.get("last_modified"):

@@ -164,7 +164,10 @@ class HttpPullSpec(SpecModel):
     records: str | None = Field(None, description="JSON: JMESPath of the record list; XML: element path")
     paginate: HttpPaginateSpec = Field(default_factory=HttpPaginateSpec)
     incremental: HttpIncrementalSpec | None = None
-    conditional: bool = True  # ETag / Last-Modified kept and sent back: an unchanged feed costs one 304
+    # ETag / Last-Modified of the first page kept and sent back, so an unchanged feed costs one 304. Unset: only for
+    # an unpaginated feed (a paged feed's first page says nothing about the others); true: also for a paged feed
+    # whose server's validators cover the whole feed; false: never.
+    conditional: bool | None = None
     # each record's page URL, as a column of the batch (left unmapped unless an attribute is meant to hold it)
     source_url_column: str | None = "_source_url"
     rate_limit: float | None = Field(None, gt=0, description="requests per second to the host")

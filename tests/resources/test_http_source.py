@@ -306,3 +306,15 @@ def test_records_at_the_watermark_are_not_taken_twice_when_the_api_answers_at_or
         assert [(r["sku"], r["title"]) for r in again.records] == [("ACM-30002", "Item 2, renamed"),
                                                                    ("ACM-39999", "Late")]
         assert pull(s, client(), again.state, base_url=server.url).records == []
+
+
+def test_a_paged_feed_sends_no_validators_unless_told_and_a_bad_placeholder_is_named() -> None:
+    def handler(request):
+        assert "If-None-Match" not in request.headers  # page 1 unchanged says nothing about page 3
+        return feed(request, "page")
+
+    s = spec(records="data", paginate={"style": "page", "limit_param": "per_page", "page_size": 3})
+    with RecordingServer(handler) as server:
+        assert len(pull(s, client(), {"etag": '"v1"'}, base_url=server.url).records) == 7
+        with pytest.raises(HttpPullError, match=r"placeholder .*'sku'"):
+            pull(spec(url="/items/{sku}"), client(), base_url=server.url)

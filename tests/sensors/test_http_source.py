@@ -27,6 +27,7 @@ SOURCE = """\
       records: data
       paginate: {style: page, page_param: page, limit_param: per_page, page_size: 2}
       incremental: {field: updated_at, param: updated_since}
+      conditional: true                 # the feed's ETag covers all its pages
       auth: {type: bearer, token_env: CLARO_TEST_HTTP_TOKEN}
       timeout_seconds: 0.5
       max_attempts: 1
