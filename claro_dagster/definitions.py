@@ -125,6 +125,14 @@ def db_source_sensor(source_name: str, source: SourceSpec, batch_job, partitions
                                   target=batch_job, partitions_def=partitions)
 
 
+def http_source_sensor(source_name: str, source, batch_job, partitions) -> dg.SensorDefinition:
+    """An HTTP source's pull sensor (its schedule from `http.every` / `http.interval_seconds`)."""
+    from claro_dagster.sensors.inbound import build_http_sensor
+
+    return build_http_sensor(inbound_sensor_name(source_name, "http"), source_name, source, target=batch_job,
+                             partitions_def=partitions)
+
+
 def build_definitions(spec_path: Path | None = None, home: Path | None = None) -> dg.Definitions:
     spec_path = Path(spec_path or default_spec_path()).resolve()
     home = Path(home or default_home()).resolve()
@@ -203,6 +211,8 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
                 sensors.append(scrape_source_sensor(source_name, source, batch_job, partitions, resources))
             elif source.kind in ("postgres", "supabase"):
                 sensors.append(db_source_sensor(source_name, source, batch_job, partitions))
+            elif source.kind == "http":
+                sensors.append(http_source_sensor(source_name, source, batch_job, partitions))
         if pipeline.review_checkpoint:
             sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published, job=batch_job))
         # A destination whose settings are not in this environment keeps its asset (runnable by hand, with a

@@ -146,6 +146,7 @@ class HttpClient:
         self.sleep = sleep
         self.clock = clock
         self.rng = rng or random.Random()
+        self.rate_limiter: HostRateLimiter | None = None  # set by connectors with a per-host rate limit
 
     # ------------------------------------------------------------------ public
     def request(self, method: str, url: str, *, max_attempts: int | None = None, raise_for_status: bool = True,
@@ -162,6 +163,8 @@ class HttpClient:
         attempts = max_attempts or self.max_attempts
         kwargs.setdefault("timeout", self.timeout)
         for attempt in range(1, attempts + 1):
+            if self.rate_limiter is not None:
+                self.rate_limiter.wait(full)
             try:
                 response = self.session.request(method, full, **kwargs)
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
@@ -242,6 +245,35 @@ class HttpClient:
                 log.debug("%s %s: %s", safe_url(response.url or ""), name, value)
 
 
+class HostRateLimiter:
+    """At most `per_second` requests per host (scheme://host:port): each request waits for its slot.
+
+    Slots are spaced 1/per_second apart (no bursts: a pull is one steady stream, and servers that state a rate
+    mean it per second). `clock` is monotonic and `sleep` injectable, like the client's.
+    """
+
+    def __init__(self, per_second: float, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
+        if per_second <= 0:
+            raise ValueError("a rate limit must be more than 0 requests per second")
+        self.interval = 1.0 / per_second
+        self.sleep = sleep
+        self.clock = clock
+        self._next: dict[str, float] = {}
+
+    def wait(self, url: str) -> float:
+        """Wait until the host of `url` may be asked again; return the seconds waited."""
+        parts = urlsplit(url)
+        host = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+        now = self.clock()
+        due = self._next.get(host, now)
+        waited = max(0.0, due - now)
+        if waited:
+            self.sleep(waited)
+        self._next[host] = max(due, now) + self.interval
+        return waited
+
+
 class _Session(requests.Session):
     """A Session that resolves proxy/CA settings from the environment once per host.
 
@@ -286,8 +318,8 @@ def _describe(exc: Exception) -> str:
     return f"connection failed: {match.group(0) if match else type(exc).__name__}"
 
 
-__all__ = ["HttpClient", "HttpError", "RETRY_STATUSES", "body_excerpt", "parse_reset", "parse_retry_after",
-           "safe_url"]
+__all__ = ["HostRateLimiter", "HttpClient", "HttpError", "RETRY_STATUSES", "body_excerpt", "parse_reset",
+           "parse_retry_after", "safe_url"]
 
 
 # -- SSRF guard (opt-in per client: scraping turns it on) ---------------------------------------------------------

@@ -666,3 +666,118 @@ def build_scrape_sensor(
                                dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
 
     return _scrape_sensor
+
+
+# -- HTTP pulls (`kind: http`) -----------------------------------------------------------------------------
+
+def http_cursor_name(source_name: str) -> str:
+    """The store cursor of an HTTP source: its watermark, ETag and Last-Modified (JSON)."""
+    return f"source:{source_name}:http"
+
+
+def pull_http_source(store, inbox_dir: Path, source_name: str, source, client, *, env=None) -> Path | None:
+    """Pull every page of the source's feed into ONE new CSV file in its inbox folder (named by its content hash,
+    with a `.pull.json` beside it naming each page's URL and the records it gave), then store the new watermark,
+    ETag and Last-Modified. A pull that fails (a page times out, a loop, bad content) writes nothing and moves
+    nothing, so the next tick starts again from the stored cursor. None when the feed is unchanged (304) or empty."""
+    import os
+    import time
+
+    from claro_dagster.resources.http_source import pull, records_csv
+
+    spec = source.http
+    name = http_cursor_name(source_name)
+    text = store.get_cursor(name)
+    state = json.loads(text) if text else {}
+    base_url = (env if env is not None else os.environ).get(spec.url_env) if spec.url_env else None
+    if spec.url_env and not base_url:
+        raise ValueError(f"source {source_name!r}: http.url_env names {spec.url_env!r}, which is not set")
+    result = pull(spec, client, state, env=env, base_url=base_url)
+    if result.not_modified or not result.records:
+        if result.state != state and not result.not_modified:
+            store.set_cursor(name, json.dumps(result.state, sort_keys=True))
+        return None
+    data = records_csv(result.records, result.urls, spec.source_url_column)
+    digest = hashlib.sha256(data).hexdigest()
+    inbox_dir.mkdir(parents=True, exist_ok=True)
+    path = inbox_dir / f"{source_name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{digest[:10]}.csv"
+    # provenance: the URL of each page and how many records (in file order) it gave, next to the file
+    path.with_suffix(".pull.json").write_text(json.dumps({
+        "source": source_name, "method": spec.method, "pages": result.pages, "after": state, "upto": result.state,
+        "rows": len(result.records)}, indent=1, default=str), encoding="utf-8")
+    partial = path.with_suffix(".part")
+    partial.write_bytes(data)
+    os.replace(partial, path)  # complete or absent: a tick never emits a half-written file
+    store.set_cursor(name, json.dumps(result.state, sort_keys=True, default=str))
+    return path
+
+
+def build_http_sensor(
+    name: str,
+    source_name: str,
+    source,
+    *,
+    target: Target,
+    partitions_def: dg.DynamicPartitionsDefinition,
+    minimum_interval_seconds: int | None = None,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    client_factory=None,
+) -> dg.SensorDefinition:
+    """A sensor that pulls an HTTP feed every `http.every` / `http.interval_seconds` (hourly by default) and turns
+    each pull into one batch (see `pull_http_source`). Every tick also requests a run for each pulled file whose
+    batch was not received yet, so a tick that failed after writing its file loses nothing. `client_factory`
+    builds the `HttpClient` (tests inject one that never sleeps)."""
+    from claro_dagster.resources.http import HttpClient, safe_url
+    from claro_dagster.resources.http_source import interval_seconds
+
+    if not partitions_def.name:
+        raise ValueError("partitions_def must be a named DynamicPartitionsDefinition")
+    spec = source.http
+    make_client = client_factory or (lambda: HttpClient(timeout=spec.timeout_seconds, max_attempts=spec.max_attempts))
+
+    @dg.sensor(name=name, target=target, default_status=default_status, tags={TAG_SOURCE: source_name},
+               minimum_interval_seconds=minimum_interval_seconds or interval_seconds(spec),
+               required_resource_keys={"claro"},
+               description=f"Pulls {safe_url(spec.url)} into a batch ({spec.paginate.style} pagination)")
+    def _http_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        from claro_dagster.catalogue.batches import BatchRegistry
+
+        claro = context.resources.claro
+        inbox_dir = claro.inbox_dir(source_name)
+        due, cursor = http_pull_due(spec, context.cursor, _http_now())
+        pulled = None
+        if due:
+            with make_client() as client:
+                pulled = pull_http_source(claro.store, inbox_dir, source_name, source, client)
+        keys, requests = pulled_file_requests(BatchRegistry(claro.store), source_name, inbox_dir)
+        if not requests:
+            why = "nothing new" if due else f"next pull at {json.loads(cursor)['due']} ({spec.cron})"
+            return dg.SensorResult(skip_reason=f"{why} at {safe_url(spec.url)}", cursor=cursor)
+        context.log.info(f"pulled {pulled.name if pulled else 'nothing new'}; {len(requests)} batch(es) to receive")
+        return dg.SensorResult(run_requests=requests, cursor=cursor,
+                               dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
+
+    return _http_sensor
+
+
+def _http_now():
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
+
+
+def http_pull_due(spec, cursor: str | None, now) -> tuple[bool, str | None]:
+    """(whether this tick pulls, the sensor cursor to keep). Without `cron` every tick pulls (the sensor's interval
+    is the schedule). With it, the first tick pulls, and later ones once the next cron time stored in the cursor
+    has come."""
+    import datetime as dt
+
+    if not spec.cron:
+        return True, cursor
+    from claro_dagster.spec.cron import next_run_times
+
+    due_at = json.loads(cursor).get("due") if cursor else None
+    if due_at and now < dt.datetime.fromisoformat(due_at):
+        return False, cursor
+    [following] = next_run_times(spec.cron, spec.timezone, now, 1)
+    return True, json.dumps({"due": following.isoformat()})

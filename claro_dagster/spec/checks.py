@@ -35,7 +35,7 @@ SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
 AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive", "bigquery", "scrape", "postgres",
-                                            "supabase")
+                                            "supabase", "http")
 AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "amazon", "bigquery", "sheets",
                                                  "supabase", "rest")
 #: Events the store's outbox holds, which webhook subscriptions (`notifications.webhooks.*.events`) can list.
@@ -229,6 +229,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
             out += _check_scrape_source(spec, loc, source)
         if source.kind in ("postgres", "supabase"):
             out += _check_db_source(spec, loc, source)
+        if source.kind == "http" or source.http is not None:
+            out += _check_http_source(loc, source)
         if msg := _override_problem(spec, source.thresholds):
             out.append((loc + ("thresholds",), msg))
 
@@ -478,6 +480,40 @@ def _check_db_source(spec: ProjectSpec, loc: Loc, source: Any) -> list[Problem]:
         if catalogue is not None and name not in catalogue.attributes:
             out.append((loc + ("soft_delete_sets", name), unknown(name, list(catalogue.attributes),
                                                                   f"an attribute of {source.catalogue}")))
+    return out
+
+
+def _check_http_source(loc: Loc, source: Any) -> list[Problem]:
+    """An HTTP pull has its `http:` block; each auth type names its secrets; each pagination style its paths."""
+    http = source.http
+    if source.kind != "http":
+        return [(loc + ("http",), f"'http' belongs to a source of kind http, not {source.kind!r}")]
+    if http is None:
+        return [(loc, "an http source needs an 'http:' block with at least 'url'")]
+    out: list[Problem] = []
+    needs = {"bearer": ("token_env",), "basic": ("username_env", "password_env"), "api_key": ("key_env",),
+             "oauth2_client_credentials": ("client_id_env", "client_secret_env", "token_url")}
+    if http.auth is not None:
+        for key in needs[http.auth.type]:
+            if not getattr(http.auth, key):
+                out.append((loc + ("http", "auth", key), f"auth type {http.auth.type} needs {key!r}"))
+    style = http.paginate.style
+    if style == "cursor" and not http.paginate.cursor_path:
+        out.append((loc + ("http", "paginate", "cursor_path"),
+                    "cursor pagination needs 'cursor_path': the JMESPath of the next cursor in the body"))
+    if style == "next_url" and not http.paginate.next_url_path:
+        out.append((loc + ("http", "paginate", "next_url_path"),
+                    "next_url pagination needs 'next_url_path': the JMESPath of the next page's URL"))
+    if style in ("cursor", "next_url") and http.format != "json":
+        out.append((loc + ("http", "paginate", "style"), f"{style} pagination reads the JSON body: use format json"))
+    if sum(1 for v in (http.every, http.interval_seconds, http.cron) if v) > 1:
+        out.append((loc + ("http", "every"), "give one of 'every', 'interval_seconds' or 'cron'"))
+    if http.cron:
+        from claro_dagster.spec.cron import is_valid_cron
+
+        if not is_valid_cron(http.cron):
+            out.append((loc + ("http", "cron"), f"{http.cron!r} is not a cron expression (5 fields, e.g. "
+                                                "'0 6 * * *' for 06:00 every day)"))
     return out
 
 

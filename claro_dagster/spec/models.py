@@ -108,9 +108,81 @@ class CatalogueSpec(SpecModel):
     attributes: dict[str, AttributeSpec]
 
 
+
+# http: ----------------------------------------------------------------------------------------------------
+class HttpAuthSpec(SpecModel):
+    """How an HTTP pull authenticates; every secret is named by an `_env` key (the variable holding it)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: Literal["bearer", "basic", "api_key", "oauth2_client_credentials"]
+    token_env: str | None = None  # bearer
+    username_env: str | None = None  # basic
+    password_env: str | None = None
+    key_env: str | None = None  # api_key: sent in a header or the query, under `name`
+    in_: Literal["header", "query"] = Field("header", alias="in")
+    name: str = "X-API-Key"
+    client_id_env: str | None = None  # oauth2_client_credentials
+    client_secret_env: str | None = None
+    token_url: str | None = None
+    scope: str | None = None
+
+
+class HttpPaginateSpec(SpecModel):
+    """How the next page is asked for; a pull stops at an empty or short page, a missing cursor/next link, or
+    `max_pages` (an error: a feed that long is more likely a loop)."""
+
+    style: Literal["none", "page", "offset", "cursor", "next_url", "link_header"] = "none"
+    page_param: str = "page"
+    start_page: int = 1
+    offset_param: str = "offset"
+    limit_param: str | None = "limit"  # page / offset: the page-size parameter (None: not sent)
+    page_size: int = Field(100, gt=0)
+    cursor_param: str = "cursor"
+    cursor_path: str | None = None  # cursor: JMESPath of the next cursor in the JSON body
+    next_url_path: str | None = None  # next_url: JMESPath of the next page's URL in the JSON body
+    max_pages: int = Field(10_000, gt=0)
+
+
+class HttpIncrementalSpec(SpecModel):
+    """Pull only what changed: `param` carries the stored watermark; the max of `field` over a pull is stored
+    (as the source's cursor) once its batch file is written."""
+
+    field: str
+    param: str | None = None  # None: only as the `{watermark}` placeholder of the URL
+    initial: str | None = None
+
+
+class HttpPullSpec(SpecModel):
+    url: str = Field(description="placeholders: {page}, {offset}, {limit}, {cursor}, {watermark}")
+    url_env: str | None = None  # a variable holding the URL's start (scheme://host[:port]) when `url` is a path
+    method: Literal["GET", "POST"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    query: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    body: dict | list | None = None
+    auth: HttpAuthSpec | None = None
+    format: Literal["json", "csv", "xlsx", "xml"] = "json"
+    records: str | None = Field(None, description="JSON: JMESPath of the record list; XML: element path")
+    paginate: HttpPaginateSpec = Field(default_factory=HttpPaginateSpec)
+    incremental: HttpIncrementalSpec | None = None
+    # ETag / Last-Modified of the first page kept and sent back, so an unchanged feed costs one 304. Unset: only for
+    # an unpaginated feed (a paged feed's first page says nothing about the others); true: also for a paged feed
+    # whose server's validators cover the whole feed; false: never.
+    conditional: bool | None = None
+    # each record's page URL, as a column of the batch (left unmapped unless an attribute is meant to hold it)
+    source_url_column: str | None = "_source_url"
+    rate_limit: float | None = Field(None, gt=0, description="requests per second to the host")
+    timeout_seconds: float = Field(30, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    every: Literal["minutely", "quarter_hourly", "hourly", "daily", "weekly"] | None = None
+    interval_seconds: int | None = Field(None, ge=30)
+    cron: str | None = None  # pull at these times instead (checked every minute), in `timezone`
+    timezone: str = "UTC"
+
+
 class SourceSpec(SpecModel):
     catalogue: str
-    kind: Literal["upload", "inbox", "s3", "drive", "bigquery", "scrape", "postgres", "supabase"] = "upload"
+    kind: Literal["upload", "inbox", "s3", "drive", "bigquery", "scrape", "postgres", "supabase", "http"] = \
+        "upload"
     description: str | None = None
     # inbox
     path: str | None = None
@@ -157,6 +229,8 @@ class SourceSpec(SpecModel):
     soft_delete_sets: dict[str, str] = Field(default_factory=dict)
     chunk_rows: int = Field(10_000, gt=0, le=1_000_000)
     max_rows_per_pull: int = Field(100_000, gt=0)
+    # http: a scheduled pull of an HTTP API (see HttpPullSpec)
+    http: HttpPullSpec | None = None
     # files
     sheet: str | int | None = None
     encoding: str | None = None
