@@ -4,7 +4,7 @@ and OAuth2 client credentials, each secret read from the environment variable a 
 Interface (meant to be shared by every HTTP connector, e.g. the REST destination and the HTTP pull source):
 
 * `auth_from_spec(spec, environ=os.environ) -> HttpAuth` builds the authenticator from an auth spec with
-  `type` and the `_env` keys (`RestAuthSpec` in spec/models.py); `required_env(spec)` lists the variables it needs.
+  `type` and the `_env` keys (`HttpAuthSpec` in spec/models.py); `required_env(spec)` lists the variables it needs.
 * `HttpAuth.apply(headers, params)` adds the credentials to a request's headers / query parameters;
 * `HttpAuth.refresh()` is called once after a 401: OAuth2 drops its cached token and returns True (send again),
   the static kinds return False (the 401 stands);
@@ -14,13 +14,15 @@ Interface (meant to be shared by every HTTP connector, e.g. the REST destination
 The OAuth2 client-credentials grant is a dozen lines (RFC 6749 section 4.4): a library such as authlib or
 requests-oauthlib would bring its own HTTP transport, and every request must go through the project's HTTP layer.
 The client authenticates to the token endpoint with HTTP basic (RFC 6749 section 2.3.1, the method every server
-must support); the token is cached until 30 seconds before its `expires_in`.
+must support); the token is cached, for the whole process (a sensor builds a new client each tick), until 30
+seconds before its `expires_in`.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
@@ -30,6 +32,8 @@ import requests
 from claro_dagster.resources.http import HttpClient, HttpError, body_excerpt
 
 EXPIRY_MARGIN = 30.0  # seconds: a token this close to expiry is fetched again before use
+_TOKENS: dict[tuple[str, str, str], tuple[str, float]] = {}  # (token URL, client id, scope) -> (token, expires at)
+_TOKENS_LOCK = threading.Lock()
 
 
 class AuthError(Exception):
@@ -96,7 +100,7 @@ class ApiKeyAuth(HttpAuth):
 class OAuth2ClientCredentials(HttpAuth):
     """OAuth2 client credentials: a token fetched from `token_url`, cached until expiry, refetched after a 401."""
 
-    kind = "oauth2"
+    kind = "oauth2_client_credentials"
 
     def __init__(self, token_url: str, client_id: str, client_secret: str, scope: str | None = None, *,
                  http: HttpClient | None = None, clock: Callable[[], float] = time.time):
@@ -104,22 +108,29 @@ class OAuth2ClientCredentials(HttpAuth):
         self.http = http or HttpClient()
         self.clock = clock
         self.token: str | None = None
-        self.expires_at = 0.0
-        self.fetches = 0  # how many tokens were fetched (tests: cached means one)
+        self.fetches = 0  # how many tokens this one fetched (tests: cached means one)
 
     def apply(self, headers, params) -> None:
-        if self.token is None or self.clock() >= self.expires_at - EXPIRY_MARGIN:
-            self._fetch()
+        with _TOKENS_LOCK:
+            cached = _TOKENS.get(self._key())
+        if cached is None or self.clock() >= cached[1] - EXPIRY_MARGIN:
+            cached = self._fetch()
+        self.token = cached[0]
         headers["Authorization"] = f"Bearer {self.token}"
 
     def refresh(self) -> bool:
+        with _TOKENS_LOCK:
+            _TOKENS.pop(self._key(), None)
         self.token = None
         return True
+
+    def _key(self) -> tuple[str, str, str]:
+        return self.token_url, self.client_id, self.scope or ""
 
     def secrets(self) -> list[str]:
         return [s for s in (self.client_secret, self.token) if s]
 
-    def _fetch(self) -> None:
+    def _fetch(self) -> tuple[str, float]:
         form = {"grant_type": "client_credentials", **({"scope": self.scope} if self.scope else {})}
         try:
             response = self.http.post(self.token_url, data=form, auth=(self.client_id, self.client_secret),
@@ -134,9 +145,11 @@ class OAuth2ClientCredentials(HttpAuth):
         token = answer.get("access_token") if isinstance(answer, dict) else None
         if not token:
             raise AuthError(f"the OAuth2 token endpoint {self.token_url} answered without an access_token")
-        self.token = str(token)
-        self.expires_at = self.clock() + float(answer.get("expires_in") or 3600)
+        cached = (str(token), self.clock() + float(answer.get("expires_in") or 3600))
+        with _TOKENS_LOCK:
+            _TOKENS[self._key()] = cached
         self.fetches += 1
+        return cached
 
 
 def required_env(spec: Any) -> list[str]:
@@ -144,7 +157,7 @@ def required_env(spec: Any) -> list[str]:
     if spec is None:
         return []
     names = {"bearer": ["token_env"], "basic": ["username_env", "password_env"], "api_key": ["key_env"],
-             "oauth2": ["client_id_env", "client_secret_env", "token_url_env"]}[spec.type]
+             "oauth2_client_credentials": ["client_id_env", "client_secret_env", "token_url_env"]}[spec.type]
     return [getattr(spec, n) for n in names if getattr(spec, n, None)]
 
 
@@ -161,7 +174,8 @@ def auth_from_spec(spec: Any, environ: Mapping[str, str] | None = None, *, http:
             raise AuthError(f"auth type {spec.type} needs {key!r}: the environment variable holding the secret")
         value = env.get(name)
         if not value:
-            raise AuthError(f"environment variable {name} (auth {key}) is not set")
+            raise AuthError(f"the environment variable {name!r} (the auth's {key}) is not set; set it where the "
+                            "code location runs")
         return value
 
     if spec.type == "bearer":
@@ -169,10 +183,11 @@ def auth_from_spec(spec: Any, environ: Mapping[str, str] | None = None, *, http:
     if spec.type == "basic":
         return BasicAuth(secret("username_env"), secret("password_env"))
     if spec.type == "api_key":
-        return ApiKeyAuth(secret("key_env"), spec.name, spec.location)
+        return ApiKeyAuth(secret("key_env"), spec.name, spec.in_)
     token_url = secret("token_url_env") if spec.token_url_env else spec.token_url
     if not token_url:
-        raise AuthError("auth type oauth2 needs 'token_url' (or 'token_url_env'): the token endpoint")
+        raise AuthError("auth type oauth2_client_credentials needs 'token_url' (or 'token_url_env'): the token "
+                        "endpoint")
     return OAuth2ClientCredentials(token_url, secret("client_id_env"), secret("client_secret_env"), spec.scope,
                                    http=http, clock=clock)
 

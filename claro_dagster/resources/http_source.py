@@ -1,7 +1,8 @@
 """Scheduled HTTP pulls (`kind: http` sources): authentication, pagination, parsing and loop detection.
 
 One `pull()` walks every page of a feed through the project's `HttpClient` (retries with backoff and
-`Retry-After`, timeouts, redaction, the per-host rate limit) and returns the records with the URL of the page
+`Retry-After`, timeouts, redaction, the per-host rate limit), authenticated by `http_auth` (as the REST
+destination is), and returns the records with the URL of the page
 each came from. It writes nothing and keeps no state: the caller (the source's sensor) writes the batch file,
 then stores `PullResult.state` (watermark, ETag, Last-Modified), so a pull that fails halfway moves nothing and
 the next one starts from the same place.
@@ -17,8 +18,6 @@ import csv
 import hashlib
 import io
 import json
-import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import jmespath
 import requests
 
 from claro_dagster.resources.http import HostRateLimiter, HttpClient, HttpError, body_excerpt, safe_url
+from claro_dagster.resources.http_auth import AuthError, HttpAuth, auth_from_spec
 
 EVERY_SECONDS = {"minutely": 60, "quarter_hourly": 900, "hourly": 3600, "daily": 86400, "weekly": 604800}
 DEFAULT_INTERVAL_SECONDS = 3600
@@ -46,80 +46,6 @@ def interval_seconds(spec: Any) -> int:
     if spec.interval_seconds:
         return int(spec.interval_seconds)
     return EVERY_SECONDS.get(spec.every or "hourly", DEFAULT_INTERVAL_SECONDS)
-
-
-# -- authentication ----------------------------------------------------------------------------------------
-
-_TOKENS: dict[tuple[str, str, str], tuple[str, float]] = {}  # OAuth2 tokens by (token URL, client, scope)
-_TOKENS_LOCK = threading.Lock()
-
-
-def _secret(env: Mapping[str, str], name: str | None, what: str) -> str:
-    value = env.get(name or "")
-    if not value:
-        raise HttpPullError(f"the {what} is read from the environment variable {name!r}, which is not set; set it "
-                            "where the code location runs")
-    return value
-
-
-class Auth:
-    """Adds credentials to a request; `refresh()` is called once after a 401 (OAuth2 fetches a new token)."""
-
-    def __init__(self, spec: Any | None, client: HttpClient, env: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.time):
-        self.spec = spec
-        self.client = client
-        self.env = os.environ if env is None else env
-        self.clock = clock
-
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
-        spec = self.spec
-        if spec is None:
-            return
-        if spec.type == "bearer":
-            headers["Authorization"] = f"Bearer {_secret(self.env, spec.token_env, 'bearer token')}"
-        elif spec.type == "basic":
-            user = _secret(self.env, spec.username_env, "user name")
-            password = _secret(self.env, spec.password_env, "password")
-            headers["Authorization"] = requests.auth._basic_auth_str(user, password)
-        elif spec.type == "api_key":
-            key = _secret(self.env, spec.key_env, "API key")
-            (headers if spec.in_ == "header" else params)[spec.name] = key
-        else:
-            headers["Authorization"] = f"Bearer {self._token()}"
-
-    @property
-    def refreshable(self) -> bool:
-        return self.spec is not None and self.spec.type == "oauth2_client_credentials"
-
-    def refresh(self) -> None:
-        with _TOKENS_LOCK:
-            _TOKENS.pop(self._token_key(), None)
-
-    def _token_key(self) -> tuple[str, str, str]:
-        return (self.spec.token_url or "", self.env.get(self.spec.client_id_env or "", ""), self.spec.scope or "")
-
-    def _token(self) -> str:
-        key = self._token_key()
-        with _TOKENS_LOCK:
-            cached = _TOKENS.get(key)
-        if cached and cached[1] > self.clock():
-            return cached[0]
-        client_id = _secret(self.env, self.spec.client_id_env, "OAuth2 client id")
-        secret = _secret(self.env, self.spec.client_secret_env, "OAuth2 client secret")
-        form = {"grant_type": "client_credentials", **({"scope": self.spec.scope} if self.spec.scope else {})}
-        # RFC 6749 section 2.3.1: the client authenticates with HTTP Basic at the token endpoint
-        response = self.client.post(self.spec.token_url, data=form, auth=(client_id, secret))
-        try:
-            answer = response.json()
-            token = answer["access_token"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise HttpPullError(f"the token endpoint {safe_url(self.spec.token_url)} answered without an "
-                                f"access_token: {body_excerpt(response)}") from exc
-        lifetime = float(answer.get("expires_in") or 3600)
-        with _TOKENS_LOCK:  # kept until 30 s before it expires (a request never leaves with a dying token)
-            _TOKENS[key] = (token, self.clock() + max(0.0, lifetime - 30))
-        return token
 
 
 # -- parsing -----------------------------------------------------------------------------------------------
@@ -202,7 +128,10 @@ def pull(spec: Any, client: HttpClient, state: Mapping[str, Any] | None = None, 
     state = dict(state or {})
     if spec.rate_limit and client.rate_limiter is None:
         client.rate_limiter = HostRateLimiter(spec.rate_limit, sleep=client.sleep)
-    auth = Auth(spec.auth, client, env, clock)
+    try:
+        auth = auth_from_spec(spec.auth, env, http=client, clock=clock)
+    except AuthError as exc:
+        raise HttpPullError(str(exc)) from exc
     paginate = spec.paginate
     watermark = state.get("watermark", spec.incremental.initial if spec.incremental else None)
     values: dict[str, Any] = {"page": paginate.start_page, "offset": 0, "limit": paginate.page_size,
@@ -359,7 +288,8 @@ def _page_params(spec: Any, values: dict, params: dict, number: int) -> None:
         params[paginate.cursor_param] = values["cursor"]
 
 
-def _send(client: HttpClient, auth: Auth, spec: Any, url: str, headers: dict, params: dict) -> requests.Response:
+def _send(client: HttpClient, auth: HttpAuth, spec: Any, url: str, headers: dict,
+          params: dict) -> requests.Response:
     # the parameters go into the URL here, so an error (after the client's retries) names the very page
     if params:
         url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
@@ -368,9 +298,8 @@ def _send(client: HttpClient, auth: Auth, spec: Any, url: str, headers: dict, pa
     if spec.body is not None:
         kwargs["json"] = spec.body
     response = client.request(spec.method, url, **kwargs)
-    if response.status_code == 401 and auth.refreshable:  # the token expired early: a new one, once
+    if response.status_code == 401 and auth.refresh():  # the token expired early: a new one, once
         response.close()
-        auth.refresh()
         headers = dict(headers)
         auth.apply(headers, {})  # a query key is in the URL already; only a header changes
         kwargs["headers"] = headers
@@ -403,5 +332,5 @@ def records_csv(records: list[dict], urls: list[str] | None = None, url_column: 
     return out.getvalue().encode()
 
 
-__all__ = ["Auth", "EVERY_SECONDS", "HttpPullError", "PullResult", "interval_seconds", "parse_page", "pull",
+__all__ = ["EVERY_SECONDS", "HttpPullError", "PullResult", "interval_seconds", "parse_page", "pull",
            "records_csv"]

@@ -490,13 +490,7 @@ def _check_http_source(loc: Loc, source: Any) -> list[Problem]:
         return [(loc + ("http",), f"'http' belongs to a source of kind http, not {source.kind!r}")]
     if http is None:
         return [(loc, "an http source needs an 'http:' block with at least 'url'")]
-    out: list[Problem] = []
-    needs = {"bearer": ("token_env",), "basic": ("username_env", "password_env"), "api_key": ("key_env",),
-             "oauth2_client_credentials": ("client_id_env", "client_secret_env", "token_url")}
-    if http.auth is not None:
-        for key in needs[http.auth.type]:
-            if not getattr(http.auth, key):
-                out.append((loc + ("http", "auth", key), f"auth type {http.auth.type} needs {key!r}"))
+    out: list[Problem] = _auth_problems(loc + ("http", "auth"), http.auth)
     style = http.paginate.style
     if style == "cursor" and not http.paginate.cursor_path:
         out.append((loc + ("http", "paginate", "cursor_path"),
@@ -858,13 +852,18 @@ def _check_rest_destination(spec: ProjectSpec, loc: Loc, dest: Any) -> list[Prob
     for name in sorted(rest_body_attributes(dest.body) - attributes):
         out.append((loc + ("body",), f"the body names {name!r}, which is not an attribute of {dest.catalogue}: "
                                      "write {value: ...} for a literal"))
-    if dest.auth is not None:
-        needs = {"bearer": ["token_env"], "basic": ["username_env", "password_env"], "api_key": ["key_env"],
-                 "oauth2": ["client_id_env", "client_secret_env"]}[dest.auth.type]
-        for key in needs:
-            if not getattr(dest.auth, key):
-                out.append((loc + ("auth", key), f"auth type {dest.auth.type} needs {key!r}: the environment "
-                                                  "variable holding the secret"))
-        if dest.auth.type == "oauth2" and not (dest.auth.token_url or dest.auth.token_url_env):
-            out.append((loc + ("auth", "token_url"), "auth type oauth2 needs 'token_url' (or 'token_url_env')"))
+    return out + _auth_problems(loc + ("auth",), dest.auth)
+
+
+def _auth_problems(loc: Loc, auth: Any) -> list[Problem]:
+    """Each auth type names the variables holding its secrets (an http source's and a rest destination's)."""
+    if auth is None:
+        return []
+    needs = {"bearer": ["token_env"], "basic": ["username_env", "password_env"], "api_key": ["key_env"],
+             "oauth2_client_credentials": ["client_id_env", "client_secret_env"]}[auth.type]
+    out: list[Problem] = [(loc + (key,), f"auth type {auth.type} needs {key!r}: the environment variable holding "
+                                         "the secret") for key in needs if not getattr(auth, key)]
+    if auth.type == "oauth2_client_credentials" and not (auth.token_url or auth.token_url_env):
+        out.append((loc + ("token_url",), "auth type oauth2_client_credentials needs 'token_url' (or "
+                                          "'token_url_env'): the token endpoint"))
     return out

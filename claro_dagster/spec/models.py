@@ -111,7 +111,8 @@ class CatalogueSpec(SpecModel):
 
 # http: ----------------------------------------------------------------------------------------------------
 class HttpAuthSpec(SpecModel):
-    """How an HTTP pull authenticates; every secret is named by an `_env` key (the variable holding it)."""
+    """How an HTTP connector (an http source, a rest destination) authenticates (resources/http_auth.py); every
+    secret is named by an `_env` key (the variable holding it)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     type: Literal["bearer", "basic", "api_key", "oauth2_client_credentials"]
@@ -124,6 +125,7 @@ class HttpAuthSpec(SpecModel):
     client_id_env: str | None = None  # oauth2_client_credentials
     client_secret_env: str | None = None
     token_url: str | None = None
+    token_url_env: str | None = None  # or the variable holding it
     scope: str | None = None
 
 
@@ -379,23 +381,6 @@ class BigQueryPartition(SpecModel):
     ingestion_time: bool = False
 
 
-class RestAuthSpec(SpecModel):
-    """How a REST destination authenticates (resources/http_auth.py); secrets are named by `_env` keys."""
-
-    type: Literal["bearer", "basic", "api_key", "oauth2"]
-    token_env: str | None = Field(None, description="bearer: variable holding the token")
-    username_env: str | None = Field(None, description="basic: variable holding the user name")
-    password_env: str | None = Field(None, description="basic: variable holding the password")
-    key_env: str | None = Field(None, description="api_key: variable holding the key")
-    name: str = Field("X-API-Key", description="api_key: the header or query parameter carrying the key")
-    location: Literal["header", "query"] = Field("header", description="api_key: in a header or the query")
-    token_url: str | None = Field(None, description="oauth2: the token endpoint (or token_url_env)")
-    token_url_env: str | None = None
-    client_id_env: str | None = None
-    client_secret_env: str | None = None
-    scope: str | None = None
-
-
 class RestSuccessSpec(SpecModel):
     """What counts as success for a REST destination: one of `status`, and no error in the JSON body."""
 
@@ -522,7 +507,7 @@ class DestinationSpec(SpecModel):
     per: Literal["record", "batch"] = "record"
     body: dict[str, Any] | None = Field(None, description="rest: the receiver's JSON; leaves are attribute names, "
                                                           "{attribute: name} or {value: literal}")
-    auth: RestAuthSpec | None = None
+    auth: HttpAuthSpec | None = None
     success: RestSuccessSpec = Field(default_factory=lambda: RestSuccessSpec())
 
 

@@ -146,7 +146,7 @@ def test_refused_credentials_stop_the_push(state):
      lambda r: r.headers["Authorization"] == "Basic " + base64.b64encode(b"me:pw").decode()),
     ({"type": "api_key", "key_env": "K", "name": "X-Erp-Key"}, {"K": "k1"},
      lambda r: r.headers["X-Erp-Key"] == "k1"),
-    ({"type": "api_key", "key_env": "K", "name": "api_key", "location": "query"}, {"K": "k1"},
+    ({"type": "api_key", "key_env": "K", "name": "api_key", "in": "query"}, {"K": "k1"},
      lambda r: r.path == "/i/A-1?api_key=k1"),
 ])
 def test_static_auth_modes(state, monkeypatch, auth, env, check):
@@ -160,7 +160,7 @@ def test_static_auth_modes(state, monkeypatch, auth, env, check):
 
 def test_missing_secret_names_the_variable(monkeypatch):
     monkeypatch.delenv("ERP_TOKEN", raising=False)
-    with pytest.raises(ChannelError, match="ERP_TOKEN .* is not set"):
+    with pytest.raises(ChannelError, match="'ERP_TOKEN' .* is not set"):
         client_from_env(spec("http://127.0.0.1/i/{sku}", auth={"type": "bearer", "token_env": "ERP_TOKEN"}))
 
 
@@ -225,7 +225,8 @@ destinations:
     catalogue: products
     url: https://erp.example/api/items/{sku}
     body: {id: sku, name: {attribute: title}, price: {amount: price, currency: {value: GBP}}}
-    auth: {type: oauth2, token_url: https://erp.example/token, client_id_env: ID, client_secret_env: SECRET}
+    auth: {type: oauth2_client_credentials, token_url: https://erp.example/token, client_id_env: ID,
+           client_secret_env: SECRET}
     success: {status: [200], error_path: result.error}
 """) == []
 
@@ -283,7 +284,7 @@ def test_oauth2_from_the_spec_with_a_relative_url_under_url_env(state, monkeypat
                             "ERP_SECRET": "sec"}.items():
             monkeypatch.setenv(name, value)
         dest = spec("/api/items/{sku}", url_env="ERP_BASE", auth={
-            "type": "oauth2", "token_url_env": "ERP_TOKEN_URL", "client_id_env": "ERP_ID",
+            "type": "oauth2_client_credentials", "token_url_env": "ERP_TOKEN_URL", "client_id_env": "ERP_ID",
             "client_secret_env": "ERP_SECRET"})
         plan = push(client_from_env(dest), state, "erp", dest, RECORDS, "sku")
         assert plan.create == ["A-1", "B/2"] and not plan.failed
