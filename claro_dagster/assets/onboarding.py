@@ -271,7 +271,7 @@ def with_failed_pages(rejected: pd.DataFrame, batch: Batch) -> pd.DataFrame:
 
 
 def page_citations(batch: Batch, frame: pd.DataFrame, key: str) -> dict[str, str] | None:
-    """Record key -> the URL of the page its row was scraped from (a scrape batch's pull note), else None."""
+    """Record key -> the URL of the page its row was pulled or scraped from (the batch's pull note), else None."""
     from claro_dagster.sensors.inbound import pulled_rows
 
     pages = pulled_rows(batch.uri) if batch.uri and not batch.uri.startswith("s3://") else {}

@@ -588,7 +588,7 @@ def pull_scrape_source(store, inbox_dir: Path, source_name: str, source, scraper
     path = inbox_dir / f"{source_name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{digest[:10]}.csv"
     path.with_suffix(".pull.json").write_text(json.dumps({
         "source": source_name, "user_agent": scraper.user_agent,
-        "rows": {str(line): p.url for line, p in enumerate(rows, start=2)},
+        "rows": record_lines(data, [p.url for p in rows]),
         "failed": [{"url": p.url, "status": p.status, "reason": p.reason} for p in pages if p.failed],
         "not_modified": [p.url for p in pages if p.not_modified]}, indent=1), encoding="utf-8")
     partial = path.with_suffix(".part")
@@ -598,8 +598,25 @@ def pull_scrape_source(store, inbox_dir: Path, source_name: str, source, scraper
     return path, pages
 
 
+def record_lines(data: bytes, urls: Sequence[str]) -> dict[str, str]:
+    """Physical line of each record of a pulled CSV file -> the URL of the page it came from (`urls`: one per
+    record, in file order), for the pull's note: the onboarding stages cite that URL on every value of the record.
+    Counted by reading the file back, as a value holding line breaks makes a record span several lines."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+    next(reader, None)  # the header
+    out, start = {}, reader.line_num + 1
+    for url, _ in zip(urls, reader, strict=True):
+        out[str(start)] = url
+        start = reader.line_num + 1
+    return out
+
+
 def pulled_rows(received: str | Path) -> dict[str, str]:
-    """Line -> the URL of the page a scrape pull's row came from, from the note beside its file ({} otherwise)."""
+    """Line -> the URL of the page a pulled row came from (scrape and http pulls), from the note beside its file
+    ({} otherwise)."""
     note = Path(received).with_suffix(".pull.json")
     if not note.is_file():
         return {}
@@ -704,7 +721,8 @@ def pull_http_source(store, inbox_dir: Path, source_name: str, source, client, *
     # provenance: the URL of each page and how many records (in file order) it gave, next to the file
     path.with_suffix(".pull.json").write_text(json.dumps({
         "source": source_name, "method": spec.method, "pages": result.pages, "after": state, "upto": result.state,
-        "rows": len(result.records)}, indent=1, default=str), encoding="utf-8")
+        "records": len(result.records), "rows": record_lines(data, result.urls)}, indent=1, default=str),
+        encoding="utf-8")
     partial = path.with_suffix(".part")
     partial.write_bytes(data)
     os.replace(partial, path)  # complete or absent: a tick never emits a half-written file

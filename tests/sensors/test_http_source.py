@@ -116,6 +116,10 @@ def test_each_pull_becomes_a_batch_and_an_unchanged_feed_makes_none(env, tmp_pat
         [pulled] = claro.inbox_dir("erp_http").rglob("erp_http-*.csv")
         rows = pulled.read_text().splitlines()
         assert rows[0].endswith(",_source_url") and rows[3].endswith("/api/items?page=2&per_page=2")
+        # each value cites the page it came from
+        citation = claro.store.provenance("products", "ACM-40003", "price").citation
+        assert citation == pages[1]["url"] and claro.store.provenance("products", "ACM-40001", "title").citation \
+            == pages[0]["url"]
         asked = len(server.requests)
         assert tick(defs, instance, "erp_http_http") == []  # unchanged: one 304, no batch
         assert len(server.requests) == asked + 1 and "If-None-Match" in server.requests[-1].headers

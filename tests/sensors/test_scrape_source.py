@@ -157,3 +157,11 @@ def test_spec_check_names_what_a_scrape_source_lacks(tmp_path) -> None:
     assert any("only http and https" in p for p in problems)
     assert any("'colour' is not one of" in p for p in problems)
     assert any("bad_template.url_template" in p and "part_no" in p for p in str(failed.value).splitlines())
+
+
+def test_record_lines_follow_values_that_span_lines() -> None:
+    from claro_dagster.sensors.inbound import record_lines
+
+    data = b'sku,description\nA-1,"two\nlines"\nA-2,one line\n'
+    assert record_lines(data, ["https://shop/p/a1", "https://shop/p/a2"]) == {"2": "https://shop/p/a1",
+                                                                             "4": "https://shop/p/a2"}
