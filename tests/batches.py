@@ -48,3 +48,19 @@ def demo_spec_syncing(*destinations: str, text: str | None = None) -> str:
     pipeline = re.compile(r"(\n  products_onboarding:\n(?:    .*\n)*?    destinations: \[)([^\]]*)\]")
     assert pipeline.search(text), "the demo's products_onboarding has no `destinations: [...]` line"
     return pipeline.sub(lambda m: m.group(1) + ", ".join([m.group(2), *destinations]) + "]", text, count=1)
+
+
+def tick(defs, instance, name: str) -> list:
+    """One tick of sensor `name` as the daemon does it, then the runs it requests, in this process."""
+    import dagster as dg
+
+    sensor = defs.resolve_sensor_def(name)
+    context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), definitions=defs,
+                                      resources={k: defs.resources[k] for k in sensor.required_resource_keys})
+    result = sensor.evaluate_tick(context)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    selection = defs.resolve_job_def(sensor.job_name).asset_layer.selected_asset_keys
+    return [dg.materialize(list(defs.assets), selection=list(selection), partition_key=r.partition_key,
+                           instance=instance, resources=defs.resources, tags=r.tags, raise_on_error=False)
+            for r in result.run_requests or []]

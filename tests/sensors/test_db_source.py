@@ -8,6 +8,7 @@ import uuid
 import dagster as dg
 import psycopg
 import pytest
+from batches import tick
 
 from claro_dagster.catalogue.batches import BatchRegistry
 from claro_dagster.definitions import build_definitions
@@ -62,18 +63,6 @@ def demo_with(block: str) -> str:
     return text.replace("sources: [acme_csv, globex_xlsx]", "sources: [acme_csv, globex_xlsx, erp_db]")
 
 
-def tick(defs, instance, name: str) -> list[dg.ExecuteInProcessResult]:
-    """One sensor tick as the daemon does it, then the runs it requests, in this process."""
-    sensor = defs.resolve_sensor_def(name)
-    context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), definitions=defs,
-                                      resources={k: defs.resources[k] for k in sensor.required_resource_keys})
-    result = sensor.evaluate_tick(context)
-    for request in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    selection = defs.resolve_job_def(sensor.job_name).asset_layer.selected_asset_keys
-    return [dg.materialize(list(defs.assets), selection=list(selection), partition_key=r.partition_key,
-                           instance=instance, resources=defs.resources, tags=r.tags, raise_on_error=False)
-            for r in result.run_requests or []]
 
 
 def test_each_pull_becomes_a_batch_published_into_the_products_catalogue(db, tmp_path) -> None:
