@@ -335,6 +335,84 @@ def review_snooze(ids: list[int], until: Annotated[str, typer.Option(help="ISO t
     console.print(f"snoozed {_queue().snooze(ids, when, by=who(by), note=note)} item(s) until {when.isoformat()}")
 
 
+# --------------------------------------------------------------------------- access links (portal, review page)
+portal_app = typer.Typer(help="Personal links to the web app (`claro serve`): Supplier Portal and review page.",
+                         no_args_is_help=True)
+app.add_typer(portal_app, name="portal")
+WEB_URL_ENV = "CLARO_WEB_URL"
+BaseUrlOption = Annotated[str | None, typer.Option(
+    "--base-url", help=f"The web app's address as people reach it (default: ${WEB_URL_ENV}).")]
+
+
+def _tokens():
+    from claro_dagster.catalogue.access import AccessTokens
+
+    return AccessTokens(ctx.store())
+
+
+def _invite(kind: str, subject: str, expires: str, base_url: str | None, by: str | None) -> None:
+    from claro_dagster.catalogue.access import parse_duration
+
+    base = base_url or os.environ.get(WEB_URL_ENV)
+    if not base:
+        raise user_error(f"give the web app's address: --base-url https://claro.example.com, or set {WEB_URL_ENV}")
+    issued = _tokens().issue(kind, subject, expires_in=parse_duration(expires), by=who(by))
+    console.print(f"link {issued.token.id} for {kind} {subject}, valid until "
+                  f"{issued.token.expires_at:%Y-%m-%d %H:%M} UTC (shown once; `claro portal revoke "
+                  f"{issued.token.id}` ends it):", highlight=False)
+    print(issued.link(base))
+
+
+@portal_app.command("invite")
+def portal_invite(source: str,
+                  expires: Annotated[str, typer.Option(help="How long the link works: 90d, 12h, 2w.")] = "90d",
+                  base_url: BaseUrlOption = None, by: ByOption = None) -> None:
+    """Print a personal Supplier Portal link for one source (tokens are stored hashed)."""
+    sources = ctx.spec().sources
+    if source not in sources:
+        raise user_error(f"unknown source {source!r}; sources are: {', '.join(sources) or '(none)'}")
+    _invite("portal", source, expires, base_url, by)
+
+
+@review_app.command("invite")
+def review_invite(reviewer: str,
+                  expires: Annotated[str, typer.Option(help="How long the link works: 30d, 12h, 2w.")] = "30d",
+                  base_url: BaseUrlOption = None, by: ByOption = None) -> None:
+    """Print a personal review-page link for a reviewer named in the spec's `reviewers`."""
+    from claro_dagster.catalogue.access import known_reviewers
+
+    names = known_reviewers(ctx.spec())
+    if reviewer not in names:
+        raise user_error(f"{reviewer!r} is not a reviewer of the spec; add them to a group under `reviewers:` "
+                         f"in the spec (reviewers now: {', '.join(names) or 'none'})")
+    _invite("review", reviewer, expires, base_url, by)
+
+
+@portal_app.command("tokens")
+def portal_tokens(kind: Annotated[str | None, typer.Option(help="Only portal or review links.")] = None,
+                  format: FormatOption = "table") -> None:
+    """List access links (portal and review): whom for, created, expires, status. Never the tokens."""
+    from claro_dagster.catalogue.access import KINDS
+    from claro_dagster.catalogue.common import now
+
+    check_format(format)
+    if kind is not None and kind not in KINDS:
+        raise user_error(f"--kind {kind!r}: kinds are {', '.join(KINDS)}")
+    at = now()
+    rows = [{"id": t.id, "kind": t.kind, "for": t.subject, "status": t.status(at), "created": t.created_at,
+             "by": t.created_by, "expires": t.expires_at, "revoked": t.revoked_at, "last_used": t.last_used_at}
+            for t in _tokens().list(kind)]
+    print_rows(rows, ["id", "kind", "for", "status", "created", "by", "expires", "revoked", "last_used"], format)
+
+
+@portal_app.command("revoke")
+def portal_revoke(token_id: Annotated[int, typer.Argument(metavar="ID", help="The link's id (`claro portal "
+                                                                              "tokens`).")]) -> None:
+    """End an access link (portal or review) at once; a session signed in with it ends too."""
+    token = _tokens().revoke(token_id)
+    console.print(f"revoked link {token.id} ({token.kind} {token.subject})", highlight=False)
+
+
 # --------------------------------------------------------------------------- rollback and schema
 @app.command()
 def rollback(run: Annotated[str, typer.Option("--run", help="The run whose writes to undo.")],

@@ -8,6 +8,7 @@ the app with uvicorn:
 
 Routes:
     POST /slack/commands   Slack slash commands (signed; see `web/slack_commands.py`)
+    /review...             the review page for reviewers signed in by their link (see `web/review_page.py`)
     GET  /healthz          "ok"
 
 A slash command's body is a short form; anything over `MAX_BODY_BYTES` is refused with 413 before the
@@ -29,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from claro_dagster.web.review_page import ReviewPage, review_routes
 from claro_dagster.web.slack_commands import (
     DEFAULT_ACK_BUDGET_SECONDS,
     Launcher,
@@ -102,7 +104,7 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
                review_url: str | None = None, ack_budget_seconds: float = DEFAULT_ACK_BUDGET_SECONDS,
                clock: Callable[[], float] = time.time,
                post_followup: Callable[[str, SlackReply], None] | None = None,
-               slack_api_url: str | None = None) -> Starlette:
+               slack_api_url: str | None = None, review_page: ReviewPage | None = None) -> Starlette:
     """Build the web app.
 
     spec_loader() returns the current `ProjectSpec`; store_factory(spec) opens a `CatalogueStore`
@@ -111,7 +113,8 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
     UI (for run links); `review_url` the review page (default: `/review` on this app). Who may use
     which command is the spec's `notifications.slack_commands`; user-group members are looked up at
     `slack_api_url` (default: the spec's `notifications.slack_api_url`) with the bot token named by
-    `notifications.slack_token_env`.
+    `notifications.slack_token_env`. `review_page` serves `/review` (default: one signed with the
+    `CLARO_WEB_SECRET` environment variable).
     """
     secret = signing_secret or os.environ.get(SIGNING_SECRET_ENV, "")
     verifier = SlackRequestVerifier(secret, clock=clock) if secret.strip() else None
@@ -131,6 +134,8 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
         yield
         commands.close()
 
-    app = Starlette(routes=[Route("/healthz", _healthz), *slack_routes(commands, verifier)], lifespan=lifespan)
+    review = review_page or ReviewPage(spec_loader, store_factory)
+    app = Starlette(routes=[Route("/healthz", _healthz), *slack_routes(commands, verifier), *review_routes(review)],
+                    lifespan=lifespan)
     app.state.slack_commands = commands
     return app
