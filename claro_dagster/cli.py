@@ -652,7 +652,8 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
           dagster_port: Annotated[int | None, typer.Option(
               help="Port of the running Dagster UI (default: the running `claro dev`'s, else 3000).")] = None
           ) -> None:
-    """Start the web app (Slack slash commands, launching runs through Dagster's API) and deliver webhooks."""
+    """Start the web app (Slack slash commands, launching runs through Dagster's API; the review page at /review)
+    and deliver webhooks."""
     import threading
     from urllib.parse import urlsplit
 
