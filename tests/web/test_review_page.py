@@ -299,3 +299,15 @@ def test_durations(text, expected):
 def test_bad_durations_say_what_to_write(text):
     with pytest.raises(AccessError, match="not a duration such as 90d"):
         parse_duration(text)
+
+
+def test_sign_out_ends_the_session_and_needs_the_csrf_token(project):
+    app, open_store, clock = project
+    with TestClient(app) as client:
+        sign_in(client, open_store, clock)
+        csrf = csrf_of(client.get("/review").text)
+        assert client.post("/review/logout", data={"csrf": "wrong"}).status_code == 403
+        assert client.get("/review").status_code == 200  # still signed in
+        out = client.post("/review/logout", data={"csrf": csrf})
+        assert out.status_code == 200 and "Signed out" in out.text
+        assert client.get("/review").status_code == 401
