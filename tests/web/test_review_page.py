@@ -9,11 +9,25 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
-from claro_dagster.catalogue.access import AccessDenied, AccessError, AccessTokens, parse_duration, token_hash
+from claro_dagster.catalogue.access import (
+    AccessDenied,
+    AccessError,
+    AccessTokens,
+    known_reviewers,
+    parse_duration,
+    token_hash,
+)
 from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.catalogue.review import ReviewQueue
 from claro_dagster.catalogue.store import CatalogueStore
-from claro_dagster.spec.models import AttributeSpec, CatalogueSpec, PipelineSpec, ProjectSpec, SourceSpec
+from claro_dagster.spec.models import (
+    AttributeSpec,
+    CatalogueSpec,
+    PipelineSpec,
+    ProjectSpec,
+    RoutingRule,
+    SourceSpec,
+)
 from claro_dagster.web.app import create_app
 from claro_dagster.web.review_page import COOKIE, ReviewPage
 
@@ -311,3 +325,17 @@ def test_sign_out_ends_the_session_and_needs_the_csrf_token(project):
         out = client.post("/review/logout", data={"csrf": csrf})
         assert out.status_code == 200 and "Signed out" in out.text
         assert client.get("/review").status_code == 401
+
+
+def test_over_https_the_session_cookie_is_secure(project):
+    app, open_store, clock = project
+    issued = issue(open_store, clock)
+    with TestClient(app, base_url="https://claro.example.com") as client:
+        answer = client.get(f"/review/login?token={issued.secret}", follow_redirects=False)
+    assert answer.status_code == 303 and "Secure" in answer.headers["set-cookie"]
+
+
+def test_reviewers_are_group_members_and_people_named_in_routing_rules():
+    spec = make_spec()
+    spec.pipelines["onboarding"].routing.append(RoutingRule(reviewers=["pricing", "zoe"]))
+    assert known_reviewers(spec) == ["ann", "raj", "zoe"]  # the group `pricing` is not a person
