@@ -95,6 +95,8 @@ service stats {{
         return conf
 
     def start(self) -> ImapServer:
+        if not os.path.exists(DOVECOT):
+            raise RuntimeError("the mail tests need dovecot: apt-get install -y dovecot-imapd (.ci/run does)")
         conf = self._config()
         self.process = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, start_new_session=True)

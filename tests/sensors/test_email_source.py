@@ -136,3 +136,36 @@ def test_spec_check_names_what_an_email_source_lacks(tmp_path) -> None:
     assert any("bad_mail.email.processed_folder" in p and "must differ from folder" in p for p in lines)
     assert any("no_block" in p and "needs an 'email:' block" in p for p in lines)
     assert not any("allowed_senders[1]" in p for p in lines)
+
+
+def test_a_server_restart_mid_tick_fails_the_tick_and_the_next_one_makes_the_rest_once(env, tmp_path,
+                                                                                     monkeypatch) -> None:
+    import claro_dagster.resources.email_source as email_source
+
+    with ImapServer() as server, dg.instance_for_test() as instance:
+        for n in range(1, 4):
+            server.deliver(mail("orders@acme.test", f"file {n}", [(f"p{n}.csv", f"sku,title,price\nACM-5100{n},"
+                                                               f"Item {n},{n}.50\n".encode())],
+                                message_id=f"<r{n}@acme.test>"))
+        defs = build_definitions(spec_with_email_source(tmp_path, server.port), tmp_path / "home")
+        claro = defs.resources["claro"]
+        read, calls = email_source.read_message, []
+
+        def read_then_restart(*args, **kwargs):
+            calls.append(args[0])
+            if len(calls) == 2:
+                server.restart()  # the tick's connection dies while it reads the second mail
+            return read(*args, **kwargs)
+
+        monkeypatch.setattr(email_source, "read_message", read_then_restart)
+        with pytest.raises(Exception):  # noqa: B017 - whatever the broken socket raised fails the tick
+            tick(defs, instance, "supplier_mail_email")
+        runs = tick(defs, instance, "supplier_mail_email")
+        assert len(runs) == 3 and all(r.success for r in runs)
+        assert tick(defs, instance, "supplier_mail_email") == []
+        batches = [b for b in BatchRegistry(claro.store).list() if b.source == "supplier_mail"]
+        assert len(batches) == 3 and {b.status for b in batches} == {"published"}
+        assert [claro.store.provenance("products", f"ACM-5100{n}", "title").citation for n in (1, 2, 3)] == \
+            ["mid:r1@acme.test", "mid:r2@acme.test", "mid:r3@acme.test"]
+        assert sorted(m["Message-ID"] for m in server.messages("Processed")) == \
+            ["<r1@acme.test>", "<r2@acme.test>", "<r3@acme.test>"] and server.messages("INBOX") == []
