@@ -339,3 +339,58 @@ def poll(settings: EmailSettings, state: Mapping[str, Any] | None, accept: Calla
 def _trimmed(state: dict, done: dict) -> dict:
     keep = dict(list(done.items())[-KEPT_MESSAGE_IDS:])
     return {**state, "done": keep}
+
+
+# -- the reply to the sender ---------------------------------------------------------------------------------
+
+FINAL_STATUSES = ("published", "awaiting_review", "halted", "quarantined")  # failed: may be rerun
+
+
+def reply_message(note: Mapping[str, Any], status: str, detail: str | None, rejected_csv: bytes | None,
+                  rejected: int, from_address: str) -> EmailMessage:
+    """The summary mail to the sender of the file `note` (a mailed file's `.pull.json`) describes: its outcome, the
+    rows rejected (attached as CSV, with line and reasons), as the portal shows them."""
+    from email.utils import make_msgid
+
+    rows = max(len(note.get("rows") or {}) - 1, 0)
+    msg = EmailMessage()
+    msg["From"] = from_address
+    msg["To"] = note["sender"]
+    subject = str(note.get("subject") or "")
+    msg["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}"
+    msg["In-Reply-To"] = msg["References"] = f"<{note['message_id']}>"
+    msg["Message-ID"] = make_msgid(domain=from_address.rsplit("@", 1)[-1])
+    msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: autoresponders do not answer it
+    outcome = {"published": "published to the catalogue", "awaiting_review": "accepted; some changes wait for "
+               "review by the catalogue team", "halted": "halted: too many rows were rejected, nothing was published",
+               "failed": "not processed: it could not be read", "quarantined": "quarantined: it could not be read"}
+    lines = [f"Your file {note.get('attachment')} ({rows} rows) was {outcome.get(status, status)}.",
+             f"Rows accepted: {max(rows - rejected, 0)}. Rows rejected: {rejected}."]
+    if detail:
+        lines.append(detail)
+    if rejected_csv:
+        lines.append("The rejected rows are attached (rejected.csv): each with its line and the reason. Fix them "
+                     "and send the file again.")
+    msg.set_content("\n\n".join(lines) + "\n")
+    if rejected_csv:
+        msg.add_attachment(rejected_csv, maintype="text", subtype="csv", filename="rejected.csv")
+    return msg
+
+
+def send_mail(spec: Any, env: Mapping[str, str], msg: EmailMessage, timeout: float = 30.0) -> None:
+    """Send `msg` through the SMTP server of an `email.reply` block."""
+    import smtplib
+
+    port = spec.port or {"ssl": 465, "starttls": 587}.get(spec.tls, 25)
+    context = ssl.create_default_context()
+    smtp = smtplib.SMTP_SSL(spec.host, port, timeout=timeout, context=context) if spec.tls == "ssl" else \
+        smtplib.SMTP(spec.host, port, timeout=timeout)
+    with smtp:
+        if spec.tls == "starttls":
+            smtp.starttls(context=context)
+        if spec.user_env:
+            if not env.get(spec.user_env) or not env.get(spec.password_env or ""):
+                raise EmailSourceError(f"email.reply.user_env / password_env name {spec.user_env!r} / "
+                                       f"{spec.password_env!r}, not set: export them")
+            smtp.login(env[spec.user_env], env[spec.password_env])
+        smtp.send_message(msg)

@@ -886,6 +886,10 @@ def build_email_sensor(
         inbox_dir = claro.inbox_dir(source_name)
         settings = settings_from_spec(spec, os.environ if environ is None else environ)
         mails = pull_email_source(claro.store, inbox_dir, source_name, settings, log=context.log.warning)
+        if spec.reply is not None:
+            for line in reply_to_senders(claro.store, source_name, spec.reply,
+                                         os.environ if environ is None else environ):
+                context.log.info(line)
         quarantined = [m for m in mails if m.quarantine]
         keys, requests = pulled_file_requests(BatchRegistry(claro.store), source_name, inbox_dir,
                                               ("*.csv", "*.xlsx"))
@@ -898,3 +902,30 @@ def build_email_sensor(
                                dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
 
     return _email_sensor
+
+
+def reply_to_senders(store, source_name: str, reply, env) -> list[str]:
+    """Mail each finished batch's result to the sender of its file, once (the batch keys replied to are the cursor
+    `source:<name>:email-replies`, saved after each mail). A batch whose file has no mail note is left alone."""
+    from claro_dagster.catalogue.batches import BatchRegistry
+    from claro_dagster.resources.email_source import FINAL_STATUSES, reply_message, send_mail
+
+    name = email_cursor_name(source_name) + "-replies"
+    replied = set(json.loads(store.get_cursor(name) or "[]"))
+    registry, sent = BatchRegistry(store), []
+    for batch in registry.list():
+        if batch.source != source_name or batch.key in replied or batch.status not in FINAL_STATUSES:
+            continue
+        note_path = Path(batch.uri).with_suffix(".pull.json")
+        if not note_path.is_file():
+            continue
+        note = json.loads(note_path.read_text(encoding="utf-8"))
+        rejected = registry.rejected_rows(batch.key)
+        csv = rejected.to_csv(index=False).encode() if len(rejected) else None
+        send_mail(reply, env, reply_message(note, batch.status, batch.message, csv, len(rejected),
+                                            reply.from_address))
+        replied.add(batch.key)
+        store.set_cursor(name, json.dumps(sorted(replied)))
+        sent.append(f"replied to {note['sender']} about {note.get('attachment')}: {batch.status}, "
+                    f"{len(rejected)} row(s) rejected")
+    return sent

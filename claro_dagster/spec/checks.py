@@ -510,6 +510,13 @@ def _check_email_source(loc: Loc, source: Any) -> list[Problem]:
         if getattr(spec, key) == spec.folder:
             out.append((loc + ("email", key), f"{key} must differ from folder ({spec.folder!r}): handled mail is "
                         "moved out of it"))
+    reply = spec.reply
+    if reply is not None and bool(reply.user_env) != bool(reply.password_env):
+        out.append((loc + ("email", "reply"), "give both user_env and password_env (or neither, for a relay that "
+                    "needs no login)"))
+    if reply is not None and reply.tls == "none" and reply.host not in ("127.0.0.1", "::1", "localhost"):
+        out.append((loc + ("email", "reply", "tls"), f"tls: none to {reply.host} sends mail in clear text: use "
+                    "starttls or ssl (none is for a server on this machine only)"))
     return out
 
 

@@ -182,6 +182,17 @@ class HttpPullSpec(SpecModel):
 
 
 # email: ---------------------------------------------------------------------------------------------------
+class EmailReplySpec(SpecModel):
+    """Where the summary reply to a mailed file's sender is sent from (SMTP)."""
+
+    host: str
+    port: int | None = Field(None, gt=0, lt=65536, description="465 with ssl, 587 with starttls, else 25")
+    tls: Literal["ssl", "starttls", "none"] = "starttls"
+    user_env: str | None = None  # unset: no login (a relay on this machine)
+    password_env: str | None = None
+    from_address: str
+
+
 class EmailSourceSpec(SpecModel):
     """An IMAP mailbox whose mails' CSV / XLSX attachments (also inside a ZIP) become batches
     (resources/email_source.py). `tls: none` is for a server on this machine only."""
@@ -198,6 +209,7 @@ class EmailSourceSpec(SpecModel):
     max_attachments: int = Field(20, ge=1, le=500, description="a mail with more is quarantined")
     max_attachment_mb: float = Field(25, gt=0)
     interval_seconds: int = Field(300, ge=30, description="how often the mailbox is polled")
+    reply: EmailReplySpec | None = None  # set: each mailed file's sender gets its result by mail
 
 
 class SourceSpec(SpecModel):

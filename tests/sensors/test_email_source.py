@@ -125,6 +125,7 @@ def test_spec_check_names_what_an_email_source_lacks(tmp_path) -> None:
     bad = ("  bad_mail:\n    kind: email\n    catalogue: products\n    email:\n      host: imap.example.com\n"
            "      tls: none\n      user_env: U\n      password_env: P\n      processed_folder: INBOX\n"
            "      allowed_senders: [acme, '@globex.test']\n"
+           "      reply: {host: smtp.example.com, tls: none, user_env: U, from_address: c@shop.test}\n"
            "  no_block:\n    kind: email\n    catalogue: products\n")
     text = replace_once(text, "\nsources:\n", "\nsources:\n" + bad)
     (tmp_path / "claro.yaml").write_text(text, encoding="utf-8")
@@ -136,6 +137,8 @@ def test_spec_check_names_what_an_email_source_lacks(tmp_path) -> None:
     assert any("bad_mail.email.processed_folder" in p and "must differ from folder" in p for p in lines)
     assert any("no_block" in p and "needs an 'email:' block" in p for p in lines)
     assert not any("allowed_senders[1]" in p for p in lines)
+    assert any("bad_mail.email.reply:" in p and "both user_env and password_env" in p for p in lines)
+    assert any("bad_mail.email.reply.tls" in p and "clear text" in p for p in lines)
 
 
 def test_a_server_restart_mid_tick_fails_the_tick_and_the_next_one_makes_the_rest_once(env, tmp_path,
@@ -169,3 +172,60 @@ def test_a_server_restart_mid_tick_fails_the_tick_and_the_next_one_makes_the_res
             ["mid:r1@acme.test", "mid:r2@acme.test", "mid:r3@acme.test"]
         assert sorted(m["Message-ID"] for m in server.messages("Processed")) == \
             ["<r1@acme.test>", "<r2@acme.test>", "<r3@acme.test>"] and server.messages("INBOX") == []
+
+
+REPLY = """\
+      reply:
+        host: 127.0.0.1
+        port: {smtp_port}
+        tls: none
+        from_address: catalogue@shop.test
+"""
+
+
+def test_the_sender_gets_the_result_with_the_rejected_rows(env, tmp_path) -> None:
+    import email
+    import email.policy
+
+    from aiosmtpd.controller import Controller
+    from email_server import free_port
+
+    class Inbox:
+        def __init__(self):
+            self.received = []
+
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+            self.received.append((envelope.rcpt_tos, email.message_from_bytes(envelope.content,
+                                                                              policy=email.policy.default)))
+            return "250 OK"
+
+    smtp = Inbox()
+    controller = Controller(smtp, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        with ImapServer() as server, dg.instance_for_test() as instance:
+            rows = "".join(f"ACM-520{n:02d},Item {n},{n}.25\n" for n in range(1, 20))
+            csv = f"sku,title,price\n{rows}ACM-52099,Broken item,-4\n".encode()
+            server.deliver(mail("orders@acme.test", "Prices", [("prices.csv", csv)], message_id="<rep@acme.test>"))
+            path = spec_with_email_source(tmp_path, server.port)
+            text = replace_once(path.read_text(), "      interval_seconds: 60\n",
+                                "      interval_seconds: 60\n" + REPLY.format(smtp_port=controller.port))
+            path.write_text(text)
+            defs = build_definitions(path, tmp_path / "home")
+            [run] = tick(defs, instance, "supplier_mail_email")
+            assert run.success and smtp.received == []  # the reply goes once the batch has its result
+            assert tick(defs, instance, "supplier_mail_email") == []
+            [(to, reply)] = smtp.received
+            assert to == ["orders@acme.test"] and reply["Subject"] == "Re: Prices"
+            assert reply["In-Reply-To"] == "<rep@acme.test>" and reply["Auto-Submitted"] == "auto-replied"
+            body = reply.get_body(("plain",)).get_content()
+            assert "Your file prices.csv (20 rows) was published" in body
+            assert "Rows accepted: 19. Rows rejected: 1." in body
+            [attached] = list(reply.iter_attachments())
+            rejected = attached.get_content()
+            rejected = rejected if isinstance(rejected, str) else rejected.decode()
+            assert attached.get_filename() == "rejected.csv" and "ACM-52099" in rejected and "21" in rejected
+            tick(defs, instance, "supplier_mail_email")
+            assert len(smtp.received) == 1  # once
+    finally:
+        controller.stop()
