@@ -312,7 +312,11 @@ def poll(settings: EmailSettings, state: Mapping[str, Any] | None, accept: Calla
             raw = client.fetch([uid], ["BODY.PEEK[]"]).get(uid, {}).get(b"BODY[]")
             if raw is None:  # expunged meanwhile
                 continue
-            mail = read_message(uid, raw, settings.limits, settings.allowed_senders)
+            try:
+                mail = read_message(uid, raw, settings.limits, settings.allowed_senders)
+            except Exception as exc:  # a message no check foresaw must not block the mailbox: quarantined, kept
+                mail = Mail(uid=uid, message_id="sha256:" + hashlib.sha256(raw).hexdigest(), sender="", subject="",
+                            date="", quarantine=f"unreadable message ({type(exc).__name__}: {exc})")
             target = done.get(mail.message_id)
             if target is None:
                 accept(mail)

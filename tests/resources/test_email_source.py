@@ -94,6 +94,8 @@ def test_bad_mail_is_quarantined_with_its_reason_and_nothing_is_deleted(server) 
         "many": mail("orders@acme.test", "many", [(f"p{i}.csv", CSV) for i in range(50)]),
         "bomb": mail("orders@acme.test", "bomb", [("b.zip", bomb)]),
         "nested": mail("orders@acme.test", "nested", [("n.zip", zipped({"inner.zip": zipped({"p.csv": CSV})}))]),
+        "xlsx bomb": mail("orders@acme.test", "xlsx bomb", [("p.xlsx", zipped({
+            "[Content_Types].xml": b"<Types/>", "xl/worksheets/sheet1.xml": b"<row/>" * (2 * 1024 * 1024)}))]),
         "wide": mail("orders@acme.test", "wide", [("w.zip", zipped({f"p{i}.csv": CSV for i in range(60)}))]),
     }
     for message in cases.values():
@@ -111,6 +113,7 @@ def test_bad_mail_is_quarantined_with_its_reason_and_nothing_is_deleted(server) 
     assert "b.zip: expands to" in handled["bomb"] and "ZIP bomb" in handled["bomb"]
     assert "inner.zip is an archive inside the archive" in handled["nested"]
     assert "w.zip: 60 files in the archive" in handled["wide"]
+    assert "p.xlsx: xl/worksheets/sheet1.xml is compressed" in handled["xlsx bomb"]
     assert server.messages("INBOX") == [] and server.messages("Processed") == []
     assert sorted(m["Subject"] for m in server.messages("Quarantine")) == sorted(handled)  # all kept
 
@@ -166,3 +169,22 @@ def test_a_refused_login_names_the_settings_to_check(server) -> None:
     wrong.password = "nope"
     with pytest.raises(EmailSourceError, match="refused the login of 'catalogue'.*email.password_env"):
         poll(wrong, None, lambda m: None, lambda s: None)
+
+
+def test_a_message_no_check_foresaw_is_quarantined_not_left_blocking(server, monkeypatch) -> None:
+    import claro_dagster.resources.email_source as email_source
+
+    def broken(uid, raw, limits, allowed):
+        if b"poison" in raw:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        return read(uid, raw, limits, allowed)
+
+    read = email_source.read_message
+    monkeypatch.setattr(email_source, "read_message", broken)
+    server.deliver(mail("orders@acme.test", "poison", [("p.csv", CSV)]))
+    server.deliver(mail("orders@acme.test", "fine", [("p.csv", CSV)]))
+    rec = Recorder()
+    first, second = rec.poll(server)
+    assert first.quarantine.startswith("unreadable message (UnicodeDecodeError") and second.quarantine is None
+    assert [m["Subject"] for m in server.messages("Quarantine")] == ["poison"]
+    assert [m["Subject"] for m in server.messages("Processed")] == ["fine"]
