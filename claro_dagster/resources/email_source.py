@@ -126,6 +126,13 @@ def sender_allowed(address: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
+def aligned(envelope_domain: str, from_domain: str) -> bool:
+    """The envelope sender's domain is the From domain or a subdomain of it (DMARC's relaxed alignment: a supplier
+    bouncing through bounce.acme.example still sends as acme.example), or the other way round."""
+    a, b = envelope_domain.lower().rstrip("."), from_domain.lower().rstrip(".")
+    return a == b or a.endswith("." + b) or b.endswith("." + a)
+
+
 def read_message(uid: int, raw: bytes, limits: MailLimits, allowed: tuple[str, ...]) -> Mail:
     """The message's provenance, its spreadsheets, or the reason to quarantine it."""
     msg: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)
@@ -140,7 +147,8 @@ def read_message(uid: int, raw: bytes, limits: MailLimits, allowed: tuple[str, .
         mail.quarantine = "no sender address in From"
     elif not sender_allowed(sender, allowed):
         mail.quarantine = f"unknown sender {sender}: add it (or @{_domain(sender)}) to email.allowed_senders"
-    elif (envelope := parseaddr(str(msg.get("Return-Path", "")))[1].lower()) and _domain(envelope) != _domain(sender):
+    elif (envelope := parseaddr(str(msg.get("Return-Path", "")))[1].lower()) and \
+            not aligned(_domain(envelope), _domain(sender)):
         mail.quarantine = (f"From domain {_domain(sender)} does not match the envelope sender {envelope}: the mail "
                            "may be forged")
     elif len(parts) > limits.max_attachments:

@@ -65,7 +65,7 @@ class Recorder:
 def test_spreadsheets_are_handed_over_with_provenance_and_the_mail_moved(server) -> None:
     book = xlsx([["sku", "title"], ["GLX-1", "Lamp"], ["GLX-2", "Desk"]])
     server.deliver(mail("Acme Orders <orders@acme.test>", "Prices December", [("prices.csv", CSV)],
-                        message_id="<p1@acme.test>", return_path="<bounce@acme.test>"))
+                        message_id="<p1@acme.test>", return_path="<b-17@bounce.acme.test>"))
     server.deliver(mail("ann@globex.test", "Catalogue", [("files.zip", zipped({"a/products.xlsx": book,
                                                                                   "notes.txt": b"hello"}))]))
     rec = Recorder()
@@ -91,6 +91,7 @@ def test_bad_mail_is_quarantined_with_its_reason_and_nothing_is_deleted(server) 
         "binary": mail("orders@acme.test", "binary", [("p.csv", b"\x00\x01\x02binary\x00" * 10)]),
         "damaged": mail("orders@acme.test", "damaged", [("p.xlsx", b"PK\x03\x04 not really a workbook")]),
         "forged": mail("orders@acme.test", "forged", [("p.csv", CSV)], return_path="<x@evil.test>"),
+        "lookalike": mail("orders@acme.test", "lookalike", [("p.csv", CSV)], return_path="<x@notacme.test>"),
         "many": mail("orders@acme.test", "many", [(f"p{i}.csv", CSV) for i in range(50)]),
         "bomb": mail("orders@acme.test", "bomb", [("b.zip", bomb)]),
         "nested": mail("orders@acme.test", "nested", [("n.zip", zipped({"inner.zip": zipped({"p.csv": CSV})}))]),
@@ -109,6 +110,7 @@ def test_bad_mail_is_quarantined_with_its_reason_and_nothing_is_deleted(server) 
     assert handled["binary"].startswith("unreadable attachment p.csv: binary content")
     assert handled["damaged"].startswith("unreadable attachment p.xlsx: a damaged ZIP archive")
     assert handled["forged"].startswith("From domain acme.test does not match the envelope sender x@evil.test")
+    assert handled["lookalike"].startswith("From domain acme.test does not match the envelope sender x@notacme")
     assert handled["many"].startswith("too many attachments (50; at most 20 per mail)")
     assert "b.zip: expands to" in handled["bomb"] and "ZIP bomb" in handled["bomb"]
     assert "inner.zip is an archive inside the archive" in handled["nested"]
