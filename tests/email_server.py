@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 class ImapServer:
-    def __init__(self, root: Path | None = None):
+    def __init__(self, root: Path | None = None, *, tls: bool = False):
         # its own folder under the system temp folder by default: pytest's tmp_path sits in 0700 folders the mail
         # user (nobody, when the tests run as root) cannot pass through
         import tempfile
@@ -37,6 +37,9 @@ class ImapServer:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.host = "127.0.0.1"
+        self.tls = tls  # True: STARTTLS on `port` and implicit TLS on `tls_port`, with a certificate for 127.0.0.1
+        self.tls_port = free_port() if tls else 0
+        self.ca_file: Path | None = None
 
     def _config(self) -> Path:
         root = self.root
@@ -59,7 +62,7 @@ log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
 listen = 127.0.0.1
 protocols = imap
-ssl = no
+{self._ssl_settings()}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_internal_user = {internal}
@@ -80,7 +83,8 @@ service imap-login {{
     port = {self.port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {self.tls_port}
   }}
 }}
 service stats {{
@@ -93,6 +97,41 @@ service stats {{
 }}
 """, encoding="utf-8")
         return conf
+
+    def _ssl_settings(self) -> str:
+        if not self.tls:
+            return "ssl = no"
+        cert, key = self.root / "cert.pem", self.root / "key.pem"
+        if not cert.exists():
+            self._make_certificate(cert, key)
+        self.ca_file = cert
+        return f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}"
+
+    @staticmethod
+    def _make_certificate(cert: Path, key: Path) -> None:
+        """A self-signed certificate for 127.0.0.1 (the tests trust it as their CA)."""
+        import datetime as dt
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        private = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+        now = dt.datetime.now(dt.UTC)
+        certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                       .public_key(private.public_key()).serial_number(x509.random_serial_number())
+                       .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+                       .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                      critical=False)
+                       .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                       .sign(private, hashes.SHA256()))
+        cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+        key.chmod(0o600)
 
     def start(self) -> ImapServer:
         if not os.path.exists(DOVECOT):

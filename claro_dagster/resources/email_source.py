@@ -63,6 +63,7 @@ class EmailSettings:
     allowed_senders: tuple[str, ...] = ()
     limits: MailLimits = field(default_factory=MailLimits)
     timeout: float = 30.0
+    ca_file: str | None = None  # a CA bundle to trust instead of the system's (a company CA)
 
 
 def settings_from_spec(spec: Any, env: Mapping[str, str]) -> EmailSettings:
@@ -78,7 +79,8 @@ def settings_from_spec(spec: Any, env: Mapping[str, str]) -> EmailSettings:
         password=values["password_env"], folder=spec.folder, processed_folder=spec.processed_folder,
         quarantine_folder=spec.quarantine_folder, allowed_senders=tuple(spec.allowed_senders),
         limits=MailLimits(max_attachments=spec.max_attachments,
-                          max_attachment_bytes=int(spec.max_attachment_mb * 1024 * 1024)))
+                          max_attachment_bytes=int(spec.max_attachment_mb * 1024 * 1024)),
+        ca_file=spec.ca_file)
 
 
 @dataclass
@@ -258,7 +260,7 @@ def connect(settings: EmailSettings):
     from imapclient import IMAPClient
     from imapclient.exceptions import LoginError
 
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=settings.ca_file)
     client = IMAPClient(settings.host, port=settings.port, ssl=settings.tls == "ssl",
                         ssl_context=context if settings.tls == "ssl" else None, timeout=settings.timeout)
     try:

@@ -200,6 +200,7 @@ class EmailSourceSpec(SpecModel):
     host: str
     port: int | None = Field(None, gt=0, lt=65536, description="993 with ssl, else 143")
     tls: Literal["ssl", "starttls", "none"] = "ssl"
+    ca_file: str | None = None  # a CA bundle to trust instead of the system's (a server with a company certificate)
     user_env: str
     password_env: str
     folder: str = "INBOX"

@@ -6,6 +6,7 @@ neither skip a message nor process one twice."""
 from __future__ import annotations
 
 import io
+import ssl
 import zipfile
 
 import pytest
@@ -44,7 +45,8 @@ def server():
 def settings(server: ImapServer, **kw) -> EmailSettings:
     from email_server import PASSWORD, USER
 
-    return EmailSettings(host=server.host, port=server.port, tls="none", user=USER, password=PASSWORD,
+    kw = {"port": server.port, "tls": "none", **kw}
+    return EmailSettings(host=server.host, user=USER, password=PASSWORD,
                          allowed_senders=("orders@acme.test", "@globex.test"), **kw)
 
 
@@ -190,3 +192,16 @@ def test_a_message_no_check_foresaw_is_quarantined_not_left_blocking(server, mon
     assert first.quarantine.startswith("unreadable message (UnicodeDecodeError") and second.quarantine is None
     assert [m["Subject"] for m in server.messages("Quarantine")] == ["poison"]
     assert [m["Subject"] for m in server.messages("Processed")] == ["fine"]
+
+
+@pytest.mark.parametrize("tls", ["starttls", "ssl"])
+def test_tls_modes_verify_the_servers_certificate(tls) -> None:
+    with ImapServer(tls=True) as server:
+        server.deliver(mail("orders@acme.test", "file", [("p.csv", CSV)]))
+        port = server.port if tls == "starttls" else server.tls_port
+        rec = Recorder()
+        handled = poll(settings(server, port=port, tls=tls, ca_file=str(server.ca_file)), None, rec.accept, rec.save)
+        assert [m.subject for m in handled] == ["file"]
+        # without trusting the server's certificate, the connection is refused, not downgraded
+        with pytest.raises(ssl.SSLCertVerificationError):
+            poll(settings(server, port=port, tls=tls), None, rec.accept, rec.save)
