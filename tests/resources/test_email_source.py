@@ -205,3 +205,13 @@ def test_tls_modes_verify_the_servers_certificate(tls) -> None:
         # without trusting the server's certificate, the connection is refused, not downgraded
         with pytest.raises(ssl.SSLCertVerificationError):
             poll(settings(server, port=port, tls=tls), None, rec.accept, rec.save)
+
+
+def test_a_poll_takes_at_most_max_messages_and_the_next_one_the_rest(server) -> None:
+    for n in range(5):
+        server.deliver(mail("orders@acme.test", f"file {n}", [("p.csv", CSV)]))
+    rec = Recorder()
+    assert len(poll(settings(server), None, rec.accept, rec.save, max_messages=3)) == 3
+    assert len(server.messages("INBOX")) == 2
+    assert len(poll(settings(server), rec.state, rec.accept, rec.save, max_messages=3)) == 2
+    assert [m.subject for m in rec.mails] == [f"file {n}" for n in range(5)]
