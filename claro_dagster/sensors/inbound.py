@@ -886,10 +886,14 @@ def build_email_sensor(
         inbox_dir = claro.inbox_dir(source_name)
         settings = settings_from_spec(spec, os.environ if environ is None else environ)
         mails = pull_email_source(claro.store, inbox_dir, source_name, settings, log=context.log.warning)
-        if spec.reply is not None:
-            for line in reply_to_senders(claro.store, source_name, spec.reply,
-                                         os.environ if environ is None else environ):
-                context.log.info(line)
+        if spec.reply is not None:  # a reply that cannot be sent never holds back the batches: retried next tick
+            try:
+                for line in reply_to_senders(claro.store, source_name, spec.reply,
+                                             os.environ if environ is None else environ):
+                    context.log.info(line)
+            except Exception as exc:  # SMTP refused, unreachable, login: named in the tick's log
+                context.log.warning(f"{source_name}: the reply could not be sent through {spec.reply.host} "
+                                    f"({type(exc).__name__}: {exc}); the next tick tries again")
         quarantined = [m for m in mails if m.quarantine]
         keys, requests = pulled_file_requests(BatchRegistry(claro.store), source_name, inbox_dir,
                                               ("*.csv", "*.xlsx"))
