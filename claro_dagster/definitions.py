@@ -133,6 +133,14 @@ def http_source_sensor(source_name: str, source, batch_job, partitions) -> dg.Se
                              partitions_def=partitions)
 
 
+def email_source_sensor(source_name: str, source, batch_job, partitions) -> dg.SensorDefinition:
+    """An email source's mailbox sensor (`<source>_email`, polled every `email.interval_seconds`)."""
+    from claro_dagster.sensors.inbound import build_email_sensor
+
+    return build_email_sensor(inbound_sensor_name(source_name, "email"), source_name, source, target=batch_job,
+                              partitions_def=partitions)
+
+
 def build_definitions(spec_path: Path | None = None, home: Path | None = None) -> dg.Definitions:
     spec_path = Path(spec_path or default_spec_path()).resolve()
     home = Path(home or default_home()).resolve()
@@ -213,6 +221,8 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
                 sensors.append(db_source_sensor(source_name, source, batch_job, partitions))
             elif source.kind == "http":
                 sensors.append(http_source_sensor(source_name, source, batch_job, partitions))
+            elif source.kind == "email":
+                sensors.append(email_source_sensor(source_name, source, batch_job, partitions))
         if pipeline.review_checkpoint:
             sensors.append(build_review_checkpoint_sensor(pipeline_name, catalogue, published, job=batch_job))
         # A destination whose settings are not in this environment keeps its asset (runnable by hand, with a

@@ -376,12 +376,14 @@ def pull_bigquery_source(store, inbox_dir: Path, source_name: str, source, table
     return path
 
 
-def pulled_file_requests(registry, source_name: str, inbox_dir: Path) -> tuple[list[str], list[dg.RunRequest]]:
+def pulled_file_requests(registry, source_name: str, inbox_dir: Path, patterns: Sequence[str] = ("*.csv",)) \
+        -> tuple[list[str], list[dg.RunRequest]]:
     """One run request per pulled file in `inbox_dir` whose batch was not received yet (pulling sources). The
     pull named each file after its content's hash: the tick lists, it never reads a file. Run keys are the batch
-    keys, so Dagster never launches one twice."""
+    keys, so Dagster never launches one twice. `patterns`: the pulled files' names (the email source adds XLSX)."""
     keys, requests = [], []
-    for path in sorted(inbox_dir.glob("*.csv")) if inbox_dir.exists() else []:
+    paths = sorted({p for pattern in patterns for p in inbox_dir.glob(pattern)}) if inbox_dir.exists() else []
+    for path in paths:
         digest = path.stem.rsplit("-", 1)[-1]
         key = batch_key(source_name, path.name, digest)
         if registry.get(key) is not None:
@@ -799,3 +801,135 @@ def http_pull_due(spec, cursor: str | None, now) -> tuple[bool, str | None]:
         return False, cursor
     [following] = next_run_times(spec.cron, spec.timezone, now, 1)
     return True, json.dumps({"due": following.isoformat()})
+
+
+# -- email (`kind: email`) ---------------------------------------------------------------------------------
+
+def email_cursor_name(source_name: str) -> str:
+    """The store cursor of an email source: the mailbox folder's UIDVALIDITY, the last UID handled, the UIDs handled
+    but not moved yet and the Message-IDs handled (JSON)."""
+    return f"source:{source_name}:email"
+
+
+def pull_email_source(store, inbox_dir: Path, source_name: str, settings, *, log=None) -> list:
+    """Poll the source's mailbox (resources/email_source.py): each spreadsheet of each new mail is written into the
+    inbox folder (named `<source>-m<message hash>-<n>-<content hash>.csv|.xlsx`, so a mail handled again after a
+    broken connection writes the same names) with a `.pull.json` beside it (Message-ID, sender, subject, and each
+    line citing `mid:<Message-ID>`); a quarantined mail's reason is kept in `quarantined-mail/<message hash>.json`.
+    The state moves after the files are written and before the mail is moved. Returns the mails handled."""
+    import os
+
+    from claro_dagster.resources.email_source import poll
+
+    name = email_cursor_name(source_name)
+    text = store.get_cursor(name)
+    log = log or (lambda _: None)
+
+    def accept(mail) -> None:
+        tag = hashlib.sha256(mail.message_id.encode()).hexdigest()[:12]
+        if mail.quarantine:
+            folder = inbox_dir / "quarantined-mail"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{tag}.json").write_text(json.dumps({"source": source_name, **mail.summary()}, indent=1),
+                                                encoding="utf-8")
+            log(f"{source_name}: mail {mail.message_id} from {mail.sender} ({mail.subject!r}) quarantined: "
+                f"{mail.quarantine}")
+            return
+        inbox_dir.mkdir(parents=True, exist_ok=True)
+        for n, sheet in enumerate(mail.spreadsheets, 1):
+            digest = hashlib.sha256(sheet.data).hexdigest()
+            path = inbox_dir / f"{source_name}-m{tag}-{n}-{digest[:10]}{sheet.suffix}"
+            path.with_suffix(".pull.json").write_text(json.dumps({
+                "source": source_name, **mail.summary(), "attachment": sheet.name, "citation": mail.citation,
+                "rows": {str(line): mail.citation for line in range(1, sheet.rows + 1)}}, indent=1),
+                encoding="utf-8")
+            partial = path.with_suffix(".part")
+            partial.write_bytes(sheet.data)
+            os.replace(partial, path)  # complete or absent: a tick never emits a half-written file
+
+    def save(state: dict) -> None:
+        store.set_cursor(name, json.dumps(state, sort_keys=True))
+
+    return poll(settings, json.loads(text) if text else None, accept, save, log=log)
+
+
+def build_email_sensor(
+    name: str,
+    source_name: str,
+    source,
+    *,
+    target: Target,
+    partitions_def: dg.DynamicPartitionsDefinition,
+    minimum_interval_seconds: int | None = None,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    environ=None,
+) -> dg.SensorDefinition:
+    """A sensor that polls a mailbox every `email.interval_seconds` (see `pull_email_source`): each mailed
+    spreadsheet becomes a batch; a quarantined mail is logged as a warning with its reason. Every tick also requests
+    a run for each pulled file whose batch was not received yet. The user and password are read from the variables
+    the spec names at each tick, so a missing one fails the tick, naming it."""
+    import os
+
+    if not partitions_def.name:
+        raise ValueError("partitions_def must be a named DynamicPartitionsDefinition")
+    spec = source.email
+
+    @dg.sensor(name=name, target=target, default_status=default_status, tags={TAG_SOURCE: source_name},
+               minimum_interval_seconds=minimum_interval_seconds or spec.interval_seconds,
+               required_resource_keys={"claro"},
+               description=f"Polls {spec.folder} at {spec.host} for mailed spreadsheets, each a batch")
+    def _email_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        from claro_dagster.catalogue.batches import BatchRegistry
+        from claro_dagster.resources.email_source import settings_from_spec
+
+        claro = context.resources.claro
+        inbox_dir = claro.inbox_dir(source_name)
+        settings = settings_from_spec(spec, os.environ if environ is None else environ)
+        mails = pull_email_source(claro.store, inbox_dir, source_name, settings, log=context.log.warning)
+        if spec.reply is not None:  # a reply that cannot be sent never holds back the batches: retried next tick
+            try:
+                for line in reply_to_senders(claro.store, source_name, spec.reply,
+                                             os.environ if environ is None else environ):
+                    context.log.info(line)
+            except Exception as exc:  # SMTP refused, unreachable, login: named in the tick's log
+                context.log.warning(f"{source_name}: the reply could not be sent through {spec.reply.host} "
+                                    f"({type(exc).__name__}: {exc}); the next tick tries again")
+        quarantined = [m for m in mails if m.quarantine]
+        keys, requests = pulled_file_requests(BatchRegistry(claro.store), source_name, inbox_dir,
+                                              ("*.csv", "*.xlsx"))
+        if not requests:
+            why = f"; {len(quarantined)} mail(s) quarantined" if quarantined else ""
+            return dg.SensorResult(skip_reason=f"no new spreadsheet in {spec.folder} at {spec.host}{why}")
+        context.log.info(f"{len(mails)} mail(s) handled ({len(quarantined)} quarantined); {len(requests)} batch(es) "
+                         "to receive")
+        return dg.SensorResult(run_requests=requests,
+                               dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
+
+    return _email_sensor
+
+
+def reply_to_senders(store, source_name: str, reply, env) -> list[str]:
+    """Mail each finished batch's result to the sender of its file, once (the batch keys replied to are the cursor
+    `source:<name>:email-replies`, saved after each mail). A batch whose file has no mail note is left alone."""
+    from claro_dagster.catalogue.batches import BatchRegistry
+    from claro_dagster.resources.email_source import FINAL_STATUSES, reply_message, send_mail
+
+    name = email_cursor_name(source_name) + "-replies"
+    replied = set(json.loads(store.get_cursor(name) or "[]"))
+    registry, sent = BatchRegistry(store), []
+    for batch in registry.list():
+        if batch.source != source_name or batch.key in replied or batch.status not in FINAL_STATUSES:
+            continue
+        note_path = Path(batch.uri).with_suffix(".pull.json")
+        if not note_path.is_file():
+            continue
+        note = json.loads(note_path.read_text(encoding="utf-8"))
+        rejected = registry.rejected_rows(batch.key)
+        csv = rejected.to_csv(index=False).encode() if len(rejected) else None
+        send_mail(reply, env, reply_message(note, batch.status, batch.message, csv, len(rejected),
+                                            reply.from_address))
+        replied.add(batch.key)
+        store.set_cursor(name, json.dumps(sorted(replied)))
+        sent.append(f"replied to {note['sender']} about {note.get('attachment')}: {batch.status}, "
+                    f"{len(rejected)} row(s) rejected")
+    return sent

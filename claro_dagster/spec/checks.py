@@ -35,7 +35,7 @@ SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
 AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive", "bigquery", "scrape", "postgres",
-                                            "supabase", "http")
+                                            "supabase", "http", "email")
 AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "amazon", "bigquery", "sheets",
                                                  "supabase", "rest")
 #: Events the store's outbox holds, which webhook subscriptions (`notifications.webhooks.*.events`) can list.
@@ -231,6 +231,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
             out += _check_db_source(spec, loc, source)
         if source.kind == "http" or source.http is not None:
             out += _check_http_source(loc, source)
+        if source.kind == "email" or source.email is not None:
+            out += _check_email_source(loc, source)
         if msg := _override_problem(spec, source.thresholds):
             out.append((loc + ("thresholds",), msg))
 
@@ -480,6 +482,41 @@ def _check_db_source(spec: ProjectSpec, loc: Loc, source: Any) -> list[Problem]:
         if catalogue is not None and name not in catalogue.attributes:
             out.append((loc + ("soft_delete_sets", name), unknown(name, list(catalogue.attributes),
                                                                   f"an attribute of {source.catalogue}")))
+    return out
+
+
+def _check_email_source(loc: Loc, source: Any) -> list[Problem]:
+    """A mailbox source has its `email:` block, senders it accepts (each an address or an @domain), and TLS unless
+    the server is on this machine."""
+    spec = source.email
+    if source.kind != "email":
+        return [(loc + ("email",), f"'email' belongs to a source of kind email, not {source.kind!r}")]
+    if spec is None:
+        return [(loc, "an email source needs an 'email:' block with host, user_env, password_env and "
+                      "allowed_senders")]
+    out: list[Problem] = []
+    if not spec.allowed_senders:
+        out.append((loc + ("email", "allowed_senders"), "list the senders whose mail is read (addresses such as "
+                    "orders@acme.example or domains such as @acme.example); mail from anyone else is quarantined"))
+    for i, entry in enumerate(spec.allowed_senders):
+        local, at, domain = entry.strip().rpartition("@")
+        if not at or not domain or "." not in domain or " " in entry:
+            out.append((loc + ("email", "allowed_senders", i), f"{entry!r} is neither an address "
+                        "(name@example.com) nor a domain (@example.com)"))
+    if spec.tls == "none" and spec.host not in ("127.0.0.1", "::1", "localhost"):
+        out.append((loc + ("email", "tls"), f"tls: none would send the password to {spec.host} in clear text: use "
+                    "ssl or starttls (none is for a server on this machine only)"))
+    for key in ("processed_folder", "quarantine_folder"):
+        if getattr(spec, key) == spec.folder:
+            out.append((loc + ("email", key), f"{key} must differ from folder ({spec.folder!r}): handled mail is "
+                        "moved out of it"))
+    reply = spec.reply
+    if reply is not None and bool(reply.user_env) != bool(reply.password_env):
+        out.append((loc + ("email", "reply"), "give both user_env and password_env (or neither, for a relay that "
+                    "needs no login)"))
+    if reply is not None and reply.tls == "none" and reply.host not in ("127.0.0.1", "::1", "localhost"):
+        out.append((loc + ("email", "reply", "tls"), f"tls: none to {reply.host} sends mail in clear text: use "
+                    "starttls or ssl (none is for a server on this machine only)"))
     return out
 
 

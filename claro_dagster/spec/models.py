@@ -181,10 +181,42 @@ class HttpPullSpec(SpecModel):
     timezone: str = "UTC"
 
 
+# email: ---------------------------------------------------------------------------------------------------
+class EmailReplySpec(SpecModel):
+    """Where the summary reply to a mailed file's sender is sent from (SMTP)."""
+
+    host: str
+    port: int | None = Field(None, gt=0, lt=65536, description="465 with ssl, 587 with starttls, else 25")
+    tls: Literal["ssl", "starttls", "none"] = "starttls"
+    user_env: str | None = None  # unset: no login (a relay on this machine)
+    password_env: str | None = None
+    from_address: str
+
+
+class EmailSourceSpec(SpecModel):
+    """An IMAP mailbox whose mails' CSV / XLSX attachments (also inside a ZIP) become batches
+    (resources/email_source.py). `tls: none` is for a server on this machine only."""
+
+    host: str
+    port: int | None = Field(None, gt=0, lt=65536, description="993 with ssl, else 143")
+    tls: Literal["ssl", "starttls", "none"] = "ssl"
+    ca_file: str | None = None  # a CA bundle to trust instead of the system's (a server with a company certificate)
+    user_env: str
+    password_env: str
+    folder: str = "INBOX"
+    processed_folder: str = "Processed"
+    quarantine_folder: str = "Quarantine"
+    allowed_senders: list[str] = Field(default_factory=list, description="addresses or @domains")
+    max_attachments: int = Field(20, ge=1, le=500, description="a mail with more is quarantined")
+    max_attachment_mb: float = Field(25, gt=0)
+    interval_seconds: int = Field(300, ge=30, description="how often the mailbox is polled")
+    reply: EmailReplySpec | None = None  # set: each mailed file's sender gets its result by mail
+
+
 class SourceSpec(SpecModel):
     catalogue: str
-    kind: Literal["upload", "inbox", "s3", "drive", "bigquery", "scrape", "postgres", "supabase", "http"] = \
-        "upload"
+    kind: Literal["upload", "inbox", "s3", "drive", "bigquery", "scrape", "postgres", "supabase", "http",
+                  "email"] = "upload"
     description: str | None = None
     # inbox
     path: str | None = None
@@ -233,6 +265,8 @@ class SourceSpec(SpecModel):
     max_rows_per_pull: int = Field(100_000, gt=0)
     # http: a scheduled pull of an HTTP API (see HttpPullSpec)
     http: HttpPullSpec | None = None
+    # email: a mailbox polled for mailed spreadsheets (see EmailSourceSpec)
+    email: EmailSourceSpec | None = None
     # files
     sheet: str | int | None = None
     encoding: str | None = None
