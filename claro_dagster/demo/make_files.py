@@ -372,7 +372,9 @@ def _write_with_cached_values(xlsx: bytes, target: Path, cached: dict[str, float
                 def fill(m: re.Match) -> str:
                     return f"<c r=\"{m.group(1)}\"{m.group(2)}><f>{m.group(3)}</f><v>{cached[m.group(1)]!r}</v></c>"
 
-                text, count = re.subn(r'<c r="([A-Z]+\d+)"([^>]*)><f>([^<]*)</f><v\s*/></c>', fill, text)
+                # openpyxl writes an empty value as <v/> (or <v></v> when it writes with lxml)
+                empty = r'<c r="([A-Z]+\d+)"([^>]*)><f>([^<]*)</f>(?:<v\s*/>|<v>\s*</v>)</c>'
+                text, count = re.subn(empty, fill, text)
                 assert count == len(cached), (count, len(cached))
                 data = text.encode("utf-8")
             if info.filename == "docProps/core.xml":  # openpyxl stamps the save time here

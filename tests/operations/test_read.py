@@ -106,7 +106,7 @@ def _with_cached_values(xlsx: bytes, cached: dict[str, object]) -> bytes:
                     kind = ' t="str"' if isinstance(value, str) else ""
                     return f'<c r="{m.group(1)}"{kind}><f>{m.group(3)}</f><v>{value}</v></c>'
 
-                data = re.sub(r'<c r="([A-Z]+\d+)"([^>]*)><f>([^<]*)</f><v\s*/></c>', fill,
+                data = re.sub(r'<c r="([A-Z]+\d+)"([^>]*)><f>([^<]*)</f>(?:<v\s*/>|<v>\s*</v>)</c>', fill,
                               data.decode()).encode()
             out.writestr(info, data)
     return out_buffer.getvalue()
