@@ -76,6 +76,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from claro_dagster.operations.read.common import column_letter
 from claro_dagster.spec.models import CatalogueSpec
 
 try:  # orjson is a project dependency; the stdlib fallback keeps the module importable without it.
@@ -486,7 +487,7 @@ def _write_xlsx(records: _Records, path: Path, key: str, selected: list[str]) ->
     for 1M rows of 15 columns, 7-8x a CSV export of the same rows. Text is written as inline strings, never
     formulas; cells that would be empty are left out."""
     numeric = _kinds(records.sample, key, selected)
-    letters = [_column_letter(i) for i in range(len(selected))]
+    letters = [column_letter(i) for i in range(len(selected))]
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=_XLSX_COMPRESSION) as package:
         for name, text in _XLSX_PARTS.items():
             package.writestr(name, text)
@@ -509,16 +510,6 @@ def _write_xlsx(records: _Records, path: Path, key: str, selected: list[str]) ->
                 sheet.write(_xlsx_rows(row, cells, numbers_))
                 row += len(chunk)
             sheet.write(_SHEET_TAIL)
-
-
-def _column_letter(index: int) -> str:
-    """0 -> A, 25 -> Z, 26 -> AA."""
-    letters = ""
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        letters = chr(65 + rest) + letters
-    return letters
 
 
 def _xlsx_rows(first: int, cells: list[pa.Array], numbers_: pa.Array | None = None) -> bytes:

@@ -46,6 +46,7 @@ from claro_dagster.catalogue.sheet_sync import (
     target_rows,
     write_pull,
 )
+from claro_dagster.operations.read.common import column_letter
 
 from .http import HttpClient, HttpError
 
@@ -166,16 +167,6 @@ def client_from_env(dest: Any) -> SheetsClient:
 
 
 # ---------------------------------------------------------------------------------------------- A1 helpers
-def column_letter(index: int) -> str:
-    """0 -> A, 25 -> Z, 26 -> AA."""
-    letters = ""
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        letters = chr(65 + rest) + letters
-    return letters
-
-
 def cell_value(value: str | None, number: bool) -> dict[str, Any]:
     """A cell's `userEnteredValue` (numbers as numbers, so the sheet can sum them; text as text, never parsed)."""
     if value is None:
