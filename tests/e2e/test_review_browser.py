@@ -17,6 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import uvicorn
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from claro_dagster.catalogue.access import AccessTokens
 from claro_dagster.catalogue.changes import Change, ChangeSet
@@ -31,16 +35,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 30
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-                       reason="needs Debian's chromium and chromium-driver: apt-get install -y chromium "
-                              "chromium-driver (.ci/run installs them)"),
-]
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[test]')")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+pytestmark = pytest.mark.e2e
 
 
 def make_spec() -> ProjectSpec:
@@ -89,6 +84,10 @@ def served(tmp_path) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def browser():
+    # Never skipped: .ci/run installs the browser; without it the test fails saying what to install.
+    assert os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER), (
+        "the browser test needs Debian's chromium and chromium-driver: apt-get install -y chromium "
+        "chromium-driver (.ci/run installs them), or leave it out with -m 'not e2e'")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
