@@ -35,6 +35,7 @@ from typing import Any
 
 TABLE_TYPES = (".csv", ".xlsx")
 KEPT_MESSAGE_IDS = 10_000  # Message-IDs remembered (a rescan after a UIDVALIDITY change skips them)
+MAIL_QUARANTINED = "mail.quarantined"  # the outbox event and Slack alert of a quarantined mail
 
 
 class EmailSourceError(Exception):
@@ -109,6 +110,17 @@ class Mail:
     def summary(self) -> dict:
         return {"uid": self.uid, "message_id": self.message_id, "sender": self.sender, "subject": self.subject,
                 "date": self.date, "attachments": self.attachments, "quarantine": self.quarantine}
+
+
+def quarantine_alert(source_name: str, source, mail: Mail):
+    """The Slack alert for a quarantined mail (`slack.Alert`), routed by the source's catalogue and name."""
+    from claro_dagster.resources.slack import Alert, clip
+
+    return Alert(event=MAIL_QUARANTINED, title=f"Mail quarantined: {clip(mail.subject or '(no subject)', 80)}",
+                 catalogue=source.catalogue, source=source_name,
+                 error=f"{mail.quarantine}. The mail from {mail.sender or '(no sender)'} ({mail.message_id}) is kept "
+                       f"in the {source.email.quarantine_folder} folder; nothing was imported from it.",
+                 records=list(mail.attachments))
 
 
 # -- checking one message (pure) -------------------------------------------------------------------------------

@@ -20,12 +20,12 @@ stored as failed before raising.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from claro_dagster.catalogue.push_failures import PUSH_FAILED, PushFailure, failing, new_failures, write_events
+from claro_dagster.resources.alerts import send
 from claro_dagster.spec.models import ProjectSpec
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,6 @@ def push_failed_alert(destination: str, dest: Any, failures: list[PushFailure], 
                  counts=counts, records=[f.line() for f in failures])
 
 
-def slack_notifier(spec: ProjectSpec) -> Any | None:
-    """A SlackNotifier when the spec routes alerts to Slack and the token's variable is set, else None."""
-    notes = spec.notifications
-    token = os.environ.get(notes.slack_token_env) if notes.slack_token_env else None
-    if not token or not spec.alert_routes():
-        return None
-    from claro_dagster.dev import webserver_url
-    from claro_dagster.resources.slack import SlackNotifier
-
-    return SlackNotifier(token=token, base_url=notes.slack_api_url, webserver_url=webserver_url())
-
-
 def announce(store: Any, destination: str, dest: Any, failures: list[PushFailure], *, failing_total: int,
              run_id: str | None = None, pipeline: str | None = None, logger: logging.Logger = log) -> None:
     """Write the `push.failed` events, then tell Slack (never raising for Slack's sake)."""
@@ -94,15 +82,8 @@ def announce(store: Any, destination: str, dest: Any, failures: list[PushFailure
     except Exception as exc:  # still try Slack, then let the caller see the store's trouble
         outbox_error = exc
     spec: ProjectSpec = store.spec
-    try:
-        slack = slack_notifier(spec)
-        if slack is not None:
-            alert = push_failed_alert(destination, dest, failures, failing_total=failing_total, run_id=run_id,
-                                      pipeline=pipeline or pipeline_of(spec, destination))
-            routes = spec.notifications.model_copy(update={"slack": spec.alert_routes()})
-            logger.info("Slack: %s", slack.notify(routes, alert).summary())
-    except Exception:  # notify never raises; a bug around it must still not fail the push
-        logger.exception("Slack: the push.failed alert for %s was not sent", destination)
+    send(spec, push_failed_alert(destination, dest, failures, failing_total=failing_total, run_id=run_id,
+                                 pipeline=pipeline or pipeline_of(spec, destination)), logger=logger)
     if outbox_error is not None:
         raise outbox_error
 
@@ -133,4 +114,4 @@ def _announce_changes(store: Any, destination: str, dest: Any, before: dict[str,
         announce(store, destination, dest, failures, failing_total=len(after), run_id=run_id, pipeline=pipeline)
 
 
-__all__ = ["alerting", "announce", "pipeline_of", "push_failed_alert", "run_facts", "slack_notifier"]
+__all__ = ["alerting", "announce", "pipeline_of", "push_failed_alert", "run_facts"]

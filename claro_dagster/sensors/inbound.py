@@ -811,15 +811,18 @@ def email_cursor_name(source_name: str) -> str:
     return f"source:{source_name}:email"
 
 
-def pull_email_source(store, inbox_dir: Path, source_name: str, settings, *, log=None) -> list:
+def pull_email_source(store, inbox_dir: Path, source_name: str, settings, *, log=None, catalogue: str | None = None,
+                      alert=None) -> list:
     """Poll the source's mailbox (resources/email_source.py): each spreadsheet of each new mail is written into the
     inbox folder (named `<source>-m<message hash>-<n>-<content hash>.csv|.xlsx`, so a mail handled again after a
     broken connection writes the same names) with a `.pull.json` beside it (Message-ID, sender, subject, and each
-    line citing `mid:<Message-ID>`); a quarantined mail's reason is kept in `quarantined-mail/<message hash>.json`.
-    The state moves after the files are written and before the mail is moved. Returns the mails handled."""
+    line citing `mid:<Message-ID>`); a quarantined mail's reason is kept in `quarantined-mail/<message hash>.json`
+    and announced once as a `mail.quarantined` outbox event (change set `mail:<source>:<message hash>`), then
+    passed to `alert` (the sensor's Slack alert). The state moves after the files are written and before the mail
+    is moved. Returns the mails handled."""
     import os
 
-    from claro_dagster.resources.email_source import poll
+    from claro_dagster.resources.email_source import MAIL_QUARANTINED, poll
 
     name = email_cursor_name(source_name)
     text = store.get_cursor(name)
@@ -834,6 +837,10 @@ def pull_email_source(store, inbox_dir: Path, source_name: str, settings, *, log
                                                 encoding="utf-8")
             log(f"{source_name}: mail {mail.message_id} from {mail.sender} ({mail.subject!r}) quarantined: "
                 f"{mail.quarantine}")
+            if store.append_event(MAIL_QUARANTINED, change_set=f"mail:{source_name}:{tag}", catalogue=catalogue,
+                                  payload={"source": source_name, "folder": settings.quarantine_folder,
+                                           **mail.summary()}) and alert is not None:
+                alert(mail)
             return
         inbox_dir.mkdir(parents=True, exist_ok=True)
         for n, sheet in enumerate(mail.spreadsheets, 1):
@@ -865,7 +872,8 @@ def build_email_sensor(
     environ=None,
 ) -> dg.SensorDefinition:
     """A sensor that polls a mailbox every `email.interval_seconds` (see `pull_email_source`): each mailed
-    spreadsheet becomes a batch; a quarantined mail is logged as a warning with its reason. Every tick also requests
+    spreadsheet becomes a batch; a quarantined mail is logged as a warning with its reason, written to the outbox as
+    `mail.quarantined` and alerted on Slack (routed by the source's catalogue and name). Every tick also requests
     a run for each pulled file whose batch was not received yet. The user and password are read from the variables
     the spec names at each tick, so a missing one fails the tick, naming it."""
     import os
@@ -880,12 +888,15 @@ def build_email_sensor(
                description=f"Polls {spec.folder} at {spec.host} for mailed spreadsheets, each a batch")
     def _email_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         from claro_dagster.catalogue.batches import BatchRegistry
-        from claro_dagster.resources.email_source import settings_from_spec
+        from claro_dagster.resources import alerts
+        from claro_dagster.resources.email_source import quarantine_alert, settings_from_spec
 
         claro = context.resources.claro
         inbox_dir = claro.inbox_dir(source_name)
         settings = settings_from_spec(spec, os.environ if environ is None else environ)
-        mails = pull_email_source(claro.store, inbox_dir, source_name, settings, log=context.log.warning)
+        mails = pull_email_source(claro.store, inbox_dir, source_name, settings, log=context.log.warning,
+                                  catalogue=source.catalogue, alert=lambda mail: alerts.send(
+                                      claro.store.spec, quarantine_alert(source_name, source, mail)))
         if spec.reply is not None:  # a reply that cannot be sent never holds back the batches: retried next tick
             try:
                 for line in reply_to_senders(claro.store, source_name, spec.reply,

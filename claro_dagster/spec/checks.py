@@ -42,11 +42,11 @@ AVAILABLE_DESTINATION_KINDS: tuple[str, ...] = ("s3", "postgres", "shopify", "am
 OUTBOX_EVENTS: tuple[str, ...] = (
     "run.started", "run.completed", "run.failed",
     "change.applied", "change.approved", "change.rejected", "change.queued_for_review",
-    "push.failed",
+    "push.failed", "mail.quarantined",
 )
 #: Alerts Slack routes (`notifications.slack[].events`, pipeline `routing[].events`) can hear; `slack.EVENTS`.
 ALERT_EVENTS: tuple[str, ...] = (
-    "run.failed", "run.completed", "batch.halted", "review.queued", "push.failed",
+    "run.failed", "run.completed", "batch.halted", "review.queued", "push.failed", "mail.quarantined",
     # change events, as the catalogue store writes them to its outbox
     "change.applied", "change.approved", "change.rejected", "change.queued_for_review",
 )

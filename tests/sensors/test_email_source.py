@@ -240,3 +240,32 @@ def test_the_sender_gets_the_result_with_the_rejected_rows(env, tmp_path) -> Non
 
         with contextlib.suppress(AssertionError):  # already stopped when the test failed while it was down
             controller.stop()
+
+
+def test_a_quarantined_mail_is_announced_once_to_the_outbox_and_slack(env, tmp_path) -> None:
+    from tests.resources.test_slack import FakeSlack, postmessage_problems
+
+    with ImapServer() as server, FakeSlack() as slack, dg.instance_for_test() as instance:
+        env.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+        spec_path = spec_with_email_source(tmp_path, server.port)
+        spec_path.write_text(replace_once(spec_path.read_text(), "  slack_token_env: SLACK_BOT_TOKEN\n",
+                                          f"  slack_token_env: SLACK_BOT_TOKEN\n  slack_api_url: {slack.base_url}\n"))
+        server.deliver(mail("ann@globex.test", "Prices", [], message_id="<bare@globex.test>"))
+        defs = build_definitions(spec_path, tmp_path / "home")
+        store = defs.resources["claro"].store
+        assert tick(defs, instance, "supplier_mail_email") == []
+        e = store.t["events"]
+        with store.engine.connect() as conn:
+            rows = conn.execute(e.select().where(e.c.type == "mail.quarantined")).mappings().all()
+        assert len(rows) == 1 and rows[0]["catalogue"] == "products"
+        payload = json.loads(rows[0]["payload"])
+        assert payload["message_id"] == "bare@globex.test" and payload["folder"] == "Quarantine"
+        assert payload["quarantine"].startswith("no CSV, XLSX or ZIP attachment")
+        [post] = [r.json() for r in slack.posts()]
+        assert postmessage_problems(slack.posts()[0]) == []
+        assert post["channel"] == "#catalogue-alerts" and "Mail quarantined: Prices" in json.dumps(post)
+        assert "no CSV, XLSX or ZIP attachment" in json.dumps(post)
+        assert tick(defs, instance, "supplier_mail_email") == []  # handled once: no second event, no second alert
+        with store.engine.connect() as conn:
+            assert len(conn.execute(e.select().where(e.c.type == "mail.quarantined")).all()) == 1
+        assert len(slack.posts()) == 1
