@@ -650,7 +650,11 @@ def schedules(format: FormatOption = "table") -> None:
 def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080,
           host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
           dagster_port: Annotated[int | None, typer.Option(
-              help="Port of the running Dagster UI (default: the running `claro dev`'s, else 3000).")] = None
+              help="Port of the running Dagster UI (default: the running `claro dev`'s, else 3000).")] = None,
+          forwarded_allow_ips: Annotated[str | None, typer.Option(
+              help="Addresses of the reverse proxies whose X-Forwarded-For/-Proto headers are trusted (comma "
+                   "separated, or *); default: the FORWARDED_ALLOW_IPS variable, else 127.0.0.1. Links' failed "
+                   "sign-ins are rate-limited per client address, so a proxy elsewhere must be named here.")] = None
           ) -> None:
     """Start the web app (Slack slash commands, launching runs through Dagster's API; the review page at /review)
     and deliver webhooks."""
@@ -683,8 +687,9 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
                              name="webhooks").start()
             console.print(f"delivering webhooks to {', '.join(ctx.spec().notifications.webhooks)}")
     try:
+        # uvicorn reads the client's address from the trusted proxies' X-Forwarded-For (proxy_headers is its default).
         uvicorn.run(create_app(ctx.spec, store_factory, launcher, webserver_url=dagster_url),
-                    host=host, port=port)
+                    host=host, port=port, forwarded_allow_ips=forwarded_allow_ips)
     finally:
         stop.set()
 

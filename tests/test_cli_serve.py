@@ -1,0 +1,73 @@
+"""`claro serve` through the console script, as a user starts it: the app answers, a review link signs a reviewer in,
+and behind a trusted proxy a failed sign-in is counted against the client named in X-Forwarded-For (so one guesser
+cannot lock everybody behind the proxy out)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+import requests
+import sqlalchemy as sa
+from cli_project import REPO, claro, claro_command, write_spec
+from http_fakes import closed_port
+
+from claro_dagster.catalogue.access import access_failures
+from claro_dagster.catalogue.opening import open_store
+from claro_dagster.spec import load_spec
+
+LINK = re.compile(r"(/review/login\?token=[A-Za-z0-9_-]{43})")
+
+
+@pytest.fixture
+def served(tmp_path):
+    spec = write_spec(tmp_path / "claro.yaml")
+    spec.write_text(spec.read_text(encoding="utf-8") + "reviewers:\n  pricing: [ann]\n", encoding="utf-8")
+    home = tmp_path / "home"
+    home.mkdir()
+    port = closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLARO_")}
+    env.update(CLARO_HOME=str(home), CLARO_SPEC=str(spec), PYTHONPATH=str(REPO), CLARO_WEB_SECRET="s" * 32)
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen([*claro_command(), "serve", "--port", str(port), "--dagster-port", str(closed_port()),
+                                "--forwarded-allow-ips", "127.0.0.1"], env=env, cwd=home, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{base}/healthz", timeout=2).text == "ok":
+                    break
+            except requests.ConnectionError:
+                pass
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "claro serve did not answer /healthz within 60 s"
+            time.sleep(0.2)
+        yield base, spec, home
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_claro_serve_signs_a_reviewer_in_and_counts_failures_per_forwarded_client(served):
+    base, spec, home = served
+    guess = requests.get(f"{base}/review/login", params={"token": "x" * 43},
+                         headers={"X-Forwarded-For": "203.0.113.9"}, allow_redirects=False, timeout=10)
+    assert guess.status_code == 403 and "Access refused" in guess.text
+    store = open_store(load_spec(spec), home=home)
+    try:
+        with store.engine.connect() as conn:
+            clients = conn.execute(sa.select(access_failures.c.client)).scalars().all()
+    finally:
+        store.dispose()
+    assert clients == ["203.0.113.9"]  # the proxy's own address (127.0.0.1) is not blamed
+
+    invite = claro("review", "invite", "ann", "--base-url", base, home=home, spec=spec)
+    assert invite.returncode == 0, invite.stderr
+    session = requests.Session()
+    signed_in = session.get(base + LINK.search(invite.stdout).group(1), timeout=10)
+    assert signed_in.status_code == 200 and "Signed in as <strong>ann</strong>" in signed_in.text
