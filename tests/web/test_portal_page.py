@@ -508,3 +508,31 @@ def test_portal_results_survive_a_new_portal_object(project):
     finally:
         store.dispose()
     assert (entry.rows_in, entry.accepted, entry.rejected, entry.label) == (4, 4, 0, "publishing")
+
+
+def test_history_labels_follow_the_registry_and_long_enum_lists_go_on_a_hidden_sheet(project, tmp_path):
+    _app, open_store, _clock, home, spec = project
+    with TestClient(project[0]) as client:
+        sign_in(client, project)
+        client.get("/portal/template.csv")
+        location = upload(client, "mugs.csv", GOOD).headers["location"]
+        key = location.rsplit("/", 1)[-1]
+        store = open_store()
+        try:
+            BatchRegistry(store).set_status(key, "awaiting_review", stage="review_checkpoint",
+                                            message="2 change(s) wait for review")
+        finally:
+            store.dispose()
+        assert "awaiting review" in client.get("/portal").text
+        assert "some changes wait for the catalogue team" in client.get(location).text
+    many = [f"shade number {i} of the autumn range" for i in range(40)]
+    long_spec = make_spec()
+    long_spec.catalogues["products"].attributes["colour"] = AttributeSpec(type="enum", values=many)
+    store = CatalogueStore(long_spec, f"sqlite:///{tmp_path / 'long.db'}")
+    try:
+        workbook = load_workbook(io.BytesIO(Portal(long_spec, store, tmp_path / "h").template_xlsx("acme")))
+    finally:
+        store.dispose()
+    [check] = [v for v in workbook["Products"].data_validations.dataValidation if v.type == "list"]
+    assert check.formula1 == "'Lists'!$A$1:$A$40" and workbook["Lists"].sheet_state == "hidden"
+    assert [workbook["Lists"].cell(row=i, column=1).value for i in (1, 40)] == [many[0], many[39]]
