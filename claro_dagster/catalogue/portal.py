@@ -369,13 +369,15 @@ class Portal:
                                        uri=str(final.resolve()), content_version=staged.digest)
                 self.registry.save_rejected(key, rejected)
                 self._save_result(name, key, summary, errors)
+                # all said before the sensor can see the file: from then on, only the pipeline writes the status
+                self.registry.set_status(key, "received", message=f"checked on upload: {verdict_text}; "
+                                                                  "waiting for the pipeline to publish it")
                 try:
                     os.link(part, final)  # never overwrites: a file of that name arrived meanwhile -> next name
                 except FileExistsError:
+                    self.registry.save_rejected(key, rejected.iloc[0:0])
                     self.registry.forget_receipt(key)
                     continue
-                self.registry.set_status(key, "received", message=f"checked on upload: {verdict_text}; "
-                                                                  "waiting for the pipeline to publish it")
                 return key
         finally:
             part.unlink(missing_ok=True)

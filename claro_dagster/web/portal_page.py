@@ -305,7 +305,7 @@ class PortalPage:
             return self._error_page(exc, session)
         if outcome.kind == "needs_mapping":
             return RedirectResponse(f"/portal/mapping/{outcome.pending}", status_code=303, headers=HEADERS)
-        session["flash"] = outcome.message
+        session["flash"] = _short(outcome.message)
         response = RedirectResponse(f"/portal/batches/{quote(outcome.key)}", status_code=303, headers=HEADERS)
         self.sessions.save(response, request, session)
         return response
@@ -341,7 +341,7 @@ class PortalPage:
                 if exc.status == 404:
                     return self._error_page(exc, session)
                 return await self._mapping_page(session, source, pending_id, exc.message)
-            session["flash"] = outcome.message
+            session["flash"] = _short(outcome.message)
             response = RedirectResponse(f"/portal/batches/{quote(outcome.key)}", status_code=303, headers=HEADERS)
             self.sessions.save(response, request, session)
             return response
@@ -475,6 +475,11 @@ class PortalPage:
         body = await run_in_threadpool(self._with_portal, lambda p: p.template_xlsx(source))
         return _attachment(body, f"{source}-template.xlsx",
                            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+
+
+def _short(message: str, limit: int = 400) -> str:
+    """A message for the session cookie (a browser drops a cookie over 4 KB); the batch page shows it whole."""
+    return message if len(message) <= limit else message[:limit - 1] + "…"
 
 
 def _attachment(body: bytes, filename: str, media_type: str) -> Response:
