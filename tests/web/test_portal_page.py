@@ -536,3 +536,20 @@ def test_history_labels_follow_the_registry_and_long_enum_lists_go_on_a_hidden_s
     [check] = [v for v in workbook["Products"].data_validations.dataValidation if v.type == "list"]
     assert check.formula1 == "'Lists'!$A$1:$A$40" and workbook["Lists"].sheet_state == "hidden"
     assert [workbook["Lists"].cell(row=i, column=1).value for i in (1, 40)] == [many[0], many[39]]
+
+
+def test_a_changed_file_under_a_name_still_waiting_in_the_inbox_gets_a_name_and_batch_of_its_own(project):
+    _app, open_store, _clock, home, _spec = project
+    changed = rows("ACM-0001,Trail mug,5.00,grey,", "ACM-0002,Camp cup,3.50,black,")
+    with TestClient(project[0]) as client:
+        sign_in(client, project)
+        client.get("/portal/template.csv")
+        upload(client, "mugs.csv", GOOD)
+        upload(client, "mugs.csv", changed)
+    inbox = home / "inbox" / "acme"
+    assert (inbox / "mugs.csv").read_bytes() == GOOD and (inbox / "mugs~2.csv").read_bytes() == changed
+    made = {b.filename: b for b in batches(open_store)}
+    assert set(made) == {"mugs.csv", "mugs~2.csv"}
+    stat = (inbox / "mugs~2.csv").stat()
+    assert made["mugs~2.csv"].key == batch_key("acme", "mugs~2.csv",
+                                               receipt_version("mugs~2.csv", stat.st_size, stat.st_mtime_ns))
