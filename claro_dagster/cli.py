@@ -655,8 +655,8 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
           dagster_port: Annotated[int | None, typer.Option(
               help="Port of the running Dagster UI (default: the running `claro dev`'s, else 3000).")] = None
           ) -> None:
-    """Start the web app (Slack slash commands, launching runs through Dagster's API; the review page at /review;
-    the Supplier Portal at /portal) and deliver webhooks."""
+    """Start the web app (Slack slash commands, launching runs through Dagster's API; the review page at /review)
+    and deliver webhooks."""
     import threading
     from urllib.parse import urlsplit
 
@@ -686,7 +686,7 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
                              name="webhooks").start()
             console.print(f"delivering webhooks to {', '.join(ctx.spec().notifications.webhooks)}")
     try:
-        uvicorn.run(create_app(ctx.spec, store_factory, launcher, webserver_url=dagster_url, home=home_dir()),
+        uvicorn.run(create_app(ctx.spec, store_factory, launcher, webserver_url=dagster_url),
                     host=host, port=port)
     finally:
         stop.set()
