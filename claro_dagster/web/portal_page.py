@@ -50,6 +50,8 @@ MAX_FIELDS = 20
 #: Room for the multipart framing and the small fields around the file.
 FORM_OVERHEAD = 64 * 1024
 SORTABLE = ("line", "column", "value", "reason")
+#: Problems shown on a batch's page (sorted first, so any can be brought up); the CSV download has them all.
+MAX_SHOWN = 1000
 STATUS_CLASS = {"published": "ok", "awaiting review": "ok", "halted": "error", "quarantined": "error",
                 "failed": "error"}
 
@@ -432,10 +434,11 @@ class PortalPage:
                 arrow = (" ▲" if ascending else " ▼") if col == sort else ""
                 heads.append(f'<th scope="col"{aria}><a href="{link}?{urlencode({"sort": col, "order": next_order})}"'
                              f'>{col.capitalize()}{arrow}<span class="small"> (sort)</span></a></th>')
-            body = "".join(f"<tr><td>{_n(e['line'])}</td><td>{esc(e['column'])}</td><td>{esc(e['value'])}</td>"
-                           f"<td>{esc(e['reason'])}</td></tr>" for e in keyed.to_dict("records"))
-            table = (f'<table id="errors"><caption>{len(errors)} problem(s) in {_n(r.rejected)} rejected row(s), '
-                     f'sorted by {sort} ({"ascending" if ascending else "descending"})</caption><thead><tr>'
+            body = "".join(f"<tr><td>{_line(e['line'])}</td><td>{esc(e['column'])}</td><td>{esc(e['value'])}</td>"
+                           f"<td>{esc(e['reason'])}</td></tr>" for e in keyed.head(MAX_SHOWN).to_dict("records"))
+            shown = f"; the first {MAX_SHOWN:,} are shown, download them all below" if len(errors) > MAX_SHOWN else ""
+            table = (f'<table id="errors"><caption>{len(errors):,} problem(s) in {_n(r.rejected)} rejected row(s), '
+                     f'sorted by {sort} ({"ascending" if ascending else "descending"}){shown}</caption><thead><tr>'
                      f'{"".join(heads)}</tr></thead><tbody>{body}</tbody></table>'
                      f'<p><a href="{link}/errors.csv" download>Download these problems (CSV)</a> · '
                      f'<a href="{link}/rejected.csv" download>Download the rejected rows as you sent them (CSV)'
@@ -485,6 +488,14 @@ def _short(message: str, limit: int = 400) -> str:
 def _attachment(body: bytes, filename: str, media_type: str) -> Response:
     return Response(body, media_type=media_type,
                     headers={**HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def _line(value: Any) -> str:
+    """A line number as the supplier's spreadsheet shows it (no thousands separator)."""
+    try:
+        return str(int(value))
+    except (TypeError, ValueError):
+        return "–"
 
 
 def _n(value: Any) -> str:

@@ -553,3 +553,18 @@ def test_a_changed_file_under_a_name_still_waiting_in_the_inbox_gets_a_name_and_
     stat = (inbox / "mugs~2.csv").stat()
     assert made["mugs~2.csv"].key == batch_key("acme", "mugs~2.csv",
                                                receipt_version("mugs~2.csv", stat.st_size, stat.st_mtime_ns))
+
+
+def test_a_page_shows_the_first_thousand_problems_in_the_chosen_order_and_the_download_has_them_all(project):
+    bad = rows(*[f"ACM-{i:04d},Mug {i},-{i},grey," for i in range(3000)])
+    with TestClient(project[0]) as client:
+        sign_in(client, project)
+        client.get("/portal/template.csv")
+        location = upload(client, "bad.csv", bad).headers["location"]
+        first = client.get(location).text
+        last = client.get(location + "?sort=line&order=desc").text
+        everything = client.get(location + "/errors.csv")
+    assert "2,999 problem(s) in 2,999 rejected row(s)" in first and "the first 1,000 are shown" in first
+    assert len(re.findall(r"<tr><td>\d", first)) == 1000
+    assert re.search(r"<tr><td>(\d+)</td>", last).group(1) == "3001"
+    assert len(pd.read_csv(io.BytesIO(everything.content))) == 2999
