@@ -371,6 +371,9 @@ def portal_invite(source: str,
     sources = ctx.spec().sources
     if source not in sources:
         raise user_error(f"unknown source {source!r}; sources are: {', '.join(sources) or '(none)'}")
+    if sources[source].kind not in ("upload", "inbox"):  # the portal hands files to the source's inbox sensor
+        raise user_error(f"source {source!r} is a {sources[source].kind} source: it receives its files another way, "
+                         "not through the Supplier Portal (portal links are for upload and inbox sources)")
     _invite("portal", source, expires, base_url, by)
 
 

@@ -119,3 +119,16 @@ def test_an_expired_invite_is_listed_as_expired(project):
         store.dispose()
     rows = json.loads(claro("portal", "tokens", "--format", "json", home=home, spec=spec).stdout)
     assert [(r["for"], r["status"]) for r in rows] == [("ann", "expired")]
+
+
+def test_a_portal_link_is_only_for_upload_and_inbox_sources(project):
+    spec, home = project
+    text = spec.read_text(encoding="utf-8")
+    spec.write_text(text.replace("  portal: {catalogue: products, kind: upload}\n",
+                                 "  portal: {catalogue: products, kind: upload}\n"
+                                 "  feed: {catalogue: products, kind: s3, bucket: b}\n"), encoding="utf-8")
+    refused = claro("portal", "invite", "feed", "--base-url", "https://x", home=home, spec=spec)
+    assert refused.returncode == 1 and "source 'feed' is a s3 source" in refused.stderr
+    made = claro("portal", "invite", "portal", "--base-url", "https://claro.example.com", home=home, spec=spec)
+    assert made.returncode == 0, made.stderr
+    assert [m[1] for m in LINK.findall(made.stdout)] == ["portal"]

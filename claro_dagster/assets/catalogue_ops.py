@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from claro_dagster.catalogue.channels import ChannelState, cursor_name
+from claro_dagster.catalogue.intake import known_references
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.operations.analyse import analyse_catalogue
 from claro_dagster.operations.export import CHUNK_ROWS as EXPORT_CHUNK_ROWS
@@ -26,15 +27,6 @@ class AnalyseConfig(dg.Config):
 
 class ValidateConfig(dg.Config):
     filter: str | None = None
-
-
-def known_references(store: CatalogueStore, catalogue: str) -> dict[str, set[str]]:
-    """For each reference attribute, the keys its target catalogue holds now."""
-    spec = store.spec
-    return {name: set(store.records(attr.target, columns=[spec.catalogues[attr.target].key])
-                      [spec.catalogues[attr.target].key])
-            for name, attr in store.catalogue(catalogue).attributes.items()
-            if attr.type == "reference" and attr.target}
 
 
 def build_validate(catalogue: str, after: list[dg.AssetKey]) -> dg.AssetsDefinition:

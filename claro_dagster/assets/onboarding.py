@@ -19,13 +19,11 @@ import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import exc as sa_exc
 
-from claro_dagster.assets.catalogue_ops import known_references
 from claro_dagster.catalogue.batches import Batch, BatchRegistry, InvalidBatchKey, check_batch_key, content_version
+from claro_dagster.catalogue.intake import map_batch, read_batch, user_columns, validate_mapped, verdict
 from claro_dagster.catalogue.mappings import MappingBook
-from claro_dagster.operations.mapping import apply_mapping, match_records
 from claro_dagster.operations.normalize import normalize_batch
-from claro_dagster.operations.read import SupplierFileError, read_supplier_file
-from claro_dagster.operations.validate import validate_batch
+from claro_dagster.operations.read import SupplierFileError
 from claro_dagster.resources.catalogue import CatalogueResource
 from claro_dagster.resources.inbox import Inbox
 from claro_dagster.resources.s3 import S3Connection
@@ -52,10 +50,6 @@ def batches_partitions(catalogue: str) -> dg.DynamicPartitionsDefinition:
 def preview(frame: pd.DataFrame) -> dg.MetadataValue:
     shown = frame.head(PREVIEW_ROWS).astype(object).where(frame.head(PREVIEW_ROWS).notna(), "")
     return dg.MetadataValue.md(shown.to_markdown(index=False) if len(shown) else "_no rows_")
-
-
-def user_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if not str(c).startswith("__")]
 
 
 class BatchDataError(dg.Failure):
@@ -324,12 +318,8 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
                                    f"{', '.join(claro.spec.sources)}")
             s3 = getattr(context.resources, s3_resources[batch.source]) if batch.source in s3_resources else None
             path = fetch(claro, batch, s3)
-            cat = claro.store.catalogue(catalogue)
-            identifiers = [n for n, a in cat.attributes.items() if a.identifier] + \
-                [alias for a in cat.attributes.values() if a.identifier for alias in a.aliases]
             try:
-                raw = read_supplier_file(path, sheet=source.sheet, encoding=source.encoding,
-                                         delimiter=source.delimiter, identifier_columns=identifiers)
+                raw = read_batch(path, source, claro.store.catalogue(catalogue))
             except SupplierFileError as exc:
                 raise BatchDataError(str(exc)) from exc
             if len(raw.flags):
@@ -356,13 +346,10 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
             book = MappingBook(claro.home_dir / "mappings")
             mapping, drafted = book.resolve(batch.source, user_columns(raw), cat)
             try:
-                mapped = apply_mapping(raw, mapping, cat, source=batch.source)
+                matched = map_batch(raw, mapping, claro.store, catalogue, batch.source,
+                                    claro.spec.sources[batch.source])
             except ValueError as exc:
                 raise BatchDataError(str(exc)) from exc
-            gtin = next((n for n, a in cat.attributes.items() if a.format == "gtin"), None)
-            existing = claro.store.records(catalogue, columns=[gtin] if gtin else [cat.key])
-            gtins = dict(zip(existing[gtin], existing[cat.key], strict=True)) if gtin else {}
-            matched = match_records(mapped, cat, set(existing[cat.key]), {g: k for g, k in gtins.items() if g})
         counts = matched["__match__"].value_counts().to_dict()
         return dg.Output(matched, metadata={
             "rows": len(matched),
@@ -381,20 +368,18 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
         batch = resolve_batch(context, claro, catalogue)
         registry = BatchRegistry(claro.store)
         with settling(claro, batch, "batch_validated"):
-            cat = claro.store.catalogue(catalogue)
-            result = validate_batch(mapped, cat, known_references=known_references(claro.store, catalogue))
+            result = validate_mapped(mapped, claro.store, catalogue, claro.spec.sources.get(batch.source))
             rejected = registry.save_rejected(batch.key, with_failed_pages(result.rejected, batch))
-        passed = result.error_rate <= pipeline.error_budget
-        verdict = (f"{rejected} of {result.rows_in} rows failed validation ({result.error_rate:.1%}); "
-                   f"the error budget is {pipeline.error_budget:.0%}")
+        judged = verdict(result, rejected, pipeline.error_budget)
+        passed, verdict_text = judged.passed, judged.text
         if passed:
-            registry.set_status(batch.key, "validated", stage="batch_validated", message=verdict,
+            registry.set_status(batch.key, "validated", stage="batch_validated", message=verdict_text,
                                 spec_version=claro.spec_version)
         else:
             registry.set_status(batch.key, "halted", stage="batch_validated", spec_version=claro.spec_version,
-                                message=f"{verdict}. Fix the file and upload it again, or see `claro rejected "
+                                message=f"{verdict_text}. Fix the file and upload it again, or see `claro rejected "
                                         f"{batch.key}`")
-            settle_inbox_file(claro, batch, reason=verdict)
+            settle_inbox_file(claro, batch, reason=verdict_text)
         # `__rejected__`, `__reasons__` and each attribute's normalized values: batch_normalized reads them
         # instead of evaluating every rule again
         frame = result.carried()
@@ -404,7 +389,7 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
                     "errors": preview(result.errors) if len(result.errors) else "none"}
         yield dg.Output(frame, metadata=metadata)
         yield dg.AssetCheckResult(check_name=GATE, passed=passed, severity=dg.AssetCheckSeverity.ERROR,
-                                  description=verdict, metadata={"error_rate": float(result.error_rate),
+                                  description=verdict_text, metadata={"error_rate": float(result.error_rate),
                                                                  "rows_rejected": rejected})
 
     @dg.asset(key=key("batch_normalized"), ins={"validated": dg.AssetIn(key("batch_validated"))},

@@ -34,9 +34,19 @@ from claro_dagster.operations.values import (
 )
 from claro_dagster.spec.models import CatalogueSpec
 
-__all__ = ["ERROR_COLUMNS", "ValidationResult", "validate_batch"]
+__all__ = ["ERROR_COLUMNS", "Ownership", "ValidationResult", "validate_batch"]
 
 ERROR_COLUMNS = ["line", "record", "attribute", "value", "reason"]
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """A source that speaks for one supplier (its spec's `supplier`): a row naming another supplier in `attribute`,
+    or writing to a record whose stored `attribute` names another supplier, is rejected."""
+
+    attribute: str              # the reference attribute naming a record's supplier (e.g. `supplier`)
+    supplier: str               # the supplier this source speaks for
+    owners: Mapping[str, str]   # record key -> the supplier its stored record names (records that name one)
 
 
 @dataclass
@@ -99,13 +109,41 @@ def _lines_phrase(lines: np.ndarray) -> str:
     return "lines " + ", ".join(str(n) for n in lines[:-1]) + f" and {lines[-1]}"
 
 
+def _foreign_rows(catalogue: CatalogueSpec, outcomes: Mapping[str, ColumnOutcome], keys,
+                  ownership: Ownership) -> list[tuple[np.ndarray, str, np.ndarray]]:
+    """Rows naming another supplier, and rows for records another supplier owns (see `Ownership`)."""
+    found = []
+    own = ownership.supplier
+    named = outcomes.get(ownership.attribute)
+    if named is not None:
+        candidates = np.flatnonzero(~named.blank & ~named.failed)
+        if candidates.size:
+            values = objects(named.normalized.take(pa.array(candidates)))
+            other = pd.Series(values, dtype=object).ne(own).to_numpy()
+            if other.any():
+                found.append((candidates[other], ownership.attribute, np.asarray(
+                    [f"names supplier {v!r}: this source sends the products of {own!r} only" for v in values[other]],
+                    dtype=object)))
+    if ownership.owners:
+        positions = np.arange(len(keys))
+        labels = pd.Series(labels_at(keys, positions), dtype=object)
+        owner = labels.map(ownership.owners)
+        foreign = (owner.notna() & owner.ne(own)).to_numpy()
+        if foreign.any():
+            found.append((positions[foreign], catalogue.key, np.asarray(
+                [f"{catalogue.key} {k!r} is a product of supplier {o!r}, not of {own!r}: send your own products only"
+                 for k, o in zip(labels[foreign], owner[foreign], strict=True)], dtype=object)))
+    return found
+
+
 def validate_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
                    known_references: Mapping[str, set[str]] | None = None,
-                   locale_hint: str | None = None) -> ValidationResult:
+                   locale_hint: str | None = None, ownership: Ownership | None = None) -> ValidationResult:
     """Check every attribute of every row; see the module docstring for what "valid" means.
 
     `known_references[attribute]` holds the keys a reference attribute may point to (not checked
-    for attributes missing from it). `locale_hint` (e.g. "de_DE") settles "1,299" vs "1.299".
+    for attributes missing from it). `locale_hint` (e.g. "de_DE") settles "1,299" vs "1.299". `ownership`:
+    rows of another supplier's products are errors (see `Ownership`).
     """
     rows = len(frame)
     lines = line_numbers(frame)
@@ -140,6 +178,9 @@ def validate_batch(frame: pd.DataFrame, catalogue: CatalogueSpec, *,
             if unknown_at.size:
                 reasons[np.searchsorted(bad, unknown_at)] = unknown_reasons
             found.append((bad, name, reasons))
+
+    if ownership is not None:
+        found += _foreign_rows(catalogue, outcomes, keys, ownership)
 
     # The key repeated within the batch: every line of it is an error, so neither silently wins.
     if isinstance(keys, pa.Array):

@@ -223,6 +223,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         if source.kind == "s3" and not source.bucket:
             out.append((loc + ("bucket",), "an s3 source needs 'bucket'"))
         out += _drive_source_problems(loc, source)
+        if source.supplier is not None and source.catalogue in spec.catalogues:
+            out += _supplier_problems(spec, loc, source)
         if source.kind == "bigquery":
             out += _check_bigquery_source(loc, source)
         if source.kind == "scrape":
@@ -399,6 +401,21 @@ _SHOPIFY_FIELDS: dict[str, tuple[str, ...] | None] = {
     "status": ("enum", "text"), "price": ("number",), "compare_at_price": ("number",),
     "sku": ("text",), "barcode": ("text",),
 }
+
+
+def _supplier_problems(spec: ProjectSpec, loc: Loc, source: Any) -> list[Problem]:
+    """A source that speaks for one supplier names it through a reference attribute of its catalogue."""
+    attrs = spec.catalogues[source.catalogue].attributes
+    name = source.supplier_attribute
+    refs = [n for n, a in attrs.items() if a.type == "reference"]
+    if name not in attrs or attrs[name].type != "reference":
+        return [(loc + ("supplier_attribute",), f"{name!r} is not a reference attribute of catalogue "
+                 f"{source.catalogue!r}; 'supplier' needs the attribute that names a record's supplier "
+                 f"(reference attributes: {', '.join(refs) or 'none'})")]
+    if not str(source.supplier).strip():
+        return [(loc + ("supplier",), "'supplier' is empty: give the key of the supplier this source speaks for, "
+                 "or leave the key out")]
+    return []
 
 
 def _check_bigquery_source(loc: Loc, source: Any) -> list[Problem]:

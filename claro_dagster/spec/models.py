@@ -230,6 +230,13 @@ class SourceSpec(SpecModel):
     drive_id: str | None = None
     credentials_env: str | None = None
     max_file_mb: float = Field(100, gt=0, description="larger files are refused, with the reason kept")
+    # upload (the Supplier Portal, `claro serve`): `max_file_mb` (above) is also the upload size limit (an upload
+    # over it is refused before it is stored in full). `supplier` is the key of the supplier this source speaks
+    # for, named by the catalogue's reference attribute `supplier_attribute`: rows naming another supplier, and
+    # rows for records whose stored supplier is another, are rejected (checked by the pipeline too); rows naming
+    # none are given this one.
+    supplier: str | None = None
+    supplier_attribute: str = "supplier"
     # bigquery: a table (`dataset` + `table`) or a `query`, pulled incrementally by `watermark` (ties broken by
     # `key`); `credentials_env` (above) names the variable holding a service-account key file (unset: application
     # default credentials); `endpoint_url_env` (above) points the client at another endpoint (tests)

@@ -9,6 +9,7 @@ the app with uvicorn:
 Routes:
     POST /slack/commands   Slack slash commands (signed; see `web/slack_commands.py`)
     /review...             the review page for reviewers signed in by their link (see `web/review_page.py`)
+    /portal...             the Supplier Portal for suppliers signed in by their link (see `web/portal_page.py`)
     GET  /healthz          "ok"
 
 A slash command's body is a short form; anything over `MAX_BODY_BYTES` is refused with 413 before the
@@ -23,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +32,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from claro_dagster.catalogue.schema import default_home
+from claro_dagster.web.portal_page import PortalPage, portal_routes
 from claro_dagster.web.review_page import ReviewPage, review_routes
 from claro_dagster.web.slack_commands import (
     DEFAULT_ACK_BUDGET_SECONDS,
@@ -104,7 +108,8 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
                review_url: str | None = None, ack_budget_seconds: float = DEFAULT_ACK_BUDGET_SECONDS,
                clock: Callable[[], float] = time.time,
                post_followup: Callable[[str, SlackReply], None] | None = None,
-               slack_api_url: str | None = None, review_page: ReviewPage | None = None) -> Starlette:
+               slack_api_url: str | None = None, review_page: ReviewPage | None = None,
+               portal_page: PortalPage | None = None, home: str | Path | None = None) -> Starlette:
     """Build the web app.
 
     spec_loader() returns the current `ProjectSpec`; store_factory(spec) opens a `CatalogueStore`
@@ -114,7 +119,8 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
     which command is the spec's `notifications.slack_commands`; user-group members are looked up at
     `slack_api_url` (default: the spec's `notifications.slack_api_url`) with the bot token named by
     `notifications.slack_token_env`. `review_page` serves `/review` (default: one signed with the
-    `CLARO_WEB_SECRET` environment variable).
+    `CLARO_WEB_SECRET` environment variable). `portal_page` serves the Supplier Portal at `/portal` (default:
+    one on the project home `home`, default `$CLARO_HOME` or ./.claro).
     """
     secret = signing_secret or os.environ.get(SIGNING_SECRET_ENV, "")
     verifier = SlackRequestVerifier(secret, clock=clock) if secret.strip() else None
@@ -135,7 +141,8 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
         commands.close()
 
     review = review_page or ReviewPage(spec_loader, store_factory)
-    app = Starlette(routes=[Route("/healthz", _healthz), *slack_routes(commands, verifier), *review_routes(review)],
-                    lifespan=lifespan)
+    portal = portal_page or PortalPage(spec_loader, store_factory, home or default_home())
+    app = Starlette(routes=[Route("/healthz", _healthz), *slack_routes(commands, verifier), *review_routes(review),
+                            *portal_routes(portal)], lifespan=lifespan)
     app.state.slack_commands = commands
     return app

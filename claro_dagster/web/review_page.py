@@ -19,7 +19,6 @@ a caption and header scopes in the table, a visible focus ring and dark-on-light
 from __future__ import annotations
 
 import hmac
-import html
 import logging
 import os
 import secrets
@@ -38,6 +37,7 @@ from claro_dagster.catalogue.access import AccessDenied, AccessTokens, known_rev
 from claro_dagster.catalogue.changes import StoreError
 from claro_dagster.catalogue.common import now
 from claro_dagster.catalogue.review import ReviewItem, ReviewQueue
+from claro_dagster.web.pages import HEADERS, STYLE, esc, page, show  # noqa: F401  (STYLE: shared, was defined here)
 
 log = logging.getLogger(__name__)
 
@@ -47,39 +47,6 @@ SESSION_HOURS = 12
 FILTERS = ("catalogue", "operation", "attribute", "source", "min_confidence", "max_confidence", "reviewer")
 ACTIONS = ("approve", "reject", "edit", "skip", "snooze")
 MAX_FORM_BYTES = 1024 * 1024
-HEADERS = {"Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
-           "Cache-Control": "no-store",
-           "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-                                      "frame-ancestors 'none'"}
-
-STYLE = """
-body{font-family:system-ui,sans-serif;color:#1a1a1a;background:#fff;margin:1.5rem;line-height:1.4}
-a{color:#0645ad} h1{font-size:1.5rem} table{border-collapse:collapse;width:100%;margin-top:1rem}
-th,td{border:1px solid #767676;padding:.35rem .5rem;text-align:left;vertical-align:top}
-caption{text-align:left;font-weight:bold;padding:.3rem 0} th{background:#f0f0f0}
-fieldset{border:1px solid #767676;margin:.5rem 0} label{margin-right:.5rem}
-input,select,button{font:inherit;margin:.15rem} button{background:#1f4e8c;color:#fff;border:1px solid #1f4e8c;
-padding:.25rem .6rem;border-radius:3px;cursor:pointer} button.secondary{background:#fff;color:#1f4e8c}
-:focus{outline:3px solid #b35c00;outline-offset:2px} .status{padding:.5rem;border:2px solid #1f4e8c;margin:.5rem 0}
-.error{border-color:#a00000;color:#a00000} .old{color:#5c0000} .new{color:#0b5d1e} .small{font-size:.9rem}
-"""
-
-
-def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def show(value: Any) -> str:
-    return "(empty)" if value is None or value == "" else str(value)
-
-
-def page(title: str, body: str, status_code: int = 200) -> HTMLResponse:
-    doc = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-           f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
-           f"<style>{STYLE}</style></head><body><main>{body}</main></body></html>")
-    return HTMLResponse(doc, status_code=status_code, headers=HEADERS)
-
-
 def refused(message: str, status_code: int = 403) -> HTMLResponse:
     return page("Access refused", f"<h1>Access refused</h1><p class=\"status error\" role=\"alert\">{esc(message)}"
                                   "</p><p>Review links are personal and made with <code>claro review invite</code>."

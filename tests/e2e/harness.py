@@ -150,13 +150,16 @@ class DagsterStack:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> None:
+    def start(self, only: tuple[str, ...] | None = None) -> None:
+        """Start the webserver and the daemon (`only`: those named, e.g. ("daemon",) when nothing asks the UI)."""
         bindir = Path(sys.executable).parent
         commands = {
             "webserver": [str(bindir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port), "-m", LOCATION],
             "daemon": [str(bindir / "dagster-daemon"), "run", "-m", LOCATION],
         }
         for name, args in commands.items():
+            if only is not None and name not in only:
+                continue
             assert Path(args[0]).exists(), f"{args[0]} is missing: install dagster-webserver in this venv"
             with open(self.logs / f"{name}.log", "wb") as log:
                 # cwd = the project folder: nothing lands in the repo, and no ./claro.yaml or ./dagster.yaml is read

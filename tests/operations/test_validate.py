@@ -359,3 +359,20 @@ def test_column_evaluation_matches_value_by_value_evaluation(spec, by_value, dty
         assert got == (value, change, problem, blank) or (
             isinstance(value, float) and np.isnan(value) and problem == got[2]), raw
         assert (bool(outcome.changed[i]), bool(outcome.failed[i])) == (change is not None, problem is not None), raw
+
+
+def test_a_source_speaking_for_one_supplier_rejects_other_suppliers_rows():
+    from claro_dagster.operations.validate import Ownership
+
+    cat = catalogue(supplier=AttributeSpec(type="reference", target="suppliers"), title=AttributeSpec(type="text"))
+    frame = batch(sku=["A1", "B2", "C3", "D4", None], supplier=["SUP-1", "SUP-1", "SUP-2", None, "SUP-1"],
+                  title=["Mug", "Cup", "Jug", "Bowl", "Plate"])
+    owned = Ownership("supplier", "SUP-1", {"B2": "SUP-2", "D4": "SUP-1", "A1": "SUP-1"})
+    result = validate_batch(frame, cat, ownership=owned)
+    assert reasons(result, "supplier") == {4: "names supplier 'SUP-2': this source sends the products of 'SUP-1' "
+                                              "only"}
+    assert reasons(result, "sku") == {3: "sku 'B2' is a product of supplier 'SUP-2', not of 'SUP-1': send your own "
+                                         "products only", 6: "required value is missing"}
+    assert sorted(result.rejected["__line__"]) == [3, 4, 6]
+    plain = validate_batch(frame, cat)  # without ownership: only the missing key
+    assert sorted(plain.rejected["__line__"]) == [6]

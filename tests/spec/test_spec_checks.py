@@ -283,3 +283,11 @@ def test_the_bundled_demo_passes_claro_check() -> None:
     from claro_dagster.spec import DEMO_DIR
 
     assert load_spec(DEMO_DIR / "claro.yaml").destinations
+
+
+def test_a_source_speaking_for_a_supplier_needs_a_reference_attribute_naming_it(tmp_path, monkeypatch):
+    found = problems(tmp_path, monkeypatch, rest="sources:\n  portal:\n    catalogue: products\n    kind: upload\n"
+                                                 "    supplier: SUP-0001\n")
+    assert found == ["claro.yaml:8 sources.portal.supplier_attribute: 'supplier' is not a reference attribute of "
+                     "catalogue 'products'; 'supplier' needs the attribute that names a record's supplier (reference "
+                     "attributes: none)"]
