@@ -343,6 +343,10 @@ class Duplicates:
 
 
 def _details(similarity, keep, blocked_by) -> dict[str, Any]:
-    return {"similarity": similarity, "blocked_by": list(blocked_by),
-            "keep": {f: {"value": k.value, "source": k.source, "reason": k.reason} if isinstance(k, KeptValue) else k
-                     for f, k in keep.items()}}
+    """The JSON of a proposal's details (column names from the store are str subclasses; JSON wants str)."""
+    def plain(value: Any) -> Any:
+        return value.item() if hasattr(value, "item") else value
+
+    return {"similarity": {str(f): plain(v) for f, v in similarity.items()}, "blocked_by": list(blocked_by),
+            "keep": {str(f): {"value": plain(k.value), "source": k.source, "reason": k.reason}
+                     if isinstance(k, KeptValue) else k for f, k in keep.items()}}

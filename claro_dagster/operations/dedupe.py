@@ -236,7 +236,7 @@ def candidate_pairs(values: Mapping[str, np.ndarray], config: DedupeConfig, n: i
             merged = frame.merge(frame, on="k", suffixes=("", "_b"))
             merged = merged[merged["i"] < merged["i_b"]]
             parts.append(pd.DataFrame({"i": merged["i"].to_numpy(), "j": merged["i_b"].to_numpy(),
-                                       "via": "brand+title"}))
+                                       "via": "brand+title" if config.brand else "title"}))
     if not parts:
         return pd.DataFrame({"i": np.zeros(0, int), "j": np.zeros(0, int), "via": np.zeros(0, object)})
     every = pd.concat(parts, ignore_index=True).drop_duplicates()
