@@ -133,7 +133,7 @@ def test_unknown_key_without_close_match_lists_allowed(write) -> None:
         """)
     assert errors(path) == [
         "claro.yaml:6 catalogues.products.colour_scheme: unknown key 'colour_scheme' "
-        "(allowed keys: key, description, attributes)"
+        "(allowed keys: key, description, attributes, dedupe)"
     ]
 
 
