@@ -155,15 +155,20 @@ class Duplicates:
         frame = store.records(catalogue, filter=filter)
         change_set = f"{OPERATION}:{catalogue}:{run_id}"
         result = FindResult(change_set, records=len(frame))
+        with store.engine.connect() as conn:
+            merged = self.merged_records(catalogue, conn)
+            rejected = self._pairs(conn, catalogue, ["rejected"])
+        if merged:
+            frame = frame[~frame[config.key].astype(str).isin(merged)]
+        # Scored outside the write transaction (seconds on a large catalogue: other writers are not held up);
+        # decisions made meanwhile are read again inside it.
+        proposals = find_duplicates(frame, config, exclude=rejected)
         with store.writer.transaction() as tx:
             conn = tx.conn
             merged = self.merged_records(catalogue, conn)
-            if merged:
-                frame = frame[~frame[config.key].astype(str).isin(merged)]
-            rejected = self._pairs(conn, catalogue, ["rejected"])
-            proposals = find_duplicates(frame, config, exclude=rejected)
-            waiting = self._pairs(conn, catalogue, ["open"])
-            new = [p for p in proposals if frozenset((p.survivor, p.duplicate)) not in waiting]
+            decided = self._pairs(conn, catalogue, ["rejected", "open"])
+            new = [p for p in proposals if frozenset((p.survivor, p.duplicate)) not in decided
+                   and not {p.survivor, p.duplicate} & merged]
             result.already_proposed = len(proposals) - len(new)
             opened = tx.open(ChangeSet(change_set, catalogue, OPERATION, run_id=run_id))
             if opened is None:
