@@ -40,7 +40,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from claro_dagster.catalogue.changes import ApplyResult, Change, ChangeSet, StoreError
+from claro_dagster.catalogue.changes import OPEN, ApplyResult, Change, ChangeSet, StoreError
 from claro_dagster.catalogue.common import aware, dumps, loads, now
 from claro_dagster.catalogue.rollback import NothingToRollBack
 from claro_dagster.catalogue.store import CatalogueStore
@@ -110,34 +110,39 @@ class Duplicates:
     def list(self, catalogue: str | None = None, status: str | None = "open") -> list[DuplicateProposal]:
         if status is not None and status not in STATUSES:
             raise StoreError(f"unknown duplicates status {status!r}; statuses are: {', '.join(STATUSES)}")
-        query = sa.select(self.t).order_by(self.t.c.proposal)
+        query = self._query()
         if catalogue:
             self.store.catalogue(catalogue)
             query = query.where(self.t.c.catalogue == catalogue)
-        if status:
-            query = query.where(self.t.c.status == status)
         with self.store.engine.connect() as conn:
-            return [self._proposal(r) for r in conn.execute(query)]
+            found = [self._proposal(r) for r in conn.execute(query)]
+        return [p for p in found if status is None or p.status == status]
 
     def get(self, proposal: int) -> DuplicateProposal:
         with self.store.engine.connect() as conn:
-            row = conn.execute(sa.select(self.t).where(self.t.c.proposal == proposal)).first()
+            row = conn.execute(self._query().where(self.t.c.proposal == proposal)).first()
         if row is None:
             raise StoreError(f"no merge proposal {proposal}; `claro duplicates list` shows the open ones")
         return self._proposal(row)
 
+    def _query(self) -> sa.Select:
+        # The review item's status too: a rollback of the dedupe run withdraws its open items (rollback.py).
+        return (sa.select(self.t, self.p.c.status.label("item_status"))
+                .select_from(self.t.outerjoin(self.p, self.p.c.id == self.t.c.proposal)).order_by(self.t.c.proposal))
+
     @staticmethod
     def _proposal(r) -> DuplicateProposal:
         details = loads(r.details) or {}
+        status = "withdrawn" if r.status == "open" and r.item_status not in OPEN else r.status
         return DuplicateProposal(r.proposal, r.catalogue, r.survivor, r.duplicate, r.score,
                                  details.get("similarity", {}), details.get("keep", {}),
-                                 tuple(details.get("blocked_by", ())), r.status, r.run_id, r.merge_run, r.decided_by,
+                                 tuple(details.get("blocked_by", ())), status, r.run_id, r.merge_run, r.decided_by,
                                  aware(r.decided_at), aware(r.at))
 
     def _pairs(self, conn, catalogue: str, statuses) -> set[frozenset[str]]:
-        rows = conn.execute(sa.select(self.t.c.survivor, self.t.c.duplicate).where(
-            self.t.c.catalogue == catalogue, self.t.c.status.in_(list(statuses))))
-        return {frozenset(r) for r in rows}
+        rows = conn.execute(self._query().where(self.t.c.catalogue == catalogue,
+                                                self.t.c.status.in_(list(statuses))))
+        return {frozenset((p.survivor, p.duplicate)) for p in map(self._proposal, rows) if p.status in statuses}
 
     def merged_records(self, catalogue: str, conn=None) -> set[str]:
         """Records merged into another (and not unmerged): never proposed again."""

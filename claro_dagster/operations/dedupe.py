@@ -1,7 +1,7 @@
 """Find Duplicates: blocking, pairwise scoring, clustering and merge plans over a catalogue's records.
 
 `find_duplicates(frame, config)` reads a DataFrame of records (one column per attribute, the key among them, in
-the order the store keeps them: oldest first) and returns `MergeProposal`s. No I/O, no Dagster.
+the order the store reads them: by key) and returns `MergeProposal`s. No I/O, no Dagster.
 
 Blocking
 --------
@@ -27,11 +27,11 @@ dependencies; rapidfuzz's `cpdist` scores a column of pairs in C, 100,000 record
 Clusters and survivors
 ----------------------
 Pairs at or above the threshold are joined into clusters (union-find). Each cluster's survivor is the record with
-the most filled values (weighted by attribute importance), then one with a valid GTIN, then the oldest. Each other
-member whose own pair with the survivor scores at least the threshold (a chain of similar records is not one
-product) becomes one proposal: survivor + duplicate, their score and per-field similarity, and per field the value
-to keep with its reason (the survivor's value, or the duplicate's where the survivor has none). A pair in
-`exclude` (rejected before) is never proposed, even when a third record links the two.
+the most filled values (weighted by attribute importance), then one with a valid GTIN, then the first in the
+frame. Each other member whose own pair with the survivor scores at least the threshold (a chain of similar
+records is not one product) becomes one proposal: survivor + duplicate, their score and per-field similarity,
+and per field the value to keep with its reason (the survivor's value, or the duplicate's where the survivor has
+none). A pair in `exclude` (rejected before) is never proposed, even when a third record links the two.
 """
 
 from __future__ import annotations
@@ -328,7 +328,7 @@ def _completeness(row: Mapping[str, Any], config: DedupeConfig) -> float:
 
 
 def choose_survivor(rows: list[Mapping[str, Any]], config: DedupeConfig) -> int:
-    """Index of the record that survives: most complete (importance-weighted), then a valid GTIN, then the oldest."""
+    """Index of the record that survives: most complete (importance-weighted), then a valid GTIN, then the first."""
     def rank(k: int):
         row = rows[k]
         gtin = row.get(config.gtin) if config.gtin else None
@@ -368,7 +368,7 @@ def plan_fields(survivor: Mapping[str, Any], duplicate: Mapping[str, Any], confi
 # ---------------------------------------------------------------------------------- the operation
 def find_duplicates(frame: pd.DataFrame, config: DedupeConfig, *,
                     exclude: Iterable[tuple[str, str]] = ()) -> list[MergeProposal]:
-    """Merge proposals for the records of `frame` (oldest first). `exclude`: pairs of keys never to propose (in
+    """Merge proposals for the records of `frame`. `exclude`: pairs of keys never to propose (in
     either order), e.g. pairs a reviewer rejected; they do not link clusters either."""
     n = len(frame)
     if n < 2:

@@ -138,3 +138,13 @@ def test_a_merge_proposal_cannot_be_edited(store):
     item_id = found_one(store)
     with pytest.raises(StoreError, match="is a merge proposal"):
         ReviewQueue(store).edit(item_id, "P3", by="ann")
+
+
+def test_rolling_back_the_dedupe_run_withdraws_its_proposals(store):
+    item_id = found_one(store)
+    store.rollback("dedupe-run-1", by="raj")
+    assert ReviewQueue(store).get(item_id).status == "withdrawn"
+    assert Duplicates(store).get(item_id).status == "withdrawn"
+    with pytest.raises(StoreError, match="is withdrawn, not open"):
+        Duplicates(store).merge(item_id, by="ann")
+    assert Duplicates(store).find("products", run_id="dedupe-run-2").proposed == 1  # may be proposed afresh
