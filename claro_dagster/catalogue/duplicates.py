@@ -42,7 +42,7 @@ import sqlalchemy as sa
 
 from claro_dagster.catalogue.changes import OPEN, ApplyResult, Change, ChangeSet, StoreError
 from claro_dagster.catalogue.common import aware, dumps, loads, now
-from claro_dagster.catalogue.rollback import NothingToRollBack
+from claro_dagster.catalogue.rollback import NothingToRollBack, rollback_run_id
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.catalogue.writer import ValueProvenance
 from claro_dagster.operations.dedupe import DedupeConfig, KeptValue, compare, find_duplicates, plan_fields
@@ -126,14 +126,18 @@ class Duplicates:
         return self._proposal(row)
 
     def _query(self) -> sa.Select:
-        # The review item's status too: a rollback of the dedupe run withdraws its open items (rollback.py).
-        return (sa.select(self.t, self.p.c.status.label("item_status"))
+        # The review item's status too: a rollback of the dedupe run withdraws its open items (rollback.py); and
+        # whether the merge's run was rolled back by `claro rollback --run merge-...` rather than `unmerge`.
+        cs = self.store.t["change_sets"]
+        undone = sa.exists().where(cs.c.run_id == sa.literal(rollback_run_id("")) + self.t.c.merge_run)
+        return (sa.select(self.t, self.p.c.status.label("item_status"), undone.label("undone"))
                 .select_from(self.t.outerjoin(self.p, self.p.c.id == self.t.c.proposal)).order_by(self.t.c.proposal))
 
     @staticmethod
     def _proposal(r) -> DuplicateProposal:
         details = loads(r.details) or {}
-        status = "withdrawn" if r.status == "open" and r.item_status not in OPEN else r.status
+        status = ("withdrawn" if r.status == "open" and r.item_status not in OPEN
+                  else "rolled_back" if r.status == "merged" and r.undone else r.status)
         return DuplicateProposal(r.proposal, r.catalogue, r.survivor, r.duplicate, r.score,
                                  details.get("similarity", {}), details.get("keep", {}),
                                  tuple(details.get("blocked_by", ())), status, r.run_id, r.merge_run, r.decided_by,
@@ -146,11 +150,11 @@ class Duplicates:
 
     def merged_records(self, catalogue: str, conn=None) -> set[str]:
         """Records merged into another (and not unmerged): never proposed again."""
-        query = sa.select(self.t.c.duplicate).where(self.t.c.catalogue == catalogue, self.t.c.status == "merged")
+        query = self._query().where(self.t.c.catalogue == catalogue, self.t.c.status == "merged")
         if conn is not None:
-            return set(conn.execute(query).scalars())
+            return {p.duplicate for p in map(self._proposal, conn.execute(query)) if p.status == "merged"}
         with self.store.engine.connect() as c:
-            return set(c.execute(query).scalars())
+            return {p.duplicate for p in map(self._proposal, c.execute(query)) if p.status == "merged"}
 
     # ------------------------------------------------------------------ finding
     def find(self, catalogue: str, *, run_id: str, filter: str | None = None) -> FindResult:

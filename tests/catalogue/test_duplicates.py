@@ -148,3 +148,12 @@ def test_rolling_back_the_dedupe_run_withdraws_its_proposals(store):
     with pytest.raises(StoreError, match="is withdrawn, not open"):
         Duplicates(store).merge(item_id, by="ann")
     assert Duplicates(store).find("products", run_id="dedupe-run-2").proposed == 1  # may be proposed afresh
+
+
+def test_rolling_back_the_merge_run_itself_counts_as_unmerged(store):
+    item_id = found_one(store)
+    Duplicates(store).merge(item_id, by="ann")
+    store.rollback(Duplicates(store).get(item_id).merge_run, by="raj")  # `claro rollback --run merge-...`
+    assert Duplicates(store).get(item_id).status == "rolled_back"
+    assert store.record("offers", "O1")["product"] == "P2"
+    assert Duplicates(store).find("products", run_id="dedupe-run-2").proposed == 1  # P2 is a record again
