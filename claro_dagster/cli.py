@@ -876,6 +876,11 @@ def mapping_edit(source: str, shape: Annotated[str | None, typer.Argument()] = N
     console.print(f"saved {entries[0][2]}")
 
 
+from claro_dagster.cli_duplicates import duplicates_app  # noqa: E402 - it uses this module's helpers
+
+app.add_typer(duplicates_app, name="duplicates")
+
+
 def main() -> None:
     """Entry point: user errors print as one clear line and exit 1, never as a traceback."""
     try:

@@ -115,16 +115,44 @@ class ReviewQueue:
 
     # ------------------------------------------------------------------ deciding
     def approve(self, ids: Iterable[int], *, by: str, note: str | None = None) -> ApplyResult:
-        """Apply the proposed values; provenance keeps the operation, source and confidence, plus the reviewer."""
-        return self._apply(list(ids), by=by, note=note, decision="approved")
+        """Apply the proposed values; provenance keeps the operation, source and confidence, plus the reviewer.
+        A merge proposal (operation dedupe) is merged by catalogue/duplicates.py."""
+        ids = list(ids)
+        merges, ids = self._merges(ids)
+        total = self._apply(ids, by=by, note=note, decision="approved") if ids else ApplyResult("review")
+        if merges:
+            from claro_dagster.catalogue.duplicates import Duplicates
+
+            for item in merges:
+                merged = Duplicates(self.store).merge(item.id, by=by, note=note)
+                total.applied += merged.applied
+                total.unchanged += merged.unchanged
+        return total
+
+    def _merges(self, ids: list[int]) -> tuple[list[ReviewItem], list[int]]:
+        """The open merge proposals among `ids`, and the other ids."""
+        from claro_dagster.catalogue.duplicates import Duplicates
+
+        merges = [i for i in self._open(ids) if Duplicates.is_merge_item(i)]
+        return merges, [i for i in ids if i not in {m.id for m in merges}]
 
     def edit(self, item_id: int, value: Any, *, by: str, note: str | None = None) -> ApplyResult:
         """Apply a corrected value instead of the proposal: the reviewer becomes the value's source."""
+        if self._merges([item_id])[0]:
+            raise StoreError(f"review item {item_id} is a merge proposal: approve (merge) or reject it; "
+                             "`claro duplicates show` shows it side by side")
         return self._apply([item_id], by=by, note=note, decision="edited", value=value)
 
     def reject(self, ids: Iterable[int], *, by: str, note: str | None = None) -> int:
-        """Keep the current values; each rejection is an event of a review change set of the proposing run."""
-        items = self._open(ids)
+        """Keep the current values; each rejection is an event of a review change set of the proposing run. A
+        rejected merge proposal's pair is never proposed again."""
+        merges, ids = self._merges(list(ids))
+        if merges:
+            from claro_dagster.catalogue.duplicates import Duplicates
+
+            for item in merges:
+                Duplicates(self.store).reject(item.id, by=by, note=note)
+        items = self._open(ids) if ids else []
         with self.store.writer.transaction() as tx:
             for opened, group in self._change_sets(tx, items, by, f"review:{uuid.uuid4().hex[:16]}"):
                 for item in group:
@@ -136,7 +164,7 @@ class ReviewQueue:
                     tx.decide(item.id, "rejected", by=by, note=note)
                 opened.result.rejected = len(group)
                 opened.finish()
-        return len(items)
+        return len(items) + len(merges)
 
     def skip(self, ids: Iterable[int], *, by: str, note: str | None = None) -> int:
         """Leave items for later or for someone else: they stay open and sort last."""

@@ -181,6 +181,26 @@ def shared_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("reasons", sa.Text, nullable=False),
         sa.Column("row", sa.Text),  # JSON of the row as received
     )
+    # Find Duplicates (catalogue/duplicates.py): one row per merge proposal, keyed by its review item; the row is
+    # also the stored decision on the pair (rejected pairs are never proposed again).
+    t["duplicates"] = sa.Table(
+        "claro_duplicates", metadata,
+        sa.Column("proposal", sa.Integer, primary_key=True, autoincrement=False),  # claro_proposals.id
+        sa.Column("catalogue", sa.Text, nullable=False),
+        sa.Column("survivor", sa.Text, nullable=False),
+        sa.Column("duplicate", sa.Text, nullable=False),
+        sa.Column("score", sa.Float, nullable=False),
+        sa.Column("details", sa.Text),  # JSON: per-field similarity, values to keep with reasons, blocking keys
+        sa.Column("survivor_hash", sa.BigInteger),  # the records' content hashes when scored
+        sa.Column("duplicate_hash", sa.BigInteger),
+        sa.Column("status", sa.Text, nullable=False),  # open | merged | rejected | withdrawn | rolled_back
+        sa.Column("run_id", sa.Text),
+        sa.Column("merge_run", sa.Text),  # the run id of the merge's change sets (what its rollback undoes)
+        sa.Column("decided_by", sa.Text),
+        _ts("decided_at"),
+        _ts("at", nullable=False),
+        sa.Index("ix_claro_duplicates_pair", "catalogue", "survivor", "duplicate"),
+    )
     t["cursors"] = sa.Table(
         "claro_cursors", metadata,
         sa.Column("name", sa.Text, primary_key=True),

@@ -44,6 +44,8 @@ SUPPLIERS = [
     ("SUP-0003", "Initech Homeware Ltd", "orders@initech.example.com", "IE", "10"),
     ("SUP-0004", "Umbrella Footwear S.L.", "ventas@umbrella.example.com", "ES", "30"),
     ("SUP-0005", "Soylent Accessories B.V.", "hello@soylent.example.com", "NL", "7"),
+    # Acme again, under another id and spelling: Find Duplicates (`suppliers/dedupe`) proposes merging it.
+    ("SUP-0006", "ACME Outdoor Limited", "data@acme.example.com", "GB", "14"),
 ]
 
 
@@ -402,8 +404,8 @@ def write_readme(acme_flaws: list[str], globex_flaws: list[str]) -> None:
         "| `globex_products.xlsx` | Globex Apparel's workbook: sheet `Products` (title rows, two-row header "
         "with a merged `Dimensions (cm)` cell, formula column with cached values, real dates, 30 rows) "
         "and a `Notes` sheet |",
-        "| `suppliers.csv` | the 5 suppliers (`supplier_id`, `name`, `contact_email`, `country`, "
-        "`lead_time_days`) |",
+        "| `suppliers.csv` | 6 supplier rows (`supplier_id`, `name`, `contact_email`, `country`, "
+        "`lead_time_days`); SUP-0006 is Acme again under another spelling, for Find Duplicates |",
         "",
         "## Flaws planted in `acme_products.csv`",
         "",

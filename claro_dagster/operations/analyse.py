@@ -39,7 +39,7 @@ duplicate_estimate``.
 Issues
 ------
 critical: a required attribute under 90 % filled (``enrich``); duplicates present
-(``deduplicate``); invalid GTINs (``validate``); enum values outside the list (``normalize``).
+(``dedupe``); invalid GTINs (``validate``); enum values outside the list (``normalize``).
 warning: an optional attribute under 70 % filled (``enrich``); records without a key, malformed
 URLs/e-mails, numbers out of range, text length out of bounds (``validate``); non-numeric text in a
 number attribute (``normalize``).
@@ -244,7 +244,7 @@ def analyse_catalogue(
                              "brand (ignoring case and punctuation) of an earlier record")
             looks = _plural(key_dups + near_dups, "record looks", "records look")
             message = f"{looks} like duplicates: {'; '.join(parts)}."
-            issues.append(Issue("critical", None, message, "deduplicate"))
+            issues.append(Issue("critical", None, message, "dedupe"))
         if missing_keys and catalogue.key not in catalogue.attributes:  # else its fill issue says it
             issues.append(Issue("warning", catalogue.key,
                                 f"{_plural(missing_keys, 'record has', 'records have')} no {catalogue.key}.",

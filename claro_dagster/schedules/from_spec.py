@@ -1,8 +1,8 @@
 """Dagster schedules built from the spec's `schedules:` section, and their description for `claro schedules`.
 
 One schedule per spec entry, named after it. A target is a catalogue operation (`<catalogue>/analyse`,
-`<catalogue>/export`), a destination (`<catalogue>/<destination>`) or a pipeline (everything the pipeline
-publishes after `records`: analyse, export and its destinations). The entry's record filter travels in the
+`<catalogue>/export`, `<catalogue>/dedupe`), a destination (`<catalogue>/<destination>`) or a pipeline (everything
+the pipeline publishes after `records`: analyse, export and its destinations). The entry's record filter travels in the
 run config of every targeted asset and, with the schedule's name, in the run tags, so a notification can say
 what ran and for which records.
 """
@@ -29,7 +29,11 @@ TAG_FILTER = "claro/filter"
 TAG_TARGET = "claro/target"
 TAG_CATALOGUE = "claro/catalogue"  # what the notification sensor routes Slack messages on
 
-_OPERATION_WORDS = {"analyse": "the data-quality report", "export": "a CSV export"}
+_OPERATION_WORDS = {"analyse": "the data-quality report", "export": "a CSV export",
+                    "dedupe": "Find Duplicates: merge proposals for review"}
+# What a schedule naming a pipeline runs besides its destinations (dedupe is scheduled on its own: its proposals
+# wait for people, so it runs as often as they review, not as often as the catalogue is published).
+PIPELINE_OPERATIONS: tuple[str, ...] = tuple(op for op in SCHEDULABLE_OPERATIONS if op != "dedupe")
 _WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _CRON_MACROS = {
     "@hourly": "every hour on the hour", "@daily": "every day at 00:00", "@midnight": "every day at 00:00",
@@ -92,7 +96,7 @@ def target_paths(spec: ProjectSpec, name: str, target: str) -> list[tuple[str, s
     analyse, export, destinations)."""
     if target in spec.pipelines:
         pipeline = spec.pipelines[target]
-        return [(pipeline.catalogue, op) for op in (*SCHEDULABLE_OPERATIONS, *pipeline.destinations)]
+        return [(pipeline.catalogue, op) for op in (*PIPELINE_OPERATIONS, *pipeline.destinations)]
     catalogue, slash, operation = target.partition("/")
     if not slash or catalogue not in spec.catalogues or not operation:
         raise ScheduleError(f"schedules.{name}.target: {target!r} is neither a pipeline "
@@ -144,7 +148,7 @@ def _resolve(spec: ProjectSpec, name: str, schedule: ScheduleSpec,
     if schedule.target in spec.pipelines:
         # A pipeline destination whose kind has no connector yet has no asset; the pipeline runs without it,
         # exactly as the definitions do.
-        operations = [dg.AssetKey([spec.pipelines[schedule.target].catalogue, op]) for op in SCHEDULABLE_OPERATIONS]
+        operations = [dg.AssetKey([spec.pipelines[schedule.target].catalogue, op]) for op in PIPELINE_OPERATIONS]
         keys = [k for k in keys if k in assets_by_key or k in operations]
     missing = [k for k in keys if k not in assets_by_key]
     if missing:

@@ -31,7 +31,7 @@ Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
 
 # Operations a schedule may run on a catalogue besides its destinations (`<catalogue>/<operation>`).
-SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export")
+SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export", "dedupe")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
 AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive", "bigquery", "scrape", "postgres",
@@ -201,6 +201,8 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
                         unknown(cat.key, cat.attributes, f"an attribute of catalogue {cname!r}")))
         for aname, attr in cat.attributes.items():
             out += _check_attribute(spec, loc + ("attributes", aname), aname, attr)
+        if cat.dedupe is not None:
+            out += _check_dedupe(loc + ("dedupe",), cname, cat)
 
     for op, override in spec.thresholds.operations.items():
         if msg := _override_problem(spec, override):
@@ -920,4 +922,39 @@ def _auth_problems(loc: Loc, auth: Any) -> list[Problem]:
     if auth.type == "oauth2_client_credentials" and not (auth.token_url or auth.token_url_env):
         out.append((loc + ("token_url",), "auth type oauth2_client_credentials needs 'token_url' (or "
                                           "'token_url_env'): the token endpoint"))
+    return out
+
+
+def _check_dedupe(loc: Loc, cname: str, cat: Any) -> list[Problem]:
+    """`catalogues.<c>.dedupe`: compared and blocking attributes exist, weights are positive, retiring is complete."""
+    out: list[Problem] = []
+    spec = cat.dedupe
+    what = f"an attribute of catalogue {cname!r}"
+    for aname, weight in spec.attributes.items():
+        if aname not in cat.attributes:
+            out.append((loc + ("attributes", aname), unknown(aname, cat.attributes, what, "attributes")))
+        elif aname == cat.key:
+            out.append((loc + ("attributes", aname), f"{aname!r} is the catalogue key (unique per record): "
+                        "comparing it finds nothing; remove it"))
+        elif weight <= 0:
+            out.append((loc + ("attributes", aname), f"weight {weight:g} must be above 0 (remove the attribute "
+                        "to leave it out)"))
+    for role in ("gtin", "mpn", "brand", "title"):
+        aname = getattr(spec.blocking, role)
+        if aname is not None and aname not in cat.attributes:
+            out.append((loc + ("blocking", role), unknown(aname, cat.attributes, what, "attributes")))
+    if (spec.retire_attribute is None) != (spec.retire_value is None):
+        out.append((loc + ("retire_attribute" if spec.retire_attribute is None else "retire_value",),
+                    "'retire_attribute' and 'retire_value' go together: the attribute a merge sets on the "
+                    "duplicate and its value (e.g. status: archived)"))
+    elif spec.retire_attribute is not None:
+        attr = cat.attributes.get(spec.retire_attribute)
+        if attr is None:
+            out.append((loc + ("retire_attribute",), unknown(spec.retire_attribute, cat.attributes, what,
+                                                              "attributes")))
+        elif spec.retire_attribute == cat.key:
+            out.append((loc + ("retire_attribute",), "the catalogue key cannot be changed by a merge"))
+        elif attr.type == "enum" and spec.retire_value not in (attr.values or []):
+            out.append((loc + ("retire_value",), unknown(spec.retire_value, attr.values or [],
+                                                         f"a value of {spec.retire_attribute!r}", "values")))
     return out

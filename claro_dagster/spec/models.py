@@ -102,10 +102,36 @@ class AttributeSpec(SpecModel):
         return None if isinstance(value, str) and value.strip().lower() == "none" else value
 
 
+class DedupeBlockingSpec(SpecModel):
+    """Which attributes find candidate pairs (`<catalogue>/dedupe`); only pairs sharing one are scored. Unset keys
+    are read from the catalogue: the attribute with `format: gtin`, and those named `mpn`, `brand` and `title`."""
+
+    gtin: str | None = None  # same GTIN (digits, leading zeros ignored)
+    mpn: str | None = None  # same manufacturer part number (letters and digits, case ignored)
+    brand: str | None = None  # same brand and similar title tokens (with `title`)
+    title: str | None = None
+
+
+class DedupeSpec(SpecModel):
+    """`dedupe:` of a catalogue: Find Duplicates (operations/dedupe.py). Candidate pairs from blocking are scored
+    on `attributes` (attribute -> weight; the weighted mean of per-field similarity over the fields both records
+    have, 0-100); pairs scoring at least `threshold` become merge proposals in the review queue."""
+
+    attributes: dict[str, float] = Field(default_factory=dict, description="attribute -> weight (> 0)")
+    threshold: float = Field(80, ge=0, le=100)
+    blocking: DedupeBlockingSpec = Field(default_factory=DedupeBlockingSpec)
+    # How an approved merge retires the duplicate: this attribute (e.g. status) is set to `retire_value` (e.g.
+    # archived) through the change-set writer, so destinations archive it too; unset: the duplicate keeps its
+    # values and is only marked merged (`claro duplicates list --status merged`).
+    retire_attribute: str | None = None
+    retire_value: str | None = None
+
+
 class CatalogueSpec(SpecModel):
     key: str
     description: str | None = None
     attributes: dict[str, AttributeSpec]
+    dedupe: DedupeSpec | None = None  # Find Duplicates settings; unset: defaults read from the attributes
 
 
 
@@ -324,7 +350,7 @@ class PipelineSpec(SpecModel):
     # A triggered pipeline: when `after` completes, run `operations` on this catalogue's records matching `filter`,
     # then its destinations.
     after: PipelineTrigger | None = None
-    operations: list[Literal["validate", "analyse", "export"]] = Field(default_factory=list)
+    operations: list[Literal["validate", "analyse", "export", "dedupe"]] = Field(default_factory=list)
     filter: str | None = None
 
 

@@ -37,6 +37,7 @@ from claro_dagster.catalogue.access import AccessDenied, AccessTokens, known_rev
 from claro_dagster.catalogue.changes import StoreError
 from claro_dagster.catalogue.common import now
 from claro_dagster.catalogue.review import ReviewItem, ReviewQueue
+from claro_dagster.web.duplicates_view import load_merges, merge_table
 from claro_dagster.web.pages import HEADERS, STYLE, esc, page, show  # noqa: F401  (STYLE: shared, was defined here)
 
 log = logging.getLogger(__name__)
@@ -142,14 +143,14 @@ class ReviewPage:
 
         def load(spec, store):
             items = ReviewQueue(store).list(**criteria) if problem is None else []
-            return spec, items
+            return spec, items, load_merges(store, items)
 
         try:
-            spec, items = await run_in_threadpool(self._with_store, load)
+            spec, items, merges = await run_in_threadpool(self._with_store, load)
         except StoreError as exc:
-            spec, items, problem = self.spec_loader(), [], str(exc)
+            spec, items, merges, problem = self.spec_loader(), [], {}, str(exc)
         flash = session.pop("flash", None)
-        response = page("Review queue", self._render(spec, session, filters, items, flash, problem))
+        response = page("Review queue", self._render(spec, session, filters, items, flash, problem, merges))
         if flash is not None:
             self._set_session(response, request, session)
         return response
@@ -228,7 +229,7 @@ class ReviewPage:
 
     # ------------------------------------------------------------------ HTML
     def _render(self, spec, session: dict, filters: dict[str, str], items: list[ReviewItem], flash: str | None,
-                problem: str | None) -> str:
+                problem: str | None, merges: dict | None = None) -> str:
         reviewer = session["r"]
         choices = {
             "catalogue": list(spec.catalogues),
@@ -258,7 +259,9 @@ class ReviewPage:
             notes += f'<p class="status{cls}" role="status">{esc(flash)}</p>'
         if problem:
             notes += f'<p class="status error" role="alert">{esc(problem)}</p>'
-        rows = "".join(self._row(i) for i in items)
+        # A merge proposal (Find Duplicates) gets a row of its own below it: both records side by side.
+        rows = "".join(self._row(i) + (f'<tr><td colspan="9">{merge_table(i.id, *merges[i.id])}</td></tr>'
+                                       if merges and i.id in merges else "") for i in items)
         until = (self.clock() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
         bulk = ('<fieldset><legend>Decide on the checked items</legend>'
                 '<label for="action">Action</label><select id="action" name="action">'

@@ -94,7 +94,7 @@ def test_graph_snapshot(monkeypatch):
         for stage in stages:
             expected[f"{catalogue}/{stage}"] = previous
             previous = [f"{catalogue}/{stage}"]
-        for operation in ("analyse", "export", "validate"):
+        for operation in ("analyse", "export", "validate", "dedupe"):
             expected[f"{catalogue}/{operation}"] = [f"{catalogue}/records"]
     expected["products/review_checkpoint"] = ["products/records"]  # products_onboarding has a review checkpoint
     expected["products/shopify_store"] = ["products/review_checkpoint"]  # its variables unset: runnable by hand

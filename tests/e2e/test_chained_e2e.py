@@ -200,7 +200,7 @@ def test_chained_pipelines_review_checkpoint_and_halt(dagster_stack: DagsterStac
     store = CatalogueStore(spec, home=stack.home)
     try:
         registry, queue = BatchRegistry(store), ReviewQueue(store)
-        assert store.count(SUPPLIERS) == 5
+        assert store.count(SUPPLIERS) == 6  # SUP-0006 is Acme again: the demo's duplicate for Find Duplicates
 
         # 2. An Acme file with nothing to review: published, and its checkpoint releases it in the same run.
         acme = csv_bytes(product_rows())

@@ -150,7 +150,7 @@ def test_critical_issues_name_the_follow_up_operation():
         ("price", "enrich"),   # required, 80 % filled
         ("gtin", "validate"),  # check digit
         ("colour", "normalize"),  # "Red" outside the list
-        (None, "deduplicate"),
+        (None, "dedupe"),
     }
     warnings = {(i.attribute, i.follow_up) for i in report.issues if i.severity == "warning"}
     assert warnings == {("gtin", "enrich")}  # optional, 60 % filled; brand at 80 % is fine
@@ -208,7 +208,7 @@ def test_markdown_has_headline_tables_and_follow_ups():
     assert markdown.startswith("## Data quality: products")
     assert 'Filter: `brand == "Acme"`' in markdown
     assert "| **74.3** / 100 | 5 | 3 | 2 | 5 | 5 |" in markdown
-    for follow_up in ("enrich", "validate", "normalize", "deduplicate"):
+    for follow_up in ("enrich", "validate", "normalize", "dedupe"):
         assert f"Next: run `{follow_up}`." in markdown
     assert "| title | text | 3 | 80.0% | 100.0% | 100.0% | 0.46 | fair |" in markdown
     assert "| price | 25.00 | 25.00 | 12.91 | 10.00 | 40.00 |" in markdown

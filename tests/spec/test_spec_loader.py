@@ -60,7 +60,7 @@ def test_summarize_demo() -> None:
     spec = load_spec(DEMO_DIR / "claro.yaml")
     assert summarize(spec) == (
         "claro.yaml: OK — 2 catalogues (products: 17 attributes, suppliers: 5), 3 sources, "
-        "3 pipelines, 2 schedules, 4 destinations"
+        "3 pipelines, 4 schedules, 4 destinations"
     )
 
 
@@ -133,7 +133,7 @@ def test_unknown_key_without_close_match_lists_allowed(write) -> None:
         """)
     assert errors(path) == [
         "claro.yaml:6 catalogues.products.colour_scheme: unknown key 'colour_scheme' "
-        "(allowed keys: key, description, attributes)"
+        "(allowed keys: key, description, attributes, dedupe)"
     ]
 
 
