@@ -1,0 +1,194 @@
+"""Bulk Enrichment against the catalogue store: read what the methods need, run them (operations/enrich.py),
+and write the proposals through the one change-set writer with operation `enrich`.
+
+The spec's thresholds for `enrich` gate each value; routing rules assign the held-back ones to reviewers;
+provenance keeps the confidence, the citation and (for a model) the model name and prompt hash; rollback of the
+run undoes it. Everything is computed before anything is written, and the change sets of one run are written
+in one transaction: a model endpoint that fails half-way leaves the catalogue as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from claro_dagster.catalogue.changes import Change, ChangeSet, StoreError, gate, is_missing
+from claro_dagster.catalogue.common import values_equal
+from claro_dagster.catalogue.schema import prov_column
+from claro_dagster.catalogue.store import CatalogueStore
+from claro_dagster.operations.enrich import (
+    OPERATION,
+    EnrichResult,
+    ModelClient,
+    ReferenceTable,
+    enrich_records,
+    enrichable,
+)
+from claro_dagster.spec.models import ProjectSpec
+
+
+@dataclass
+class EnrichReport:
+    """What one enrichment run proposed and what the gate made of it, per attribute."""
+
+    catalogue: str
+    result: EnrichResult
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # attribute -> filled, queued, rejected, ...
+    change_sets: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def totals(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for c in self.counts.values():
+            for k, v in c.items():
+                out[k] += v
+        return dict(out)
+
+    def summary(self) -> str:
+        t = self.totals()
+        verb = "would be " if self.dry_run else ""
+        return (f"{self.catalogue}: {t.get('wanted', 0)} missing or weak value(s); {t.get('filled', 0)} {verb}filled, "
+                f"{t.get('queued', 0)} {verb}queued for review, {t.get('rejected', 0)} rejected"
+                + (" (dry run: nothing written)" if self.dry_run else ""))
+
+
+def reference_file_path(spec: ProjectSpec, file: str) -> Path:
+    path = Path(file)
+    return path if path.is_absolute() else spec.base_dir / path
+
+
+def read_reference_file(path: Path, key_column: str) -> ReferenceTable:
+    """A CSV reference file keyed by `key_column`, each row with its line number (the citation)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if key_column not in (reader.fieldnames or []):
+                raise StoreError(f"{path}: no column {key_column!r} (columns: {', '.join(reader.fieldnames or [])})")
+            rows, lines = {}, {}
+            for row in reader:
+                key = (row.get(key_column) or "").strip()
+                if key and key not in rows:
+                    rows[key], lines[key] = row, reader.line_num
+    except FileNotFoundError:
+        raise StoreError(f"reference file {path} does not exist; fix 'file' of the lookup method") from None
+    return ReferenceTable(str(path), rows, lines)
+
+
+def load_references(store: CatalogueStore, catalogue: str, attributes: Sequence[str]) -> dict[str, ReferenceTable]:
+    """Per `"<attribute>:<method index>"`, the table each lookup method reads."""
+    spec = store.spec
+    cat = store.catalogue(catalogue)
+    out: dict[str, ReferenceTable] = {}
+    catalogues: dict[str, ReferenceTable] = {}
+    for name in attributes:
+        for i, method in enumerate(cat.attributes[name].enrich.methods):
+            if method.method != "lookup":
+                continue
+            if method.via:
+                target = cat.attributes[method.via].target
+                if target not in catalogues:
+                    frame = store.records(target)
+                    key = spec.catalogues[target].key
+                    catalogues[target] = ReferenceTable(f"catalogue {target}", {
+                        str(k): r for k, r in zip(frame[key], frame.to_dict("records"), strict=True)})
+                out[f"{name}:{i}"] = catalogues[target]
+            elif method.file:
+                out[f"{name}:{i}"] = read_reference_file(reference_file_path(spec, method.file),
+                                                         method.key_column or method.key or "")
+    return out
+
+
+def weak_values(store: CatalogueStore, catalogue: str, attribute: str, keys: Sequence[str],
+                below: float) -> set[str]:
+    """Keys among `keys` whose stored value of `attribute` was written with a confidence under `below`."""
+    table = store.rec[catalogue]
+    key_col = table.c[store.catalogue(catalogue).key]
+    prov = store.t["provenance"]
+    pid = sa.func.coalesce(table.c[prov_column(attribute)], table.c._created_prov)
+    query = (sa.select(key_col).select_from(table.join(prov, prov.c.id == pid))
+             .where(table.c[attribute].is_not(None), prov.c.confidence < below))
+    wanted = set(keys)
+    with store.engine.connect() as conn:
+        return {str(k) for k in conn.execute(query).scalars() if str(k) in wanted}
+
+
+def run_enrichment(store: CatalogueStore, catalogue: str, *, run_id: str, filter: str | None = None,
+                   attributes: Sequence[str] | None = None, dry_run: bool = False, model: ModelClient | None = None,
+                   on_progress: Callable[[int], None] | None = None) -> EnrichReport:
+    """Enrich a catalogue's records (those matching `filter`; the attributes named, else every attribute with
+    `enrich` methods) and write the proposals as change sets of `run_id` (nothing with `dry_run`)."""
+    cat = store.catalogue(catalogue)
+    configured = enrichable(cat)
+    if attributes:
+        for name in attributes:
+            if name not in cat.attributes:
+                raise StoreError(f"unknown attribute {name!r} of {catalogue}; attributes are: "
+                                 f"{', '.join(cat.attributes)}")
+            if name not in configured:
+                raise StoreError(f"attribute {name!r} of {catalogue} has no 'enrich' methods in the spec; "
+                                 f"attributes with methods: {', '.join(configured) or 'none'}")
+        names = list(dict.fromkeys(attributes))
+    else:
+        names = list(configured)
+    report = EnrichReport(catalogue, EnrichResult(), dry_run=dry_run)
+    if not names:
+        report.notes.append(f"no attribute of {catalogue} has 'enrich' methods in the spec: nothing to do")
+        return report
+    pool = store.records(catalogue)
+    frame = pool if not filter else store.records(catalogue, filter=filter)
+    keys = [str(k) for k in frame[cat.key]]
+    wanted: dict[str, list[str]] = {}
+    for name in names:
+        missing = [str(k) for k, v in zip(frame[cat.key], frame[name], strict=True) if is_missing(v)]
+        below = cat.attributes[name].enrich.weak_below
+        weak = weak_values(store, catalogue, name, keys, below) if below is not None else set()
+        wanted[name] = missing + sorted(weak - set(missing))
+    reference_keys = {n: [str(k) for k in store.records(a.target, columns=[store.spec.catalogues[a.target].key])
+                          [store.spec.catalogues[a.target].key]]
+                      for n, a in cat.attributes.items() if n in names and a.type == "reference" and a.target}
+    result = enrich_records(frame, cat, wanted=wanted, references=load_references(store, catalogue, names),
+                            model=model, pool=pool, reference_keys=reference_keys, on_progress=on_progress)
+    report.result = result
+    for name in sorted(result.skipped_model):
+        method = next(m for m in cat.attributes[name].enrich.methods if m.method == "model")
+        report.notes.append(f"{name}: the model method was skipped: {method.url_env or 'url_env'} is not set "
+                            "(the other methods ran)")
+    current = {str(k): r for k, r in zip(frame[cat.key], frame.to_dict("records"), strict=True)}
+    counts = {n: {"wanted": len(wanted[n]), "filled": 0, "queued": 0, "rejected": 0, "unchanged": 0} for n in names}
+    groups: dict[str | None, list[Change]] = defaultdict(list)
+    for p in result.proposals:
+        if values_equal(current[p.record].get(p.attribute), p.value):
+            counts[p.attribute]["unchanged"] += 1
+            continue
+        outcome = gate(p.confidence, store.writer.thresholds(catalogue, OPERATION, p.attribute, None))
+        counts[p.attribute][{"applied": "filled", "queued": "queued", "suggested": "queued",
+                             "discarded": "rejected"}[outcome]] += 1
+        groups[p.model].append(Change(p.record, p.attribute, p.value, p.confidence, f"{p.reason} ({p.method})",
+                                      citation=p.citation))
+    for r in result.rejections:
+        counts[r.attribute]["rejected"] += 1
+    report.counts = counts
+    if dry_run or not groups:
+        return report
+    change_sets = [ChangeSet(f"enrich:{run_id}:{catalogue}" + (f":model{i}" if label else ""), catalogue, OPERATION,
+                             changes=changes, run_id=run_id, model=label)
+                   for i, (label, changes) in enumerate(sorted(groups.items(), key=lambda g: g[0] or ""))]
+    with store.writer.transaction() as tx:  # one transaction: the run's values are written together or not at all
+        for cs in change_sets:
+            opened = tx.open(cs)
+            if opened is None:
+                continue  # this run's enrichment was written before (a retried step)
+            opened.write(cs.changes, kind="update")
+            opened.finish()
+            report.change_sets.append(cs.id)
+    return report
+
+
+def rejected_lines(report: EnrichReport, limit: int = 20) -> list[str]:
+    return [f"{r.record} · {r.attribute} ({r.method}): {r.reason}" for r in report.result.rejections[:limit]]
