@@ -17,8 +17,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from claro_dagster.catalogue.changes import Change, ChangeSet, StoreError, gate, is_missing
-from claro_dagster.catalogue.common import values_equal
+from claro_dagster.catalogue.changes import OPEN, Change, ChangeSet, StoreError, coerce_value, gate, is_missing
+from claro_dagster.catalogue.common import dumps, values_equal
+from claro_dagster.catalogue.review import ReviewQueue
 from claro_dagster.catalogue.schema import prov_column
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.operations.enrich import (
@@ -63,7 +64,7 @@ def reference_file_path(spec: ProjectSpec, file: str) -> Path:
     return path if path.is_absolute() else spec.base_dir / path
 
 
-def read_reference_file(path: Path, key_column: str) -> ReferenceTable:
+def read_reference_file(path: Path, key_column: str, name: str | None = None) -> ReferenceTable:
     """A CSV reference file keyed by `key_column`, each row with its line number (the citation)."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -77,7 +78,7 @@ def read_reference_file(path: Path, key_column: str) -> ReferenceTable:
                     rows[key], lines[key] = row, reader.line_num
     except FileNotFoundError:
         raise StoreError(f"reference file {path} does not exist; fix 'file' of the lookup method") from None
-    return ReferenceTable(str(path), rows, lines)
+    return ReferenceTable(name or str(path), rows, lines)
 
 
 def load_references(store: CatalogueStore, catalogue: str, attributes: Sequence[str]) -> dict[str, ReferenceTable]:
@@ -100,7 +101,7 @@ def load_references(store: CatalogueStore, catalogue: str, attributes: Sequence[
                 out[f"{name}:{i}"] = catalogues[target]
             elif method.file:
                 out[f"{name}:{i}"] = read_reference_file(reference_file_path(spec, method.file),
-                                                         method.key_column or method.key or "")
+                                                         method.key_column or method.key or "", name=method.file)
     return out
 
 
@@ -160,17 +161,24 @@ def run_enrichment(store: CatalogueStore, catalogue: str, *, run_id: str, filter
         report.notes.append(f"{name}: the model method was skipped: {method.url_env or 'url_env'} is not set "
                             "(the other methods ran)")
     current = {str(k): r for k, r in zip(frame[cat.key], frame.to_dict("records"), strict=True)}
-    counts = {n: {"wanted": len(wanted[n]), "filled": 0, "queued": 0, "rejected": 0, "unchanged": 0} for n in names}
+    counts = {n: {"wanted": len(wanted[n]), "filled": 0, "queued": 0, "rejected": 0, "unchanged": 0,
+                  "already_proposed": 0} for n in names}
+    # A value already waiting for review, or one a reviewer rejected, is not proposed again by every later run.
+    seen = {(i.record, i.field, dumps(i.new)) for i in ReviewQueue(store).list(
+        catalogue=catalogue, operation=OPERATION, status=(*OPEN, "rejected")) if i.field in names}
     groups: dict[str | None, list[Change]] = defaultdict(list)
     for p in result.proposals:
         if values_equal(current[p.record].get(p.attribute), p.value):
             counts[p.attribute]["unchanged"] += 1
             continue
+        if (p.record, p.attribute, dumps(coerce_value(p.value, cat.attributes[p.attribute], where=p.attribute))) \
+                in seen:
+            counts[p.attribute]["already_proposed"] += 1
+            continue
         outcome = gate(p.confidence, store.writer.thresholds(catalogue, OPERATION, p.attribute, None))
         counts[p.attribute][{"applied": "filled", "queued": "queued", "suggested": "queued",
                              "discarded": "rejected"}[outcome]] += 1
-        groups[p.model].append(Change(p.record, p.attribute, p.value, p.confidence, f"{p.reason} ({p.method})",
-                                      citation=p.citation))
+        groups[p.model].append(Change(p.record, p.attribute, p.value, p.confidence, p.reason, citation=p.citation))
     for r in result.rejections:
         counts[r.attribute]["rejected"] += 1
     report.counts = counts

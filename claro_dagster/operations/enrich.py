@@ -410,13 +410,19 @@ class _Defaulting(dict):
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def _score(chosen: _Candidate, others: Iterable[_Candidate]) -> float:
+def _score(chosen: _Candidate, others: Iterable[_Candidate]) -> tuple[float, str]:
+    """The confidence of the chosen value and its factors in words (kept in the change's reason)."""
     agreement = 0.0
+    agreeing = []
     for other in others:
         same = _fold(str(other.value)) == _fold(str(chosen.value))
         agreement += AGREEMENT_BONUS if same else -DISAGREEMENT_PENALTY
-    score = chosen.reliability * chosen.evidence * chosen.certainty + agreement
-    return round(min(100.0, max(0.0, score)), 1)
+        agreeing.append(f"{other.method} {'agrees' if same else f'says {other.value!r}'}")
+    score = round(min(100.0, max(0.0, chosen.reliability * chosen.evidence * chosen.certainty + agreement)), 1)
+    factors = (f"confidence {score:g} = reliability {chosen.reliability:g} x evidence {chosen.evidence:.2f} "
+               f"x certainty {chosen.certainty:.2f} {'+' if agreement >= 0 else '-'} agreement {abs(agreement):g}"
+               + (f" ({'; '.join(agreeing)})" if agreeing else ""))
+    return score, factors
 
 
 def enrich_records(frame: pd.DataFrame, catalogue: CatalogueSpec, *, wanted: Mapping[str, Iterable[str]],
@@ -476,6 +482,7 @@ def enrich_records(frame: pd.DataFrame, catalogue: CatalogueSpec, *, wanted: Map
             if not found:
                 continue
             chosen = found[0]
-            result.proposals.append(Proposal(record, name, chosen.value, _score(chosen, found[1:]), chosen.method,
-                                             chosen.reason, chosen.citation, chosen.model))
+            confidence, factors = _score(chosen, found[1:])
+            result.proposals.append(Proposal(record, name, chosen.value, confidence, chosen.method,
+                                             f"{chosen.reason}; {factors}", chosen.citation, chosen.model))
     return result

@@ -45,6 +45,7 @@ from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.resources.catalogue import CatalogueResource
 from claro_dagster.resources.slack import Alert, SlackNotifier, run_url
 from claro_dagster.schedules import TAG_CATALOGUE, TAG_FILTER, TAG_SCHEDULE
+from claro_dagster.sensors.enrich_alerts import enrichment_review_alerts
 from claro_dagster.sensors.inbound import TAG_BATCH, TAG_SOURCE
 from claro_dagster.spec.models import NotificationsSpec, ProjectSpec
 
@@ -380,6 +381,8 @@ def handle_completed(instance: dg.DagsterInstance, run: dg.DagsterRun, store: Ca
         counts=counts), logger)
     for alert in _review_alerts(store, facts, mats):
         _notify(slack, alert_routes(spec), alert, logger)
+    for alert, routes in enrichment_review_alerts(store, spec, facts, mats, alert_routes(spec)):
+        _notify(slack, routes, alert, logger)
     if outbox_error is not None:
         raise outbox_error
 
@@ -429,6 +432,8 @@ def handle_failed(instance: dg.DagsterInstance, run: dg.DagsterRun, store: Catal
     # Stages before the failure may have published: their queued changes still wait for a person.
     for alert in _review_alerts(store, facts, mats):
         _notify(slack, alert_routes(spec), alert, logger)
+    for alert, routes in enrichment_review_alerts(store, spec, facts, mats, alert_routes(spec)):
+        _notify(slack, routes, alert, logger)
     if outbox_error is not None:
         raise outbox_error
 
