@@ -285,6 +285,6 @@ def test_the_demo_definitions_accept_every_schedules_run_config(tmp_path, monkey
     # Runs of a schedule are runs of a named job: the operation's own, or the schedule's when it spans several
     assert {s.name: s.job_name for s in defs.schedules} == {
         "nightly_quality": "products_analyse", "hourly_active_export": "products_export",
-        "nightly_enrichment": "products_enrich", "products_nightly": "products_nightly", "warehouse_sync": "products_warehouse",
-        "claro_retention_daily": "claro_retention"}
+        "nightly_enrichment": "products_enrich", "products_nightly": "products_nightly",
+        "warehouse_sync": "products_warehouse", "claro_retention_daily": "claro_retention"}
     dg.Definitions.validate_loadable(defs)
