@@ -78,11 +78,15 @@ def read_reference_file(path: Path, key_column: str, name: str | None = None) ->
                     rows[key], lines[key] = row, reader.line_num
     except FileNotFoundError:
         raise StoreError(f"reference file {path} does not exist; fix 'file' of the lookup method") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise StoreError(f"reference file {path} cannot be read as UTF-8 CSV: {exc}") from None
     return ReferenceTable(name or str(path), rows, lines)
 
 
-def load_references(store: CatalogueStore, catalogue: str, attributes: Sequence[str]) -> dict[str, ReferenceTable]:
-    """Per `"<attribute>:<method index>"`, the table each lookup method reads."""
+def load_references(store: CatalogueStore, catalogue: str, attributes: Sequence[str],
+                    notes: list[str] | None = None) -> dict[str, ReferenceTable]:
+    """Per `"<attribute>:<method index>"`, the table each lookup method reads. A reference file that does not
+    exist leaves its lookup out, with a note (in `notes`) saying where it was looked for."""
     spec = store.spec
     cat = store.catalogue(catalogue)
     out: dict[str, ReferenceTable] = {}
@@ -100,8 +104,14 @@ def load_references(store: CatalogueStore, catalogue: str, attributes: Sequence[
                         str(k): r for k, r in zip(frame[key], frame.to_dict("records"), strict=True)})
                 out[f"{name}:{i}"] = catalogues[target]
             elif method.file:
-                out[f"{name}:{i}"] = read_reference_file(reference_file_path(spec, method.file),
-                                                         method.key_column or method.key or "", name=method.file)
+                path = reference_file_path(spec, method.file)
+                if not path.is_file():
+                    if notes is not None:
+                        notes.append(f"{name}: the lookup in {method.file} was skipped: no file at {path} (paths "
+                                     "are relative to the spec's folder; copy the file beside the spec)")
+                    continue
+                out[f"{name}:{i}"] = read_reference_file(path, method.key_column or method.key or "",
+                                                         name=method.file)
     return out
 
 
@@ -153,7 +163,8 @@ def run_enrichment(store: CatalogueStore, catalogue: str, *, run_id: str, filter
     reference_keys = {n: [str(k) for k in store.records(a.target, columns=[store.spec.catalogues[a.target].key])
                           [store.spec.catalogues[a.target].key]]
                       for n, a in cat.attributes.items() if n in names and a.type == "reference" and a.target}
-    result = enrich_records(frame, cat, wanted=wanted, references=load_references(store, catalogue, names),
+    references = load_references(store, catalogue, names, report.notes)
+    result = enrich_records(frame, cat, wanted=wanted, references=references,
                             model=model, pool=pool, reference_keys=reference_keys, on_progress=on_progress)
     report.result = result
     for name in sorted(result.skipped_model):

@@ -93,10 +93,11 @@ def _method_problems(spec: ProjectSpec, cat: CatalogueSpec, loc: Loc, name: str,
                             "the file (in its column 'key_column', default the same name)"))
             else:
                 attribute(loc + ("key",), m.key)
-            path = spec.base_dir / m.file if not m.file.startswith("/") else None
-            if spec.spec_path is not None and path is not None and not path.is_file():
-                out.append((loc + ("file",), f"reference file {m.file!r} does not exist (looked for {path}); paths "
-                            "are relative to the spec's folder"))
+            # The file itself is read when enrichment runs (a spec is often checked away from its data files):
+            # missing then, the lookup is skipped with a note saying where it was looked for.
+            if not m.file.lower().endswith(".csv"):
+                out.append((loc + ("file",), f"{m.file!r}: reference files are CSV (a header row, then one row "
+                            "per key)"))
         if any(n <= 0 for n in m.prefix_lengths):
             out.append((loc + ("prefix_lengths",), "prefix lengths are positive numbers of characters, e.g. [9, 7]"))
     elif m.method == "similar":

@@ -160,3 +160,25 @@ def test_unknown_or_unconfigured_attributes_are_refused(store):
         run_enrichment(store, "products", run_id="x", attributes=["title"])
     with pytest.raises(Exception, match="unknown attribute 'nope'"):
         run_enrichment(store, "products", run_id="x", attributes=["nope"])
+
+
+def test_a_reference_file_missing_at_run_time_skips_its_lookup_with_a_note(tmp_path):
+    spec_text = SPEC.replace("{method: lookup, via: supplier, field: country, reliability: 80}",
+                             "{method: lookup, file: reference/origins.csv, key: supplier, key_column: id, "
+                             "field: country}")
+    (tmp_path / "claro.yaml").write_text(spec_text)
+    s = CatalogueStore(load_spec(tmp_path / "claro.yaml"), f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        s.import_records("products", pd.DataFrame({"sku": ["A"], "supplier": ["SUP-1"]}), change_set_id="p")
+        report = run_enrichment(s, "products", run_id="r", attributes=["origin"])
+        assert report.notes == [f"origin: the lookup in reference/origins.csv was skipped: no file at "
+                                f"{tmp_path / 'reference' / 'origins.csv'} (paths are relative to the spec's "
+                                "folder; copy the file beside the spec)"]
+        (tmp_path / "reference").mkdir()
+        (tmp_path / "reference" / "origins.csv").write_text("id,country\nSUP-1,GB\n")
+        report = run_enrichment(s, "products", run_id="r2", attributes=["origin"])
+        assert report.counts["origin"]["filled"] == 1  # 90 for a file, above the enrich gate's 85
+        assert s.record("products", "A")["origin"] == "GB"
+        assert s.provenance("products", "A", "origin").citation == "reference/origins.csv line 2: id=SUP-1, country=GB"
+    finally:
+        s.dispose()
