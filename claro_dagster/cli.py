@@ -700,8 +700,9 @@ def rerun(batch: str, stage: Annotated[str, typer.Argument(help="batch_raw, batc
     from claro_dagster.definitions import build_definitions
     from claro_dagster.local import instance_for, run_batch
 
-    if stage not in (*STAGES, CHECKPOINT):
-        raise user_error(f"unknown stage {stage!r}; stages are: {', '.join((*STAGES, CHECKPOINT))}")
+    if stage not in (*STAGES, CHECKPOINT, "batch_enriched"):
+        raise user_error(f"unknown stage {stage!r}; stages are: {', '.join((*STAGES, CHECKPOINT))}"
+                         " (and batch_enriched with batch_enrichment)")
     try:
         check_batch_key(batch)
     except InvalidBatchKey as exc:

@@ -211,3 +211,100 @@ def run_enrichment(store: CatalogueStore, catalogue: str, *, run_id: str, filter
 
 def rejected_lines(report: EnrichReport, limit: int = 20) -> list[str]:
     return [f"{r.record} · {r.attribute} ({r.method}): {r.reason}" for r in report.result.rejections[:limit]]
+
+
+# ---------------------------------------------------------------------------------------------- batch stage
+BATCH_COLUMN = "__enrich__"  # per batch row: the JSON list of its proposals, carried from batch_enriched to records
+
+
+def enrich_batch(store: CatalogueStore, catalogue: str, frame, *, model: ModelClient | None = None):
+    """The proposals for one onboarding batch's rows (`batch_enriched`): a row's value is wanted when neither the
+    batch nor the stored record has one. Returns (the frame with BATCH_COLUMN, the report). The catalogue is read,
+    never written: `records` writes the proposals after it publishes the batch."""
+    import json
+
+    import pandas as pd
+
+    cat = store.catalogue(catalogue)
+    names = list(enrichable(cat))
+    report = EnrichReport(catalogue, EnrichResult(), dry_run=True)
+    out = frame.copy()
+    out[BATCH_COLUMN] = None
+    if not names or not len(frame):
+        return out, report
+    keys = frame[cat.key].where(frame[cat.key].notna(), frame["__record__"]) if "__record__" in frame.columns \
+        else frame[cat.key]
+    stored = store.records(catalogue)
+    by_key = {str(k): r for k, r in zip(stored[cat.key], stored.to_dict("records"), strict=True)}
+    rows = []
+    for k, row in zip(keys, frame.to_dict("records"), strict=True):
+        if k is None or k != k:
+            rows.append(None)
+            continue
+        merged = dict(by_key.get(str(k), {a: None for a in cat.attributes}))
+        merged.update({a: row[a] for a in cat.attributes if a in row and not is_missing(row[a])})
+        merged[cat.key] = str(k)
+        rows.append(merged)
+    effective = pd.DataFrame([r for r in rows if r is not None], columns=list(cat.attributes))
+    if not len(effective):
+        return out, report
+    pool_rows = {**by_key, **{r[cat.key]: r for r in rows if r is not None}}
+    pool = pd.DataFrame(list(pool_rows.values()), columns=list(cat.attributes))
+    wanted = {n: [r[cat.key] for r in rows if r is not None and is_missing(r.get(n))] for n in names}
+    reference_keys = {n: [str(k) for k in store.records(a.target, columns=[store.spec.catalogues[a.target].key])
+                          [store.spec.catalogues[a.target].key]]
+                      for n, a in cat.attributes.items() if n in names and a.type == "reference" and a.target}
+    references = load_references(store, catalogue, names, report.notes)
+    result = enrich_records(effective, cat, wanted=wanted, references=references, model=model, pool=pool,
+                            reference_keys=reference_keys)
+    report.result = result
+    per_record: dict[str, list[dict]] = defaultdict(list)
+    counts = {n: {"wanted": len(wanted[n]), "filled": 0, "queued": 0, "rejected": 0} for n in names}
+    for p in result.proposals:
+        outcome = gate(p.confidence, store.writer.thresholds(catalogue, OPERATION, p.attribute, None))
+        counts[p.attribute][{"applied": "filled", "queued": "queued", "suggested": "queued",
+                             "discarded": "rejected"}[outcome]] += 1
+        per_record[p.record].append({"record": p.record, "attribute": p.attribute, "value": p.value,
+                                     "confidence": p.confidence,
+                                     "reason": p.reason, "citation": p.citation, "model": p.model})
+    for r in result.rejections:
+        counts[r.attribute]["rejected"] += 1
+    report.counts = counts
+    out[BATCH_COLUMN] = [json.dumps(per_record[str(k)]) if k is not None and k == k and per_record.get(str(k))
+                         else None for k in keys]
+    return out, report
+
+
+def write_batch_enrichment(store: CatalogueStore, catalogue: str, frame, *, run_id: str, batch: str,
+                           digest: str) -> dict[str, int]:
+    """Write the proposals `batch_enriched` carried (BATCH_COLUMN) as change sets of operation `enrich`, in one
+    transaction, after the batch was published; idempotent by batch and content. Counts applied and queued."""
+    import json
+
+    counts = {"enriched_applied": 0, "enriched_queued": 0, "enriched_rejected": 0}
+    if BATCH_COLUMN not in frame.columns:
+        return counts
+    groups: dict[str | None, list[Change]] = defaultdict(list)
+    for cell in frame[BATCH_COLUMN]:
+        if not cell or cell != cell:
+            continue
+        for p in json.loads(cell):
+            record = p.get("record")
+            groups[p["model"]].append(Change(record, p["attribute"], p["value"], p["confidence"], p["reason"],
+                                             citation=p["citation"]))
+    if not groups:
+        return counts
+    change_sets = [ChangeSet(f"enrich:{batch}:{digest}" + (f":model{i}" if label else ""), catalogue, OPERATION,
+                             changes=changes, run_id=run_id, model=label)
+                   for i, (label, changes) in enumerate(sorted(groups.items(), key=lambda g: g[0] or ""))]
+    with store.writer.transaction() as tx:
+        for cs in change_sets:
+            opened = tx.open(cs)
+            if opened is None:
+                continue
+            opened.write(cs.changes, kind="update")
+            result = opened.finish()
+            counts["enriched_applied"] += result.applied
+            counts["enriched_queued"] += result.queued + result.suggested
+            counts["enriched_rejected"] += result.rejected
+    return counts

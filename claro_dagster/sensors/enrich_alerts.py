@@ -32,7 +32,9 @@ def enrichment_review_alerts(store: CatalogueStore, spec: ProjectSpec, facts, ma
     queue: ReviewQueue | None = None
     for mat in mats:
         catalogue, _, stage = mat.asset.rpartition("/")
-        if stage not in ENRICH_STAGES or _int(mat.metadata.get("queued_for_review")) <= 0:
+        queued = _int(mat.metadata.get("queued_for_review")) if stage in ENRICH_STAGES else \
+            _int(mat.metadata.get("enriched_queued")) if stage == "records" else 0  # batch_enrichment
+        if queued <= 0:
             continue
         queue = queue or ReviewQueue(store)
         items = [i for i in queue.list(catalogue=catalogue, operation=OPERATION) if i.run_id == facts.run_id]

@@ -65,7 +65,7 @@ TAG_PARTITION = "dagster/partition"
 
 #: What each onboarding stage does, in the words Slack routes filter on (`operations: [validate]`).
 STAGE_OPERATIONS = {"batch_raw": "read", "batch_mapped": "map", "batch_validated": "validate",
-                    "batch_normalized": "normalize", "records": "publish"}
+                    "batch_normalized": "normalize", "batch_enriched": "enrich", "records": "publish"}
 _CHECK_FAILED = "DagsterAssetCheckFailedError"
 _QUALIFIED_CLASS = re.compile(r"(?:[A-Za-z_]\w*\.)+[A-Z]\w*")
 _SHOWN_ASSETS = 50  # asset keys listed in a payload; more are counted ("assets_total")
@@ -138,7 +138,8 @@ def run_facts(instance: dg.DagsterInstance, run: dg.DagsterRun, spec: ProjectSpe
     if not catalogue:
         firsts = [a.split("/", 1)[0] for a in assets]
         catalogue = next((c for c in firsts if c in spec.catalogues), firsts[0] if firsts else None)
-    onboarding = any(a.split("/", 1)[-1] in STAGES for a in assets if a.startswith(f"{catalogue}/"))
+    onboarding = any(a.split("/", 1)[-1] in (*STAGES, "batch_enriched") for a in assets
+                     if a.startswith(f"{catalogue}/"))
     pipeline = next((name for name, p in spec.pipelines.items() if p.catalogue == catalogue), None) \
         if onboarding else None
     partition = run.tags.get(TAG_PARTITION)

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
-from .enrich_checks import enrich_problems
+from .enrich_checks import enrich_problems, pipeline_enrich_problems
 from .models import (
     AttributeSpec,
     ProjectSpec,
@@ -271,6 +271,7 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         if dest.kind == "rest" and dest.catalogue in spec.catalogues:
             out += _check_rest_destination(spec, loc, dest)
 
+    out += pipeline_enrich_problems(spec)
     for pname, pipe in spec.pipelines.items():
         loc = ("pipelines", pname)
         if pipe.catalogue not in spec.catalogues:

@@ -127,3 +127,19 @@ def _method_problems(spec: ProjectSpec, cat: CatalogueSpec, loc: Loc, name: str,
             out.append((loc, f"a model cannot fill {attr.type} attributes; it fills text, enum, number and "
                         "reference attributes"))
     return out
+
+
+def pipeline_enrich_problems(spec: ProjectSpec) -> list[Problem]:
+    """`batch_enrichment: true` needs a catalogue with attributes to enrich, and batches to enrich."""
+    out: list[Problem] = []
+    for name, pipe in spec.pipelines.items():
+        if not pipe.batch_enrichment or pipe.catalogue not in spec.catalogues:
+            continue
+        cat = spec.catalogues[pipe.catalogue]
+        if not any(a.enrich is not None and a.enrich.methods for a in cat.attributes.values()):
+            out.append((("pipelines", name, "batch_enrichment"), f"no attribute of catalogue {pipe.catalogue!r} has "
+                        "'enrich' methods: add them (attributes.<name>.enrich.methods) or remove batch_enrichment"))
+        if pipe.after is not None:
+            out.append((("pipelines", name, "batch_enrichment"), "a pipeline started by 'after' has no batches: "
+                        "list 'enrich' under its 'operations' instead"))
+    return out

@@ -367,6 +367,9 @@ class PipelineSpec(SpecModel):
     description: str | None = None
     # A batch whose publishing queued changes for review goes no further (destinations) until they are decided.
     review_checkpoint: bool = False
+    # A `batch_enriched` stage between batch_normalized and records: each batch's missing values are enriched
+    # (the attributes' `enrich` methods) and published with it, through the `enrich` gate.
+    batch_enrichment: bool = False
     routing: list[RoutingRule] = Field(default_factory=list)
     # A triggered pipeline: when `after` completes, run `operations` on this catalogue's records matching `filter`,
     # then its destinations.
