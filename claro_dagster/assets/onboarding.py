@@ -1,8 +1,8 @@
 """The onboarding pipeline of one catalogue as assets over a dynamic partition per batch.
 
-raw -> mapped -> validated (blocking gate) -> normalized -> records. Each stage's rows persist
-through the IO manager so one stage can be re-run for one batch; each writes the metadata a person
-reads in the UI. `records` itself refuses a batch whose latest validation failed, so re-running it
+raw -> mapped -> validated (blocking gate) -> normalized [-> enriched, with `batch_enrichment`] -> records.
+Each stage's rows persist through the IO manager so one stage can be re-run for one batch; each writes the
+metadata a person reads in the UI. `records` itself refuses a batch whose latest validation failed, so re-running it
 by hand cannot bypass the gate.
 """
 

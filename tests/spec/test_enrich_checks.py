@@ -101,3 +101,14 @@ def test_rules_on_text_need_patterns_and_a_valid_block_passes(tmp_path: Path) ->
     (tmp_path / "claro.yaml").write_text(ok, encoding="utf-8")
     assert load_spec(tmp_path / "claro.yaml").catalogues["products"].attributes["origin"].enrich.methods[0].file \
         == "prefixes.csv"
+
+
+def test_batch_enrichment_needs_attributes_to_enrich(tmp_path: Path) -> None:
+    spec = (BASE % "{method: rules, from: [title]}").replace(
+        "        enrich:\n          methods:\n            - {method: rules, from: [title]}\n", "")
+    spec += "pipelines:\n  onboarding:\n    catalogue: products\n    batch_enrichment: true\n"
+    (tmp_path / "claro.yaml").write_text(spec, encoding="utf-8")
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path / "claro.yaml")
+    assert "pipelines.onboarding.batch_enrichment: no attribute of catalogue 'products' has 'enrich' methods: " \
+           "add them (attributes.<name>.enrich.methods) or remove batch_enrichment" in str(info.value)
