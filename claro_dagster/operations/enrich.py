@@ -451,6 +451,9 @@ def enrich_records(frame: pd.DataFrame, catalogue: CatalogueSpec, *, wanted: Map
         records = [r for r in dict.fromkeys(str(k) for k in records) if r in rows]
         result.wanted[name] = len(records)
         readable = [a for a in catalogue.attributes if a != name]
+        # a reference's value must be a key of its target catalogue, whichever method proposes it
+        allowed_keys = set((reference_keys or {}).get(name, [])) if attr.type == "reference" and reference_keys \
+            and name in reference_keys else None
         for record in records:
             row = rows[record]
             found: list[_Candidate] = []
@@ -475,6 +478,10 @@ def enrich_records(frame: pd.DataFrame, catalogue: CatalogueSpec, *, wanted: Map
                     if isinstance(c, Rejection):
                         result.rejections.append(c)
                         continue
+                if c is not None and allowed_keys is not None and str(c.value) not in allowed_keys:
+                    result.rejections.append(Rejection(record, name, c.method, f"{c.value!r} is not a record of "
+                                                       f"catalogue {attr.target!r} ({c.citation})"[:300], c.model))
+                    continue
                 if c is not None:
                     found.append(c)
             if on_progress:

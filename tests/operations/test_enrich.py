@@ -180,3 +180,17 @@ def test_model_is_not_asked_when_an_earlier_method_found_a_value_and_skipped_wit
 def test_answer_schema_for_numbers_names_the_unit():
     schema = answer_schema("weight", AttributeSpec(type="number", unit="kg"))
     assert schema["required"] == ["value", "unit"] and schema["properties"]["unit"]["enum"] == ["kg"]
+
+
+def test_a_reference_value_that_is_not_a_key_of_its_target_is_rejected():
+    cat = products(gtin=AttributeSpec(type="text"), supplier=AttributeSpec(type="reference", target="suppliers",
+                                                                            enrich=methods(
+        {"method": "lookup", "key": "gtin", "field": "supplier"})))
+    table = ReferenceTable("prefixes.csv", {"111": {"gtin": "111", "supplier": "SUP-9"},
+                                            "222": {"gtin": "222", "supplier": "SUP-1"}}, {"111": 2, "222": 3})
+    rows = frame([{"sku": "A", "gtin": "111"}, {"sku": "B", "gtin": "222"}], cat)
+    result = enrich_records(rows, cat, wanted={"supplier": ["A", "B"]}, references={"supplier:0": table},
+                            reference_keys={"supplier": ["SUP-1"]})
+    assert [(p.record, p.value) for p in result.proposals] == [("B", "SUP-1")]
+    [r] = result.rejections
+    assert r.record == "A" and r.reason.startswith("'SUP-9' is not a record of catalogue 'suppliers'")

@@ -8,6 +8,7 @@ import shutil
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 import pytest
 from batches import publish_demo_products
 from http_fakes import RecordingServer, Request
@@ -113,6 +114,8 @@ def test_batch_enrichment_proposes_at_batch_enriched_and_writes_at_records(tmp_p
     shutil.copytree(DEMO_DIR / "reference", tmp_path / "reference")
     defs = build_definitions(tmp_path / "claro.yaml", tmp_path / "home")
     claro = defs.resources["claro"]
+    claro.store.import_records("suppliers", pd.DataFrame({"supplier_id": ["SUP-0001"], "name": ["Acme Outdoor Ltd"]}),
+                               change_set_id="suppliers")  # the reference's target: a proposed key must exist
     rows = "".join(f"TST-{i:04d},Trail mug {i},Acme Outdoor,{gtin(i)},{i}.50,0.3,grey,M,,active\n" for i in (1, 2))
     inbox = claro.inbox_dir("acme_csv")
     inbox.mkdir(parents=True)
