@@ -263,11 +263,12 @@ def review_list(catalogue: str | None = _F["catalogue"], operation: str | None =
     items = _queue().list(**_criteria(catalogue, operation, attribute, source, min_confidence, max_confidence,
                                       reviewer, status))
     columns = ["id", "record", "field", "old", "new", "confidence", "source", "status", "operation", "catalogue",
-               "reason"]
+               "reason", "reviewers", "citation", "model"]
     frame = pd.DataFrame([{"id": i.id, "record": i.record, "field": i.field, "old": i.old, "new": i.new,
                            "confidence": i.confidence, "source": i.source, "status": i.status,
-                           "operation": i.operation, "catalogue": i.catalogue, "reason": i.reason} for i in items],
-                         columns=columns)
+                           "operation": i.operation, "catalogue": i.catalogue, "reason": i.reason,
+                           "reviewers": ",".join(i.reviewers), "citation": i.citation, "model": i.model}
+                          for i in items], columns=columns)
     print_frame(frame, format)
     if format == "table":
         console.print(f"{len(items)} item(s)")
@@ -707,8 +708,9 @@ def rerun(batch: str, stage: Annotated[str, typer.Argument(help="batch_raw, batc
     from claro_dagster.definitions import build_definitions
     from claro_dagster.local import instance_for, run_batch
 
-    if stage not in (*STAGES, CHECKPOINT):
-        raise user_error(f"unknown stage {stage!r}; stages are: {', '.join((*STAGES, CHECKPOINT))}")
+    if stage not in (*STAGES, CHECKPOINT, "batch_enriched"):
+        raise user_error(f"unknown stage {stage!r}; stages are: {', '.join((*STAGES, CHECKPOINT))}"
+                         " (and batch_enriched with batch_enrichment)")
     try:
         check_batch_key(batch)
     except InvalidBatchKey as exc:
@@ -750,6 +752,42 @@ def analyse(catalogue: CatalogueOption = None,
 
     report = run_analyse(_claro(), ctx.catalogue(catalogue), filter)
     console.print(report.to_markdown(), highlight=False, markup=False)
+
+
+@app.command()
+def enrich(catalogue: CatalogueOption = None,
+           filter: Annotated[str | None, typer.Option("--filter", "-f", help="Only these records.")] = None,
+           attribute: Annotated[list[str] | None, typer.Option(
+               "--attribute", "-a", help="Only this attribute (repeatable; default: every attribute with "
+                                         "'enrich' methods).")] = None,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be filled, queued and "
+                                                                   "rejected; write nothing.")] = False) -> None:
+    """Fill missing or weak values from each attribute's `enrich` methods (the same as the Enrich asset); the
+    gate applies, queues or rejects each value. Undo a run with `claro rollback --run RUN`."""
+    import uuid
+
+    from claro_dagster.assets.enrich import run_enrich
+    from claro_dagster.catalogue.enrichment import rejected_lines
+    from claro_dagster.operations.enrich import ModelUnavailable
+
+    name = ctx.catalogue(catalogue)
+    run_id = f"enrich-cli-{uuid.uuid4().hex[:12]}"
+    try:
+        report = run_enrich(_claro(), name, run_id=run_id, filter=filter, attributes=attribute or None,
+                            dry_run=dry_run)
+    except ModelUnavailable as exc:
+        raise user_error(f"{name}: {exc}") from exc
+    for note in report.notes:
+        console.print(note, highlight=False, markup=False)
+    rows = [{"attribute": a, **c} for a, c in report.counts.items()]
+    if rows:
+        print_rows(rows, ["attribute", "wanted", "filled", "queued", "rejected", "unchanged", "already_proposed"],
+                   "table", all_columns=True)
+    for line in rejected_lines(report):
+        console.print(f"rejected {line}", highlight=False, markup=False)
+    console.print(report.summary(), highlight=False, markup=False)
+    if report.change_sets:
+        console.print(f"run {run_id}: undo with `claro rollback --run {run_id}`", highlight=False, markup=False)
 
 
 @app.command()

@@ -25,6 +25,7 @@ from claro_dagster.assets.catalogue_ops import (
     missing_env,
 )
 from claro_dagster.assets.dedupe import build_dedupe
+from claro_dagster.assets.enrich import build_enrich
 from claro_dagster.assets.onboarding import INBOX_KINDS, batches_partitions, build_onboarding, stages_of
 from claro_dagster.catalogue.schema import default_home
 from claro_dagster.dev import webserver_url as dev_webserver_url
@@ -183,7 +184,8 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     for catalogue in spec.catalogues:
         records = [dg.AssetKey([catalogue, "records"])] if catalogue in onboarding else []
         operations = [build_analyse(catalogue, records), build_export(catalogue, records),
-                      build_validate(catalogue, records), build_dedupe(catalogue, records)]
+                      build_validate(catalogue, records), build_dedupe(catalogue, records),
+                      build_enrich(catalogue, records)]
         assets += operations
         for operation in operations:
             job(operation_job_name(catalogue, operation.key.path[-1]), [operation.key],

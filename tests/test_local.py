@@ -23,7 +23,7 @@ INBOX = DEMO_DIR / "inbox"
 FILES = {"suppliers_csv": INBOX / "suppliers" / "suppliers.csv",
          "acme_csv": INBOX / "acme" / "acme_products_cp1252.csv"}
 JOBS = {"suppliers_onboarding", "products_onboarding", "suppliers_analyse", "suppliers_export", "products_analyse",
-        "products_export", "products_onboarding_destinations", "products_revalidation"}
+        "products_export", "products_onboarding_destinations", "products_revalidation", "products_enrichment"}
 
 
 @pytest.fixture
@@ -72,12 +72,12 @@ def test_claro_run_is_in_the_instance_under_its_jobs_and_the_sensors_find_it_don
         "amazon_listings": "skipped: set CLARO_AMAZON_CLIENT_ID and CLARO_AMAZON_CLIENT_SECRET and "
                            "CLARO_AMAZON_REFRESH_TOKEN to enable it",
         "catalogue_dump": "skipped: set CLARO_S3_ENDPOINT_URL to enable it", "warehouse": "synced"}
-    assert summary.chained == {"products_revalidation": "done"}
+    assert summary.chained == {"products_enrichment": "done", "products_revalidation": "done"}
     with instance_for(demo.home) as instance:
         runs = instance.get_runs()
         # every step is a run of the job of its pipeline or operation, none of Dagster's ephemeral job
         assert {run.job_name for run in runs} == JOBS
-        assert len(runs) == len(summary.runs) == 8
+        assert len(runs) == len(summary.runs) == 9
         # the UI shows the quality report `claro run` printed
         analysed = instance.get_latest_materialization_event(dg.AssetKey(["products", "analyse"]))
         assert analysed is not None
@@ -91,7 +91,7 @@ def test_claro_run_is_in_the_instance_under_its_jobs_and_the_sensors_find_it_don
         for name, requests in inbound.items():
             assert already_launched(instance, name, requests) == {r.run_key for r in requests}
             assert evaluate(demo.defs, instance, name) == []  # and the files are no longer waiting
-        for name in ("products_onboarding_destinations", "products_revalidation"):
+        for name in ("products_onboarding_destinations", "products_revalidation", "products_enrichment"):
             requests = evaluate(demo.defs, instance, name)
             assert len(requests) == 1, name
             assert already_launched(instance, name, requests) == {requests[0].run_key}, name
@@ -103,5 +103,5 @@ def test_a_second_claro_run_with_nothing_new_answers_the_same_completions(demo):
     assert again.batches == [] and again.reports["products"].records == 10
     with instance_for(demo.home) as instance:
         assert {run.job_name for run in instance.get_runs()} == JOBS
-        for name in ("products_onboarding_destinations", "products_revalidation"):
+        for name in ("products_onboarding_destinations", "products_revalidation", "products_enrichment"):
             assert already_launched(instance, name, evaluate(demo.defs, instance, name))

@@ -1,8 +1,8 @@
 """The onboarding pipeline of one catalogue as assets over a dynamic partition per batch.
 
-raw -> mapped -> validated (blocking gate) -> normalized -> records. Each stage's rows persist
-through the IO manager so one stage can be re-run for one batch; each writes the metadata a person
-reads in the UI. `records` itself refuses a batch whose latest validation failed, so re-running it
+raw -> mapped -> validated (blocking gate) -> normalized [-> enriched, with `batch_enrichment`] -> records.
+Each stage's rows persist through the IO manager so one stage can be re-run for one batch; each writes the
+metadata a person reads in the UI. `records` itself refuses a batch whose latest validation failed, so re-running it
 by hand cannot bypass the gate.
 """
 
@@ -38,9 +38,14 @@ GATE = "within_error_budget"
 PREVIEW_ROWS = 10
 
 
+ENRICHED = "batch_enriched"
+
+
 def stages_of(pipeline: PipelineSpec) -> tuple[str, ...]:
-    """The batch stages of a pipeline: the five, plus the review checkpoint when it has one."""
-    return (*STAGES, CHECKPOINT) if pipeline.review_checkpoint else STAGES
+    """The batch stages of a pipeline: the five (batch_enriched before records with `batch_enrichment`), plus the
+    review checkpoint when it has one."""
+    stages = (*STAGES[:-1], ENRICHED, STAGES[-1]) if pipeline.batch_enrichment else STAGES
+    return (*stages, CHECKPOINT) if pipeline.review_checkpoint else stages
 
 
 def batches_partitions(catalogue: str) -> dg.DynamicPartitionsDefinition:
@@ -410,7 +415,10 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
             "changes": preview(result.changes), "preview": preview(result.frame),
         })
 
-    @dg.asset(key=key("records"), ins={"normalized": dg.AssetIn(key("batch_normalized"))},
+    enriched_stage = build_batch_enriched(catalogue, key, common) if pipeline.batch_enrichment else None
+
+    @dg.asset(key=key("records"),
+              ins={"normalized": dg.AssetIn(key(ENRICHED if pipeline.batch_enrichment else "batch_normalized"))},
               description="The batch's change set applied to the catalogue through the confidence gate.", **common)
     def records(context: dg.AssetExecutionContext, claro: CatalogueResource,
                 normalized: pd.DataFrame) -> dg.MaterializeResult:
@@ -439,16 +447,24 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
                 overwrite_confidence=claro.spec.sources[batch.source].overwrite_confidence,
                 empty_cells=claro.spec.sources[batch.source].empty_cells,
                 clear_reason=f"cleared: empty cell in {batch.filename}", citations=citations)
+            enriched = {}
+            if pipeline.batch_enrichment:  # batch_enriched's proposals, written once the records exist
+                from claro_dagster.catalogue.enrichment import write_batch_enrichment
+
+                enriched = write_batch_enrichment(claro.store, catalogue, normalized, run_id=context.run_id,
+                                                  batch=batch.key, digest=digest[:16])
         registry.set_status(batch.key, "published", stage="records", message=result.summary())
         settle_inbox_file(claro, batch)
         return dg.MaterializeResult(metadata={
             "rows_published": len(frame), "values_applied": result.applied, "records_created": result.created,
             "queued_for_review": result.queued, "rejected_by_gate": result.rejected, "unchanged": result.unchanged,
             "already_published": result.already_applied, "change_set": result.change_set,
-            "catalogue_records": claro.store.count(catalogue),
+            "catalogue_records": claro.store.count(catalogue), **enriched,
         })
 
     stages = [batch_raw, batch_mapped, batch_validated, batch_normalized, records]
+    if enriched_stage is not None:
+        stages.insert(4, enriched_stage)
     if not pipeline.review_checkpoint:
         return stages
 
@@ -477,3 +493,34 @@ def build_onboarding(pipeline_name: str, pipeline: PipelineSpec, partitions: dg.
         yield dg.MaterializeResult(metadata={"released": True})
 
     return [*stages, review_checkpoint]
+
+
+def build_batch_enriched(catalogue: str, key, common: dict) -> dg.AssetsDefinition:
+    """`batch_enriched`: the batch's missing values proposed by the attributes' `enrich` methods (carried to
+    `records`, which writes them through the `enrich` gate after publishing the batch)."""
+    from claro_dagster.assets.enrich import enrich_metadata
+    from claro_dagster.catalogue.enrichment import enrich_batch
+    from claro_dagster.operations.enrich import ModelUnavailable
+    from claro_dagster.resources.model_endpoint import ChatCompletionsClient
+
+    @dg.asset(key=key(ENRICHED), ins={"normalized": dg.AssetIn(key("batch_normalized"))},
+              description="Gaps filled by Bulk Enrichment with confidence and citations; the values go in with "
+                          "the batch at records, through the enrich gate (the review band to the queue).", **common)
+    def batch_enriched(context: dg.AssetExecutionContext, claro: CatalogueResource,
+                       normalized: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+        batch = resolve_batch(context, claro, catalogue)
+        with settling(claro, batch, ENRICHED):
+            client = ChatCompletionsClient()
+            try:
+                frame, report = enrich_batch(claro.store, catalogue, normalized, model=client)
+            except ModelUnavailable as exc:
+                raise BatchUnavailable(description=f"{ENRICHED} could not finish batch {batch.key}: {exc}") from exc
+            finally:
+                client.close()
+        for note in report.notes:
+            context.log.warning(note)
+        metadata = enrich_metadata(report)
+        metadata["queued_for_review"] = 0  # proposed here, queued when records publishes the batch
+        return dg.Output(frame, metadata={**metadata, "rows": len(frame), "preview": preview(frame)})
+
+    return batch_enriched

@@ -608,7 +608,8 @@ class OpenChangeSet:
             result.queued += 1
         else:
             result.suggested += 1
-        routed = self.schema.spec.reviewers_for(cs.catalogue, ch.field, ch.confidence, cs.source)  # branch on outcome
+        routed = self.schema.spec.reviewers_for(cs.catalogue, ch.field, ch.confidence, cs.source,
+                                                 cs.operation)  # branch on outcome
         reviewers = routed if routed is not None else attr.reviewers or []
         pid = self.conn.execute(self.t["proposals"].insert().values(
             change_set=cs.id, catalogue=cs.catalogue, record=ch.record, field=ch.field, old=dumps(old),

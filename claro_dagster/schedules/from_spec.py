@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from claro_dagster.spec.checks import SCHEDULABLE_OPERATIONS
+from claro_dagster.spec.checks import PIPELINE_SCHEDULED_OPERATIONS
 
 # Ticks as Dagster's own scheduler computes them (croniter and Dagster's DST rules, without importing Dagster), so
 # `claro schedules` shows exactly the ticks the daemon will run, and answers at once.
@@ -30,10 +30,8 @@ TAG_TARGET = "claro/target"
 TAG_CATALOGUE = "claro/catalogue"  # what the notification sensor routes Slack messages on
 
 _OPERATION_WORDS = {"analyse": "the data-quality report", "export": "a CSV export",
-                    "dedupe": "Find Duplicates: merge proposals for review"}
-# What a schedule naming a pipeline runs besides its destinations (dedupe is scheduled on its own: its proposals
-# wait for people, so it runs as often as they review, not as often as the catalogue is published).
-PIPELINE_OPERATIONS: tuple[str, ...] = tuple(op for op in SCHEDULABLE_OPERATIONS if op != "dedupe")
+                    "dedupe": "Find Duplicates: merge proposals for review",
+                    "enrich": "Bulk Enrichment"}
 _WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _CRON_MACROS = {
     "@hourly": "every hour on the hour", "@daily": "every day at 00:00", "@midnight": "every day at 00:00",
@@ -96,7 +94,7 @@ def target_paths(spec: ProjectSpec, name: str, target: str) -> list[tuple[str, s
     analyse, export, destinations)."""
     if target in spec.pipelines:
         pipeline = spec.pipelines[target]
-        return [(pipeline.catalogue, op) for op in (*PIPELINE_OPERATIONS, *pipeline.destinations)]
+        return [(pipeline.catalogue, op) for op in (*PIPELINE_SCHEDULED_OPERATIONS, *pipeline.destinations)]
     catalogue, slash, operation = target.partition("/")
     if not slash or catalogue not in spec.catalogues or not operation:
         raise ScheduleError(f"schedules.{name}.target: {target!r} is neither a pipeline "
@@ -148,7 +146,8 @@ def _resolve(spec: ProjectSpec, name: str, schedule: ScheduleSpec,
     if schedule.target in spec.pipelines:
         # A pipeline destination whose kind has no connector yet has no asset; the pipeline runs without it,
         # exactly as the definitions do.
-        operations = [dg.AssetKey([spec.pipelines[schedule.target].catalogue, op]) for op in PIPELINE_OPERATIONS]
+        operations = [dg.AssetKey([spec.pipelines[schedule.target].catalogue, op])
+                      for op in PIPELINE_SCHEDULED_OPERATIONS]
         keys = [k for k in keys if k in assets_by_key or k in operations]
     missing = [k for k in keys if k not in assets_by_key]
     if missing:

@@ -45,6 +45,7 @@ from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.resources.catalogue import CatalogueResource
 from claro_dagster.resources.slack import Alert, SlackNotifier, run_url
 from claro_dagster.schedules import TAG_CATALOGUE, TAG_FILTER, TAG_SCHEDULE
+from claro_dagster.sensors.enrich_alerts import enrichment_review_alerts
 from claro_dagster.sensors.inbound import TAG_BATCH, TAG_SOURCE
 from claro_dagster.spec.models import NotificationsSpec, ProjectSpec
 
@@ -64,7 +65,7 @@ TAG_PARTITION = "dagster/partition"
 
 #: What each onboarding stage does, in the words Slack routes filter on (`operations: [validate]`).
 STAGE_OPERATIONS = {"batch_raw": "read", "batch_mapped": "map", "batch_validated": "validate",
-                    "batch_normalized": "normalize", "records": "publish"}
+                    "batch_normalized": "normalize", "batch_enriched": "enrich", "records": "publish"}
 _CHECK_FAILED = "DagsterAssetCheckFailedError"
 _QUALIFIED_CLASS = re.compile(r"(?:[A-Za-z_]\w*\.)+[A-Z]\w*")
 _SHOWN_ASSETS = 50  # asset keys listed in a payload; more are counted ("assets_total")
@@ -137,7 +138,8 @@ def run_facts(instance: dg.DagsterInstance, run: dg.DagsterRun, spec: ProjectSpe
     if not catalogue:
         firsts = [a.split("/", 1)[0] for a in assets]
         catalogue = next((c for c in firsts if c in spec.catalogues), firsts[0] if firsts else None)
-    onboarding = any(a.split("/", 1)[-1] in STAGES for a in assets if a.startswith(f"{catalogue}/"))
+    onboarding = any(a.split("/", 1)[-1] in (*STAGES, "batch_enriched") for a in assets
+                     if a.startswith(f"{catalogue}/"))
     pipeline = next((name for name, p in spec.pipelines.items() if p.catalogue == catalogue), None) \
         if onboarding else None
     partition = run.tags.get(TAG_PARTITION)
@@ -380,6 +382,8 @@ def handle_completed(instance: dg.DagsterInstance, run: dg.DagsterRun, store: Ca
         counts=counts), logger)
     for alert in _review_alerts(store, facts, mats):
         _notify(slack, alert_routes(spec), alert, logger)
+    for alert, routes in enrichment_review_alerts(store, spec, facts, mats, alert_routes(spec)):
+        _notify(slack, routes, alert, logger)
     if outbox_error is not None:
         raise outbox_error
 
@@ -429,6 +433,8 @@ def handle_failed(instance: dg.DagsterInstance, run: dg.DagsterRun, store: Catal
     # Stages before the failure may have published: their queued changes still wait for a person.
     for alert in _review_alerts(store, facts, mats):
         _notify(slack, alert_routes(spec), alert, logger)
+    for alert, routes in enrichment_review_alerts(store, spec, facts, mats, alert_routes(spec)):
+        _notify(slack, routes, alert, logger)
     if outbox_error is not None:
         raise outbox_error
 

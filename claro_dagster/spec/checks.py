@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
+from .enrich_checks import enrich_problems, pipeline_enrich_problems
 from .models import (
     AttributeSpec,
     ProjectSpec,
@@ -31,7 +32,10 @@ Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
 
 # Operations a schedule may run on a catalogue besides its destinations (`<catalogue>/<operation>`).
-SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export", "dedupe")
+SCHEDULABLE_OPERATIONS: tuple[str, ...] = ("analyse", "export", "enrich", "dedupe")
+# What a schedule whose target is a pipeline runs besides its destinations. Enrichment writes values and dedupe's
+# proposals wait for people: each runs only where a schedule names `<catalogue>/enrich|dedupe` or a chain lists it.
+PIPELINE_SCHEDULED_OPERATIONS: tuple[str, ...] = ("analyse", "export")
 # Kinds that work today. The models accept every kind the product plans for; a kind that is not built yet is
 # refused here rather than accepted and then doing nothing (`build_destination` has no asset for it).
 AVAILABLE_SOURCE_KINDS: tuple[str, ...] = ("upload", "inbox", "s3", "drive", "bigquery", "scrape", "postgres",
@@ -201,6 +205,7 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
                         unknown(cat.key, cat.attributes, f"an attribute of catalogue {cname!r}")))
         for aname, attr in cat.attributes.items():
             out += _check_attribute(spec, loc + ("attributes", aname), aname, attr)
+            out += enrich_problems(spec, cat, loc + ("attributes", aname, "enrich"), aname, attr)
         if cat.dedupe is not None:
             out += _check_dedupe(loc + ("dedupe",), cname, cat)
 
@@ -270,6 +275,7 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         if dest.kind == "rest" and dest.catalogue in spec.catalogues:
             out += _check_rest_destination(spec, loc, dest)
 
+    out += pipeline_enrich_problems(spec)
     for pname, pipe in spec.pipelines.items():
         loc = ("pipelines", pname)
         if pipe.catalogue not in spec.catalogues:

@@ -62,6 +62,55 @@ class ThresholdsSpec(SpecModel):
     sources: dict[str, ThresholdOverride] = Field(default_factory=dict)
 
 
+class EnrichMethodSpec(SpecModel):
+    """One way to fill an attribute's missing or weak values (operations/enrich.py); an attribute's methods are
+    tried in order and the first that proposes a value wins (the others still count as agreement)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    method: Literal["rules", "lookup", "similar", "model"]
+    # How far this method is trusted (0-100): the starting point of its confidence (default per method:
+    # rules 80, lookup 95 through a reference / 90 from a file, similar 75, model 70).
+    reliability: float | None = Field(None, ge=0, le=100)
+    # rules: the attributes whose text is searched (e.g. [title, description]), earlier ones trusted more
+    from_: list[str] = Field(default_factory=list, alias="from")
+    # rules: regular expressions tried in order; the named group `value` (else the whole match) is the value.
+    # Unset: enum attributes match their values and synonyms as words; number attributes with a unit match
+    # a number followed by any unit of the same dimension (converted with pint).
+    patterns: list[str] = Field(default_factory=list)
+    # lookup through a reference: the reference attribute of this catalogue whose target record holds `field`
+    via: str | None = None
+    # lookup: the attribute of the referenced catalogue (via), or the column of the reference file (file)
+    field: str | None = None
+    # lookup from a reference file (CSV, relative to the spec's folder): `key` is the attribute of this
+    # catalogue looked up, in the file's `key_column`
+    file: str | None = None
+    key: str | None = None
+    key_column: str | None = None
+    # lookup by prefix (e.g. GTIN company prefixes): the key's prefixes of these lengths are looked up, longest first
+    prefix_lengths: list[int] = Field(default_factory=list)
+    # similar: records near-identical in these attributes (rapidfuzz similarity >= min_similarity on each)
+    match_on: list[str] = Field(default_factory=lambda: ["title", "brand"])
+    min_similarity: float = Field(90, ge=0, le=100)
+    min_records: int = Field(2, ge=1, description="at least this many near-identical records must agree")
+    # model: an OpenAI-compatible chat-completions API; the variables hold its base URL (e.g.
+    # https://api.openai.com/v1) and API key; `prompt` is a template with {attribute} placeholders of the record
+    url_env: str | None = None
+    api_key_env: str | None = None
+    model: str | None = None
+    prompt: str | None = None
+    timeout_seconds: float = Field(30, gt=0)
+    max_attempts: int = Field(3, ge=1, le=10)
+
+
+class EnrichSpec(SpecModel):
+    """`enrich:` of an attribute: how Bulk Enrichment fills it (`claro enrich`, `<catalogue>/enrich`)."""
+
+    # A stored value whose provenance confidence is under this counts as weak and is enriched too (unset: only
+    # missing values are filled).
+    weak_below: float | None = Field(None, ge=0, le=100)
+    methods: list[EnrichMethodSpec] = Field(default_factory=list)
+
+
 class AttributeSpec(SpecModel):
     type: AttributeType
     description: str | None = None
@@ -94,6 +143,7 @@ class AttributeSpec(SpecModel):
     reviewers: list[str] = Field(default_factory=list)
     thresholds: ThresholdOverride | None = None
     aliases: list[str] = Field(default_factory=list, description="column names suppliers use for it")
+    enrich: EnrichSpec | None = None  # how Bulk Enrichment fills missing or weak values
 
     @field_validator("unit", "casing", mode="before")
     @classmethod
@@ -321,14 +371,18 @@ class RoutingRule(SpecModel):
     confidence_below: float | None = Field(None, ge=0, le=100, description="changes scored under this")
     attributes: list[str] = Field(default_factory=list)
     sources: list[str] = Field(default_factory=list)
+    operations: list[str] = Field(default_factory=list, description="changes proposed by these operations, "
+                                                                    "e.g. enrich")
     events: list[str] = Field(default_factory=list, description="alerts this rule routes, e.g. batch.halted")
     reviewers: list[str] = Field(default_factory=list, description="people or reviewer groups who decide")
     notify: str | None = Field(None, description="a Slack channel that gets matching alerts")
 
-    def matches_change(self, confidence: float, attribute: str, source: str | None) -> bool:
+    def matches_change(self, confidence: float, attribute: str, source: str | None,
+                       operation: str | None = None) -> bool:
         return ((self.confidence_below is None or confidence < self.confidence_below)
                 and (not self.attributes or attribute in self.attributes)
-                and (not self.sources or source in self.sources))
+                and (not self.sources or source in self.sources)
+                and (not self.operations or operation in self.operations))
 
 
 class PipelineTrigger(SpecModel):
@@ -346,11 +400,14 @@ class PipelineSpec(SpecModel):
     description: str | None = None
     # A batch whose publishing queued changes for review goes no further (destinations) until they are decided.
     review_checkpoint: bool = False
+    # A `batch_enriched` stage between batch_normalized and records: each batch's missing values are enriched
+    # (the attributes' `enrich` methods) and published with it, through the `enrich` gate.
+    batch_enrichment: bool = False
     routing: list[RoutingRule] = Field(default_factory=list)
     # A triggered pipeline: when `after` completes, run `operations` on this catalogue's records matching `filter`,
     # then its destinations.
     after: PipelineTrigger | None = None
-    operations: list[Literal["validate", "analyse", "export", "dedupe"]] = Field(default_factory=list)
+    operations: list[Literal["validate", "analyse", "export", "enrich", "dedupe"]] = Field(default_factory=list)
     filter: str | None = None
 
 
@@ -664,14 +721,22 @@ class ProjectSpec(SpecModel):
                    for name, pipe in self.pipelines.items() for rule in pipe.routing if rule.notify]
         return [*self.notifications.slack, *derived]
 
-    def reviewers_for(self, catalogue: str, attribute: str, confidence: float, source: str | None) -> list[str] | None:
+    def reviewers_for(self, catalogue: str, attribute: str, confidence: float, source: str | None,
+                      operation: str | None = None) -> list[str] | None:
         """Reviewers the first matching routing rule assigns to a held-back change (None: no rule matched)."""
-        for pipe in self.pipelines.values():
-            if pipe.catalogue != catalogue or (source and pipe.sources and source not in pipe.sources):
-                continue
-            for rule in pipe.routing:
-                if rule.reviewers and rule.matches_change(confidence, attribute, source):
-                    return list(rule.reviewers)
+        rule = self.routing_rule_for(catalogue, attribute, confidence, source, operation, lambda r: bool(r.reviewers))
+        return list(rule.reviewers) if rule is not None else None
+
+    def routing_rule_for(self, catalogue: str, attribute: str, confidence: float, source: str | None,
+                         operation: str | None = None, wanted=lambda rule: True) -> RoutingRule | None:
+        """The first routing rule (of the catalogue's pipelines, `wanted` ones only) matching a held-back change;
+        rules naming `operations` are tried first, so an operation's own rule wins over a general one."""
+        rules = [rule for pipe in self.pipelines.values()
+                 if pipe.catalogue == catalogue and not (source and pipe.sources and source not in pipe.sources)
+                 for rule in pipe.routing if wanted(rule)]
+        for rule in sorted(rules, key=lambda r: not r.operations):  # stable: spec order within each group
+            if rule.matches_change(confidence, attribute, source, operation):
+                return rule
         return None
 
     # Set by the loader, never read from YAML: where the spec came from, so relative paths

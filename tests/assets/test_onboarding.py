@@ -94,7 +94,7 @@ def test_graph_snapshot(monkeypatch):
         for stage in stages:
             expected[f"{catalogue}/{stage}"] = previous
             previous = [f"{catalogue}/{stage}"]
-        for operation in ("analyse", "export", "validate", "dedupe"):
+        for operation in ("analyse", "export", "validate", "enrich", "dedupe"):
             expected[f"{catalogue}/{operation}"] = [f"{catalogue}/records"]
     expected["products/review_checkpoint"] = ["products/records"]  # products_onboarding has a review checkpoint
     expected["products/shopify_store"] = ["products/review_checkpoint"]  # its variables unset: runnable by hand
@@ -109,8 +109,8 @@ def test_graph_snapshot(monkeypatch):
                       (("products", "shopify_store"), "all_pushed"), (("products", "amazon_listings"), "all_pushed")}
     sensors = sorted(s.name for s in defs.sensors)
     assert sensors == ["acme_csv_inbox", "claro_run_completed", "claro_run_failed", "claro_run_started",
-                       "globex_xlsx_inbox", "products_onboarding_destinations", "products_onboarding_review_checkpoint",
-                       "products_revalidation", "suppliers_csv_inbox"]
+                       "globex_xlsx_inbox", "products_enrichment", "products_onboarding_destinations",
+                       "products_onboarding_review_checkpoint", "products_revalidation", "suppliers_csv_inbox"]
 
 
 def test_good_batch_passes_the_gate_and_publishes_once(project):

@@ -273,7 +273,8 @@ def test_the_demo_definitions_accept_every_schedules_run_config(tmp_path, monkey
     dg.Definitions.validate_loadable(full)
 
     assert [s.name for s in schedules] == ["nightly_quality", "hourly_active_export", "weekly_duplicates",
-                                           "weekly_supplier_duplicates", "products_nightly", "warehouse_sync"]
+                                           "weekly_supplier_duplicates", "nightly_enrichment", "products_nightly",
+                                           "warehouse_sync"]
     for schedule in schedules:
         request = tick(full.resolve_schedule_def(schedule.name), datetime(2026, 3, 29, 1, tzinfo=UTC))
         job = full.resolve_job_def(full.resolve_schedule_def(schedule.name).job_name)
@@ -286,6 +287,6 @@ def test_the_demo_definitions_accept_every_schedules_run_config(tmp_path, monkey
     assert {s.name: s.job_name for s in defs.schedules} == {
         "nightly_quality": "products_analyse", "hourly_active_export": "products_export",
         "weekly_duplicates": "products_dedupe", "weekly_supplier_duplicates": "suppliers_dedupe",
-        "products_nightly": "products_nightly", "warehouse_sync": "products_warehouse",
-        "claro_retention_daily": "claro_retention"}
+        "nightly_enrichment": "products_enrich", "products_nightly": "products_nightly",
+        "warehouse_sync": "products_warehouse", "claro_retention_daily": "claro_retention"}
     dg.Definitions.validate_loadable(defs)

@@ -166,7 +166,7 @@ SECTION_CASES = {
         "destinations:\n  dump: {kind: s3, catalogue: products, bucket: b}\n"
         "schedules:\n  nightly: {target: products/analyze, every: daily}\n",
         "claro.yaml:10 schedules.nightly.target: 'analyze' is not an operation that can be scheduled on "
-        "'products', did you mean 'analyse'? (one of: analyse, export, dedupe, dump)"),
+        "'products', did you mean 'analyse'? (one of: analyse, export, enrich, dedupe, dump)"),
     "schedule_unknown_catalogue": (
         "schedules:\n  nightly: {target: suppliers/analyse, every: daily}\n",
         "claro.yaml:8 schedules.nightly.target: 'suppliers' is not a catalogue (defined: products)"),

@@ -308,8 +308,8 @@ def test_run_a_pipeline_or_a_destination(client, launcher):
 @pytest.mark.parametrize(("text", "expected"), [
     ("run produtcs export", "'produtcs' is not a catalogue, did you mean 'products'? (defined: products, suppliers)"),
     ("run products exprot", "'exprot' is not an operation or pipeline of 'products', did you mean 'export'? "
-                            "(one of: products_onboarding, analyse, export, dedupe, warehouse)"),
-    ("run suppliers warehouse", "(one of: analyse, export, dedupe)"),
+                            "(one of: products_onboarding, analyse, export, enrich, dedupe, warehouse)"),
+    ("run suppliers warehouse", "(one of: analyse, export, enrich, dedupe)"),
     ("run products", "Usage: `/claro run <catalogue> <operation|pipeline> [filter]`. Catalogues: products, suppliers"),
     ("run products export colour == \"red\"", "unknown field 'colour'"),
     ("run products export price >", "The filter does not work on `products`"),
