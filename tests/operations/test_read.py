@@ -739,7 +739,7 @@ def test_demo_suppliers_csv():
     batch = read_supplier_file(INBOX / "suppliers" / "suppliers.csv")
     assert list(batch.frame.columns) == ["supplier_id", "name", "contact_email", "country", "lead_time_days",
                                          LINE_COLUMN]
-    assert batch.frame["supplier_id"].tolist() == [f"SUP-000{i}" for i in range(1, 6)]
+    assert batch.frame["supplier_id"].tolist() == [f"SUP-000{i}" for i in range(1, 7)]
 
 
 def test_demo_files_are_what_make_files_writes(tmp_path, monkeypatch):
