@@ -5,7 +5,6 @@ numeric metadata (detections per rule, mean observed price per source; for drift
 rates) is what the Dagster UI plots across runs.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 
