@@ -868,6 +868,12 @@ def mapping_edit(source: str, shape: Annotated[str | None, typer.Argument()] = N
     console.print(f"saved {entries[0][2]}")
 
 
+# `claro monitor show|history` (cli_monitor.py uses this module's helpers, so it is added once they exist)
+from claro_dagster.cli_monitor import monitor_app  # noqa: E402
+
+app.add_typer(monitor_app, name="monitor")
+
+
 def main() -> None:
     """Entry point: user errors print as one clear line and exit 1, never as a traceback."""
     try:
