@@ -70,9 +70,10 @@ def monitor_show(monitor: str, record: Annotated[str | None, typer.Option(help="
                          "matched_by": by, "price": o.price,
                          "gap_percent": _round((own - o.price) / own * 100) if own else None,
                          "observed_at": o.observed_at, "url": url})
+        listed = {x["record"] for x in rows}  # records nobody else lists yet still show with our price
         rows += [{"record": r, "our_price": p, "source": None, "competitor": None, "matched_by": None, "price": None,
                   "gap_percent": None, "observed_at": None, "url": None}
-                 for r, p in sorted(ours.items()) if (not record or r == record) and r not in {x["record"] for x in rows}]
+                 for r, p in sorted(ours.items()) if (not record or r == record) and r not in listed]
         rows.sort(key=lambda x: x["record"])
         cli.print_rows(rows, list(SHOW_FIELDS), format, all_columns=True)
     else:
