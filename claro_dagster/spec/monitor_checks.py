@@ -80,12 +80,11 @@ def _check_price(spec: ProjectSpec, loc: Loc, who: str, mon: Any, cat: Any, unkn
                 out.append((where + ("channel",), f"{who}: {obs.channel!r} is a {dest.kind} destination of "
                             f"{dest.catalogue!r}; a channel to watch is a {', '.join(CHANNEL_KINDS)} destination of "
                             f"{mon.catalogue!r}"))
-        if obs.file:
-            competitors = True
-            path = spec.base_dir / obs.file
-            if not path.is_file():
-                out.append((where + ("file",), f"{who}: no file {str(path)!r}: give the path of a CSV of competitor "
-                                               "listings, relative to the spec's folder"))
+        if obs.file:  # read when the monitor runs (a missing file fails that run, naming it), so a spec copied
+            competitors = True  # without its data still checks and loads
+            if not obs.file.lower().endswith(".csv"):
+                out.append((where + ("file",), f"{who}: {obs.file!r} is not a .csv file: competitor listings are a "
+                                               "CSV (competitor, price, gtin, mpn, name, brand, url, observed_at)"))
         if obs.source:
             source = spec.sources.get(obs.source)
             if source is None:

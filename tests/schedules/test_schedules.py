@@ -272,8 +272,8 @@ def test_the_demo_definitions_accept_every_schedules_run_config(tmp_path, monkey
                           executor=dg.in_process_executor)
     dg.Definitions.validate_loadable(full)
 
-    assert [s.name for s in schedules] == ["nightly_quality", "hourly_active_export", "products_nightly",
-                                           "warehouse_sync"]
+    assert [s.name for s in schedules] == ["nightly_quality", "daily_price_watch", "hourly_active_export",
+                                           "products_nightly", "warehouse_sync"]
     for schedule in schedules:
         request = tick(full.resolve_schedule_def(schedule.name), datetime(2026, 3, 29, 1, tzinfo=UTC))
         job = full.resolve_job_def(full.resolve_schedule_def(schedule.name).job_name)
@@ -285,6 +285,6 @@ def test_the_demo_definitions_accept_every_schedules_run_config(tmp_path, monkey
     # Runs of a schedule are runs of a named job: the operation's own, or the schedule's when it spans several
     assert {s.name: s.job_name for s in defs.schedules} == {
         "nightly_quality": "products_analyse", "hourly_active_export": "products_export",
-        "products_nightly": "products_nightly", "warehouse_sync": "products_warehouse",
-        "claro_retention_daily": "claro_retention"}
+        "daily_price_watch": "products_price_watch", "products_nightly": "products_nightly",
+        "warehouse_sync": "products_warehouse", "claro_retention_daily": "claro_retention"}
     dg.Definitions.validate_loadable(defs)

@@ -121,7 +121,7 @@ def test_monitor_mistakes_name_the_monitor_and_the_key():
     catalogue: products
     price: title
     observe:
-      - {file: missing.csv}
+      - {file: rivals.xlsx}
       - {source: feed}
       - {channel: nowhere}
       - {file: rivals.csv, source: rival_pages}
@@ -136,7 +136,7 @@ def test_monitor_mistakes_name_the_monitor_and_the_key():
     lines = errors(extra=extra)
     text = "\n".join(lines)
     assert "monitors.bad.price: monitor 'bad': 'title' is a text attribute; prices are numbers" in text
-    assert "monitors.bad.observe[0].file: monitor 'bad': no file" in text and "missing.csv" in text
+    assert "monitors.bad.observe[0].file: monitor 'bad': 'rivals.xlsx' is not a .csv file" in text
     assert "monitors.bad.observe[1].source: monitor 'bad': source 'feed' is of kind upload" in text
     assert "monitors.bad.observe[2].channel: monitor 'bad': 'nowhere' is not a destination" in text
     assert "monitors.bad.observe[3]: monitor 'bad': each 'observe' entry needs exactly one of" in text
