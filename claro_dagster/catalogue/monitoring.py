@@ -113,7 +113,9 @@ def _insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, rows: list
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return sum(conn.execute(insert(table).values(chunk).on_conflict_do_nothing()).rowcount or 0
+    # RETURNING counts the rows written (a DO NOTHING insert's rowcount is not reliable on every driver)
+    key = list(table.primary_key.columns)[0]
+    return sum(len(conn.execute(insert(table).values(chunk).on_conflict_do_nothing().returning(key)).all())
                for chunk in (rows[i:i + 500] for i in range(0, len(rows), 500)))
 
 

@@ -92,11 +92,11 @@ PRODUCTS = [
 
 
 @pytest.fixture
-def world(tmp_path):
+def world(tmp_path, store_url):  # every test on SQLite and on PostgreSQL
     (tmp_path / "claro.yaml").write_text(SPEC, encoding="utf-8")
     (tmp_path / "rivals.csv").write_text(RIVALS, encoding="utf-8")
     spec = load_spec(tmp_path / "claro.yaml")
-    store = CatalogueStore(spec, f"sqlite:///{tmp_path / 'catalogue.db'}")
+    store = CatalogueStore(spec, store_url)
     store.apply(load("load", PRODUCTS))
     yield tmp_path, spec, store
     store.dispose()
