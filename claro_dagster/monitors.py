@@ -80,16 +80,18 @@ def run_monitor(store: Any, name: str, *, run_key: str, run_id: str | None = Non
     """Run monitor `name` of the store's spec once; `run_key` identifies the run (detections are idempotent by it)."""
     spec: ProjectSpec = store.spec
     mon = spec.monitors[name]
+    # An ad-hoc narrower run (a schedule's or the UI's filter) judges its records but leaves the monitor's cursor
+    # where it was: the observations of the records it skipped are judged by the next full run.
     result = (_run_price if mon.kind == "price" else _run_drift)(
         store, spec, name, mon, run_key=run_key, run_id=run_id, filter=_where(mon.filter, filter),
-        http_client=http_client, scraper=scraper)
+        moves_cursor=not filter, http_client=http_client, scraper=scraper)
     if result.new and announce_to_slack:
         announce(spec, name, mon, result.new, run_id=run_id, logger=logger)
     return result
 
 
 def _run_price(store: Any, spec: ProjectSpec, name: str, mon: MonitorSpec, *, run_key: str, run_id: str | None,
-               filter: str | None, http_client: Any, scraper: Any) -> MonitorResult:
+               filter: str | None, moves_cursor: bool, http_client: Any, scraper: Any) -> MonitorResult:
     ms = MonitorStore(store)
     cat = store.catalogue(mon.catalogue)
     key = cat.key
@@ -164,12 +166,14 @@ def _run_price(store: Any, spec: ProjectSpec, name: str, mon: MonitorSpec, *, ru
                 detections = {(d.record, d.listing): d for d in gaps}
             before = ms.flags(name, flag)
             found += [d for k, d in sorted(detections.items()) if k not in before]
-            flag_updates.append((flag, set(detections)))
+            # records this run did not look at (outside a filter) keep their flags
+            flag_updates.append((flag, set(detections) | {k for k in before if k[0] not in keys}))
     result.found = found
     result.new = ms.record_detections(name, "price", mon.catalogue, run_key, found, run_id=run_id)
     for flag, holding in flag_updates:
         ms.set_flags(name, flag, holding)
-    store.set_cursor(cursor_name(name), str(upto))
+    if moves_cursor:
+        store.set_cursor(cursor_name(name), str(upto))
     return result
 
 

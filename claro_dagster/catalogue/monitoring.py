@@ -9,8 +9,9 @@ Tables (created on first use, like the channel state and the webhook outbox):
   written, when the channel state was last updated, the file's date), so two monitors reading the same state
   write one row, and an insert that meets an existing row is skipped by the database (ON CONFLICT DO NOTHING),
   never failed: concurrent monitors neither duplicate nor lose an observation.
-- `claro_monitor_detections`: what each monitor run found; unique per (monitor, run, rule, record, source,
-  listing), so re-running a run's step records and announces nothing twice. Each new detection is written in
+- `claro_monitor_detections`: what each monitor run found; unique per monitor and identity: the observation
+  judged (threshold, anomaly: each observation is judged once per monitor, whichever run sees it), else the run,
+  rule, record, source and listing, so re-running a run's step records and announces nothing twice. Each new detection is written in
   the same transaction as its `monitor.drift` outbox event (webhooks deliver it like every other event).
 - `claro_monitor_flags`: records a state rule (absolute, competitor_gap) currently holds for: a record is
   announced when it starts to hold, not at every run while it keeps holding.
@@ -65,7 +66,10 @@ detections = sa.Table(
     sa.Column("reference", sa.Float),
     sa.Column("detail", sa.Text),  # JSON
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-    sa.UniqueConstraint("monitor", "run_key", "rule", "record", "source", "listing", name="uq_claro_monitor_detection"),
+    # what makes a detection the same one: the observation judged (threshold, anomaly), else the run and what
+    # was found (state rules, drift)
+    sa.Column("identity", sa.Text, nullable=False),
+    sa.UniqueConstraint("monitor", "identity", name="uq_claro_monitor_detection"),
     sa.Index("ix_claro_monitor_detections_record", "catalogue", "record"),
 )
 flags = sa.Table(
@@ -225,7 +229,7 @@ class MonitorStore:
                 row = {"monitor": monitor, "catalogue": catalogue, "run_key": run_key, "rule": d.rule,
                        "record": d.record or "", "source": d.source, "listing": d.listing, "message": d.message,
                        "value": d.value, "reference": d.reference, "detail": json.dumps(d.detail, sort_keys=True),
-                       "at": stamp}
+                       "at": stamp, "identity": identity(run_key, d)}
                 if not _insert_ignoring_duplicates(tx.conn, detections, [row]):
                     continue
                 new.append(d)
@@ -285,6 +289,13 @@ class MonitorStore:
                 query = query.where(s.c.id < own)
             rows = conn.execute(query.order_by(s.c.id.desc()).limit(limit)).scalars().all()
         return [Profile.from_json(json.loads(text)) for text in reversed(rows)]
+
+
+def identity(run_key: str, d: Detection) -> str:
+    """What makes two detections of one monitor the same (see `claro_monitor_detections`)."""
+    if d.observation is not None:
+        return f"{d.rule}|observation:{d.observation}"
+    return "|".join((run_key, d.rule, d.record or "", d.source, d.listing))
 
 
 def event_payload(monitor: str, kind: str, catalogue: str, d: Detection, run_id: str | None) -> dict[str, Any]:

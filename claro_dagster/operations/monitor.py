@@ -49,6 +49,7 @@ class Detection:
     value: float | None = None
     reference: float | None = None  # what it is compared with: the previous price, the median, the baseline
     detail: dict[str, Any] = field(default_factory=dict)
+    observation: int | None = None  # threshold, anomaly: the observation judged (each is judged once per monitor)
 
     def line(self) -> str:
         """`record: message`, as alerts and `claro monitor history` list it."""
@@ -186,7 +187,7 @@ def price_changes(history: Sequence[Observation], new: Iterable[Observation], pe
             out.append(Detection("threshold", obs.record,
                                  f"{where}: price {prior.price:g} -> {obs.price:g} ({change:+.1f}%, more than "
                                  f"{percent:g}%)", obs.source, obs.listing, obs.price, prior.price,
-                                 {"change_percent": round(change, 2), "percent": percent}))
+                                 {"change_percent": round(change, 2), "percent": percent}, obs.id))
     return out
 
 
@@ -224,7 +225,7 @@ def outliers(history: Sequence[Observation], new: Iterable[Observation], *, max_
                                  f"{obs.source}: price {obs.price:g} is an outlier against its last {len(earlier)} "
                                  f"(median {median:g}, robust z {shown}, limit {max_z:g})", obs.source, obs.listing,
                                  obs.price, median, {"z": None if math.isinf(z) else round(z, 2), "max_z": max_z,
-                                                     "history": len(earlier)}))
+                                                     "history": len(earlier)}, obs.id))
     return out
 
 

@@ -73,7 +73,8 @@ MAX_RECORD_REPLIES = 20
 #: The alerts a route's `events` can name (the spec check refuses others): `spec.checks.ALERT_EVENTS`.
 EVENTS: tuple[str, ...] = ALERT_EVENTS
 _ICONS = {"run.failed": ":red_circle:", "batch.halted": ":octagonal_sign:",
-          "run.completed": ":white_check_mark:", "review.queued": ":eyes:", "push.failed": ":no_entry:"}
+          "run.completed": ":white_check_mark:", "review.queued": ":eyes:", "push.failed": ":no_entry:",
+          "monitor.drift": ":chart_with_downwards_trend:"}
 
 # Errors after which no further message can succeed (bad token, Slack unreachable): stop posting.
 _FATAL_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",

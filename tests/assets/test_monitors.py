@@ -114,7 +114,7 @@ def test_a_price_monitor_run_alerts_slack_routes_and_webhooks_and_records_plotta
 
     # Slack: the route for this monitor (operation = the monitor's name) with the record in its thread, and the
     # route listening to monitor.drift; not the route for validate.
-    title = ":information_source: Monitor prices: 1 price detection"
+    title = ":chart_with_downwards_trend: Monitor prices: 1 price detection"
     assert sorted(heard(slack)) == [("#drift", title), ("#pricing", title)]
     posts = [r.json() for r in slack.posts()]
     thread = "\n".join(b["text"]["text"] for p in posts if p["channel"] == "#pricing" and "thread_ts" in p

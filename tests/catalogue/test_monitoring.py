@@ -233,3 +233,14 @@ def test_a_competitor_file_with_a_bad_price_names_its_line(world):
     with pytest.raises(ValueError, match=r"rivals.csv:2: price 'cheap!' is not a number"):
         run_monitor(store, "prices", run_key="bad")
     assert os.path.exists(tmp_path / "rivals.csv")
+
+
+def test_a_filtered_run_judges_its_records_and_leaves_the_others_to_the_next_full_run(world):
+    _, _, store = world
+    assert sorted((d.rule, d.record) for d in run_monitor(store, "prices", run_key="full-1").new) == [
+        ("absolute", "S2"), ("competitor_gap", "S1"), ("competitor_gap", "S3")]
+    store.apply(load("reprice", [{"sku": "S1", "price": 12.5}, {"sku": "S3", "price": 9.0}]))
+    narrow = run_monitor(store, "prices", run_key="narrow", filter='sku == "S1"')
+    assert [(d.rule, d.record) for d in narrow.new] == [("threshold", "S1")]
+    # S3's new price is judged by the next full run; S2's and S3's open flags were kept, so not announced again
+    assert [(d.rule, d.record) for d in run_monitor(store, "prices", run_key="full-2").new] == [("threshold", "S3")]
