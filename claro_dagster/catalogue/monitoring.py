@@ -11,8 +11,9 @@ Tables (created on first use, like the channel state and the webhook outbox):
   never failed: concurrent monitors neither duplicate nor lose an observation.
 - `claro_monitor_detections`: what each monitor run found; unique per monitor and identity: the observation
   judged (threshold, anomaly: each observation is judged once per monitor, whichever run sees it), else the run,
-  rule, record, source and listing, so re-running a run's step records and announces nothing twice. Each new detection is written in
-  the same transaction as its `monitor.drift` outbox event (webhooks deliver it like every other event).
+  rule, record, source and listing, so re-running a run's step records and announces nothing twice. Each new
+  detection is written in the same transaction as its `monitor.drift` outbox event (webhooks deliver it like
+  every other event).
 - `claro_monitor_flags`: records a state rule (absolute, competitor_gap) currently holds for: a record is
   announced when it starts to hold, not at every run while it keeps holding.
 - `claro_monitor_snapshots`: each drift run's catalogue profile; the next runs compare with them.
