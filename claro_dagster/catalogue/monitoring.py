@@ -118,10 +118,21 @@ def _insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, rows: list
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    # RETURNING counts the rows written (a DO NOTHING insert's rowcount is not reliable on every driver)
-    key = list(table.primary_key.columns)[0]
-    return sum(len(conn.execute(insert(table).values(chunk).on_conflict_do_nothing().returning(key)).all())
-               for chunk in (rows[i:i + 500] for i in range(0, len(rows), 500)))
+    return len(_insert_returning(conn, table, rows, list(table.primary_key.columns)[0]))
+
+
+def _insert_returning(conn: sa.Connection, table: sa.Table, rows: list[dict], column: sa.Column) -> list:
+    """`column` of the rows an insert wrote, skipping those a unique constraint already holds. RETURNING says what
+    was written (a DO NOTHING insert's rowcount is -1 on psycopg); one executemany, which SQLAlchemy sends as
+    multi-row INSERTs ("insertmanyvalues") with one compiled statement."""
+    if not rows:
+        return []
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(table).on_conflict_do_nothing().returning(column)
+    return [row[0] for row in conn.execute(statement, rows).all()]
 
 
 class MonitorStore:
@@ -223,17 +234,16 @@ class MonitorStore:
         if not found:
             return []
         stamp = now()
-        new: list[Detection] = []
         change_set = f"monitor:{monitor}:{run_key}"
+        rows = {identity(run_key, d): {
+            "monitor": monitor, "catalogue": catalogue, "run_key": run_key, "rule": d.rule, "record": d.record or "",
+            "source": d.source, "listing": d.listing, "message": d.message, "value": d.value,
+            "reference": d.reference, "detail": json.dumps(d.detail, sort_keys=True), "at": stamp,
+            "identity": identity(run_key, d)} for d in found}
         with self.store.writer.transaction() as tx:
-            for d in found:
-                row = {"monitor": monitor, "catalogue": catalogue, "run_key": run_key, "rule": d.rule,
-                       "record": d.record or "", "source": d.source, "listing": d.listing, "message": d.message,
-                       "value": d.value, "reference": d.reference, "detail": json.dumps(d.detail, sort_keys=True),
-                       "at": stamp, "identity": identity(run_key, d)}
-                if not _insert_ignoring_duplicates(tx.conn, detections, [row]):
-                    continue
-                new.append(d)
+            written = set(_insert_returning(tx.conn, detections, list(rows.values()), detections.c.identity))
+            new = [d for key, d in {identity(run_key, d): d for d in found}.items() if key in written]
+            for d in new:
                 tx.append_event(MONITOR_DRIFT, change_set=change_set, catalogue=catalogue, record=d.record,
                                 payload=event_payload(monitor, kind, catalogue, d, run_id))
         return new
@@ -296,7 +306,7 @@ def identity(run_key: str, d: Detection) -> str:
     """What makes two detections of one monitor the same (see `claro_monitor_detections`)."""
     if d.observation is not None:
         return f"{d.rule}|observation:{d.observation}"
-    return "|".join((run_key, d.rule, d.record or "", d.source, d.listing))
+    return "|".join((run_key, d.rule, d.record or "", d.source, d.listing, str(d.detail.get("attribute", ""))))
 
 
 def event_payload(monitor: str, kind: str, catalogue: str, d: Detection, run_id: str | None) -> dict[str, Any]:

@@ -218,6 +218,8 @@ def test_a_drift_monitor_without_history_records_a_baseline_and_alerts_nothing(w
     assert not second.baseline
     rules = sorted({d.rule for d in second.new})
     assert rules == ["distribution", "fill_rate", "new_value", "score"]
+    fills = sorted(d.detail["attribute"] for d in second.new if d.rule == "fill_rate")
+    assert fills == ["brand", "cost", "gtin", "mpn", "title"]  # each attribute its own detection
     assert any("title: fill rate fell from 100.0% to 33.3%" in d.message for d in second.new)
     assert [e["payload"]["monitor_kind"] for e in monitor_events(store)] == ["drift"] * len(second.new)
     assert all(e["record"] is None for e in monitor_events(store))
