@@ -112,12 +112,6 @@ class StoredDetection:
 
 def _insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> int:
     """Insert rows, skipping those a unique constraint already holds (another writer's); how many were new."""
-    if not rows:
-        return 0
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
     return len(_insert_returning(conn, table, rows, list(table.primary_key.columns)[0]))
 
 
