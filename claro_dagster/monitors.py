@@ -135,11 +135,12 @@ def _run_price(store: Any, spec: ProjectSpec, name: str, mon: MonitorSpec, *, ru
     sources = observation_sources(spec, mon)
     since = int(store.get_cursor(cursor_name(name), "0") or 0)
     upto = ms.last_id()
-    history = [o for o in ms.history(mon.catalogue, sources=sources) if o.record in keys and (o.id or 0) <= upto]
-    new = [o for o in history if (o.id or 0) > since]
-    latest: dict[tuple[str, str, str], Observation] = {}
-    for o in history:
-        latest[(o.record, o.source, o.listing)] = o
+    # The new observations, the whole history only of the records they concern, and the newest of every series
+    new = [o for o in ms.history(mon.catalogue, sources=sources, after_id=since)
+           if o.record in keys and (o.id or 0) <= upto]
+    history = [o for o in ms.history(mon.catalogue, records={o.record for o in new}, sources=sources)
+               if (o.id or 0) <= upto]
+    latest = {(o.record, o.source, o.listing): o for o in ms.latest(mon.catalogue, sources) if o.record in keys}
     by_source: dict[str, list[float]] = {}
     for (_, source_name, _), o in latest.items():
         by_source.setdefault(source_name, []).append(o.price)

@@ -163,12 +163,19 @@ class MonitorStore:
         """Observations, oldest first (by the time they were true, then by id)."""
         o = observations
         query = sa.select(o).where(o.c.catalogue == catalogue)
-        if records is not None:
-            query = query.where(o.c.record.in_(list(records)))
         if sources is not None:
             query = query.where(o.c.source.in_(list(sources)))
         if after_id is not None:
             query = query.where(o.c.id > after_id)
+        if records is None:
+            return self._observations(query)
+        records = sorted(set(records))
+        found = [obs for i in range(0, len(records), 500)
+                 for obs in self._observations(query.where(o.c.record.in_(records[i:i + 500])))]
+        return sorted(found, key=lambda x: (x.observed_at, x.id or 0))
+
+    def _observations(self, query: sa.Select) -> list[Observation]:
+        o = observations
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(o.c.observed_at, o.c.id)).mappings().all()
         return [Observation(r["record"], r["source"], r["price"], r["observed_at"], r["listing"], r["competitor"],
@@ -181,11 +188,15 @@ class MonitorStore:
                                                   .order_by(o.c.observed_at, o.c.id)).mappings()]
 
     def latest(self, catalogue: str, sources: Sequence[str] | None = None) -> list[Observation]:
-        """The newest observation of each (record, source, listing)."""
-        newest: dict[tuple[str, str, str], Observation] = {}
-        for obs in self.history(catalogue, sources=sources):
-            newest[(obs.record, obs.source, obs.listing)] = obs
-        return list(newest.values())
+        """The newest observation of each (record, source, listing), in one query."""
+        o = observations
+        where = [o.c.catalogue == catalogue] + ([o.c.source.in_(list(sources))] if sources is not None else [])
+        newest = (sa.select(o.c.record, o.c.source, o.c.listing, sa.func.max(o.c.observed_at).label("at"))
+                  .where(*where).group_by(o.c.record, o.c.source, o.c.listing).subquery())
+        query = sa.select(o).join(newest, sa.and_(o.c.record == newest.c.record, o.c.source == newest.c.source,
+                                                  o.c.listing == newest.c.listing, o.c.observed_at == newest.c.at)
+                                  ).where(*where)
+        return self._observations(query)
 
     def last_id(self) -> int:
         with self.engine.connect() as conn:
