@@ -32,6 +32,8 @@ def test_the_demo_runs_its_price_monitor_daily_offline(tmp_path, monkeypatch):
     assert (schedule.cron_schedule, schedule.execution_timezone, schedule.job_name) == (
         "0 2 * * *", "Europe/London", "products_price_watch")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.description.startswith("Runs products/price_watch (the price monitor of products) every day at "
+                                           "02:00 (Europe/London time)")
 
     with dg.instance_for_test() as instance:
         for source, path in (("suppliers_csv", DEMO_DIR / "inbox" / "suppliers" / "suppliers.csv"),
