@@ -1,6 +1,6 @@
-"""`claro monitor show|history`: what the spec's monitors watch and found, read from the catalogue store.
+"""`claro monitor run|show|history`: run a monitor now, and what the spec's monitors watch and found.
 
-Read-only and without Dagster, like the other listings: they answer at once.
+`show` and `history` read the catalogue store without Dagster, like the other listings: they answer at once.
 """
 
 from __future__ import annotations
@@ -75,6 +75,10 @@ def monitor_show(monitor: str, record: Annotated[str | None, typer.Option(help="
                   "gap_percent": None, "observed_at": None, "url": None}
                  for r, p in sorted(ours.items()) if (not record or r == record) and r not in listed]
         rows.sort(key=lambda x: x["record"])
+        if not rows and format == "table":
+            cli.console.print(f"{monitor}: nothing observed yet; it runs on its schedule, or now with `claro monitor "
+                              f"run {monitor}`", highlight=False)
+            return
         cli.print_rows(rows, list(SHOW_FIELDS), format, all_columns=True)
     else:
         profiles = ms.snapshots(monitor, mon.baseline_runs + 1)
@@ -136,3 +140,35 @@ def monitor_history(record: str,
         raise cli.user_error(f"no record {record!r} in catalogue {name!r}")
     rows.sort(key=lambda r: (r["at"], r["what"] != "price"))
     cli.print_rows(rows, list(HISTORY_FIELDS), format, all_columns=True)
+
+
+@monitor_app.command("run")
+def monitor_run(monitor: str, filter: Annotated[str | None, typer.Option("--filter", "-f", help="Only records "
+                                                                                                 "matching.")] = None
+                ) -> None:
+    """Run a monitor now (in this process, recorded in the local Dagster instance as a run of its job), with its
+    alerts and events, then say what it found."""
+    from claro_dagster.definitions import build_definitions, operation_job_name
+    from claro_dagster.local import announce_run, execute, instance_for, metadata
+
+    cli = _cli()
+    mon = _monitor(monitor)
+    defs = build_definitions(cli.ctx.spec_path, cli.home_dir())
+    job = operation_job_name(mon.catalogue, monitor)
+    config = {"ops": {f"{mon.catalogue}__{monitor}": {"config": {"filter": filter}}}} if filter else None
+    instance = instance_for(cli.home_dir())
+    result = execute(defs, instance, job, run_config=config)
+    announce_run(defs, instance, result)
+    if not result.success:
+        failure = next((e for e in result.all_events if e.is_step_failure), None)
+        error = failure.step_failure_data.error if failure else None
+        while error is not None and error.cause is not None:
+            error = error.cause
+        why = error.message.strip().splitlines()[-1] if error is not None and error.message else "see the run"
+        raise cli.user_error(f"monitor {monitor} failed (run {result.run_id}): {why}")
+    import dagster as dg
+
+    meta = metadata(result, dg.AssetKey([mon.catalogue, monitor])) or {}
+    extra = " (its first run: the baseline)" if meta.get("baseline") is True else ""
+    cli.console.print(f"{monitor}: {meta.get('detections', 0)} new detection(s) in {meta.get('records', 0)} records"
+                      f"{extra} (run {result.run_id}); details: claro monitor show {monitor}", highlight=False)

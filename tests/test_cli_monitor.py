@@ -98,3 +98,20 @@ def test_monitor_show_of_a_drift_monitor_and_mistakes_said_plainly(project):
                                    "prices, quality)"
     missing = claro("monitor", "history", "SKU-404", home=home, spec=spec_path)
     assert missing.returncode == 1 and "no record 'SKU-404' in catalogue 'products'" in missing.stderr
+
+
+def test_monitor_run_runs_it_now_as_a_run_of_its_job_then_show_lists_what_it_found(project):
+    spec_path, home, _ = project
+    empty = claro("monitor", "show", "prices", home=home, spec=spec_path)
+    assert empty.stdout.startswith("prices: nothing observed yet; it runs on its schedule, or now with `claro "
+                                   "monitor run prices`")
+    ran = claro("monitor", "run", "prices", home=home, spec=spec_path)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("prices: 1 new detection(s) in 2 records (run ") and "claro monitor show prices" \
+        in ran.stdout
+    shown = claro("monitor", "show", "prices", home=home, spec=spec_path)
+    assert "CheapMugs" in shown.stdout and "competitor_gap" in shown.stdout
+    (spec_path.parent / "rivals.csv").unlink()  # a competitor file gone: the run fails, saying which file
+    gone = claro("monitor", "run", "prices", home=home, spec=spec_path)
+    assert gone.returncode == 1 and gone.stderr.startswith("error: monitor prices failed (run ")
+    assert "rivals.csv: cannot be read (No such file or directory)" in gone.stderr
