@@ -60,7 +60,7 @@ def test_summarize_demo() -> None:
     spec = load_spec(DEMO_DIR / "claro.yaml")
     assert summarize(spec) == (
         "claro.yaml: OK — 2 catalogues (products: 17 attributes, suppliers: 5), 3 sources, "
-        "3 pipelines, 2 schedules, 4 destinations"
+        "3 pipelines, 3 schedules, 4 destinations"
     )
 
 
