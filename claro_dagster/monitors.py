@@ -12,6 +12,7 @@ import logging
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ from claro_dagster.resources.price_sources import (
 from claro_dagster.spec.models import MonitorSpec, ProjectSpec
 
 log = logging.getLogger(__name__)
+
+RECENT_SECONDS = 120  # observations recorded this recently are judged again, whatever the cursor (see _run_price)
 
 
 @dataclass
@@ -135,8 +138,12 @@ def _run_price(store: Any, spec: ProjectSpec, name: str, mon: MonitorSpec, *, ru
     sources = observation_sources(spec, mon)
     since = int(store.get_cursor(cursor_name(name), "0") or 0)
     upto = ms.last_id()
-    # The new observations, the whole history only of the records they concern, and the newest of every series
-    new = [o for o in ms.history(mon.catalogue, sources=sources, after_id=since)
+    # The new observations, the whole history only of the records they concern, and the newest of every series.
+    # On PostgreSQL an id is taken before its transaction commits, so an observation another monitor was still
+    # writing can appear below the cursor: those recorded in the last RECENT_SECONDS are judged again (a detection
+    # is keyed by its observation, so judging one twice announces nothing twice).
+    recent = datetime.now(UTC) - timedelta(seconds=RECENT_SECONDS)
+    new = [o for o in ms.history(mon.catalogue, sources=sources, after_id=since, recorded_since=recent)
            if o.record in keys and (o.id or 0) <= upto]
     history = [o for o in ms.history(mon.catalogue, records={o.record for o in new}, sources=sources)
                if (o.id or 0) <= upto]

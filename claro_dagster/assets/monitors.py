@@ -41,13 +41,13 @@ def build_monitor(name: str, mon: MonitorSpec) -> dg.AssetsDefinition:
         for problem in result.problems:
             context.log.warning(problem)
         per_rule: dict[str, int] = {}
-        for d in result.found:
+        for d in result.new:  # what this run announced (an observation judged again is not counted twice)
             per_rule[d.rule] = per_rule.get(d.rule, 0) + 1
         metadata: dict[str, object] = {
             "records": result.records, "detections": len(result.new), "filter": config.filter or "",
             "detections_table": dg.MetadataValue.md(_table(
-                [(d.rule, d.record or "", d.source, d.message) for d in result.found[:200]],
-                ("rule", "record", "source", "what")) if result.found else "nothing detected"),
+                [(d.rule, d.record or "", d.source, d.message) for d in result.new[:200]],
+                ("rule", "record", "source", "what")) if result.new else "nothing new detected"),
         }
         rules = [r.kind for r in mon.rules] if mon.kind == "price" else ["score", "fill_rate", "new_value",
                                                                           "distribution"]

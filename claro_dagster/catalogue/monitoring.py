@@ -159,13 +159,16 @@ class MonitorStore:
             return _insert_ignoring_duplicates(conn, observations, list(rows.values()))
 
     def history(self, catalogue: str, *, records: Sequence[str] | None = None, sources: Sequence[str] | None = None,
-                after_id: int | None = None) -> list[Observation]:
-        """Observations, oldest first (by the time they were true, then by id)."""
+                after_id: int | None = None, recorded_since: datetime | None = None) -> list[Observation]:
+        """Observations, oldest first (by the time they were true, then by id); with both `after_id` and
+        `recorded_since`, those after the id or recorded since the time."""
         o = observations
         query = sa.select(o).where(o.c.catalogue == catalogue)
         if sources is not None:
             query = query.where(o.c.source.in_(list(sources)))
-        if after_id is not None:
+        if after_id is not None and recorded_since is not None:
+            query = query.where(sa.or_(o.c.id > after_id, o.c.recorded_at >= recorded_since))
+        elif after_id is not None:
             query = query.where(o.c.id > after_id)
         if records is None:
             return self._observations(query)

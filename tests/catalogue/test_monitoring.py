@@ -246,3 +246,16 @@ def test_a_filtered_run_judges_its_records_and_leaves_the_others_to_the_next_ful
     assert [(d.rule, d.record) for d in narrow.new] == [("threshold", "S1")]
     # S3's new price is judged by the next full run; S2's and S3's open flags were kept, so not announced again
     assert [(d.rule, d.record) for d in run_monitor(store, "prices", run_key="full-2").new] == [("threshold", "S3")]
+
+
+def test_an_observation_committed_below_the_cursor_is_still_judged_and_never_announced_twice(world):
+    """On PostgreSQL ids are taken before commit: another monitor's observation can land below this monitor's
+    cursor. Those recorded in the last two minutes are judged again; detections are keyed by observation."""
+    _, _, store = world
+    run_monitor(store, "prices", run_key="r1")
+    late = Observation("S1", "catalogue", 12.5, "2099-01-01T00:00:00.000000Z")
+    MonitorStore(store).add_observations("products", [late], monitor="other")  # written by another monitor...
+    store.set_cursor("monitor:prices", str(MonitorStore(store).last_id() + 5))  # ...yet below this one's cursor
+    second = run_monitor(store, "prices", run_key="r2")
+    assert [(d.rule, d.record) for d in second.new] == [("threshold", "S1")]
+    assert run_monitor(store, "prices", run_key="r3").new == []  # judged again within the window: said once
