@@ -293,7 +293,7 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         elif pipe.operations:
             out.append((loc + ("operations",), "'operations' run when the pipeline is triggered: add 'after' "
                         "(the catalogue and operation whose completion starts it)"))
-        chained = ["validate", "analyse", "export", *monitors_of(spec, pipe.catalogue)]
+        chained = ["validate", *SCHEDULABLE_OPERATIONS, *monitors_of(spec, pipe.catalogue)]
         for k, op in enumerate(pipe.operations):
             if op not in chained:
                 out.append((loc + ("operations", k), unknown(op, chained, f"an operation of {pipe.catalogue!r} a "

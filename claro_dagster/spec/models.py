@@ -317,7 +317,8 @@ class PipelineSpec(SpecModel):
     # A triggered pipeline: when `after` completes, run `operations` on this catalogue's records matching `filter`,
     # then its destinations.
     after: PipelineTrigger | None = None
-    # validate, analyse, export, or a monitor of this catalogue (`monitors:`); `claro check` says which exist
+    # validate or a schedulable operation (analyse, export, ...), or a monitor of this catalogue (`monitors:`);
+    # `claro check` says which exist (spec/checks.py)
     operations: list[str] = Field(default_factory=list)
     filter: str | None = None
 
