@@ -1007,6 +1007,12 @@ def unmerge(proposal: int, by: ByOption = None) -> None:
 app.add_typer(duplicates_app, name="duplicates")
 
 
+# `claro monitor show|history` (cli_monitor.py uses this module's helpers, so it is added once they exist)
+from claro_dagster.cli_monitor import monitor_app  # noqa: E402
+
+app.add_typer(monitor_app, name="monitor")
+
+
 def main() -> None:
     """Entry point: user errors print as one clear line and exit 1, never as a traceback."""
     try:

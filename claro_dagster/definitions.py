@@ -191,6 +191,13 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
             job(operation_job_name(catalogue, operation.key.path[-1]), [operation.key],
                 f"{operation.key.to_user_string()}: {operation.descriptions_by_key[operation.key]}",
                 tags={"claro/catalogue": catalogue})
+    for monitor_name, monitor in spec.monitors.items():  # `<catalogue>/<monitor>`, job `<catalogue>_<monitor>`
+        from claro_dagster.assets.monitors import build_monitor
+
+        asset = build_monitor(monitor_name, monitor)
+        assets.append(asset)
+        job(operation_job_name(monitor.catalogue, monitor_name), [asset.key], asset.descriptions_by_key[asset.key],
+            tags={"claro/catalogue": monitor.catalogue, "claro/monitor": monitor_name})
     for catalogue, pipeline_name in onboarding.items():
         pipeline = spec.pipelines[pipeline_name]
         partitions = batches_partitions(catalogue)

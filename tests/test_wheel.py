@@ -54,6 +54,7 @@ def test_a_wheel_install_runs_the_bundled_demo(tmp_path):
     assert Path(module).is_relative_to(site) and Path(spec).is_relative_to(site), where.stdout
     assert Path(spec).is_file() and (Path(spec).parent / "inbox" / "globex" / "globex_products.xlsx").is_file()
     assert (Path(spec).parent / "reference" / "gtin_company_prefixes.csv").is_file()  # the demo's enrichment lookup
+    assert (Path(spec).parent / "competitors" / "prices.csv").is_file()  # the demo price monitor's data
 
     checked = subprocess.run([str(env_dir / "bin" / "claro"), "check"], capture_output=True, text=True, cwd=work,
                              env=env, timeout=300)

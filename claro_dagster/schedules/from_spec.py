@@ -117,6 +117,9 @@ def _target_words(spec: ProjectSpec, target: str, keys: Sequence[str]) -> str:
     if operation in _OPERATION_WORDS:
         return f"{target} ({_OPERATION_WORDS[operation]} of {catalogue})"
     dest = spec.destinations.get(operation)
+    monitor = spec.monitors.get(operation)
+    if monitor is not None and monitor.catalogue == catalogue:
+        return f"{target} (the {monitor.kind} monitor of {catalogue})"
     return f"{target} (the {dest.kind} destination of {catalogue})" if dest else target
 
 

@@ -27,6 +27,7 @@ from .models import (
     rest_body_attributes,
     url_placeholders,
 )
+from .monitor_checks import check_monitors, monitors_of
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
@@ -47,10 +48,11 @@ OUTBOX_EVENTS: tuple[str, ...] = (
     "run.started", "run.completed", "run.failed",
     "change.applied", "change.approved", "change.rejected", "change.queued_for_review",
     "push.failed", "mail.quarantined",
+    "monitor.drift",  # a monitor's detection (monitors:, see spec/monitor_checks.py)
 )
 #: Alerts Slack routes (`notifications.slack[].events`, pipeline `routing[].events`) can hear; `slack.EVENTS`.
 ALERT_EVENTS: tuple[str, ...] = (
-    "run.failed", "run.completed", "batch.halted", "review.queued", "push.failed", "mail.quarantined",
+    "run.failed", "run.completed", "batch.halted", "review.queued", "push.failed", "mail.quarantined", "monitor.drift",
     # change events, as the catalogue store writes them to its outbox
     "change.applied", "change.approved", "change.rejected", "change.queued_for_review",
 )
@@ -301,6 +303,11 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
         elif pipe.operations:
             out.append((loc + ("operations",), "'operations' run when the pipeline is triggered: add 'after' "
                         "(the catalogue and operation whose completion starts it)"))
+        chained = ["validate", *SCHEDULABLE_OPERATIONS, *monitors_of(spec, pipe.catalogue)]
+        for k, op in enumerate(pipe.operations):
+            if op not in chained:
+                out.append((loc + ("operations", k), unknown(op, chained, f"an operation of {pipe.catalogue!r} a "
+                                                                          "chained pipeline can run", "one of")))
         for j, rule in enumerate(pipe.routing):
             for k, src in enumerate(rule.sources):
                 if src not in pipe.sources:
@@ -379,6 +386,7 @@ def cross_check(spec: ProjectSpec) -> list[Problem]:
             out.append((loc + ("cron",), msg))
     if msg := _cron_problem(spec.retention.cron):
         out.append((("retention", "cron"), msg))
+    out += check_monitors(spec)
     return out
 
 
@@ -842,7 +850,8 @@ def _target_problem(spec: ProjectSpec, target: str) -> str | None:
     cat, op = target.split("/", 1)
     if cat not in spec.catalogues:
         return unknown(cat, spec.catalogues, "a catalogue")
-    ops = [*SCHEDULABLE_OPERATIONS, *(d for d, dest in spec.destinations.items() if dest.catalogue == cat)]
+    ops = [*SCHEDULABLE_OPERATIONS, *(d for d, dest in spec.destinations.items() if dest.catalogue == cat),
+           *monitors_of(spec, cat)]
     if op not in ops:
         return unknown(op, ops, f"an operation that can be scheduled on {cat!r}", listing="one of")
     return None

@@ -94,10 +94,10 @@ def load_spec(path: str | Path) -> ProjectSpec:
     except ValidationError as exc:
         raise SpecError(sorted(_pydantic_problems(exc, raw, name), key=_order)) from None
 
+    spec._spec_path = path.resolve()  # before the checks: paths in the spec are relative to its folder
     problems = [SpecProblem(name, _line_of(raw, loc), _dotted(loc), msg) for loc, msg in cross_check(spec)]
     if problems:
         raise SpecError(sorted(problems, key=_order))
-    spec._spec_path = path.resolve()
     return spec
 
 

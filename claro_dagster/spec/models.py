@@ -407,7 +407,9 @@ class PipelineSpec(SpecModel):
     # A triggered pipeline: when `after` completes, run `operations` on this catalogue's records matching `filter`,
     # then its destinations.
     after: PipelineTrigger | None = None
-    operations: list[Literal["validate", "analyse", "export", "enrich", "dedupe"]] = Field(default_factory=list)
+    # validate or a schedulable operation (analyse, export, ...), or a monitor of this catalogue (`monitors:`);
+    # `claro check` says which exist (spec/checks.py)
+    operations: list[str] = Field(default_factory=list)
     filter: str | None = None
 
 
@@ -685,6 +687,80 @@ class NotificationsSpec(SpecModel):
         return value if value.endswith("/") else value + "/"
 
 
+# monitors: ------------------------------------------------------------------------------------------------
+class MonitorRuleSpec(SpecModel):
+    """One rule of a price monitor; each detection it makes is a `monitor.drift` event (operations/monitor.py)."""
+
+    kind: Literal["threshold", "absolute", "anomaly", "competitor_gap"]
+    # threshold: an observed price moved more than `percent` % since the last observation of the same record and
+    # source; competitor_gap: a matched competitor is cheaper than the catalogue price by more than `percent` %
+    percent: float | None = Field(None, gt=0)
+    # absolute: a condition over the record's attributes that is a detection when true, e.g. 'price < cost * 1.2'
+    # (numbers, attribute names, + - * / %, comparisons, and/or/not; nothing else is evaluated)
+    expression: str | None = None
+    # anomaly: an observation whose robust z-score (median and MAD of that record's history from the same
+    # source) exceeds `max_z`, once the history has `min_history` earlier observations
+    max_z: float = Field(3.5, gt=0)
+    min_history: int = Field(5, ge=2)
+
+
+class PriceObserveSpec(SpecModel):
+    """Where a price monitor reads observed prices; exactly one of `channel`, `file` or `source`."""
+
+    # a marketplace destination (shopify, amazon, rest): the price its channel state holds, i.e. what the
+    # channel last accepted for the record
+    channel: str | None = None
+    # a CSV of competitor listings, relative to the spec's folder: columns competitor, price and any of gtin, mpn,
+    # name, brand, url, observed_at (ISO time; default: the file's modification time)
+    file: str | None = None
+    # a source of the spec of kind http (records are competitor listings, columns as for `file`, renamed by
+    # `columns`) or scrape with a `url_template` (each page is the record's listing at that site; its `extract`
+    # must give a `price` column)
+    source: str | None = None
+    columns: dict[str, str] = Field(default_factory=dict, description="http: listing field -> the record's column, "
+                                                                      "e.g. {price: amount, gtin: ean}")
+    name: str | None = None  # the source's name in the price history (default: the channel, file stem or source)
+    competitor: str | None = None  # a scrape's competitor name (default: the source's name)
+
+
+class MonitorMatchSpec(SpecModel):
+    """The catalogue attributes competitor listings are matched by (GTIN, else MPN, else name plus brand); a key
+    set to null is not used. Unset keys use the attribute of that name when the catalogue has it."""
+
+    gtin: str | None = "gtin"
+    mpn: str | None = "mpn"
+    name: str | None = "title"
+    brand: str | None = "brand"
+    name_similarity: float = Field(90, ge=50, le=100, description="rapidfuzz token-sort ratio names must reach")
+
+
+class DriftToleranceSpec(SpecModel):
+    """How far a figure may fall below its baseline (the median over `baseline_runs` previous runs) unseen."""
+
+    fill_rate: float = Field(0.05, ge=0, le=1, description="a field's fill rate, as a share (0.05 = 5 points)")
+    score: float = Field(2.0, ge=0, le=100, description="the quality score, in points of 100")
+    distribution: float = Field(0.2, ge=0, le=1, description="an enum attribute's value shares: total variation "
+                                                              "distance from the previous run")
+    new_values: bool = True  # a value of an enum attribute no previous run had is a drift
+
+
+class MonitorSpec(SpecModel):
+    """`monitors.<name>`: a schedulable asset `<catalogue>/<name>` (job `<catalogue>_<name>`)."""
+
+    kind: Literal["price", "drift"]
+    catalogue: str
+    description: str | None = None
+    filter: str | None = None  # only records matching this record filter are watched
+    # price: the catalogue's price attribute, where observed prices come from, and the rules
+    price: str | None = None
+    observe: list[PriceObserveSpec] = Field(default_factory=list)
+    rules: list[MonitorRuleSpec] = Field(default_factory=list)
+    match: MonitorMatchSpec = Field(default_factory=MonitorMatchSpec)
+    # drift: tolerances, and how many previous runs make the baseline
+    tolerance: DriftToleranceSpec = Field(default_factory=DriftToleranceSpec)
+    baseline_runs: int = Field(1, ge=1, le=100)
+
+
 class RetentionSpec(SpecModel):
     """How long what only serves delivery and re-runs is kept; a daily schedule prunes what is older. `null`
     keeps it forever. History, provenance, change sets, review decisions and batch records are never pruned
@@ -712,6 +788,7 @@ class ProjectSpec(SpecModel):
     destinations: dict[str, DestinationSpec] = Field(default_factory=dict)
     notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    monitors: dict[str, MonitorSpec] = Field(default_factory=dict)
 
     def alert_routes(self) -> list[SlackRoute]:
         """The Slack routes of `notifications`, plus one per pipeline routing rule that names a channel

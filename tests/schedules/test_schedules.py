@@ -272,9 +272,9 @@ def test_the_demo_definitions_accept_every_schedules_run_config(tmp_path, monkey
                           executor=dg.in_process_executor)
     dg.Definitions.validate_loadable(full)
 
-    assert [s.name for s in schedules] == ["nightly_quality", "hourly_active_export", "weekly_duplicates",
-                                           "weekly_supplier_duplicates", "nightly_enrichment", "products_nightly",
-                                           "warehouse_sync"]
+    assert [s.name for s in schedules] == ["nightly_quality", "daily_price_watch", "hourly_active_export",
+                                           "weekly_duplicates", "weekly_supplier_duplicates", "nightly_enrichment",
+                                           "products_nightly", "warehouse_sync"]
     for schedule in schedules:
         request = tick(full.resolve_schedule_def(schedule.name), datetime(2026, 3, 29, 1, tzinfo=UTC))
         job = full.resolve_job_def(full.resolve_schedule_def(schedule.name).job_name)
@@ -287,6 +287,7 @@ def test_the_demo_definitions_accept_every_schedules_run_config(tmp_path, monkey
     assert {s.name: s.job_name for s in defs.schedules} == {
         "nightly_quality": "products_analyse", "hourly_active_export": "products_export",
         "weekly_duplicates": "products_dedupe", "weekly_supplier_duplicates": "suppliers_dedupe",
-        "nightly_enrichment": "products_enrich", "products_nightly": "products_nightly",
+        "nightly_enrichment": "products_enrich", "daily_price_watch": "products_price_watch",
+        "products_nightly": "products_nightly",
         "warehouse_sync": "products_warehouse", "claro_retention_daily": "claro_retention"}
     dg.Definitions.validate_loadable(defs)

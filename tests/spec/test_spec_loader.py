@@ -60,7 +60,7 @@ def test_summarize_demo() -> None:
     spec = load_spec(DEMO_DIR / "claro.yaml")
     assert summarize(spec) == (
         "claro.yaml: OK — 2 catalogues (products: 17 attributes, suppliers: 5), 3 sources, "
-        "4 pipelines, 5 schedules, 4 destinations"
+        "4 pipelines, 6 schedules, 4 destinations"
     )
 
 
@@ -311,7 +311,7 @@ def test_top_level_not_a_mapping(write) -> None:
     path = write("- products\n- suppliers\n")
     assert errors(path) == [
         "claro.yaml:1: the top level must be a mapping of sections (name, catalogues, thresholds, "
-        "reviewers, sources, pipelines, schedules, destinations, notifications, retention), got a list"
+        "reviewers, sources, pipelines, schedules, destinations, notifications, retention, monitors), got a list"
     ]
 
 
