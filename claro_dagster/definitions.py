@@ -255,7 +255,7 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     if dbt_project is not None:  # $CLARO_DBT_PROJECT: dbt models below the catalogues' records, tests as checks
         dbt_models, resources["dbt"] = build_dbt_assets(dbt_project, spec, home)
         assets.append(dbt_models)
-        job("dbt_models", list(dbt_models.keys), f"dbt build of {dbt_project.name}: models and their tests")
+        job("dbt_build", list(dbt_models.keys), f"dbt build of {dbt_project.name}: models and their tests")
     webserver_url = dev_webserver_url(home)  # where links point: $CLARO_WEBSERVER_URL, set by `claro dev --port`
     if slack_configured(spec):
         resources["slack"] = SlackNotifier(token=dg.EnvVar(spec.notifications.slack_token_env),

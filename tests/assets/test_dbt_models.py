@@ -49,6 +49,7 @@ def test_without_the_setting_there_are_no_dbt_assets(monkeypatch, tmp_path):
 
 def test_models_hang_below_the_catalogues_records_and_tests_are_checks(with_dbt):
     defs = build_definitions(DEMO_DIR / "claro.yaml", with_dbt)
+    dg.Definitions.validate_loadable(defs)  # as `dagster definitions validate` does: names unique, jobs resolve
     graph = defs.resolve_asset_graph()
     assert {k.path[-1] for k in dbt_keys(defs)} == MODELS
     parents = {k.path[-1]: {p.to_user_string() for p in graph.get(k).parent_keys} for k in dbt_keys(defs)}
@@ -62,7 +63,7 @@ def test_models_hang_below_the_catalogues_records_and_tests_are_checks(with_dbt)
     assert ("stg_products", "unique_stg_products_sku") in checks
     assert ("stg_products", "between_stg_products_price__0") in checks  # the project's own generic test
     assert ("quality_by_brand", "between_quality_by_brand_completeness_pct__100__0") in checks
-    assert defs.resolve_job_def("dbt_models").asset_layer.selected_asset_keys == dbt_keys(defs)
+    assert defs.resolve_job_def("dbt_build").asset_layer.selected_asset_keys == dbt_keys(defs)
     # the manifest is made under the project home, never in the (possibly read-only) dbt project
     assert (with_dbt / "dbt" / "target" / "manifest.json").is_file()
     assert (with_dbt / "dbt" / "target" / "dbt.log").is_file()
