@@ -10,6 +10,7 @@ home, and made again only when a file of the dbt project is newer than it.
 """
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -97,6 +98,7 @@ def _newest_definition(project_dir: Path) -> int:
 
 def prepare_manifest(project_dir: Path, target_dir: Path, profiles_dir: Path | None) -> Path:
     """`target_dir/manifest.json` of the dbt project, from `dbt parse` when missing or older than the project."""
+    project_dir, target_dir = project_dir.resolve(), target_dir.resolve()
     if not (project_dir / "dbt_project.yml").is_file():
         raise ValueError(f"{DBT_PROJECT_ENV}={project_dir}: no dbt_project.yml there; point it at a dbt project "
                          "folder (the bundled example is examples/dbt)")
@@ -107,7 +109,7 @@ def prepare_manifest(project_dir: Path, target_dir: Path, profiles_dir: Path | N
     command = [dbt_executable(), "parse", "--project-dir", str(project_dir), "--target-path", str(target_dir),
                "--log-path", str(target_dir)]
     if profiles_dir is not None:
-        command += ["--profiles-dir", str(profiles_dir)]
+        command += ["--profiles-dir", str(profiles_dir.resolve())]
     env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DBT_LOG_FORMAT": "text",
            "DBT_USE_COLORS": "false"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=project_dir)
@@ -160,7 +162,8 @@ def build_dbt_assets(project_dir: Path, spec: ProjectSpec, home: Path) -> tuple[
     project_dir = project_dir.resolve()
     profiles_dir = project_dir if (project_dir / "profiles.yml").is_file() else None
     target_dir = home / "dbt" / "target"
-    manifest = prepare_manifest(project_dir, target_dir, profiles_dir)
+    # Read here, not handed over as a path: dagster-dbt caches a manifest per path for the life of the process.
+    manifest = json.loads(prepare_manifest(project_dir, target_dir, profiles_dir).read_text(encoding="utf-8"))
 
     @dbt_assets(manifest=manifest, dagster_dbt_translator=translator(spec), name="dbt_models")
     def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, claro: CatalogueResource):

@@ -1,6 +1,7 @@
 """The example dbt project (examples/dbt) in the Dagster graph: models below `<catalogue>/records`, dbt tests as
 asset checks, and `dbt build` against a catalogue the demo filled in a PostgreSQL database of the test's own."""
 
+import os
 import uuid
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from claro_dagster.assets.dbt_models import DBT_PROJECT_ENV, connection_env, dbt_project_setting
+from claro_dagster.assets.dbt_models import DBT_PROJECT_ENV, connection_env, dbt_project_setting, environment
 from claro_dagster.definitions import build_definitions
 from claro_dagster.spec import DEMO_DIR
 
@@ -80,6 +81,34 @@ def test_a_source_naming_no_catalogue_of_the_spec_is_refused(with_dbt, tmp_path,
     with pytest.raises(ValueError, match=r"models/staging/_sources.yml: source claro.suppliers says "
                                          r"claro_catalogue: 'vendors', which is not a catalogue of the spec"):
         build_definitions(DEMO_DIR / "claro.yaml", tmp_path / "home")
+
+
+def test_the_manifest_is_made_again_only_when_the_project_changed(tmp_path, monkeypatch):
+    import shutil
+
+    project = tmp_path / "dbt"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("target", "logs"))
+    monkeypatch.setenv(DBT_PROJECT_ENV, str(project))
+    home = tmp_path / "home"
+    manifest = home / "dbt" / "target" / "manifest.json"
+    build_definitions(DEMO_DIR / "claro.yaml", home)
+    made = manifest.stat().st_mtime_ns
+    build_definitions(DEMO_DIR / "claro.yaml", home)
+    assert manifest.stat().st_mtime_ns == made  # unchanged project: no `dbt parse` at each load
+    (project / "models" / "marts" / "active_products.sql").write_text(
+        "select sku, price from {{ ref('stg_products') }} where status = 'active'\n")
+    defs = build_definitions(DEMO_DIR / "claro.yaml", home)
+    assert dg.AssetKey(["dbt", "active_products"]) in dbt_keys(defs)
+    assert os.environ.get("CLARO_DBT_HOST") is None  # the connection variables are set only while dbt starts
+
+
+def test_environment_is_restored_after_dbt_started(monkeypatch):
+    monkeypatch.setenv("CLARO_DBT_PORT", "1111")
+    monkeypatch.delenv("CLARO_DBT_HOST", raising=False)
+    with environment({"CLARO_DBT_PORT": "5432", "CLARO_DBT_HOST": "db"}):
+        assert (os.environ["CLARO_DBT_PORT"], os.environ["CLARO_DBT_HOST"]) == ("5432", "db")
+    assert os.environ["CLARO_DBT_PORT"] == "1111"
+    assert "CLARO_DBT_HOST" not in os.environ
 
 
 def test_a_project_without_dbt_project_yml_is_refused(monkeypatch, tmp_path):
