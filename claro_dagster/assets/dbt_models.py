@@ -151,6 +151,30 @@ def translator(spec: ProjectSpec):
     return CatalogueDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_duplicate_source_asset_keys=True))
 
 
+def watched_records(models: dg.AssetsDefinition) -> list[dg.AssetKey]:
+    """The `<catalogue>/records` assets the models read: a published batch there is new input for `dbt build`."""
+    return sorted({k for k in models.dependency_keys if k not in models.keys and k.path[-1] == "records"},
+                  key=lambda k: k.path)
+
+
+def build_dbt_sensors(models: dg.AssetsDefinition, job, project_name: str) -> list[dg.SensorDefinition]:
+    """`dbt_build_after_<catalogue>`: a run of `job` (all the models) after each batch a catalogue they read
+    publishes, so the marts follow the catalogue (running by default, like the other chained pipelines)."""
+    from claro_dagster.sensors.chaining import build_completion_sensor
+
+    return [build_completion_sensor(f"dbt_build_after_{watched.path[0]}", watched, list(models.keys),
+                                    run_config={}, tags={"claro/catalogue": watched.path[0]}, job=job,
+                                    description=f"dbt build of {project_name} after each batch "
+                                                f"{watched.path[0]} publishes")
+            for watched in watched_records(models)]
+
+
+def store_is_postgres() -> bool:
+    """Whether this environment's catalogue store ($CLARO_DATABASE_URL) is PostgreSQL, where the models run."""
+    url = os.environ.get("CLARO_DATABASE_URL", "")
+    return url.startswith(("postgresql", "postgres:"))
+
+
 def build_dbt_assets(project_dir: Path, spec: ProjectSpec, home: Path) -> tuple[dg.AssetsDefinition, Any]:
     """The dbt project's models as one multi-asset (tests as asset checks) and the `dbt` resource that runs it."""
     try:

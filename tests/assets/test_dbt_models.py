@@ -65,6 +65,8 @@ def test_models_hang_below_the_catalogues_records_and_tests_are_checks(with_dbt)
     assert ("stg_products", "between_stg_products_price__0") in checks  # the project's own generic test
     assert ("quality_by_brand", "between_quality_by_brand_completeness_pct__100__0") in checks
     assert defs.resolve_job_def("dbt_build").asset_layer.selected_asset_keys == dbt_keys(defs)
+    # on SQLite the models cannot run: no sensor starts runs that could only fail
+    assert not [s.name for s in defs.sensors if s.name.startswith("dbt_build")]
     # the manifest is made under the project home, never in the (possibly read-only) dbt project
     assert (with_dbt / "dbt" / "target" / "manifest.json").is_file()
     assert (with_dbt / "dbt" / "target" / "dbt.log").is_file()
@@ -216,6 +218,24 @@ def test_dbt_build_over_the_demo_catalogue(demo_in_postgres):
     assert row["products_changed"] == approved["record"].nunique()
     assert (row["increases"], row["decreases"]) == ((new > old).sum(), (new < old).sum())
     assert float(row["avg_change_pct"]) == pytest.approx(round((100 * (new - old) / old).mean(), 2))
+
+
+@pytest.mark.postgres
+@pytest.mark.e2e
+def test_a_published_batch_starts_dbt_build(demo_in_postgres):
+    from batches import tick
+
+    from claro_dagster.local import instance_for
+
+    defs, _ = demo_in_postgres
+    sensors = {s.name: s for s in defs.sensors if s.name.startswith("dbt_build")}
+    assert set(sensors) == {"dbt_build_after_products", "dbt_build_after_suppliers"}
+    assert {s.job_name for s in sensors.values()} == {"dbt_build"}
+    with instance_for(defs.resources["claro"].home_dir) as instance:  # where the demo's batches were published
+        runs = tick(defs, instance, "dbt_build_after_products")
+        assert len(runs) == 1 and runs[0].success
+        assert {e.asset_key.path[-1] for e in runs[0].get_asset_materialization_events()} == MODELS
+        assert runs[0].dagster_run.tags["claro/after"] == "products/records"
 
 
 @pytest.mark.postgres
