@@ -24,6 +24,7 @@ from claro_dagster.assets.catalogue_ops import (
     destination_resource_key,
     missing_env,
 )
+from claro_dagster.assets.dbt_models import build_dbt_assets, build_dbt_sensors, dbt_project_setting, store_is_postgres
 from claro_dagster.assets.dedupe import build_dedupe
 from claro_dagster.assets.enrich import build_enrich
 from claro_dagster.assets.onboarding import INBOX_KINDS, batches_partitions, build_onboarding, stages_of
@@ -260,6 +261,13 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
         sensors.append(build_completion_sensor(
             pipeline_name, watched, targets, run_config=op_config(targets, pipeline.filter), tags=tags,
             description=description, job=job(pipeline_name, targets, description, tags=tags)))
+    dbt_project = dbt_project_setting()
+    if dbt_project is not None:  # $CLARO_DBT_PROJECT: dbt models below the catalogues' records, tests as checks
+        dbt_models, resources["dbt"] = build_dbt_assets(dbt_project, spec, home)
+        assets.append(dbt_models)
+        dbt_job = job("dbt_build", list(dbt_models.keys), f"dbt build of {dbt_project.name}: models and their tests")
+        if store_is_postgres():  # on SQLite the models cannot run: no automatic runs that could only fail
+            sensors += build_dbt_sensors(dbt_models, dbt_job, dbt_project.name)
     webserver_url = dev_webserver_url(home)  # where links point: $CLARO_WEBSERVER_URL, set by `claro dev --port`
     if slack_configured(spec):
         resources["slack"] = SlackNotifier(token=dg.EnvVar(spec.notifications.slack_token_env),
