@@ -95,14 +95,18 @@ def store_metrics(store, now: datetime, stuck_after: float) -> list[GaugeMetricF
         if inspector.has_table("claro_webhook_deliveries"):
             from claro_dagster.catalogue.outbox import deliveries as d
 
+            waiting: dict[str, list] = {}  # subscription -> [count, oldest age] of pending and failed deliveries
             for subscription, status, count, first in conn.execute(
                     sa.select(d.c.subscription, d.c.status, sa.func.count(), sa.func.min(d.c.created_at))
                     .where(d.c.status != "delivered").group_by(d.c.subscription, d.c.status)):
                 if status == "dead":
                     dead.add_metric([subscription], count)
                     continue
+                total, age = waiting.get(subscription, (0, 0.0))
+                waiting[subscription] = [total + count, max(age, _age(now, first))]
+            for subscription, (count, age) in waiting.items():
                 backlog.add_metric([subscription], count)
-                undelivered.add_metric([subscription], _age(now, first))
+                undelivered.add_metric([subscription], age)
         if inspector.has_table("claro_channel_state"):
             from claro_dagster.catalogue.channels import channel_state as c
 
