@@ -77,10 +77,13 @@ def main(url: str, worker: int, workers: int) -> None:
 
     from claro_dagster.catalogue.store import CatalogueStore
 
-    store = CatalogueStore(make_spec(), url)
-    with store.engine.connect() as conn:  # the start line: blocks until the test releases its lock
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as conn:  # the start line: blocks until the test releases its lock
         conn.execute(sa.text(f"SELECT pg_advisory_lock_shared({START_LOCK})"))
         conn.execute(sa.text(f"SELECT pg_advisory_unlock_shared({START_LOCK})"))
+    engine.dispose()
+    # All four open the store of a new database at once: one creates the tables, the others wait for it.
+    store = CatalogueStore(make_spec(), url)
     todo = batches()
     # Each worker publishes its share, then its neighbour's share (already applied, or being applied now).
     mine = [b for n, b in enumerate(todo) if n % workers == worker]

@@ -76,10 +76,10 @@ def snapshot(store: CatalogueStore) -> dict:
 
 def test_fifty_overlapping_batches_from_four_processes_equal_the_sequential_result(two_databases):
     parallel_url, sequential_url = two_databases
-    store = CatalogueStore(make_spec(), parallel_url)  # creates the tables before the workers start
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get(
         "PYTHONPATH", "")])}
-    with store.engine.connect() as gate:
+    engine = sa.create_engine(parallel_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as gate:  # the database is empty: the workers create the store's tables
         gate.execute(sa.text(f"SELECT pg_advisory_lock({START_LOCK})"))
         gate.commit()
         workers = [subprocess.Popen([sys.executable, parallel_batches.__file__, parallel_url, str(n), str(WORKERS)],
@@ -96,8 +96,10 @@ def test_fifty_overlapping_batches_from_four_processes_equal_the_sequential_resu
             time.sleep(0.05)
         gate.execute(sa.text(f"SELECT pg_advisory_unlock({START_LOCK})"))
         gate.commit()
+    engine.dispose()
     outputs = [w.communicate(timeout=600) for w in workers]
     assert [w.returncode for w in workers] == [0] * WORKERS, outputs
+    store = CatalogueStore(make_spec(), parallel_url)
 
     todo = batches()
     cs = store.t["change_sets"]

@@ -146,3 +146,28 @@ def test_json_log_lines_carry_run_batch_and_source(monkeypatch, capsys):
     monkeypatch.setenv("CLARO_LOG_FORMAT", "yaml")
     with pytest.raises(ValueError, match="CLARO_LOG_FORMAT"):
         log_format()
+
+
+def test_the_instance_json_handler_of_dagster_prod_yaml_logs_every_run_as_json(capsys):
+    """The commented `python_logs` block of dagster.prod.yaml, uncommented: every run's lines as JSON."""
+    from pathlib import Path
+
+    from ruamel.yaml import YAML
+
+    text = (Path(__file__).parents[2] / "dagster.prod.yaml").read_text()
+    block = text[text.index("# python_logs:"):text.index("telemetry:")]
+    python_logs = YAML(typ="safe").load("\n".join(line[2:] for line in block.splitlines()))["python_logs"]
+
+    @dg.asset
+    def batch_raw(context) -> None:
+        context.log.warning("3 rows rejected")
+
+    with dg.instance_for_test(overrides={"python_logs": python_logs}) as instance:
+        defs = dg.Definitions(assets=[batch_raw], jobs=[dg.define_asset_job("j", [batch_raw])])
+        result = defs.resolve_job_def("j").execute_in_process(
+            instance=instance, tags={"claro/source": "acme_csv", "dagster/partition": "acme-0003"})
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line["message"] == "3 rows rejected"]
+    assert [(m["run_id"], m["batch"], m["source"], m["level"]) for m in mine] == [
+        (result.run_id, "acme-0003", "acme_csv", "WARNING")]
+    assert all(line["run_id"] == result.run_id for line in lines) and len(lines) > 5
