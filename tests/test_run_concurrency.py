@@ -95,3 +95,40 @@ def test_queued_runs_start_one_per_source_and_destination_and_two_per_shopify_co
     dequeue(instance, workspace)
     # Every run started exactly once, never two of one source or one destination at a time.
     assert sorted(r.run_id for r in instance.run_launcher.queue()) == sorted([*acme, globex, *shop, *stores])
+
+
+def test_two_daemons_started_by_mistake_launch_each_batch_once(tmp_path):
+    """Two sensor daemons evaluate the same inbox from the same cursor: they request the same run keys (file and
+    content version), and the second finds each key answered by the first's run (the daemon's own check,
+    `fetch_existing_runs`), so every batch runs once."""
+    import os
+    import shutil
+    import time
+    from types import SimpleNamespace
+
+    from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
+    from dagster._daemon.sensor import fetch_existing_runs
+
+    defs = build_definitions(DEMO_DIR / "claro.yaml", tmp_path / "home")
+    claro = defs.resources["claro"]
+    inbox = claro.inbox_dir("acme_csv")
+    inbox.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(DEMO_DIR / "inbox" / "acme" / "acme_products_cp1252.csv", inbox / "acme.csv")
+    os.utime(inbox / "acme.csv", (time.time() - 60, time.time() - 60))
+    name = "acme_csv_inbox"
+    sensor = defs.resolve_sensor_def(name)
+    with dg.instance_for_test() as instance:
+        def tick() -> list[dg.RunRequest]:  # one daemon's evaluation, from the cursor both read (none yet)
+            context = dg.build_sensor_context(
+                instance=instance, instance_ref=instance.get_ref(), definitions=defs,
+                resources={k: defs.resources[k] for k in sensor.required_resource_keys})
+            return list(sensor.evaluate_tick(context).run_requests or [])
+
+        first, second = tick(), tick()
+        assert [r.run_key for r in first] == [r.run_key for r in second] and len(first) == 1
+        assert first[0].tags["claro/source"] == "acme_csv"  # the tag the per-source limit acts on
+        assert fetch_existing_runs(instance, SimpleNamespace(name=name), second) == {}
+        for request in first:  # the first daemon launches its runs
+            create_run_for_test(instance, job_name="products_onboarding", status=dg.DagsterRunStatus.NOT_STARTED,
+                                tags={**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: name})
+        assert set(fetch_existing_runs(instance, SimpleNamespace(name=name), second)) == {r.run_key for r in second}
