@@ -658,7 +658,10 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
           forwarded_allow_ips: Annotated[str | None, typer.Option(
               help="Addresses of the reverse proxies whose X-Forwarded-For/-Proto headers are trusted (comma "
                    "separated, or *); default: the FORWARDED_ALLOW_IPS variable, else 127.0.0.1. Links' failed "
-                   "sign-ins are rate-limited per client address, so a proxy elsewhere must be named here.")] = None
+                   "sign-ins are rate-limited per client address, so a proxy elsewhere must be named here.")] = None,
+          log_format: Annotated[str | None, typer.Option(
+              help="text or json (one JSON object per line, for a log shipper); default: $CLARO_LOG_FORMAT, "
+                   "else text.")] = None
           ) -> None:
     """Start the web app (Slack slash commands, launching runs through Dagster's API; the review page at /review)
     and deliver webhooks."""
@@ -669,7 +672,13 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
 
     from claro_dagster.resources.catalogue import open_store
     from claro_dagster.resources.dagster_api import DagsterLauncher
+    from claro_dagster.run_logs import configure_logging
     from claro_dagster.web.app import create_app
+
+    try:
+        json_logs = configure_logging(log_format) == "json"
+    except ValueError as exc:
+        raise user_error(str(exc)) from None
 
     def store_factory(spec):
         return open_store(spec, home=home_dir())
@@ -693,7 +702,8 @@ def serve(port: Annotated[int, typer.Option(help="Port of the web app.")] = 8080
     try:
         # uvicorn reads the client's address from the trusted proxies' X-Forwarded-For (proxy_headers is its default).
         uvicorn.run(create_app(ctx.spec, store_factory, launcher, webserver_url=dagster_url),
-                    host=host, port=port, forwarded_allow_ips=forwarded_allow_ips)
+                    host=host, port=port, forwarded_allow_ips=forwarded_allow_ips,
+                    **({"log_config": None} if json_logs else {}))
     finally:
         stop.set()
 

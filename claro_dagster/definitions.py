@@ -29,11 +29,13 @@ from claro_dagster.assets.dedupe import build_dedupe
 from claro_dagster.assets.enrich import build_enrich
 from claro_dagster.assets.onboarding import INBOX_KINDS, batches_partitions, build_onboarding, stages_of
 from claro_dagster.catalogue.schema import default_home
+from claro_dagster.deployment import current_deployment, executor_for
 from claro_dagster.dev import webserver_url as dev_webserver_url
 from claro_dagster.resources import drive
 from claro_dagster.resources.catalogue import BatchFrameIOManager, CatalogueResource, database_url_setting
 from claro_dagster.resources.s3 import S3Connection, source_resource_key
 from claro_dagster.resources.slack import SlackNotifier
+from claro_dagster.run_logs import run_loggers
 from claro_dagster.schedules import build_schedules
 from claro_dagster.schedules.retention import build_retention_schedule
 from claro_dagster.sensors.chaining import build_completion_sensor, build_review_checkpoint_sensor
@@ -148,6 +150,8 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     spec_path = Path(spec_path or default_spec_path()).resolve()
     home = Path(home or default_home()).resolve()
     spec = load_spec(spec_path)
+    # CLARO_DEPLOYMENT (local | prod) chooses the store and the executor; prod fails here, naming what is missing.
+    deployment = current_deployment()
     claro = CatalogueResource(spec_path=str(spec_path), home=str(home), database_url=database_url_setting())
     assets, sensors = [], []
     # Every run, whoever starts it (`claro run`, a sensor, the UI), is a run of a job named after its pipeline or
@@ -179,7 +183,7 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
             destinations[dest_name] = asset.key
             # the run tag dagster.prod.yaml's tag_concurrency_limits keys on: one run per destination at a time
             job(operation_job_name(dest.catalogue, dest_name), [asset.key], f"Sync {dest.catalogue} to {dest_name}",
-                tags={"claro/destination": dest_name})
+                tags={"claro/destination": dest_name, "claro/connector": dest.kind})
         return destinations[dest_name]
 
     for catalogue in spec.catalogues:
@@ -245,6 +249,10 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
             name = destinations_job_name(pipeline_name)
             description = f"Syncs {', '.join(configured)} after each batch {catalogue} publishes"
             tags = {"claro/pipeline": pipeline_name, "claro/catalogue": catalogue}
+            # the run tags the queued run coordinator limits on, when this run syncs one destination (one kind)
+            kinds = {spec.destinations[d].kind for d in configured}
+            tags.update({"claro/destination": configured[0]} if len(configured) == 1 else {})
+            tags.update({"claro/connector": kinds.pop()} if len(kinds) == 1 else {})
             sensors.append(build_completion_sensor(name, published, targets, run_config={}, tags=tags,
                                                    description=description,
                                                    job=job(name, targets, description, tags=tags)))
@@ -276,7 +284,7 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     schedules = [*build_schedules(spec, {key: a for a in assets for key in a.keys}, jobs),
                  build_retention_schedule(spec)]
     return dg.Definitions(assets=assets, sensors=sensors, schedules=schedules, resources=resources,
-                          jobs=list(jobs.values()), executor=dg.in_process_executor)
+                          jobs=list(jobs.values()), executor=executor_for(deployment), loggers=run_loggers())
 
 
 @dg.definitions

@@ -134,7 +134,7 @@ def push_bigquery(table: bq.BigQueryTable, store: CatalogueStore, name: str, des
     key = spec.key
     columns = [key, *[c for c in (dest.columns or list(spec.attributes)) if c != key]]
     since = int(store.get_cursor(cursor_name(name), "0"))
-    upto = store.last_seq()
+    upto = store.last_seq(dest.catalogue)
     if dest.mode == "replace":
         frame = store.records(dest.catalogue, filter=where, columns=columns)
     else:
@@ -165,7 +165,7 @@ def push_supabase_rest(store: CatalogueStore, name: str, dest: DestinationSpec, 
     spec = store.catalogue(dest.catalogue)
     key = spec.key
     since = int(store.get_cursor(cursor_name(name), "0"))
-    upto = store.last_seq()
+    upto = store.last_seq(dest.catalogue)
     frame = store.changed_since(dest.catalogue, since, filter=where, columns=dest.columns)
     if dest.columns:
         frame = frame[[key, *[c for c in dest.columns if c != key]]]
@@ -266,7 +266,7 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
         if dest.kind == "supabase" and dest.mode == "rest":
             return push_supabase_rest(store, name, dest, where, moves_cursor=not config.filter)
         since = int(store.get_cursor(cursor_name(name), "0"))
-        upto = store.last_seq()
+        upto = store.last_seq(catalogue)
         frame = store.changed_since(catalogue, since, filter=where, columns=columns)
         key = store.catalogue(catalogue).key
         if columns:

@@ -141,7 +141,7 @@ def records_to_push(store: Any, destination: str, dest: Any, *, filter: str | No
     """
     where = " and ".join(f"({f})" for f in (dest.filter, filter) if f) or None
     since = int(store.get_cursor(cursor_name(destination), "0"))
-    upto = store.last_seq()
+    upto = store.last_seq(dest.catalogue)
     key = store.catalogue(dest.catalogue).key
     changed = store.changed_since(dest.catalogue, since, filter=where)
     retry = {e.record for e in ChannelState(store).failures(destination)}

@@ -29,10 +29,16 @@ class Cursors:
             if conn.execute(c.update().where(c.c.name == name).values(value=value, updated_at=now())).rowcount == 0:
                 conn.execute(c.insert().values(name=name, value=value, updated_at=now()))
 
-    def last_seq(self) -> int:
+    def last_seq(self, catalogue: str | None = None) -> int:
+        """The newest committed change-set seq (of one catalogue). A destination moves its cursor to its own
+        catalogue's: change sets of one catalogue commit in seq order (the writer's catalogue lock), but one of
+        another catalogue may commit a higher seq while a lower one is still being written."""
         cs = self.t["change_sets"]
+        query = sa.select(sa.func.coalesce(sa.func.max(cs.c.seq), 0))
+        if catalogue is not None:
+            query = query.where(cs.c.catalogue == catalogue)
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.coalesce(sa.func.max(cs.c.seq), 0))).scalar_one()
+            return conn.execute(query).scalar_one()
 
     def changed_since(self, catalogue: str, seq: int, filter: str | None = None,
                       columns: Sequence[str] | None = None) -> pd.DataFrame:

@@ -206,7 +206,10 @@ class ReviewQueue:
         groups: dict[tuple[str, str | None], list[ReviewItem]] = defaultdict(list)
         for item in items:
             groups[(item.catalogue, item.run_id)].append(item)
-        for n, ((catalogue, run_id), group) in enumerate(groups.items()):
+        # Catalogues in name order: each change set takes its catalogue's write lock, and two reviews locking
+        # the same catalogues in different orders would deadlock.
+        ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or ""))
+        for n, ((catalogue, run_id), group) in enumerate(ordered):
             cs = ChangeSet(f"{review_id}:{n}" if len(groups) > 1 else review_id, catalogue, "review",
                            run_id=run_id, reviewer=by)
             yield tx.open(cs), group

@@ -7,7 +7,9 @@ the change is confirmed (`migrations.apply_type_change`), so writes keep working
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+from collections.abc import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -15,6 +17,9 @@ from sqlalchemy.engine import Engine
 from claro_dagster.catalogue.changes import StoreError
 from claro_dagster.catalogue.schema import build_metadata, column_type, prov_column, record_table
 from claro_dagster.spec.models import AttributeSpec, CatalogueSpec, ProjectSpec
+
+#: Advisory lock key (a fixed 64-bit number) held while the schema is created or brought up to date.
+SCHEMA_LOCK = 0x636C61726F736368  # "clarosch"
 
 
 class StoredSchema:
@@ -24,9 +29,27 @@ class StoredSchema:
         self.spec = spec
         self.engine = engine
         self.metadata, self.t, self.rec = build_metadata(spec)
-        self.metadata.create_all(engine)
         self.effective: dict[str, CatalogueSpec] = {}
-        self._sync()
+        with self._schema_lock():
+            self.metadata.create_all(engine)
+            self._sync()
+
+    @contextlib.contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        """On PostgreSQL, one process at a time creates or alters the tables: several workers starting at once on
+        a new database (or after an attribute was added) would otherwise race on CREATE TABLE / ADD COLUMN and
+        all but one fail. A session advisory lock, released when the sync ends (or its connection dies)."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(sa.func.pg_advisory_lock(SCHEMA_LOCK)))
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(SCHEMA_LOCK)))
+                conn.commit()
 
     @property
     def dialect(self) -> str:

@@ -149,8 +149,8 @@ class CatalogueStore:
     def set_cursor(self, name: str, value: str) -> None:
         self.cursors.set(name, value)
 
-    def last_seq(self) -> int:
-        return self.cursors.last_seq()
+    def last_seq(self, catalogue: str | None = None) -> int:
+        return self.cursors.last_seq(catalogue)
 
     def changed_since(self, catalogue: str, seq: int, filter: str | None = None,
                       columns: Sequence[str] | None = None) -> pd.DataFrame:

@@ -5,6 +5,30 @@ Everything that changes a catalogue value goes through an `OpenChangeSet`: the b
 change sets, review approvals and edits (and rejections, which write only their event), rollback and
 schema type migrations. A change set is opened once: opening an id that exists returns None, which
 makes every writer idempotent by change-set identity.
+
+Concurrency: any number of processes may publish batches of one catalogue at once (several Dagster workers,
+the CLI, the web app). Every change set takes the catalogue's write lock when it is opened, before it reads
+anything, and holds it to the end of its transaction: on PostgreSQL a transaction-scoped advisory lock
+(`pg_advisory_xact_lock` on a hash of `claro:catalogue:<name>`), on SQLite the database's single write lock.
+Change sets of one catalogue therefore commit one after another, each seeing everything committed before it;
+change sets of different catalogues, and every stage before publishing (reading, mapping, validating,
+normalising, enriching), still run in parallel.
+
+Why a lock per catalogue and not row locks per record:
+* The bulk import decides which rows are new, unchanged (by content hash) or changed from one read of the
+  catalogue's keys and hashes. Row locks (`SELECT ... FOR UPDATE`) cannot lock a record that does not exist
+  yet: two batches bringing the same new SKU would both insert it, and the unique key would fail one of them
+  instead of turning its row into an update. Locking every key of a 100,000-row batch would also cost more
+  than the write it protects, and two batches locking overlapping keys in different orders would deadlock.
+* History records the old value a change replaced. Under the lock the old value read is the one committed
+  last, so no update is lost and history chains without gaps or duplicates.
+* Outbound destinations read "records written after change-set seq N". A change set's seq is allocated under
+  the lock, so within a catalogue seqs commit in order and `Cursors.last_seq(catalogue)` never moves a
+  destination's cursor past a change set still being written.
+A publish holds the lock for the length of its write only (a few hundred milliseconds for thousands of
+rows); the waiting batches queue in PostgreSQL, not in a retry loop. Advisory locks live in the session of
+the transaction: a connection killed mid-publish (server restart, `pg_terminate_backend`) rolls the whole
+change set back and releases the lock.
 """
 
 from __future__ import annotations
@@ -439,7 +463,10 @@ class WriteTransaction:
         self.conn = conn
 
     def open(self, cs: ChangeSet) -> OpenChangeSet | None:
-        """Record the change set; None if it exists already (the idempotency guard)."""
+        """Record the change set; None if it exists already (the idempotency guard). Takes the catalogue's
+        write lock first (see the module docstring), so the guard and every read after it see all change sets
+        committed before."""
+        self.lock_catalogue(cs.catalogue)
         t = self.writer.t["change_sets"]
         if self.conn.execute(sa.select(t.c.seq).where(t.c.id == cs.id)).first() is not None:
             return None
@@ -480,6 +507,13 @@ class WriteTransaction:
                                                 change_set=change_set, proposal=proposal, payload=dumps(body),
                                                 at=now()))
         return True
+
+    def lock_catalogue(self, catalogue: str) -> None:
+        """Hold the catalogue's write lock until the transaction ends (once per transaction and catalogue)."""
+        held = self.__dict__.setdefault("_held", set())
+        if catalogue not in held:
+            self._lock(f"claro:catalogue:{catalogue}")
+            held.add(catalogue)
 
     def _lock(self, name: str) -> None:
         """Hold the database's write lock for `name` until the transaction ends."""

@@ -10,7 +10,10 @@ Routes:
     POST /slack/commands   Slack slash commands (signed; see `web/slack_commands.py`)
     /review...             the review page for reviewers signed in by their link (see `web/review_page.py`)
     /portal...             the Supplier Portal for suppliers signed in by their link (see `web/portal_page.py`)
-    GET  /healthz          "ok"
+    GET  /healthz          "ok": the process is alive (liveness)
+    GET  /readyz           "ready" when the catalogue store answers, else 503 saying why (readiness)
+    GET  /metrics          Prometheus text format: batches, review queue, webhook backlog, push errors
+                           (see `web/metrics.py`)
 
 A slash command's body is a short form; anything over `MAX_BODY_BYTES` is refused with 413 before the
 signature is checked, read as a stream and never buffered beyond the cap (a declared Content-Length
@@ -103,6 +106,27 @@ async def _healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
+def operability_routes(open_store: Callable[[], object]) -> list[BaseRoute]:
+    """`/readyz` (the store answers) and `/metrics` (Prometheus text format), both reading the store per request."""
+    from prometheus_client import CollectorRegistry
+
+    from claro_dagster.web.metrics import StoreCollector, metrics_text, store_ready
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(open_store))
+
+    async def readyz(request: Request) -> Response:
+        problem = await run_in_threadpool(store_ready, open_store)
+        return PlainTextResponse("ready" if problem is None else f"not ready: {problem}",
+                                 status_code=200 if problem is None else 503)
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = await run_in_threadpool(metrics_text, registry)
+        return Response(body, media_type=content_type)
+
+    return [Route("/readyz", readyz), Route("/metrics", metrics)]
+
+
 def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: Launcher, *,
                signing_secret: str | None = None, webserver_url: str = "http://127.0.0.1:3000",
                review_url: str | None = None, ack_budget_seconds: float = DEFAULT_ACK_BUDGET_SECONDS,
@@ -142,7 +166,8 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
 
     review = review_page or ReviewPage(spec_loader, store_factory)
     portal = portal_page or PortalPage(spec_loader, store_factory, home or default_home())
-    app = Starlette(routes=[Route("/healthz", _healthz), *slack_routes(commands, verifier), *review_routes(review),
-                            *portal_routes(portal)], lifespan=lifespan)
+    app = Starlette(routes=[Route("/healthz", _healthz), *operability_routes(lambda: store_factory(spec_loader())),
+                            *slack_routes(commands, verifier), *review_routes(review), *portal_routes(portal)],
+                    lifespan=lifespan)
     app.state.slack_commands = commands
     return app

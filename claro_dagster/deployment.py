@@ -1,0 +1,127 @@
+"""Local or production: one setting, `CLARO_DEPLOYMENT=local|prod`, chooses the catalogue store, the executor
+and what the Dagster instance must be, when the code location loads.
+
+* local (the default): the embedded SQLite store under the project home (or $CLARO_DATABASE_URL when you set
+  it, e.g. to try PostgreSQL); the in-process executor (SQLite has one writer); the Dagster instance of
+  `dagster.yaml` (SQLite under $DAGSTER_HOME).
+* prod: the catalogue store on PostgreSQL at $CLARO_DATABASE_URL (required); the multiprocess executor, at most
+  $CLARO_MAX_CONCURRENT_STEPS steps of a run at once (default 4); the Dagster instance on PostgreSQL with the
+  queued run coordinator and its concurrency limits per source, destination and connector (`dagster.prod.yaml`
+  copied to $DAGSTER_HOME/dagster.yaml, its DAGSTER_PG_* variables set).
+
+A production setting that misses any of this fails at load with a message naming the variable or file to
+fix, instead of quietly running on SQLite. The local setting stays zero-config: `claro run` on the bundled demo
+works from a fresh clone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ruamel.yaml import YAML, YAMLError
+
+from claro_dagster.catalogue.opening import DATABASE_URL_ENV
+
+DEPLOYMENT_ENV = "CLARO_DEPLOYMENT"
+MAX_STEPS_ENV = "CLARO_MAX_CONCURRENT_STEPS"
+DEPLOYMENTS = ("local", "prod")
+DEFAULT_MAX_STEPS = 4
+
+
+class DeploymentError(ValueError):
+    """The deployment setting, or what it requires, is wrong; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str  # local | prod
+    max_concurrent_steps: int = 1
+
+    @property
+    def production(self) -> bool:
+        return self.name == "prod"
+
+
+def current_deployment(env: dict[str, str] | None = None) -> Deployment:
+    """The deployment $CLARO_DEPLOYMENT names (default local), checked: a production deployment whose settings
+    are incomplete raises DeploymentError naming each missing variable or file."""
+    env = os.environ if env is None else env
+    name = (env.get(DEPLOYMENT_ENV) or "local").strip().lower()
+    if name not in DEPLOYMENTS:
+        raise DeploymentError(f"{DEPLOYMENT_ENV}={env.get(DEPLOYMENT_ENV)!r} is not one of {', '.join(DEPLOYMENTS)}: "
+                              "set it to local (embedded SQLite, one process) or prod (PostgreSQL, several workers)")
+    if name == "local":
+        return Deployment("local")
+    problems = production_problems(env)
+    if problems:
+        raise DeploymentError(f"{DEPLOYMENT_ENV}=prod but the production settings are incomplete:\n  - "
+                              + "\n  - ".join(problems))
+    return Deployment("prod", max_concurrent_steps=_max_steps(env))
+
+
+def _max_steps(env) -> int:
+    raw = env.get(MAX_STEPS_ENV) or str(DEFAULT_MAX_STEPS)
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise DeploymentError(f"{MAX_STEPS_ENV}={raw!r}: give a whole number of steps a run may execute at once "
+                              f"(at least 1; default {DEFAULT_MAX_STEPS})")
+    return int(raw)
+
+
+def production_problems(env) -> list[str]:
+    """What a production deployment lacks, one sentence each (empty when it is complete)."""
+    problems = []
+    url = env.get(DATABASE_URL_ENV, "").strip()
+    if not url:
+        problems.append(f"{DATABASE_URL_ENV} is not set: set it to the catalogue store's PostgreSQL URL, e.g. "
+                        "postgresql://claro:PASSWORD@db.internal:5432/claro")
+    elif not url.startswith(("postgresql", "postgres:")):
+        problems.append(f"{DATABASE_URL_ENV} is not a PostgreSQL URL (it starts {url.split(':', 1)[0]!r}): production "
+                        "runs several workers, which the embedded SQLite store cannot serve")
+    home = env.get("DAGSTER_HOME", "").strip()
+    if not home:
+        problems.append("DAGSTER_HOME is not set: point it at the folder holding the production instance's "
+                        "dagster.yaml (a copy of dagster.prod.yaml)")
+        return problems
+    config_path = Path(home) / "dagster.yaml"
+    if not config_path.is_file():
+        problems.append(f"{config_path} does not exist: copy dagster.prod.yaml there")
+        return problems
+    try:
+        config = YAML(typ="safe").load(config_path.read_text(encoding="utf-8")) or {}
+    except YAMLError as exc:
+        problems.append(f"{config_path} is not valid YAML: {exc}")
+        return problems
+    if not _postgres_storage(config):
+        problems.append(f"{config_path}: the Dagster instance does not store runs on PostgreSQL (no `storage: "
+                        "postgres:`); copy dagster.prod.yaml there")
+    coordinator = (config.get("run_coordinator") or {}).get("class")
+    queued = coordinator == "QueuedRunCoordinator" or (coordinator is None and "runs" in (config.get("concurrency")
+                                                                                          or {}))
+    if not queued:
+        problems.append(f"{config_path}: no queued run coordinator with concurrency limits (`run_coordinator: "
+                        "QueuedRunCoordinator` with tag_concurrency_limits, as in dagster.prod.yaml)")
+    for variable in sorted(set(re.findall(r"\{\s*env:\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}", config_path.read_text()))):
+        if not env.get(variable):
+            problems.append(f"{variable} is not set ({config_path} reads it)")
+    return problems
+
+
+def _postgres_storage(config: dict) -> bool:
+    storage = config.get("storage") or {}
+    if "postgres" in storage:
+        return True
+    run_storage = (config.get("run_storage") or {}).get("class", "")
+    return "Postgres" in run_storage
+
+
+def executor_for(deployment: Deployment):
+    """The Dagster executor of every job: in-process locally (SQLite has one writer), multiprocess in
+    production (steps of a run in parallel processes, at most `max_concurrent_steps` at once)."""
+    import dagster as dg
+
+    if deployment.production:
+        return dg.multiprocess_executor.configured({"max_concurrent": deployment.max_concurrent_steps})
+    return dg.in_process_executor

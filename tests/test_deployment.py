@@ -1,0 +1,86 @@
+"""One setting chooses local or production (issue 15 item 1): CLARO_DEPLOYMENT=local|prod. Production missing
+its PostgreSQL settings fails when the definitions load, naming the variable; local stays zero-config."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from claro_dagster.definitions import build_definitions
+from claro_dagster.deployment import DeploymentError, current_deployment
+from claro_dagster.spec import DEMO_DIR
+
+ROOT = Path(__file__).parents[1]
+PG_VARS = {"DAGSTER_PG_USERNAME": "dagster", "DAGSTER_PG_PASSWORD": "pw", "DAGSTER_PG_HOST": "db.internal",
+           "DAGSTER_PG_DB": "dagster"}
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in ("CLARO_DEPLOYMENT", "CLARO_DATABASE_URL", "DAGSTER_HOME", "CLARO_MAX_CONCURRENT_STEPS", *PG_VARS):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def build(tmp_path):
+    return build_definitions(DEMO_DIR / "claro.yaml", tmp_path / "home")
+
+
+def executor_of(defs) -> dg.ExecutorDefinition:
+    return defs.resolve_job_def("products_onboarding").executor_def
+
+
+def test_local_is_the_default_in_process_on_the_embedded_store(clean_env, tmp_path):
+    defs = build(tmp_path)
+    assert executor_of(defs).name == "in_process"
+    assert defs.resources["claro"].database_url is None  # the embedded SQLite store under the home
+
+
+def test_production_without_its_database_url_fails_at_load_naming_the_variable(clean_env, tmp_path):
+    clean_env.setenv("CLARO_DEPLOYMENT", "prod")
+    with pytest.raises(DeploymentError, match="CLARO_DATABASE_URL is not set") as raised:
+        build(tmp_path)
+    assert "DAGSTER_HOME is not set" in str(raised.value)
+
+
+def test_production_refuses_sqlite_and_a_local_dagster_instance(clean_env, tmp_path):
+    clean_env.setenv("CLARO_DEPLOYMENT", "prod")
+    clean_env.setenv("CLARO_DATABASE_URL", f"sqlite:///{tmp_path / 'c.db'}")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    clean_env.setenv("DAGSTER_HOME", str(home))
+    with pytest.raises(DeploymentError) as raised:
+        build(tmp_path)
+    message = str(raised.value)
+    assert "CLARO_DATABASE_URL is not a PostgreSQL URL" in message
+    assert "does not store runs on PostgreSQL" in message and "queued run coordinator" not in message
+
+
+def test_production_runs_steps_in_several_processes_on_postgresql(clean_env, tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.prod.yaml", home / "dagster.yaml")
+    clean_env.setenv("CLARO_DEPLOYMENT", "prod")
+    clean_env.setenv("DAGSTER_HOME", str(home))
+    clean_env.setenv("CLARO_DATABASE_URL", "postgresql://claro:pw@db.internal:5432/claro")
+    with pytest.raises(DeploymentError, match="DAGSTER_PG_HOST is not set"):  # dagster.prod.yaml reads it
+        build(tmp_path)
+    for name, value in PG_VARS.items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("CLARO_MAX_CONCURRENT_STEPS", "6")
+    defs = build(tmp_path)
+    executor = executor_of(defs)
+    assert executor.name == "multiprocess"
+    assert current_deployment().max_concurrent_steps == 6
+    claro = defs.resources["claro"]
+    assert isinstance(claro.database_url, dg.EnvVar) and claro.database_url.env_var_name == "CLARO_DATABASE_URL"
+
+
+def test_an_unknown_deployment_names_the_choices(clean_env, tmp_path):
+    clean_env.setenv("CLARO_DEPLOYMENT", "staging")
+    with pytest.raises(DeploymentError, match=r"CLARO_DEPLOYMENT='staging' is not one of local, prod"):
+        build(tmp_path)
