@@ -241,16 +241,9 @@ def announce(spec: ProjectSpec, name: str, mon: MonitorSpec, new: Sequence[Detec
              logger: logging.Logger = log) -> None:
     """Tell the Slack routes that want `monitor.drift` (routed by catalogue, operation = the monitor's name,
     event); never raises for Slack's sake."""
-    from claro_dagster.resources.push_alerts import slack_notifier
+    from claro_dagster.resources import alerts
 
-    try:
-        slack = slack_notifier(spec)
-        if slack is None:
-            return
-        routes = spec.notifications.model_copy(update={"slack": spec.alert_routes()})
-        logger.info("Slack: %s", slack.notify(routes, drift_alert(name, mon, new, run_id=run_id)).summary())
-    except Exception:  # notify never raises; a bug around it must still not fail the monitor
-        logger.exception("Slack: the monitor.drift alert of %s was not sent", name)
+    alerts.send(spec, drift_alert(name, mon, new, run_id=run_id), logger=logger)
 
 
 __all__ = ["MonitorResult", "announce", "catalogue_profile", "drift_alert", "observation_sources", "run_monitor"]
