@@ -101,6 +101,7 @@ def test_graph_snapshot(monkeypatch):
     expected["products/amazon_listings"] = ["products/review_checkpoint"]
     expected["products/catalogue_dump"] = ["products/review_checkpoint"]
     expected["products/warehouse"] = ["products/review_checkpoint"]
+    expected["products/price_watch"] = expected["products/catalogue_drift"] = []  # monitors: scheduled, no inputs
     assert edges == expected
     checks = {(tuple(c.asset_key.path), c.name) for c in graph.asset_check_keys}
     assert checks == {(("products", "batch_validated"), "within_error_budget"),
