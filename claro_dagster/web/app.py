@@ -9,6 +9,7 @@ the app with uvicorn:
 Routes:
     POST /slack/commands   Slack slash commands (signed; see `web/slack_commands.py`)
     /review...             the review page for reviewers signed in by their link (see `web/review_page.py`)
+    /api/v1/...            the REST API for external systems, with API tokens (see `web/api.py`)
     GET  /healthz          "ok"
 
 A slash command's body is a short form; anything over `MAX_BODY_BYTES` is refused with 413 before the
@@ -30,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from claro_dagster.web.api import api_routes
 from claro_dagster.web.review_page import ReviewPage, review_routes
 from claro_dagster.web.slack_commands import (
     DEFAULT_ACK_BUDGET_SECONDS,
@@ -135,7 +137,8 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
         commands.close()
 
     review = review_page or ReviewPage(spec_loader, store_factory)
-    app = Starlette(routes=[Route("/healthz", _healthz), *slack_routes(commands, verifier), *review_routes(review)],
+    app = Starlette(routes=[Route("/healthz", _healthz), *slack_routes(commands, verifier), *review_routes(review),
+                            *api_routes(spec_loader, store_factory, launcher)],
                     lifespan=lifespan)
     app.state.slack_commands = commands
     return app
