@@ -24,9 +24,10 @@ from typing import Any, Protocol
 import orjson
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 
 from claro_dagster.catalogue.access import AccessDenied
 from claro_dagster.catalogue.api_access import SCOPES, ApiToken, ApiTokens
@@ -52,6 +53,21 @@ log = logging.getLogger(__name__)
 PREFIX = "/api/v1"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
+
+
+class _AnyConvertor(Convertor[str]):
+    """A path segment run that may hold any character, newlines too (`path` stops at one)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anything", _AnyConvertor())
 
 
 class ApiLauncher(Protocol):
@@ -211,16 +227,23 @@ def review_items(call: Call) -> Any:
     return {"items": [_review_json(i) for i in items]}
 
 
+def _item_id(call: Call) -> int:
+    raw = call.path["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, f"review item id {raw!r} is not a whole number; `GET /api/v1/review` lists the items")
+    return int(raw)
+
+
 def review_item(call: Call) -> Any:
     try:
-        return _review_json(ReviewQueue(call.store).get(call.path["id"]))
+        return _review_json(ReviewQueue(call.store).get(_item_id(call)))
     except StoreError as exc:
         raise ApiError(404, str(exc)) from None
 
 
 def decide(call: Call) -> Any:
     body = _model(m.DecisionIn, call.body)
-    item_id = call.path["id"]
+    item_id = _item_id(call)
     call.audit.update(target=f"review item {item_id}", detail={"decision": body.decision, "note": body.note})
     queue = ReviewQueue(call.store)
     by = f"api:{call.token.name}"
@@ -307,12 +330,12 @@ class Api:
             Endpoint("GET", "/me", SCOPES, me),
             Endpoint("GET", "/catalogues", ("read",), catalogues),
             Endpoint("GET", "/catalogues/{catalogue}/records", ("read",), records),
-            Endpoint("GET", "/catalogues/{catalogue}/records/{key:path}", ("read",), record),
+            Endpoint("GET", "/catalogues/{catalogue}/records/{key:anything}", ("read",), record),
             Endpoint("POST", "/catalogues/{catalogue}/proposals", ("propose",), proposals, action="propose"),
             Endpoint("GET", "/changes", ("read",), changes),
             Endpoint("GET", "/review", ("read", "review"), review_items),
-            Endpoint("GET", "/review/{id:int}", ("read", "review"), review_item),
-            Endpoint("POST", "/review/{id:int}/decision", ("review",), decide, action="review"),
+            Endpoint("GET", "/review/{id}", ("read", "review"), review_item),
+            Endpoint("POST", "/review/{id}/decision", ("review",), decide, action="review"),
             Endpoint("GET", "/runs", ("read", "run"), with_launcher(runs)),
             Endpoint("POST", "/runs", ("run",), with_launcher(start_run), action="run", status=202),
             Endpoint("GET", "/runs/{run_id}", ("read", "run"), with_launcher(run_status)),
@@ -330,7 +353,8 @@ class Api:
 
     def routes(self) -> list[BaseRoute]:
         async def document(request: Request) -> Response:
-            return _json(200, openapi_document(self.endpoints, server=PREFIX))
+            spec = await run_in_threadpool(self.spec_loader)
+            return _json(200, openapi_document(self.endpoints, server=PREFIX, catalogues=list(spec.catalogues)))
 
         by_path: dict[str, dict[str, Endpoint]] = {}
         for e in self.endpoints:
@@ -338,6 +362,16 @@ class Api:
         routes: list[BaseRoute] = [Route(f"{PREFIX}/openapi.json", document, methods=["GET"])]
         for path, methods in by_path.items():
             routes.append(Route(PREFIX + path, self._dispatch(methods), methods=list(methods)))
+        known = list(routes)
+
+        async def elsewhere(request: Request) -> Response:
+            # Any other path under the API: a JSON answer, as the document promises (not Starlette's text).
+            if any(route.matches(request.scope)[0] != Match.NONE for route in known):
+                return _error(405, f"{request.method} is not allowed on {request.url.path}")
+            return _error(404, f"no such API path: {request.url.path}; GET {PREFIX}/openapi.json lists them")
+
+        routes.append(Route(PREFIX + "/{rest:anything}", elsewhere,
+                            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
         return routes
 
     def _dispatch(self, methods: dict[str, Endpoint]) -> Callable[[Request], Any]:

@@ -45,7 +45,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                     _q("cursor", "the next_cursor of the previous page"), LIMIT]),
     ("GET", "/catalogues/{catalogue}/records/{key}"): dict(
         summary="One record: values, each field's provenance and its history", response=m.Record,
-        errors=(404,), parameters=[CATALOGUE, _p("key")]),
+        errors=(400, 404), parameters=[CATALOGUE, _p("key")]),
     ("POST", "/catalogues/{catalogue}/proposals"): dict(
         summary="Propose changes: one change set through the gate, source api:<token name>, confidence capped "
                 "by the spec", request=m.ProposalIn, response=m.ProposalResult, errors=(404, 422),
@@ -61,10 +61,10 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                              parameters=[_q("catalogue", "only this catalogue"),
                                          _q("status", "queued, suggested, skipped, snoozed, approved, edited, "
                                                       "rejected, discarded or withdrawn"), LIMIT]),
-    ("GET", "/review/{id}"): dict(summary="One review item", response=m.ReviewItem, errors=(404,),
+    ("GET", "/review/{id}"): dict(summary="One review item", response=m.ReviewItem, errors=(400, 404),
                                   parameters=[_p("id", "integer")]),
     ("POST", "/review/{id}/decision"): dict(summary="Approve, reject or edit a review item", request=m.DecisionIn,
-                                            response=m.ReviewItem, errors=(404, 409, 422),
+                                            response=m.ReviewItem, errors=(400, 404, 409, 422),
                                             parameters=[_p("id", "integer")]),
     ("GET", "/runs"): dict(summary="Recent Dagster runs", response=m.Runs, errors=(400, 502, 503),
                            parameters=[_q("limit", "runs (1-100)", type_="integer", minimum=1, maximum=100)]),
@@ -86,12 +86,19 @@ _REASONS = {400: "bad query (filter, cursor, sequence, parameter)", 401: "no tok
             502: "Dagster refused", 503: "the Dagster webserver is unreachable"}
 
 
+def _with_catalogues(parameter: dict[str, Any], catalogues: Sequence[str]) -> dict[str, Any]:
+    if parameter["name"] == "catalogue" and parameter["in"] == "path" and catalogues:
+        return {**parameter, "schema": {**parameter["schema"], "enum": list(catalogues)}}
+    return parameter
+
+
 def doc_path(path: str) -> str:
     """A route path as OpenAPI writes it (`{key:path}` -> `{key}`)."""
     return _CONVERTOR.sub(r"{\1}", path)
 
 
-def openapi_document(endpoints: Sequence[Any], *, server: str) -> dict[str, Any]:
+def openapi_document(endpoints: Sequence[Any], *, server: str, catalogues: Sequence[str] = ()) -> dict[str, Any]:
+    """The document; `catalogues` (the spec's) become the allowed values of the `catalogue` path parameter."""
     _, defs = models_json_schema([(model, "validation") for model in (*m.REQUESTS, *m.RESPONSES)],
                                  ref_template="#/components/schemas/{model}")
     paths: dict[str, dict[str, Any]] = {}
@@ -110,7 +117,7 @@ def openapi_document(endpoints: Sequence[Any], *, server: str) -> dict[str, Any]
         operation: dict[str, Any] = {
             "operationId": e.handler.__name__,
             "summary": op["summary"], "description": f"Scope: {' or '.join(e.scopes)}.",
-            "parameters": op.get("parameters", []), "responses": responses,
+            "parameters": [_with_catalogues(p, catalogues) for p in op.get("parameters", [])], "responses": responses,
             "security": [{"bearer": []}]}
         if "request" in op:
             operation["requestBody"] = {"required": True, "content": {"application/json": {

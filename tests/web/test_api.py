@@ -9,98 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 from starlette.routing import Route
-from starlette.testclient import TestClient
 
 from claro_dagster.catalogue.api_access import ApiTokens
 from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.catalogue.store import CatalogueStore
-from claro_dagster.resources.dagster_api import RunNotFound, WebserverUnreachable
-from claro_dagster.spec.models import (
-    ApiClientSpec,
-    ApiSpec,
-    AttributeSpec,
-    CatalogueSpec,
-    PipelineSpec,
-    ProjectSpec,
-)
 from claro_dagster.web.api_openapi import doc_path
-from claro_dagster.web.app import create_app
-
-
-def make_spec() -> ProjectSpec:
-    return ProjectSpec(
-        catalogues={"products": CatalogueSpec(key="sku", attributes={
-            "sku": AttributeSpec(type="text", required=True), "title": AttributeSpec(type="text"),
-            "price": AttributeSpec(type="number"), "status": AttributeSpec(type="enum", values=["active", "draft"]),
-            "launched": AttributeSpec(type="date")})},
-        pipelines={"onboarding": PipelineSpec(catalogue="products")},
-        api=ApiSpec(max_confidence=80, clients={"trusted": ApiClientSpec(max_confidence=95)}),
-    )
-
-
-class FakeLauncher:
-    """Dagster's part, played in memory: runs move through the statuses a test sets."""
-
-    def __init__(self) -> None:
-        self.launched: list[tuple] = []
-        self.statuses: dict[str, list[str]] = {}
-        self.down = False
-
-    def launch(self, catalogue, target, filter, *, launched_by="slack"):
-        if self.down:
-            raise WebserverUnreachable("http://127.0.0.1:3999", "connection refused: nothing listens on that port")
-        run_id = f"run-{len(self.launched) + 1}"
-        self.launched.append((catalogue, target, filter, launched_by))
-        self.statuses[run_id] = ["QUEUED", "STARTED", "SUCCESS"]
-        return run_id
-
-    def run_status(self, run_id):
-        if self.down:
-            raise WebserverUnreachable("http://127.0.0.1:3999", "connection refused: nothing listens on that port")
-        if run_id not in self.statuses:
-            raise RunNotFound(f"Dagster has no run {run_id!r}")
-        steps = self.statuses[run_id]
-        return steps.pop(0) if len(steps) > 1 else steps[0]
-
-    def recent_runs(self, limit=20):
-        return [{"run_id": r, "status": s[0], "tags": {"claro/catalogue": "products"}}
-                for r, s in list(self.statuses.items())[:limit]]
-
-    def status(self, ref):
-        return "n/a"
-
-
-class Project:
-    def __init__(self, tmp_path):
-        self.spec = make_spec()
-        self.url = f"sqlite:///{tmp_path / 'store.db'}"
-        self.launcher = FakeLauncher()
-        store = self.store()
-        store.import_records("products", pd.DataFrame({
-            "sku": ["A1", "B2", "C3"], "title": ["Mug", "Cup", "Jug"], "price": [4.5, 3.0, 12.0],
-            "status": ["active", "active", "draft"], "launched": ["2026-01-01", None, "2026-03-01"]}),
-            change_set_id="import-1")
-        self.tokens = ApiTokens(store)
-        self.secrets = {}
-        for name, scopes in {"reader": ["read"], "proposer": ["propose", "read"], "reviewer": ["review"],
-                             "runner": ["run"], "admin": ["admin"], "trusted": ["propose"]}.items():
-            self.secrets[name] = self.tokens.create(name, scopes, expires_in=timedelta(days=1), by="test").secret
-        store.dispose()
-        self.app = create_app(lambda: self.spec, lambda spec: CatalogueStore(spec, self.url), self.launcher,
-                              signing_secret="x")
-        self.client = TestClient(self.app)
-
-    def store(self) -> CatalogueStore:
-        return CatalogueStore(self.spec, self.url)
-
-    def get(self, path, token="reader", **params):
-        return self.client.get("/api/v1" + path, params=params, headers=self.auth(token))
-
-    def post(self, path, body, token="proposer"):
-        return self.client.post("/api/v1" + path, json=body, headers=self.auth(token))
-
-    def auth(self, token):
-        return {"Authorization": f"Bearer {self.secrets.get(token, token)}"} if token else {}
+from tests.api_project import Project
 
 
 @pytest.fixture
@@ -371,9 +285,18 @@ def test_every_route_is_in_the_openapi_document(api):
     assert doc["openapi"].startswith("3.1")
     described = {(method.upper(), "/api/v1" + path) for path, ops in doc["paths"].items() for method in ops}
     served = {(method, doc_path(r.path)) for r in api.app.routes if isinstance(r, Route)
-              and r.path.startswith("/api/v1/") and r.path != "/api/v1/openapi.json"
+              and r.path.startswith("/api/v1/") and r.path not in ("/api/v1/openapi.json", "/api/v1/{rest:anything}")
               for method in r.methods if method != "HEAD"}
     assert served == described
     from openapi_spec_validator import validate
 
     validate(doc)
+
+
+def test_other_api_paths_answer_json(api):
+    unknown = api.get("/nothing/here")
+    assert unknown.status_code == 404 and unknown.json()["status"] == 404
+    wrong = api.client.delete("/api/v1/changes", headers=api.auth("reader"))
+    assert wrong.status_code == 405 and "DELETE" in wrong.json()["error"]
+    odd = api.get("/catalogues/products/records/a%0Ab/c")  # keys may hold any character
+    assert odd.status_code == 404 and odd.json()["error"] == "no record 'a\\nb/c' in products"
