@@ -131,8 +131,11 @@ class ApiTokens:
         return [ApiToken(t, scopes.get(t.id, ())) for t in self.tokens.list(API_KIND)]
 
     def get(self, token_id: int) -> ApiToken:
-        token = self.tokens.get(token_id)
-        if token.kind != API_KIND:
+        try:
+            token = self.tokens.get(token_id)
+        except AccessError:
+            token = None
+        if token is None or token.kind != API_KIND:
             raise AccessError(f"no API token with id {token_id}; `claro api tokens list` lists them")
         return ApiToken(token, self._scopes([token_id]).get(token_id, ()))
 
