@@ -162,18 +162,21 @@ def change_feed(store: Any, since: int, *, limit: int = 500, catalogue: str | No
     expected = since
     with store.engine.connect() as conn:
         rows = conn.execute(query).fetchall()
+    kept = []
     for r in rows:
         if r.id != expected + 1 and aware(r.at) > at - gap_grace:
             break  # an earlier id may still commit (PostgreSQL): stop here, the receiver resumes from `expected`
         expected = r.id
-        if r.type not in FEED_TYPES or (catalogue is not None and r.catalogue != catalogue):
-            continue
+        if r.type in FEED_TYPES and (catalogue is None or r.catalogue == catalogue):
+            kept.append(r)
+    created = _values_as_created(store, [r for r in kept if (loads(r.payload) or {}).get("created")])
+    for r in kept:
         payload = loads(r.payload) or {}
         change = {"sequence": r.id, "type": r.type, "catalogue": r.catalogue, "record": r.record,
                   "field": r.field, "change_set": r.change_set, "at": aware(r.at).isoformat()}
         if payload.get("created"):
             change["kind"] = "created"
-            change["values"] = {k: _plain(v) for k, v in (payload.get("values") or {}).items()}
+            change["values"] = created.get(r.id)
         elif payload.get("deleted"):
             change["kind"] = "deleted"
         else:
@@ -184,3 +187,42 @@ def change_feed(store: Any, since: int, *, limit: int = 500, catalogue: str | No
                 change[name] = payload[name]
         changes.append(change)
     return FeedPage(changes, expected, last)
+
+
+def _values_as_created(store: Any, events: list[Any]) -> dict[int, dict[str, Any] | None]:
+    """The values each bulk-created record had when its `change.applied` event was written, by event id: a value
+    changed since is the `old` of its first later history row, else the value stored now. None for a record
+    deleted since (its `deleted` change follows in the feed)."""
+    out: dict[int, dict[str, Any] | None] = {}
+    by_catalogue: dict[str, list[Any]] = {}
+    for e in events:
+        by_catalogue.setdefault(e.catalogue, []).append(e)
+    h = store.t["history"]
+    for name, group in by_catalogue.items():
+        if name not in store.spec.catalogues:
+            out.update({e.id: None for e in group})
+            continue
+        attributes = list(store.catalogue(name).attributes)
+        keys = sorted({e.record for e in group})
+        with store.engine.connect() as conn:
+            rows = store.reader.fetch_rows(conn, name, keys)
+            later: dict[str, list[Any]] = {}
+            for chunk in (keys[i:i + 500] for i in range(0, len(keys), 500)):
+                query = (sa.select(h.c.record, h.c.field, h.c.old, h.c.at).where(h.c.catalogue == name,
+                                                                                 h.c.record.in_(chunk))
+                         .order_by(h.c.id))
+                for hr in conn.execute(query):
+                    later.setdefault(hr.record, []).append(hr)
+        for e in group:
+            row = rows.get(e.record)
+            if row is None:
+                out[e.id] = None
+                continue
+            values = {a: _plain(row[a]) for a in attributes}
+            seen: set[str] = set()
+            for hr in later.get(e.record, []):
+                if hr.field in values and hr.field not in seen and aware(hr.at) >= aware(e.at):
+                    seen.add(hr.field)
+                    values[hr.field] = _plain(loads(hr.old))
+            out[e.id] = values
+    return out

@@ -650,13 +650,14 @@ class OpenChangeSet:
         self._bulk_insert(table, stored, {"_created_cs": change_set_id, "_created_prov": self.provenance(prov),
                                           "_seq": self.seq})
         e = self.t["events"]
-        # The event carries the new record's values (rendered by the database from the inserted row), so a
-        # webhook receiver or the API's change feed never has to come back for them.
-        payload = created_payload(self.schema.dialect, table, list(cat.attributes))
+        # One constant payload for every new record (no per-row work on the bulk path): the link a webhook receiver
+        # fetches the record's values from with its API token ({record}: the event's record key, URL-encoded); the
+        # API's change feed fills in the values as created itself (`catalogue.feed`).
+        payload = dumps({"created": True, "link": f"/api/v1/catalogues/{catalogue}/records/{{record}}"})
         self.conn.execute(e.insert().from_select(
             ["type", "catalogue", "record", "change_set", "payload", "at"],
             sa.select(sa.literal("change.applied"), sa.literal(catalogue), table.c[cat.key],
-                      sa.literal(change_set_id), payload, sa.literal(now(), sa.DateTime(timezone=True)))
+                      sa.literal(change_set_id), sa.literal(payload), sa.literal(now(), sa.DateTime(timezone=True)))
             # The new rows are past the largest id before the insert: a range of the primary key, not a scan.
             .where(table.c._id > before, table.c._created_cs == change_set_id)))
 
@@ -774,26 +775,6 @@ class OpenChangeSet:
             stmt = table.update().where(key_col == sa.bindparam("k")).values(
                 {**{c: sa.bindparam(f"v_{c}") for c in cols}, "_hash": sa.bindparam("h"), "_seq": self.seq})
             self.conn.execute(stmt, params)
-
-
-_JSON_PAIRS = 40  # attributes per JSON-building call: under PostgreSQL's 100 and SQLite's 127 arguments
-
-
-def created_payload(dialect: str, table: sa.Table, attributes: list[str]) -> sa.ColumnElement:
-    """SQL rendering a created record's event payload, `{"created": true, "values": {attribute: value, ...}}`,
-    from its row (numbers as JSON numbers, missing values as null)."""
-    groups = [attributes[i:i + _JSON_PAIRS] for i in range(0, len(attributes), _JSON_PAIRS)] or [[]]
-    if dialect == "postgresql":
-        parts = [sa.func.jsonb_build_object(*[x for a in g for x in (sa.literal(a), table.c[a])]) for g in groups]
-        values = parts[0]
-        for part in parts[1:]:
-            values = values.op("||")(part)
-        return sa.cast(sa.func.jsonb_build_object(sa.literal("created"), sa.true(), sa.literal("values"), values),
-                       sa.Text)
-    values = sa.func.json_object(*[x for a in groups[0] for x in (sa.literal(a), table.c[a])])
-    for g in groups[1:]:  # json_set, not json_patch: a merge patch would drop the nulls
-        values = sa.func.json_set(values, *[x for a in g for x in (sa.literal(f'$."{a}"'), table.c[a])])
-    return sa.func.json_object(sa.literal("created"), sa.func.json("true"), sa.literal("values"), sa.func.json(values))
 
 
 def rehash(writer: ChangeSetWriter, catalogue: str) -> None:

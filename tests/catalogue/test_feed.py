@@ -11,12 +11,13 @@ import sqlalchemy as sa
 
 from claro_dagster.catalogue.access import AccessDenied, AccessError
 from claro_dagster.catalogue.api_access import ApiTokens
+from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.catalogue.feed import BadCursor, change_feed, records_page
 from claro_dagster.catalogue.proposals import ProposalError, ProposedChange, propose
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec.models import ApiSpec, AttributeSpec, CatalogueSpec, ProjectSpec
 
-WIDE = 45  # more attributes than one JSON-building SQL call takes (40 pairs)
+WIDE = 45
 
 
 def wide_spec() -> ProjectSpec:
@@ -26,17 +27,21 @@ def wide_spec() -> ProjectSpec:
                        api=ApiSpec(max_confidence=70))
 
 
-def test_a_created_record_event_carries_every_value_on_both_backends(store_url):
+def test_the_feed_gives_a_created_record_its_values_as_created_on_both_backends(store_url):
     store = CatalogueStore(wide_spec(), store_url)
-    row = {"sku": ["W1"]} | {f"a{i:02d}": [float(i) if i % 2 else f"t{i}"] for i in range(WIDE)}
-    row["a44"] = [None]  # text, empty: stays a JSON null past the first group of attributes
-    row["a03"] = [None]
+    row = {"sku": ["W1", "W2"]} | {f"a{i:02d}": [float(i) if i % 2 else f"t{i}"] * 2 for i in range(WIDE)}
+    row["a44"] = [None, "x"]
     store.import_records("wide", pd.DataFrame(row), change_set_id="import-1")
+    store.apply(ChangeSet("later", "wide", "normalize", [Change("W1", "a01", 99.0), Change("W1", "a44", "filled")]))
+    store.apply(ChangeSet("again", "wide", "normalize", [Change("W1", "a01", 100.0)]))
     page = change_feed(store, 0)
-    (created,) = page.changes
-    expected = {k: v[0] for k, v in row.items()}
-    assert created["kind"] == "created" and created["values"] == expected
-    assert page.next == page.last == 1
+    created = [c for c in page.changes if c["kind"] == "created"]
+    assert [c["record"] for c in created] == ["W1", "W2"]
+    assert created[0]["values"] == {k: v[0] for k, v in row.items()}  # as created, not as now
+    assert created[1]["values"] == {k: v[1] for k, v in row.items()}
+    assert [(c["record"], c["field"], c["old"], c["new"]) for c in page.changes if c["kind"] == "updated"] == [
+        ("W1", "a01", 1.0, 99.0), ("W1", "a44", None, "filled"), ("W1", "a01", 99.0, 100.0)]
+    assert page.next == page.last
     store.dispose()
 
 

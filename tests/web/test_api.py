@@ -300,3 +300,17 @@ def test_other_api_paths_answer_json(api):
     assert wrong.status_code == 405 and "DELETE" in wrong.json()["error"]
     odd = api.get("/catalogues/products/records/a%0Ab/c")  # keys may hold any character
     assert odd.status_code == 404 and odd.json()["error"] == "no record 'a\\nb/c' in products"
+
+
+def test_the_link_of_a_created_record_event_fetches_its_values(api):
+    from urllib.parse import quote
+
+    store = api.store()
+    store.import_records("products", pd.DataFrame({"sku": ["D/4 #x"], "title": ["Bowl"], "price": [8.0],
+                                                   "status": ["draft"], "launched": [None]}), change_set_id="import-2")
+    event = store.events()[-1]
+    store.dispose()
+    assert event["payload"] == {"created": True, "link": "/api/v1/catalogues/products/records/{record}"}
+    link = event["payload"]["link"].replace("{record}", quote(event["record"], safe=""))
+    fetched = api.client.get(link, headers=api.auth("reader"))
+    assert fetched.status_code == 200 and fetched.json()["values"]["title"] == "Bowl"
