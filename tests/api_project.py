@@ -3,9 +3,13 @@ app of `claro serve` over it, and a fake launcher that plays Dagster's part."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from datetime import timedelta
 
 import pandas as pd
+import uvicorn
 from starlette.testclient import TestClient
 
 from claro_dagster.catalogue.api_access import ApiTokens
@@ -96,3 +100,24 @@ class Project:
 
     def auth(self, token):
         return {"Authorization": f"Bearer {self.secrets.get(token, token)}"} if token else {}
+
+
+class Served:
+    """An ASGI app served by uvicorn on a loopback port, in a thread."""
+
+    def __init__(self, app):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()

@@ -3,12 +3,7 @@ launcher of `tests/api_project.py` playing Dagster."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import pytest
-import uvicorn
 
 from claro_dagster.catalogue.changes import Change as StoreChange
 from claro_dagster.catalogue.changes import ChangeSet
@@ -25,26 +20,7 @@ from claro_dagster.client import (
     ScopeError,
     WaitTimeout,
 )
-from tests.api_project import Project
-
-
-class Served:
-    def __init__(self, app):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
+from tests.api_project import Project, Served
 
 
 @pytest.fixture
