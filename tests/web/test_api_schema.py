@@ -7,6 +7,8 @@ The cases are drawn with hypothesis from schemathesis' strategies rather than th
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +17,7 @@ from schemathesis import GenerationMode
 
 from tests.api_project import Project
 
-ITEMS = 30
+ITEMS = int(os.environ.get("CLARO_API_EXAMPLES", "30"))  # cases per operation and mode; more for a deeper search
 
 
 @pytest.fixture(scope="module")
