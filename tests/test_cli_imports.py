@@ -73,7 +73,7 @@ def project(tmp_path_factory) -> Path:
 READ_ONLY = [
     ["--help"], ["records"], ["records", "--format", "json"], ["history", "SKU-1"], ["review", "list"],
     ["batches"], ["rejected", BATCH], ["check"], ["schedules"], ["webhooks", "log"], ["mapping", "show", "shop_csv"],
-    ["portal", "tokens"],
+    ["portal", "tokens"], ["api", "tokens", "list"],
 ]
 
 
