@@ -131,6 +131,19 @@ def _error(status: int, message: str, **extra: Any) -> Response:
     return _json(status, {"error": message, "status": status, **extra}, headers)
 
 
+async def _read_capped(request: Request) -> bytes | None:
+    """The body, read as a stream; None as soon as it (or its declared Content-Length) passes MAX_BODY_BYTES."""
+    declared = request.headers.get("content-length", "")
+    if declared.strip().isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return bytes(body)
+
+
 @dataclass(frozen=True)
 class NotJson:
     why: str
@@ -379,9 +392,9 @@ class Api:
             e = methods[request.method if request.method != "HEAD" else "GET"]
             body: Any = None
             if e.method == "POST":
-                raw = await request.body()
-                if len(raw) > MAX_BODY_BYTES:
-                    return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+                raw = await _read_capped(request)
+                if raw is None:
+                    return _error(413, f"request body over {MAX_BODY_BYTES} bytes: send fewer changes per proposal")
                 try:
                     body = orjson.loads(raw) if raw else None
                 except orjson.JSONDecodeError as exc:

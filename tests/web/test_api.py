@@ -314,3 +314,13 @@ def test_the_link_of_a_created_record_event_fetches_its_values(api):
     link = event["payload"]["link"].replace("{record}", quote(event["record"], safe=""))
     fetched = api.client.get(link, headers=api.auth("reader"))
     assert fetched.status_code == 200 and fetched.json()["values"]["title"] == "Bowl"
+
+
+def test_a_body_over_the_cap_is_refused_unread(api, monkeypatch):
+    from claro_dagster.web import api as api_module
+
+    monkeypatch.setattr(api_module, "MAX_BODY_BYTES", 200)
+    changes = [{"record": f"R{i}", "field": "title", "value": "x" * 20} for i in range(10)]
+    refused = api.post("/catalogues/products/proposals", {"changes": changes})
+    assert refused.status_code == 413 and "over 200 bytes" in refused.json()["error"]
+    assert api.post("/catalogues/products/proposals", {"changes": changes[:1]}).status_code == 200
