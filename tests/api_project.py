@@ -70,9 +70,9 @@ class FakeLauncher:
 
 
 class Project:
-    def __init__(self, folder):
+    def __init__(self, folder, url: str | None = None):
         self.spec = make_spec()
-        self.url = f"sqlite:///{folder / 'store.db'}"
+        self.url = url or f"sqlite:///{folder / 'store.db'}"
         self.launcher = FakeLauncher()
         store = self.store()
         store.import_records("products", pd.DataFrame({

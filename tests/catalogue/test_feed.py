@@ -45,8 +45,8 @@ def test_the_feed_gives_a_created_record_its_values_as_created_on_both_backends(
     store.dispose()
 
 
-def test_the_feed_waits_at_a_fresh_gap_and_passes_an_old_one(tmp_path):
-    store = CatalogueStore(wide_spec(), f"sqlite:///{tmp_path / 'c.db'}")
+def test_the_feed_waits_at_a_fresh_gap_and_passes_an_old_one(store_url):
+    store = CatalogueStore(wide_spec(), store_url)
     e = store.t["events"]
     at = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
     with store.engine.begin() as conn:

@@ -88,7 +88,8 @@ def test_feed_and_filter_errors_say_where(api):
     assert api.get("/catalogues/products/records", columns="nope").status_code == 400
 
 
-def test_pagination_under_concurrent_writes_neither_skips_nor_repeats(api):
+def test_pagination_under_concurrent_writes_neither_skips_nor_repeats(tmp_path, store_url):
+    api = Project(tmp_path, store_url)  # both backends: SQLite's one writer, PostgreSQL's concurrent transactions
     store = api.store()
     keys = [f"K{i:04d}" for i in range(300)]
     store.import_records("products", pd.DataFrame({"sku": keys, "title": ["t"] * 300, "price": [1.0] * 300,
