@@ -27,10 +27,10 @@ def test_a_run_started_through_the_api_is_awaited_by_the_client(dagster_stack):
     store = store_factory(spec)
     secret = ApiTokens(store).create("ci", ["run", "read"], expires_in=timedelta(hours=1)).secret
     store.dispose()
-    launcher = DagsterLauncher(lambda: spec, store_factory, port=dagster_stack.port)
+    launcher = DagsterLauncher(lambda: spec, store_factory, port=dagster_stack.port, timeout=60)  # a loaded machine
     served = Served(create_app(lambda: spec, store_factory, launcher, signing_secret="x"))
     try:
-        client = ClaroClient(served.url, secret)
+        client = ClaroClient(served.url, secret, timeout=120)
         run_id = client.run("products", "analyse")
         done = client.wait(run_id, timeout=300, poll=1)
         assert (done.status, done.done) == ("SUCCESS", True)
