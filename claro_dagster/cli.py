@@ -417,6 +417,61 @@ def portal_revoke(token_id: Annotated[int, typer.Argument(metavar="ID", help="Th
     console.print(f"revoked link {token.id} ({token.kind} {token.subject})", highlight=False)
 
 
+# --------------------------------------------------------------------------- REST API tokens
+api_app = typer.Typer(help="The REST API of `claro serve` (/api/v1): tokens for external systems.",
+                      no_args_is_help=True)
+api_tokens_app = typer.Typer(help="API tokens: create (shown once, stored hashed), list, revoke.",
+                             no_args_is_help=True)
+app.add_typer(api_app, name="api")
+api_app.add_typer(api_tokens_app, name="tokens")
+
+
+def _api_tokens():
+    from claro_dagster.catalogue.api_access import ApiTokens
+
+    return ApiTokens(ctx.store())
+
+
+@api_tokens_app.command("create")
+def api_tokens_create(
+        name: Annotated[str, typer.Argument(help="The system the token is for (names its writes in the audit log).")],
+        scope: Annotated[list[str], typer.Option("--scope", help="read, propose, review, run or admin (repeatable; "
+                                                                 "commas also separate).")],
+        expires: Annotated[str, typer.Option(help="How long the token works: 90d, 12h, 2w.")] = "90d",
+        by: ByOption = None) -> None:
+    """Print a new API token (shown once; only its hash is stored)."""
+    from claro_dagster.catalogue.access import parse_duration
+
+    scopes = [s for item in scope for s in item.split(",")]
+    issued = _api_tokens().create(name, scopes, expires_in=parse_duration(expires), by=who(by))
+    t = issued.token
+    console.print(f"API token {t.id} for {t.name} ({', '.join(t.scopes)}), valid until "
+                  f"{t.token.expires_at:%Y-%m-%d %H:%M} UTC (shown once; `claro api tokens revoke {t.id}` ends it):",
+                  highlight=False)
+    print(issued.secret)
+
+
+@api_tokens_app.command("list")
+def api_tokens_list(format: FormatOption = "table") -> None:
+    """List API tokens: name, scopes, created, expires, status, last used. Never the tokens."""
+    from claro_dagster.catalogue.common import now
+
+    check_format(format)
+    at = now()
+    rows = [{"id": t.id, "name": t.name, "scopes": ",".join(t.scopes), "status": t.token.status(at),
+             "created": t.token.created_at, "by": t.token.created_by, "expires": t.token.expires_at,
+             "revoked": t.token.revoked_at, "last_used": t.token.last_used_at} for t in _api_tokens().list()]
+    print_rows(rows, ["id", "name", "scopes", "status", "created", "by", "expires", "revoked", "last_used"], format)
+
+
+@api_tokens_app.command("revoke")
+def api_tokens_revoke(token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id (`claro api "
+                                                                                  "tokens list`).")]) -> None:
+    """End an API token at once: its next request is refused."""
+    token = _api_tokens().revoke(token_id)
+    console.print(f"revoked API token {token.id} ({token.name})", highlight=False)
+
+
 # --------------------------------------------------------------------------- rollback and schema
 @app.command()
 def rollback(run: Annotated[str, typer.Option("--run", help="The run whose writes to undo.")],

@@ -74,6 +74,7 @@ READ_ONLY = [
     ["--help"], ["records"], ["records", "--format", "json"], ["history", "SKU-1"], ["review", "list"],
     ["batches"], ["rejected", BATCH], ["check"], ["schedules"], ["webhooks", "log"], ["mapping", "show", "shop_csv"],
     ["portal", "tokens"], ["duplicates", "list"], ["monitor", "history", "SKU-1"],
+    ["api", "tokens", "list"],
 ]
 
 

@@ -71,3 +71,19 @@ def test_claro_serve_signs_a_reviewer_in_and_counts_failures_per_forwarded_clien
     session = requests.Session()
     signed_in = session.get(base + LINK.search(invite.stdout).group(1), timeout=10)
     assert signed_in.status_code == 200 and "Signed in as <strong>ann</strong>" in signed_in.text
+
+
+def test_claro_serve_answers_the_rest_api_and_says_when_dagster_is_down(served):
+    from claro_dagster.client import ClaroClient, DagsterUnavailable
+
+    base, spec, home = served
+    assert requests.get(f"{base}/api/v1/openapi.json", timeout=10).json()["openapi"] == "3.1.0"
+    made = claro("api", "tokens", "create", "erp", "--scope", "read,propose,run", home=home, spec=spec)
+    assert made.returncode == 0, made.stderr
+    client = ClaroClient(base, made.stdout.strip().splitlines()[-1], max_attempts=1)
+    result = client.propose([{"record": "SKU-9", "field": "title", "value": "Tray", "confidence": 99}], "products")
+    assert (result.queued, result.source) == (1, "api:erp")  # capped to 80: below auto_apply, waits for review
+    assert list(client.records("products")) == []
+    with pytest.raises(DagsterUnavailable, match=r"The Dagster webserver at http://127\.0\.0\.1:\d+ is unreachable "
+                                                 r"\(connection refused"):
+        client.run("products", "analyse")

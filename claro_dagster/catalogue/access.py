@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from claro_dagster.catalogue.changes import StoreError
 from claro_dagster.catalogue.common import aware, now
 
-KINDS = ("portal", "review")
+KINDS = ("portal", "review", "api")  # api: a token of the REST API, with scopes (see `api_access.py`)
 LOGIN_PATHS = {"portal": "/portal/login", "review": "/review/login"}
 MAX_FAILURES = 10
 FAILURE_WINDOW = timedelta(minutes=15)
@@ -37,7 +37,7 @@ metadata = sa.MetaData()
 access_tokens = sa.Table(
     "claro_access_tokens", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("kind", sa.Text, nullable=False),  # portal | review
+    sa.Column("kind", sa.Text, nullable=False),  # portal | review | api
     sa.Column("subject", sa.Text, nullable=False),  # the source (portal) or the reviewer (review)
     sa.Column("token_hash", sa.Text, nullable=False, unique=True),  # sha256 hex of the token
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

@@ -685,7 +685,10 @@ class OpenChangeSet:
         self._bulk_insert(table, stored, {"_created_cs": change_set_id, "_created_prov": self.provenance(prov),
                                           "_seq": self.seq})
         e = self.t["events"]
-        payload = dumps({"created": True})
+        # One constant payload for every new record (no per-row work on the bulk path): the link a webhook receiver
+        # fetches the record's values from with its API token ({record}: the event's record key, URL-encoded); the
+        # API's change feed fills in the values as created itself (`catalogue.feed`).
+        payload = dumps({"created": True, "link": f"/api/v1/catalogues/{catalogue}/records/{{record}}"})
         self.conn.execute(e.insert().from_select(
             ["type", "catalogue", "record", "change_set", "payload", "at"],
             sa.select(sa.literal("change.applied"), sa.literal(catalogue), table.c[cat.key],

@@ -75,6 +75,10 @@ def explain(exc: Exception, url: str, what: str) -> DagsterApiError:
     return DagsterApiError(f"Dagster could not {what}: {text}" + (f" ({details[0]})" if details else ""))
 
 
+class RunNotFound(DagsterApiError, LookupError):
+    """Dagster has no run with this id."""
+
+
 class DagsterLauncher:
     """Launches operations and pipelines as runs of a running Dagster (webserver + daemon) and reports them."""
 
@@ -94,14 +98,14 @@ class DagsterLauncher:
         except DagsterGraphQLClientError as exc:
             raise explain(exc, self.url, what) from None
 
-    def launch(self, catalogue: str, target: str, filter: str | None) -> str:
+    def launch(self, catalogue: str, target: str, filter: str | None, *, launched_by: str = "slack") -> str:
         from claro_dagster.definitions import operation_job_name
         from claro_dagster.schedules.from_spec import target_keys
 
         spec = self.spec_loader()
         keys = target_keys(spec, "slack", target if target in spec.pipelines else f"{catalogue}/{target}")
         run_config = {"ops": {"__".join(k.path): {"config": {"filter": filter}} for k in keys}} if filter else {}
-        tags = {"claro/catalogue": catalogue, "claro/target": target, "claro/launched_by": "slack"}
+        tags = {"claro/catalogue": catalogue, "claro/target": target, "claro/launched_by": launched_by}
         if filter:
             tags["claro/filter"] = filter
         # One operation or destination is a run of its own job (`products_analyse`), as `claro run` and the
@@ -126,3 +130,21 @@ class DagsterLauncher:
         if batch is not None:
             return f"batch {batch.key} ({batch.filename}): {batch.status}: {batch.message or ''}"
         return f"run {ref}: {self._call(f'read run {ref}', self.client.get_run_status, ref).value.lower()}"
+
+    def run_status(self, run_id: str) -> str:
+        """The run's Dagster status (QUEUED, STARTED, SUCCESS, FAILURE, CANCELED, ...); RunNotFound if none."""
+        from dagster_graphql import DagsterGraphQLClientError
+
+        try:
+            return self.client.get_run_status(run_id).value
+        except DagsterGraphQLClientError as exc:
+            if exc.args and exc.args[0] in ("RunNotFoundError", "PipelineRunNotFoundError"):
+                raise RunNotFound(f"Dagster has no run {run_id!r}") from None
+            raise explain(exc, self.url, f"read run {run_id}") from None
+
+    def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest runs: run id, Dagster status and claro's tags (catalogue, target, who launched it)."""
+        result = self._call("list recent runs", self.client._execute, RECENT_RUNS, {"limit": limit})
+        return [{"run_id": r["runId"], "status": r["status"],
+                 "tags": {t["key"]: t["value"] for t in r.get("tags", []) if t["key"].startswith("claro/")}}
+                for r in result["runsOrError"].get("results", [])]

@@ -775,6 +775,23 @@ class RetentionSpec(SpecModel):
     cron: str = Field("30 3 * * *", description="when the daily prune runs (UTC)")
 
 
+class ApiClientSpec(SpecModel):
+    """`api.clients.<token name>`: settings of one external system, by the name of its API token."""
+
+    # The most confidence this client's proposals may claim (unset: `api.max_confidence`).
+    max_confidence: float | None = Field(None, ge=0, le=100)
+
+
+class ApiSpec(SpecModel):
+    """`api:` the REST API of `claro serve` (`/api/v1`)."""
+
+    # The most confidence a change proposed through the API may claim; a higher stated confidence is lowered to
+    # this before the gate. Below `thresholds.default.auto_apply` (90), proposals wait for a reviewer.
+    max_confidence: float = Field(80, ge=0, le=100)
+    # Per external system (the API token's name): its own cap, e.g. a trusted ERP that may apply directly.
+    clients: dict[str, ApiClientSpec] = Field(default_factory=dict)
+
+
 class ProjectSpec(SpecModel):
     """The whole `claro.yaml`."""
 
@@ -789,6 +806,7 @@ class ProjectSpec(SpecModel):
     notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
     monitors: dict[str, MonitorSpec] = Field(default_factory=dict)
+    api: ApiSpec = Field(default_factory=ApiSpec)  # the REST API (`/api/v1`): proposal confidence caps
 
     def alert_routes(self) -> list[SlackRoute]:
         """The Slack routes of `notifications`, plus one per pipeline routing rule that names a channel

@@ -10,6 +10,7 @@ Routes:
     POST /slack/commands   Slack slash commands (signed; see `web/slack_commands.py`)
     /review...             the review page for reviewers signed in by their link (see `web/review_page.py`)
     /portal...             the Supplier Portal for suppliers signed in by their link (see `web/portal_page.py`)
+    /api/v1/...            the REST API for external systems, with API tokens (see `web/api.py`)
     GET  /healthz          "ok": the process is alive (liveness)
     GET  /readyz           "ready" when the catalogue store answers, else 503 saying why (readiness)
     GET  /metrics          Prometheus text format: batches, review queue, webhook backlog, push errors
@@ -36,6 +37,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from claro_dagster.catalogue.schema import default_home
+from claro_dagster.web.api import api_routes
 from claro_dagster.web.portal_page import PortalPage, portal_routes
 from claro_dagster.web.review_page import ReviewPage, review_routes
 from claro_dagster.web.slack_commands import (
@@ -167,7 +169,8 @@ def create_app(spec_loader: SpecLoader, store_factory: StoreFactory, launcher: L
     review = review_page or ReviewPage(spec_loader, store_factory)
     portal = portal_page or PortalPage(spec_loader, store_factory, home or default_home())
     app = Starlette(routes=[Route("/healthz", _healthz), *operability_routes(lambda: store_factory(spec_loader())),
-                            *slack_routes(commands, verifier), *review_routes(review), *portal_routes(portal)],
+                            *slack_routes(commands, verifier), *review_routes(review), *portal_routes(portal),
+                            *api_routes(spec_loader, store_factory, launcher)],
                     lifespan=lifespan)
     app.state.slack_commands = commands
     return app

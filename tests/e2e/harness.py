@@ -142,6 +142,11 @@ class DagsterStack:
         self.dagster_home.mkdir()
         shutil.copyfile(REPO / "dagster.yaml", self.dagster_home / "dagster.yaml")  # embedded SQLite instance
         self.logs.mkdir()
+        # Create the instance's storage once, before the webserver, its code server and the daemon all open it at
+        # the same moment: concurrent first opens race on the migrations ("alembic_version has more than one
+        # head") and the code location then fails to load.
+        subprocess.run([sys.executable, "-c", "import dagster; dagster.DagsterInstance.get().dispose()"],
+                       env=self.env(), cwd=self.root, check=True, timeout=120)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CLARO_", "DAGSTER_"))}

@@ -36,3 +36,21 @@ def test_a_failing_proxy_is_unreachable_and_graphql_errors_are_dagsters_words(ht
     assert not isinstance(info.value, WebserverUnreachable)
     assert str(info.value) == 'Dagster could not list recent runs: Cannot query field "runsOrError" on type "Query".'
     assert "query RecentRuns" not in str(info.value)
+
+
+def test_run_status_and_recent_runs_for_the_rest_api(http_server, closed_port, tmp_path):
+    from claro_dagster.resources.dagster_api import RunNotFound
+
+    http_server.answer((200, {}, {"data": {"pipelineRunOrError": {"__typename": "Run", "status": "CANCELED"}}}))
+    assert launcher(http_server.port, tmp_path).run_status("4f1d2c3b") == "CANCELED"
+    http_server.answer((200, {}, {"data": {"pipelineRunOrError": {"__typename": "RunNotFoundError",
+                                                                  "message": "Run 4f1d2c3b could not be found."}}}))
+    with pytest.raises(RunNotFound, match="no run '4f1d2c3b'"):
+        launcher(http_server.port, tmp_path).run_status("4f1d2c3b")
+    http_server.answer((200, {}, {"data": {"runsOrError": {"results": [
+        {"runId": "4f1d2c3b", "status": "SUCCESS", "tags": [{"key": "claro/target", "value": "analyse"},
+                                                             {"key": "dagster/partition", "value": "x"}]}]}}}))
+    assert launcher(http_server.port, tmp_path).recent_runs(5) == [
+        {"run_id": "4f1d2c3b", "status": "SUCCESS", "tags": {"claro/target": "analyse"}}]
+    with pytest.raises(WebserverUnreachable):
+        launcher(closed_port, tmp_path).run_status("4f1d2c3b")

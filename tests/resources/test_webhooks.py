@@ -195,6 +195,8 @@ def test_each_change_arrives_signed_and_verified_by_the_library(receiver, store_
     assert [m["id"] for m in got] == [d.webhook_id for d in sorted(outbox.log(), key=lambda d: d.id)]
     created, _, changed = (m["payload"] for m in got)
     assert created["type"] == "change.applied" and created["data"]["created"] is True
+    # not only a flag: the link to fetch the new record with an API token ({record}: data.record, URL-encoded)
+    assert created["data"]["link"] == "/api/v1/catalogues/products/records/{record}"
     assert created["data"]["record"] == "SKU-0000" and created["data"]["event_id"] == 1
     assert changed["type"] == "change.applied"
     assert {k: changed["data"][k] for k in ("event_id", "catalogue", "record", "field", "old", "new", "confidence",

@@ -311,7 +311,7 @@ def test_top_level_not_a_mapping(write) -> None:
     path = write("- products\n- suppliers\n")
     assert errors(path) == [
         "claro.yaml:1: the top level must be a mapping of sections (name, catalogues, thresholds, "
-        "reviewers, sources, pipelines, schedules, destinations, notifications, retention, monitors), got a list"
+        "reviewers, sources, pipelines, schedules, destinations, notifications, retention, monitors, api), got a list"
     ]
 
 
