@@ -13,6 +13,8 @@ What is validated here, and how:
   jsonschema against the chart's values.schema.json (tests/contracts/dagster-helm, see its README row).
 * The run queue limits in the values equal dagster.prod.yaml's, and dagster.prod.yaml loads as a Dagster
   instance on a real PostgreSQL database created for the test and dropped after.
+* The image's CMD and HEALTHCHECK run for real (e2e), outside a container, in the environment the image and the
+  values give the code server.
 """
 
 from __future__ import annotations
@@ -545,3 +547,104 @@ def test_dagster_prod_yaml_loads_as_the_instance_on_postgresql(fresh_database, t
         tables = set(sa.inspect(conn).get_table_names())
     engine.dispose()
     assert {"runs", "event_logs"} <= tables
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The image's command, run for real (outside a container: there is no container runtime here)
+# ---------------------------------------------------------------------------------------------------------------
+
+def image_env() -> dict[str, str]:
+    final = stages(dockerfile_instructions(ROOT / "Dockerfile"))[-1]
+    env: dict[str, str] = {}
+    for _, keyword, args in final:
+        if keyword == "ENV":
+            env.update(dict(item.split("=", 1) for item in shlex.split(args)))
+    return env
+
+
+def serve_once(env: dict[str, str], workdir: Path):
+    """Start the Dockerfile's CMD (on a free loopback port) in `env`, wait until the HEALTHCHECK command passes,
+    and return what the server answers to ListRepositories, deserialized, and its output."""
+    import socket
+    import subprocess
+    import time
+
+    from dagster._grpc.client import DagsterGrpcClient
+    from dagster_shared.serdes import deserialize_value
+
+    final = stages(dockerfile_instructions(ROOT / "Dockerfile"))[-1]
+    cmd = exec_form([args for _, keyword, args in final if keyword == "CMD"][-1])
+    probe = exec_form([args for _, keyword, args in final if keyword == "HEALTHCHECK"][-1].split("CMD", 1)[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd[cmd.index("-p") + 1] = port
+    cmd[cmd.index("-h") + 1] = "127.0.0.1"
+    probe[probe.index("-p") + 1] = port
+    log_path = workdir / f"code-server-{port}.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                check = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=60)
+                if check.returncode == 0:
+                    break
+                assert server.poll() is None, log_path.read_text()[-4000:]
+                assert time.monotonic() < deadline, check.stdout + check.stderr
+                time.sleep(2)
+            answer = deserialize_value(DagsterGrpcClient(port=int(port), host="127.0.0.1").list_repositories())
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return answer, log_path.read_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_the_images_command_serves_the_code_location_in_production_and_passes_its_health_check(
+        fresh_database, tmp_path):
+    """The Dockerfile's CMD and HEALTHCHECK, run with the image's environment mapped onto this checkout (spec,
+    homes) plus the pod's settings (the values' env, catalogue store and instance database on PostgreSQL)."""
+    import os
+    import sys
+
+    from dagster._grpc.types import ListRepositoriesResponse
+    from dagster_shared.error import SerializableErrorInfo
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    text = (ROOT / "dagster.prod.yaml").read_text()
+    if fresh_database.port and fresh_database.port != 5432:
+        text = text.replace("port: 5432", f"port: {fresh_database.port}")
+    (home / "dagster.yaml").write_text(text)
+    values = load_yaml(VALUES)
+    env = {**os.environ, **image_env(),
+           **{item["name"]: item["value"] for item in values["dagster-user-deployments"]["deployments"][0]["env"]}}
+    assert env["CLARO_DEPLOYMENT"] == "prod"
+    env.update({
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+        "DAGSTER_HOME": str(home),
+        "CLARO_HOME": str(tmp_path / "claro_home"),
+        "CLARO_SPEC": str(ROOT / "claro_dagster" / "demo" / "claro.yaml"),
+        "DAGSTER_PG_HOST": fresh_database.host or "127.0.0.1",
+        "DAGSTER_PG_USERNAME": fresh_database.username or "postgres",
+        "DAGSTER_PG_PASSWORD": fresh_database.password or "trust-auth-ignores-it",
+        "DAGSTER_PG_DB": fresh_database.database,
+    })
+    env.pop("CLARO_DATABASE_URL", None)
+
+    # without the claro-secrets secret the server still answers its health check, but the location is an error
+    # naming what is missing (the UI shows it)
+    answer, _ = serve_once(env, tmp_path)
+    assert isinstance(answer, SerializableErrorInfo), answer
+    assert "CLARO_DATABASE_URL is not set" in answer.to_string()
+
+    env["CLARO_DATABASE_URL"] = fresh_database.render_as_string(hide_password=False)
+    answer, output = serve_once(env, tmp_path)
+    assert isinstance(answer, ListRepositoriesResponse), output[-4000:]
+    assert [(symbol.repository_name, symbol.attribute) for symbol in answer.repository_symbols] == [
+        ("__repository__", "defs")]
+    pointer = answer.repository_code_pointer_dict["__repository__"]
+    assert pointer.module == "claro_dagster.definitions" and pointer.fn_name == "defs"
