@@ -81,11 +81,11 @@ def test_inbox_batch_through_real_webserver_and_daemon(dagster_stack: DagsterSta
     assert sorted((tuple(m["assetKey"]["path"]), m["partition"]) for m in first_run["assetMaterializations"]) == \
         sorted(((CATALOGUE, s), key) for s in STAGES)
 
-    # ... the 5 suppliers are in the catalogue and the file was moved to processed/<batch>/
+    # ... the 6 suppliers are in the catalogue and the file was moved to processed/<batch>/
     store = CatalogueStore(spec, home=stack.home)
     try:
         registry = BatchRegistry(store)
-        assert store.count(CATALOGUE) == 5
+        assert store.count(CATALOGUE) == 6
         assert registry.get(key).status == "published"
         assert not good.exists(), "the inbox file should have been moved out of the inbox"
         processed = inbox / "processed" / key / "suppliers.csv"
@@ -152,7 +152,7 @@ def test_inbox_batch_through_real_webserver_and_daemon(dagster_stack: DagsterSta
         assert stack.materializations(asset("records"), broken_key) == []
 
         assert registry.get(key).status == "published"
-        assert store.count(CATALOGUE) == 5
+        assert store.count(CATALOGUE) == 6
         assert processed.exists()
         assert stack.materializations(asset("records"), key) == before["records"]
         good_runs = stack.runs(**{"claro/batch": key})
