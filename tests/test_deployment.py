@@ -20,7 +20,8 @@ PG_VARS = {"DAGSTER_PG_USERNAME": "dagster", "DAGSTER_PG_PASSWORD": "pw", "DAGST
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ("CLARO_DEPLOYMENT", "CLARO_DATABASE_URL", "DAGSTER_HOME", "CLARO_MAX_CONCURRENT_STEPS", "CLARO_EXECUTOR",
+    for name in ("CLARO_DEPLOYMENT", "CLARO_DATABASE_URL", "DAGSTER_HOME", "CLARO_MAX_CONCURRENT_STEPS",
+                 "CLARO_EXECUTOR",
                  "CLARO_CELERY_BROKER", "CLARO_CELERY_QUEUE", *PG_VARS):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
