@@ -11,6 +11,9 @@ and what the Dagster instance must be, when the code location loads.
 * prod with `CLARO_EXECUTOR=celery`: as prod, but each step of a run is a Celery task sent to the broker at
   $CLARO_CELERY_BROKER (RabbitMQ or Redis) on queue $CLARO_CELERY_QUEUE (default dagster), executed by
   `dagster-celery worker start -A dagster_celery.app -q QUEUE` processes on any number of machines.
+* prod with `CLARO_EXECUTOR=in_process` and dagster-celery's `CeleryRunLauncher` in dagster.yaml: each whole run
+  is a Celery task, executed in a warm worker process (no interpreter start per run or step); the measured
+  engine of the 200-file load test (deploy/README.md "Capacity model").
 
 A production setting that misses any of this fails at load with a message naming the variable or file to
 fix, instead of quietly running on SQLite. The local setting stays zero-config: `claro run` on the bundled demo
@@ -33,7 +36,7 @@ MAX_STEPS_ENV = "CLARO_MAX_CONCURRENT_STEPS"
 EXECUTOR_ENV = "CLARO_EXECUTOR"  # prod only: multiprocess (default) | celery
 CELERY_BROKER_ENV = "CLARO_CELERY_BROKER"  # the Celery broker URL, e.g. pyamqp://guest@rabbitmq:5672//
 CELERY_QUEUE_ENV = "CLARO_CELERY_QUEUE"  # the queue the workers listen on (`-Q`), default "dagster"
-EXECUTORS = ("multiprocess", "celery")
+EXECUTORS = ("multiprocess", "celery", "in_process")
 DEPLOYMENTS = ("local", "prod")
 DEFAULT_MAX_STEPS = 4
 
@@ -79,7 +82,8 @@ def _executor_problems(env) -> list[str]:
     executor = (env.get(EXECUTOR_ENV) or "multiprocess").strip().lower()
     if executor not in EXECUTORS:
         return [f"{EXECUTOR_ENV}={env.get(EXECUTOR_ENV)!r} is not one of {', '.join(EXECUTORS)}: multiprocess runs "
-                "a run's steps in processes of its run worker, celery sends them to Celery workers"]
+                "a run's steps in processes of its run worker, celery sends them to Celery workers, in_process runs "
+                "them in the run worker (for the Celery run launcher, whose workers each execute whole runs)"]
     if executor == "celery" and not (env.get(CELERY_BROKER_ENV) or "").strip():
         return [f"{EXECUTOR_ENV}=celery but {CELERY_BROKER_ENV} is not set: set it to the broker the Celery workers "
                 "listen on, e.g. pyamqp://guest@rabbitmq:5672// or redis://redis:6379/0"]
@@ -153,6 +157,8 @@ def executor_for(deployment: Deployment):
         # the broker). Steps publish under the catalogue's advisory lock, so any number of workers is safe.
         return celery_executor.configured({"broker": deployment.celery_broker, "backend": "rpc://",
                                            "config_source": {"task_default_queue": deployment.celery_queue}})
+    if deployment.executor == "in_process":
+        return dg.in_process_executor
     if deployment.production:
         return dg.multiprocess_executor.configured({"max_concurrent": deployment.max_concurrent_steps})
     return dg.in_process_executor
