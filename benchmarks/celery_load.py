@@ -66,6 +66,7 @@ def measure(workers: int, files: int, rows: int, admin_url: str, max_runs: int) 
                     for step in instance.get_run_step_stats(run.run_id):
                         if step.start_time and step.end_time:
                             stage_seconds[step.step_key.split("__", 1)[1]].append(step.end_time - step.start_time)
+                sizes = database_sizes(admin_url, stack.databases)
             finally:
                 instance.dispose()
         finally:
@@ -76,7 +77,20 @@ def measure(workers: int, files: int, rows: int, admin_url: str, max_runs: int) 
         "statuses": dict(statuses), "runs_per_batch": sorted(set(per_key.values())),
         "mean_run_seconds": round(statistics.mean(run_seconds), 2) if run_seconds else None,
         "mean_stage_seconds": {k: round(statistics.mean(v), 3) for k, v in stage_seconds.items()},
+        "dagster_db_kib_per_run": round(sizes[0] / 1024 / max(len(runs), 1), 1),
+        "store_db_bytes_per_row": round(sizes[1] / (files * rows)),
     }
+
+
+def database_sizes(admin_url: str, names: list[str]) -> list[int]:
+    """pg_database_size of each database (the Dagster instance's, the catalogue store's) after the load."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as conn:
+        sizes = [conn.execute(sa.text("SELECT pg_database_size(:n)"), {"n": n}).scalar_one() for n in names]
+    engine.dispose()
+    return sizes
 
 
 def main() -> None:
