@@ -8,6 +8,12 @@ and what the Dagster instance must be, when the code location loads.
   $CLARO_MAX_CONCURRENT_STEPS steps of a run at once (default 4); the Dagster instance on PostgreSQL with the
   queued run coordinator and its concurrency limits per source, destination and connector (`dagster.prod.yaml`
   copied to $DAGSTER_HOME/dagster.yaml, its DAGSTER_PG_* variables set).
+* prod with `CLARO_EXECUTOR=celery`: as prod, but each step of a run is a Celery task sent to the broker at
+  $CLARO_CELERY_BROKER (RabbitMQ or Redis) on queue $CLARO_CELERY_QUEUE (default dagster), executed by
+  `dagster-celery worker start -A dagster_celery.app -q QUEUE` processes on any number of machines.
+* prod with `CLARO_EXECUTOR=in_process` and dagster-celery's `CeleryRunLauncher` in dagster.yaml: each whole run
+  is a Celery task, executed in a warm worker process (no interpreter start per run or step); the measured
+  engine of the 200-file load test (deploy/README.md "Capacity model").
 
 A production setting that misses any of this fails at load with a message naming the variable or file to
 fix, instead of quietly running on SQLite. The local setting stays zero-config: `claro run` on the bundled demo
@@ -27,6 +33,10 @@ from claro_dagster.catalogue.opening import DATABASE_URL_ENV
 
 DEPLOYMENT_ENV = "CLARO_DEPLOYMENT"
 MAX_STEPS_ENV = "CLARO_MAX_CONCURRENT_STEPS"
+EXECUTOR_ENV = "CLARO_EXECUTOR"  # prod only: multiprocess (default) | celery
+CELERY_BROKER_ENV = "CLARO_CELERY_BROKER"  # the Celery broker URL, e.g. pyamqp://guest@rabbitmq:5672//
+CELERY_QUEUE_ENV = "CLARO_CELERY_QUEUE"  # the queue the workers listen on (`-Q`), default "dagster"
+EXECUTORS = ("multiprocess", "celery", "in_process")
 DEPLOYMENTS = ("local", "prod")
 DEFAULT_MAX_STEPS = 4
 
@@ -39,6 +49,9 @@ class DeploymentError(ValueError):
 class Deployment:
     name: str  # local | prod
     max_concurrent_steps: int = 1
+    executor: str = "in_process"  # in_process (local) | multiprocess | celery (prod, $CLARO_EXECUTOR)
+    celery_broker: str | None = None
+    celery_queue: str = "dagster"
 
     @property
     def production(self) -> bool:
@@ -55,11 +68,26 @@ def current_deployment(env: dict[str, str] | None = None) -> Deployment:
                               "set it to local (embedded SQLite, one process) or prod (PostgreSQL, several workers)")
     if name == "local":
         return Deployment("local")
-    problems = production_problems(env)
+    problems = production_problems(env) + _executor_problems(env)
     if problems:
         raise DeploymentError(f"{DEPLOYMENT_ENV}=prod but the production settings are incomplete:\n  - "
                               + "\n  - ".join(problems))
-    return Deployment("prod", max_concurrent_steps=_max_steps(env))
+    executor = (env.get(EXECUTOR_ENV) or "multiprocess").strip().lower()
+    return Deployment("prod", max_concurrent_steps=_max_steps(env), executor=executor,
+                      celery_broker=(env.get(CELERY_BROKER_ENV) or "").strip() or None,
+                      celery_queue=(env.get(CELERY_QUEUE_ENV) or "").strip() or "dagster")
+
+
+def _executor_problems(env) -> list[str]:
+    executor = (env.get(EXECUTOR_ENV) or "multiprocess").strip().lower()
+    if executor not in EXECUTORS:
+        return [f"{EXECUTOR_ENV}={env.get(EXECUTOR_ENV)!r} is not one of {', '.join(EXECUTORS)}: multiprocess runs "
+                "a run's steps in processes of its run worker, celery sends them to Celery workers, in_process runs "
+                "them in the run worker (for the Celery run launcher, whose workers each execute whole runs)"]
+    if executor == "celery" and not (env.get(CELERY_BROKER_ENV) or "").strip():
+        return [f"{EXECUTOR_ENV}=celery but {CELERY_BROKER_ENV} is not set: set it to the broker the Celery workers "
+                "listen on, e.g. pyamqp://guest@rabbitmq:5672// or redis://redis:6379/0"]
+    return []
 
 
 def _max_steps(env) -> int:
@@ -122,6 +150,15 @@ def executor_for(deployment: Deployment):
     production (steps of a run in parallel processes, at most `max_concurrent_steps` at once)."""
     import dagster as dg
 
+    if deployment.executor == "celery":
+        from dagster_celery import celery_executor  # the `celery` extra: pip install 'claro-dagster[celery]'
+
+        # Each step is a Celery task on `celery_queue`; the run worker waits for its result (rpc:// backend over
+        # the broker). Steps publish under the catalogue's advisory lock, so any number of workers is safe.
+        return celery_executor.configured({"broker": deployment.celery_broker, "backend": "rpc://",
+                                           "config_source": {"task_default_queue": deployment.celery_queue}})
+    if deployment.executor == "in_process":
+        return dg.in_process_executor
     if deployment.production:
         return dg.multiprocess_executor.configured({"max_concurrent": deployment.max_concurrent_steps})
     return dg.in_process_executor

@@ -20,7 +20,9 @@ PG_VARS = {"DAGSTER_PG_USERNAME": "dagster", "DAGSTER_PG_PASSWORD": "pw", "DAGST
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ("CLARO_DEPLOYMENT", "CLARO_DATABASE_URL", "DAGSTER_HOME", "CLARO_MAX_CONCURRENT_STEPS", *PG_VARS):
+    for name in ("CLARO_DEPLOYMENT", "CLARO_DATABASE_URL", "DAGSTER_HOME", "CLARO_MAX_CONCURRENT_STEPS",
+                 "CLARO_EXECUTOR",
+                 "CLARO_CELERY_BROKER", "CLARO_CELERY_QUEUE", *PG_VARS):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -84,3 +86,44 @@ def test_an_unknown_deployment_names_the_choices(clean_env, tmp_path):
     clean_env.setenv("CLARO_DEPLOYMENT", "staging")
     with pytest.raises(DeploymentError, match=r"CLARO_DEPLOYMENT='staging' is not one of local, prod"):
         build(tmp_path)
+
+
+def _complete_prod(env, tmp_path):
+    env.setenv("CLARO_DEPLOYMENT", "prod")
+    env.setenv("CLARO_DATABASE_URL", "postgresql://claro@db.internal:5432/claro")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.prod.yaml", home / "dagster.yaml")
+    env.setenv("DAGSTER_HOME", str(home))
+    for name, value in PG_VARS.items():
+        env.setenv(name, value)
+
+
+def test_celery_executor_in_production_needs_its_broker(clean_env, tmp_path):
+    _complete_prod(clean_env, tmp_path)
+    clean_env.setenv("CLARO_EXECUTOR", "celery")
+    clean_env.delenv("CLARO_CELERY_BROKER", raising=False)
+    with pytest.raises(DeploymentError, match="CLARO_CELERY_BROKER is not set"):
+        current_deployment()
+    clean_env.setenv("CLARO_EXECUTOR", "dask")
+    with pytest.raises(DeploymentError, match="CLARO_EXECUTOR=.dask. is not one of multiprocess, celery, in_process"):
+        current_deployment()
+
+
+def test_celery_executor_sends_steps_to_the_named_broker_and_queue(clean_env, tmp_path):
+    from claro_dagster.deployment import executor_for
+
+    _complete_prod(clean_env, tmp_path)
+    clean_env.setenv("CLARO_EXECUTOR", "celery")
+    clean_env.setenv("CLARO_CELERY_BROKER", "pyamqp://guest@rabbit.internal:5672//")
+    clean_env.setenv("CLARO_CELERY_QUEUE", "claro-steps")
+    deployment = current_deployment()
+    assert (deployment.executor, deployment.celery_broker, deployment.celery_queue) == (
+        "celery", "pyamqp://guest@rabbit.internal:5672//", "claro-steps")
+    executor = executor_for(deployment)
+    assert executor.name == "celery"
+    config = executor.apply_config_mapping({}).value["config"]
+    assert config["broker"] == "pyamqp://guest@rabbit.internal:5672//"
+    assert config["config_source"] == {"task_default_queue": "claro-steps"}
+    clean_env.delenv("CLARO_EXECUTOR")
+    assert executor_for(current_deployment()).name == "multiprocess"
