@@ -48,5 +48,8 @@ with DAG(dag_id="claro_nightly_onboarding", schedule="0 2 * * *", start_date=dat
 
 
 if __name__ == "__main__":
+    import sys
+
     dag_run = dag.test()
     print(f"claro_nightly_onboarding: {dag_run.state}")
+    sys.exit(0 if dag_run.state == "success" else 1)
