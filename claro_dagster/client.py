@@ -161,6 +161,7 @@ class RunStatus:
     run_id: str
     status: str  # Dagster's: QUEUED, STARTING, STARTED, SUCCESS, FAILURE, CANCELING, CANCELED, ...
     done: bool
+    error: str | None = None  # a failed run: Dagster's error (each failed step's message)
 
 
 # ---------------------------------------------------------------------------------------- the client
@@ -266,7 +267,7 @@ class ClaroClient:
         from urllib.parse import quote
 
         body = self._call("GET", f"runs/{quote(run_id, safe='')}")
-        return RunStatus(body["run_id"], body["status"], body["done"])
+        return RunStatus(body["run_id"], body["status"], body["done"], body.get("error"))
 
     def wait(self, run_id: str, timeout: float, *, poll: float = 2.0) -> RunStatus:
         """Poll until the run ends: its status on success; RunCancelled, RunFailed or WaitTimeout otherwise."""
@@ -278,7 +279,8 @@ class ClaroClient:
             if status.status == "CANCELED":
                 raise RunCancelled(f"run {run_id} was cancelled before it finished", status)
             if status.status == "FAILURE":
-                raise RunFailed(f"run {run_id} failed; its logs are in the Dagster UI", status)
+                raise RunFailed(f"run {run_id} failed: {status.error}" if status.error
+                                else f"run {run_id} failed; its logs are in the Dagster UI", status)
             left = deadline - self.clock()
             if left <= 0:
                 raise WaitTimeout(f"run {run_id} is still {status.status} after {timeout:g}s", status)

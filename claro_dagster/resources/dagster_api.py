@@ -19,6 +19,21 @@ RECENT_RUNS = """
 query RecentRuns($limit: Int!) {
   runsOrError(limit: $limit) { ... on Runs { results { runId status tags { key value } } } }
 }"""
+RUN_FAILURES = """
+query RunFailures($runId: ID!) {
+  runOrError(runId: $runId) {
+    ... on Run {
+      eventConnection(limit: 10000) {
+        events {
+          __typename
+          ... on MessageEvent { message stepKey }
+          ... on ExecutionStepFailureEvent { error { message } }
+          ... on RunFailureEvent { pipelineFailureError: error { message } }
+        }
+      }
+    }
+  }
+}"""
 START_HINT = "Start it with `claro dev` (the Dagster webserver and daemon), then try again."
 
 
@@ -141,6 +156,18 @@ class DagsterLauncher:
             if exc.args and exc.args[0] in ("RunNotFoundError", "PipelineRunNotFoundError"):
                 raise RunNotFound(f"Dagster has no run {run_id!r}") from None
             raise explain(exc, self.url, f"read run {run_id}") from None
+
+    def run_error(self, run_id: str) -> str | None:
+        """Why a run failed, in Dagster's words: each failed step's error (`step: message`), else the run's."""
+        result = self._call(f"read the failure of run {run_id}", self.client._execute, RUN_FAILURES, {"runId": run_id})
+        events = ((result.get("runOrError") or {}).get("eventConnection") or {}).get("events") or []
+        steps = [f"{e.get('stepKey')}: {(e.get('error') or {}).get('message') or e.get('message')}".strip()
+                 for e in events if e["__typename"] == "ExecutionStepFailureEvent"]
+        if steps:
+            return "; ".join(steps)[:4000]
+        runs = [((e.get("pipelineFailureError") or {}).get("message") or e.get("message") or "").strip()
+                for e in events if e["__typename"] == "RunFailureEvent"]
+        return "; ".join(r for r in runs if r)[:4000] or None
 
     def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest runs: run id, Dagster status and claro's tags (catalogue, target, who launched it)."""

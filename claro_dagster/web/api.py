@@ -300,7 +300,11 @@ def start_run(call: Call, launcher: ApiLauncher) -> Any:
 
 
 def run_status(call: Call, launcher: ApiLauncher) -> Any:
-    return _run_json(call.path["run_id"], launcher.run_status(call.path["run_id"]))
+    run_id = call.path["run_id"]
+    body = _run_json(run_id, launcher.run_status(run_id))
+    if body["status"] == "FAILURE" and hasattr(launcher, "run_error"):  # why it failed, for the client's RunFailed
+        body["error"] = launcher.run_error(run_id)
+    return body
 
 
 def runs(call: Call, launcher: ApiLauncher) -> Any:

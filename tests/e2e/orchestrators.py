@@ -1,0 +1,88 @@
+"""Helpers of the Prefect and Airflow tests: `claro serve`'s app over a real Dagster stack with an API token, and the
+orchestrator's own virtualenv (`.venvs/prefect`, `.venvs/airflow`, made by `.ci/run`) to run flows and DAGs in."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from claro_dagster.catalogue.api_access import ApiTokens
+from claro_dagster.catalogue.opening import open_store
+from claro_dagster.client import ClaroClient
+from claro_dagster.resources.dagster_api import DagsterLauncher
+from claro_dagster.spec import load_spec
+from claro_dagster.web.app import create_app
+from tests.api_project import Served
+from tests.e2e.harness import DagsterStack
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def venv_python(name: str) -> Path:
+    """The python of `.venvs/<name>`; an assertion saying how to make it when it is missing."""
+    python = REPO / ".venvs" / name / "bin" / "python"
+    assert python.exists(), (f"{python} is missing: `bash .ci/run` makes it (or see the README, "
+                             f"'Prefect and Airflow', for the two pip commands)")
+    return python
+
+
+@contextmanager
+def served_api(stack: DagsterStack, token_name: str, records: list[dict] | None = None):
+    """`claro serve`'s app (REST API) over the stack, and a token with scopes run and read: (url, token).
+    `records`: products imported into the store first (so that a destination has something to push)."""
+    spec = load_spec(stack.spec_path)
+
+    def store_factory(s):
+        return open_store(s, home=stack.home)
+
+    store = store_factory(spec)
+    if records:
+        store.import_records("products", pd.DataFrame(records), change_set_id="orchestrator-test")
+    secret = ApiTokens(store).create(token_name, ["run", "read"], expires_in=timedelta(hours=1)).secret
+    store.dispose()
+    launcher = DagsterLauncher(lambda: spec, store_factory, port=stack.port, timeout=60)
+    served = Served(create_app(lambda: spec, store_factory, launcher, signing_secret="x"))
+    try:
+        yield served.url, secret
+    finally:
+        served.stop()
+
+
+def client(url: str, token: str) -> ClaroClient:
+    return ClaroClient(url, token, timeout=120)
+
+
+def run_in_venv(name: str, args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 240):
+    """Run `python args...` in the orchestrator's venv with only the given extra environment (no CLARO_/DAGSTER_
+    of this process); the CompletedProcess, output as text (stdout and stderr together)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CLARO_", "DAGSTER_", "PREFECT_", "AIRFLOW"))}
+    base.pop("PYTHONPATH", None)
+    return subprocess.run([str(venv_python(name)), *args], env={**base, **env}, cwd=cwd, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+DEMO_DESTINATIONS = "    destinations: [shopify_store, amazon_listings, catalogue_dump, warehouse]\n"
+
+
+@contextmanager
+def onboarding_stack(root: Path, extra_env: dict[str, str], destinations: str = ""):
+    """The demo's stack, its products_onboarding pipeline with only `destinations` (e.g. "[warehouse]"; none by
+    default): launching a pipeline resolves every destination's credentials variable, which a test machine does not
+    have (the destinations' own tests cover them)."""
+    stack = DagsterStack(root, extra_env=extra_env)
+    stack.prepare()
+    text = stack.spec_path.read_text()
+    assert DEMO_DESTINATIONS in text, "the demo's products_onboarding changed: update tests/e2e/orchestrators.py"
+    stack.spec_path.write_text(text.replace(DEMO_DESTINATIONS, f"    destinations: {destinations}\n"
+                                                                    if destinations else ""))
+    try:
+        stack.start()
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()

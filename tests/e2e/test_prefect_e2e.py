@@ -1,0 +1,85 @@
+"""Prefect (`claro_dagster.integrations.prefect`) against a real Dagster webserver + daemon and `claro serve`'s API:
+the example flow runs the onboarding pipeline; a failed run fails the flow with the run's error; waiting on a
+cancelled run raises `ClaroRunCancelled`. The flows run in `.venvs/prefect` (Prefect's ephemeral mode)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.e2e.harness import free_port
+from tests.e2e.orchestrators import REPO, client, onboarding_stack, run_in_venv, served_api
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def dagster_env() -> dict[str, str]:
+    # The warehouse destination points at a port nothing listens on: its runs fail, saying so.
+    return {"CLARO_WAREHOUSE_URL": f"postgresql://claro:x@127.0.0.1:{free_port()}/warehouse"}
+
+
+@pytest.fixture
+def dagster_stack(tmp_path, dagster_env):
+    with onboarding_stack(tmp_path, dagster_env, destinations="[warehouse]") as stack:
+        yield stack
+
+
+def prefect_env(tmp_path, url: str, token: str) -> dict[str, str]:
+    return {"CLARO_API_URL": url, "CLARO_API_TOKEN": token, "PREFECT_HOME": str(tmp_path / "prefect"),
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PYTHONUNBUFFERED": "1"}
+
+
+def test_the_example_flow_runs_the_onboarding_pipeline_in_dagster(dagster_stack, tmp_path):
+    with served_api(dagster_stack, "prefect") as (url, token):
+        done = run_in_venv("prefect", [str(REPO / "examples" / "prefect" / "nightly_onboarding.py")],
+                           env=prefect_env(tmp_path, url, token), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-4000:]
+    run_id = re.search(r"nightly onboarding done: run (\S+), dbt skipped", done.stdout).group(1)
+    assert "CLARO_DBT_PROJECT is not set: the dbt build is skipped" in done.stdout
+    run = dagster_stack.run(run_id)
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert run["status"] == "SUCCESS"
+    assert (tags["claro/target"], tags["claro/launched_by"]) == ("products_onboarding", "api:prefect")
+
+
+WAREHOUSE_RECORDS = [{"sku": "AB-1234", "title": "Mug"}]  # the warehouse push then connects, and fails
+FOLLOW = """
+import sys
+from prefect import flow
+from claro_dagster.integrations.prefect import claro_run
+
+@flow
+def follow(run_id: str):
+    return claro_run("products", "analyse", run_id=run_id, timeout=120, poll=1)
+
+follow(sys.argv[1])
+"""
+
+
+def test_a_failed_run_fails_the_flow_with_its_error_and_a_cancelled_one_raises(dagster_stack, tmp_path):
+    with served_api(dagster_stack, "prefect", WAREHOUSE_RECORDS) as (url, token):
+        env = prefect_env(tmp_path, url, token)
+        script = ("from claro_dagster.integrations.prefect import claro_run_flow\n"
+                  "claro_run_flow('products', 'warehouse', poll=1)")
+        failed = run_in_venv("prefect", ["-c", script], env=env, cwd=tmp_path)
+        api = client(url, token)
+        cancelled_id = api.run("products", "analyse")
+        dagster_stack.client.terminate_run(cancelled_id)
+        cancelled = run_in_venv("prefect", ["-c", FOLLOW, cancelled_id], env=env, cwd=tmp_path)
+
+    assert failed.returncode != 0
+    (run,) = [r for r in dagster_stack.runs(**{"claro/target": "warehouse"})]
+    assert run["status"] == "FAILURE"
+    message = re.search(r"ClaroRunFailed: (.*)", failed.stdout).group(1)
+    assert message.startswith(f"claro warehouse on products did not succeed (run {run['runId']}, status FAILURE): "
+                              f"run {run['runId']} failed: ")
+    dagster_error = dagster_stack.failure_messages(run["runId"])[0]
+    assert dagster_error.split("\n")[0][:60] in failed.stdout, (dagster_error, failed.stdout[-3000:])
+    assert "Finished in state Failed" in failed.stdout
+
+    assert cancelled.returncode != 0
+    assert dagster_stack.run(cancelled_id)["status"] == "CANCELED"
+    assert (f"ClaroRunCancelled: claro analyse on products did not succeed (run {cancelled_id}, status CANCELED): "
+            f"run {cancelled_id} was cancelled before it finished") in cancelled.stdout
