@@ -36,9 +36,25 @@ class StoredSchema:
 
     @contextlib.contextmanager
     def _schema_lock(self) -> Iterator[None]:
-        """On PostgreSQL, one process at a time creates or alters the tables: several workers starting at once on
-        a new database (or after an attribute was added) would otherwise race on CREATE TABLE / ADD COLUMN and
-        all but one fail. A session advisory lock, released when the sync ends (or its connection dies)."""
+        """One process at a time creates or alters the tables: several processes opening a new database at once
+        (a worker, the daemon, `claro serve`), or after an attribute was added, would otherwise race on
+        CREATE TABLE / ADD COLUMN and all but one fail. On PostgreSQL a session advisory lock, released when the
+        sync ends (or its connection dies); on an SQLite file an exclusive lock on `<file>.schema-lock` (SQLite
+        has no advisory locks; the OS releases the file lock if the process dies)."""
+        if self.engine.dialect.name == "sqlite":
+            database = self.engine.url.database
+            if not database or database == ":memory:":
+                yield
+                return
+            import fcntl
+
+            with open(f"{database}.schema-lock", "a+b") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+            return
         if self.engine.dialect.name != "postgresql":
             yield
             return
