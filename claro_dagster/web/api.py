@@ -46,7 +46,7 @@ from claro_dagster.catalogue.proposals import ProposalError, ProposedChange, pro
 from claro_dagster.catalogue.review import ReviewItem, ReviewQueue
 from claro_dagster.catalogue.schema import filter_columns
 from claro_dagster.web import api_models as m
-from claro_dagster.web.api_openapi import openapi_document
+from claro_dagster.web.api_openapi import openapi_document, query_parameters
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +427,11 @@ class Api:
                 response = _error(403, f"the token {token.name!r} (scopes: {', '.join(token.scopes) or 'none'}) "
                                        f"lacks the scope {' or '.join(e.scopes)} this needs; ask an admin for a token "
                                        "with it (`claro api tokens create --scope ...`)")
+            elif unknown := sorted(set(call.query) - set(query_parameters(e.method, e.path))):
+                # A mistyped parameter (`?filtr=`) must not quietly answer as if it were absent.
+                takes = ", ".join(query_parameters(e.method, e.path)) or "no query parameters"
+                response = _error(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))}: "
+                                       f"{e.method} {PREFIX}{e.path} takes {takes}")
             else:
                 response = self._run(e, call)
             if e.action:

@@ -97,6 +97,12 @@ def doc_path(path: str) -> str:
     return _CONVERTOR.sub(r"{\1}", path)
 
 
+def query_parameters(method: str, path: str) -> list[str]:
+    """The query parameters the document declares for a route (any other is refused with 400)."""
+    op = OPERATIONS[(method, doc_path(path))]
+    return [p["name"] for p in op.get("parameters", []) if p["in"] == "query"]
+
+
 def openapi_document(endpoints: Sequence[Any], *, server: str, catalogues: Sequence[str] = ()) -> dict[str, Any]:
     """The document; `catalogues` (the spec's) become the allowed values of the `catalogue` path parameter."""
     _, defs = models_json_schema([(model, "validation") for model in (*m.REQUESTS, *m.RESPONSES)],
@@ -111,7 +117,8 @@ def openapi_document(endpoints: Sequence[Any], *, server: str, catalogues: Seque
         error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         responses = {str(op.get("status", 200)): {"description": "OK",
                                                   "content": {"application/json": {"schema": ref}}}}
-        statuses = (401, 403, 429, *op.get("errors", ()), *((413, 422) if e.method == "POST" else ()))
+        # 400 everywhere: an unknown query parameter is refused on every route
+        statuses = (400, 401, 403, 429, *op.get("errors", ()), *((413, 422) if e.method == "POST" else ()))
         for status in sorted(set(statuses)):
             responses[str(status)] = {"description": _REASONS[status], **error}
         operation: dict[str, Any] = {

@@ -86,6 +86,9 @@ def test_feed_and_filter_errors_say_where(api):
     assert unknown.status_code == 400 and "colour" in unknown.json()["error"]
     assert api.get("/catalogues/products/records", cursor="not-a-cursor").status_code == 400
     assert api.get("/catalogues/products/records", columns="nope").status_code == 400
+    typo = api.get("/catalogues/products/records", filtr="price > 3")  # never answered as if absent
+    assert typo.status_code == 400 and "unknown query parameter(s) 'filtr'" in typo.json()["error"]
+    assert "takes filter, columns, cursor, limit" in typo.json()["error"]
 
 
 def test_pagination_under_concurrent_writes_neither_skips_nor_repeats(tmp_path, store_url):
