@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from datetime import timedelta
 
 import pandas as pd
@@ -24,6 +23,7 @@ from claro_dagster.spec.models import (
     ProjectSpec,
 )
 from claro_dagster.web.app import create_app
+from tests.e2e.harness import wait_until
 
 
 def make_spec() -> ProjectSpec:
@@ -112,10 +112,7 @@ class Served:
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
+        wait_until(lambda: (self.server.started, None), 60, 0.02, what="uvicorn to start")
 
     def stop(self):
         self.server.should_exit = True

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 
 import pytest
 import requests
@@ -18,6 +17,7 @@ from http_fakes import closed_port
 from claro_dagster.catalogue.access import access_failures
 from claro_dagster.catalogue.opening import open_store
 from claro_dagster.spec import load_spec
+from tests.e2e.harness import wait_until
 
 LINK = re.compile(r"(/review/login\?token=[A-Za-z0-9_-]{43})")
 
@@ -35,17 +35,12 @@ def served(tmp_path):
     process = subprocess.Popen([*claro_command(), "serve", "--port", str(port), "--dagster-port", str(closed_port()),
                                 "--forwarded-allow-ips", "127.0.0.1"], env=env, cwd=home, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
+    def alive() -> None:
+        assert process.poll() is None, (tmp_path / "serve.log").read_text()
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/healthz", timeout=2).text == "ok":
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "claro serve did not answer /healthz within 60 s"
-            time.sleep(0.2)
+        wait_until(lambda: (requests.get(f"{base}/healthz", timeout=2).text == "ok", None), 60, 0.2,
+                   what="claro serve to answer /healthz", guard=alive)
         yield base, spec, home
     finally:
         process.terminate()

@@ -39,6 +39,7 @@ from referencing.jsonschema import DRAFT7
 from ruamel.yaml import YAML
 
 from claro_dagster.deployment import current_deployment
+from tests.e2e.harness import wait_until
 
 ROOT = Path(__file__).parents[1]
 CHART = ROOT / "tests" / "contracts" / "dagster-helm"
@@ -567,7 +568,6 @@ def serve_once(env: dict[str, str], workdir: Path):
     and return what the server answers to ListRepositories, deserialized, and its output."""
     import socket
     import subprocess
-    import time
 
     from dagster._grpc.client import DagsterGrpcClient
     from dagster_shared.serdes import deserialize_value
@@ -585,14 +585,14 @@ def serve_once(env: dict[str, str], workdir: Path):
     with log_path.open("w") as log:
         server = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 180
-            while True:
+            def healthy():
                 check = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=60)
-                if check.returncode == 0:
-                    break
+                return check.returncode == 0, check.stdout + check.stderr
+
+            def alive() -> None:
                 assert server.poll() is None, log_path.read_text()[-4000:]
-                assert time.monotonic() < deadline, check.stdout + check.stderr
-                time.sleep(2)
+
+            wait_until(healthy, 180, 2, what="the code server's health check", guard=alive)
             answer = deserialize_value(DagsterGrpcClient(port=int(port), host="127.0.0.1").list_repositories())
         finally:
             server.terminate()

@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
+from tests.e2e.harness import wait_until
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -86,14 +87,17 @@ def test_fifty_overlapping_batches_from_four_processes_equal_the_sequential_resu
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                    for n in range(WORKERS)]
         # Open the start line once every worker waits at it.
-        deadline = time.monotonic() + 120
-        while gate.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                                   "AND objid = :k AND database = (SELECT oid FROM pg_database WHERE datname = "
-                                   "current_database())"), {"k": START_LOCK}).scalar_one() < WORKERS:
-            assert all(w.poll() is None for w in workers), [w.communicate() for w in workers if w.poll() is not None]
-            assert time.monotonic() < deadline, "the workers never reached the start line"
+        def waiting():
+            n = gate.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                                     "AND objid = :k AND database = (SELECT oid FROM pg_database WHERE datname = "
+                                     "current_database())"), {"k": START_LOCK}).scalar_one()
             gate.commit()
-            time.sleep(0.05)
+            return n >= WORKERS, f"{n} of {WORKERS} workers at the start line"
+
+        def alive() -> None:
+            assert all(w.poll() is None for w in workers), [w.communicate() for w in workers if w.poll() is not None]
+
+        wait_until(waiting, 120, 0.05, what="the workers to reach the start line", guard=alive)
         gate.execute(sa.text(f"SELECT pg_advisory_unlock({START_LOCK})"))
         gate.commit()
     engine.dispose()

@@ -4,7 +4,6 @@ leaves nothing of its change set behind; publishing it again applies it whole, o
 from __future__ import annotations
 
 import threading
-import time
 
 import pandas as pd
 import pytest
@@ -13,6 +12,7 @@ import sqlalchemy as sa
 from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec.models import AttributeSpec, CatalogueSpec, ProjectSpec
+from tests.e2e.harness import wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -51,16 +51,17 @@ def test_a_publish_killed_mid_write_is_all_or_nothing(postgres_url):
     publisher.start()
     admin = store.engine.connect()
     # The publisher has opened its change set and updated A1; it now waits for B2's row lock.
-    deadline = time.monotonic() + 60
-    while True:
+    def blocked():
         pid = admin.execute(sa.text(
             "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database() "
             "AND query ILIKE 'UPDATE%' AND pid <> pg_backend_pid()")).scalar()
         admin.commit()
-        if pid is not None:
-            break
-        assert publisher.is_alive() and time.monotonic() < deadline, "the publish never reached B2's row"
-        time.sleep(0.02)
+        return pid is not None, pid
+
+    def alive() -> None:
+        assert publisher.is_alive(), "the publish ended before it reached B2's row"
+
+    pid = wait_until(blocked, 60, 0.02, what="the publish to wait for B2's row lock", guard=alive)
     assert admin.execute(sa.select(sa.func.pg_terminate_backend(pid))).scalar_one()
     admin.commit()
     publisher.join(60)
