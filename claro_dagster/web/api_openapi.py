@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from claro_dagster.catalogue.changes import DECIDED, OPEN
 from claro_dagster.web import api_models as m
 
 _CONVERTOR = re.compile(r"\{(\w+):\w+\}")
@@ -25,8 +26,11 @@ def _q(name: str, description: str, *, type_: str = "string", required: bool = F
             "schema": {"type": type_, **schema}}
 
 
-def _p(name: str, type_: str = "string") -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": type_}}
+def _p(name: str, type_: str = "string", **schema: Any) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": type_, **schema}}
+
+
+ITEM_ID = _p("id", "integer", minimum=0, maximum=10**18 - 1)  # what `api._item_id` accepts
 
 
 LIMIT = _q("limit", "items per page (1-1000)", type_="integer", minimum=1, maximum=1000)
@@ -59,13 +63,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/review"): dict(summary="Review items (default: the open ones)", response=m.ReviewItems,
                              errors=(400, 404),
                              parameters=[_q("catalogue", "only this catalogue"),
-                                         _q("status", "queued, suggested, skipped, snoozed, approved, edited, "
-                                                      "rejected, discarded or withdrawn"), LIMIT]),
+                                         _q("status", "a review status (empty: the open ones)",
+                                            enum=["", *OPEN, *DECIDED]), LIMIT]),
     ("GET", "/review/{id}"): dict(summary="One review item", response=m.ReviewItem, errors=(400, 404),
-                                  parameters=[_p("id", "integer")]),
+                                  parameters=[ITEM_ID]),
     ("POST", "/review/{id}/decision"): dict(summary="Approve, reject or edit a review item", request=m.DecisionIn,
                                             response=m.ReviewItem, errors=(400, 404, 409, 422),
-                                            parameters=[_p("id", "integer")]),
+                                            parameters=[ITEM_ID]),
     ("GET", "/runs"): dict(summary="Recent Dagster runs", response=m.Runs, errors=(400, 502, 503),
                            parameters=[_q("limit", "runs (1-100)", type_="integer", minimum=1, maximum=100)]),
     ("POST", "/runs"): dict(summary="Start an operation or a pipeline on a catalogue (a Dagster run)",
