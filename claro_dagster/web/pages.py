@@ -7,15 +7,20 @@ focus ring (WCAG AA contrast) and no script, so they work without JavaScript.
 
 from __future__ import annotations
 
+import hmac
 import html
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from claro_dagster.catalogue.access import AccessDenied, AccessToken
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +91,51 @@ class Sessions:
 
     def end(self, response: Response) -> None:
         response.delete_cookie(self.cookie, path=self.path)
+
+
+class LinkSessions(Sessions):
+    """Sign-in by a personal link (`<path>/login?token=...`, an access token of one kind) into a signed session
+    holding the link's id, its subject (under `subject_key`) and a CSRF token. Every request re-checks the link is
+    neither revoked nor expired; `refused(message, status)` is the page's own refusal."""
+
+    def __init__(self, kind: str, cookie: str, path: str, hours: int, subject_key: str,
+                 refused: Callable[[str, int], HTMLResponse], secret: str | None = None):
+        super().__init__(cookie, path, f"claro-{kind}-session", hours, secret)
+        self.kind, self.subject_key, self.refused = kind, subject_key, refused
+        self.keys = {"t", subject_key, "csrf"}
+
+    async def login(self, request: Request, verify: Callable[[str, str], AccessToken]) -> Response:
+        """`verify(token, client)` runs in a worker thread and raises AccessDenied to refuse."""
+        client = request.client.host if request.client else "unknown"
+        try:
+            found = await run_in_threadpool(verify, request.query_params.get("token", ""), client)
+        except AccessDenied as exc:
+            log.warning("%s login refused from %s: %s", self.kind, client, exc.reason)
+            return self.refused(exc.reason, 429 if exc.rate_limited else 403)
+        response = RedirectResponse(self.path, status_code=303, headers=HEADERS)
+        self.save(response, request, {"t": found.id, self.subject_key: found.subject,
+                                      "csrf": secrets.token_urlsafe(24)})
+        return response
+
+    async def signed_in(self, request: Request, still_valid: Callable[[int], bool]
+                        ) -> tuple[dict | None, Response | None]:
+        """(session, None), or (None, the refusal) when there is no session or its link no longer holds."""
+        session = self.load(request, self.keys)
+        if session is None:
+            return None, self.refused(f"You are not signed in. Open your personal {self.kind} link (it looks like "
+                                      f"{self.path}/login?token=...).", 401)
+        if not await run_in_threadpool(still_valid, int(session["t"])):
+            response = self.refused(f"Your {self.kind} link has expired or been revoked. Ask the catalogue team "
+                                    "for a new one.", 403)
+            self.end(response)
+            return None, response
+        return session, None
+
+    async def logout(self, request: Request) -> Response:
+        session = self.load(request, self.keys)
+        form = await request.form(max_files=0, max_fields=10)
+        if session is None or not hmac.compare_digest(str(form.get("csrf", "")), session["csrf"]):
+            return self.refused("The form expired: reload the page and try again.", 403)
+        response = page("Signed out", f"<h1>Signed out</h1><p>Open your {self.kind} link to sign in again.</p>")
+        self.end(response)
+        return response

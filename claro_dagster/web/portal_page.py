@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import secrets
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -39,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 from claro_dagster.catalogue.access import AccessDenied, AccessTokens
 from claro_dagster.catalogue.common import now
 from claro_dagster.catalogue.portal import ERROR_COLUMNS, Portal, PortalError, Result, UploadTooLarge, UploadWriter
-from claro_dagster.web.pages import HEADERS, Sessions, esc, page
+from claro_dagster.web.pages import HEADERS, LinkSessions, esc, page
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ class PortalPage:
         self.store_factory = store_factory
         self.home = Path(home)
         self.clock = clock
-        self.sessions = Sessions(COOKIE, "/portal", "claro-portal-session", SESSION_HOURS, secret)
+        self.sessions = LinkSessions("portal", COOKIE, "/portal", SESSION_HOURS, "s", refused, secret)
 
     def _with_portal(self, fn: Callable[[Portal], Any]) -> Any:
         spec = self.spec_loader()
@@ -142,50 +141,25 @@ class PortalPage:
             store.dispose()
 
     async def _signed_in(self, request: Request) -> tuple[dict | None, Response | None]:
-        session = self.sessions.load(request, {"t", "s", "csrf"})
-        if session is None:
-            return None, refused("You are not signed in. Open the portal link the catalogue team sent you (it looks "
-                                 "like /portal/login?token=...).", 401)
-
-        def check(portal: Portal) -> bool:
-            return AccessTokens(portal.store, clock=self.clock).still_valid(int(session["t"]))
-
-        if not await run_in_threadpool(self._with_portal, check):
-            response = refused("Your portal link has expired or been revoked. Ask the catalogue team for a new one.")
-            self.sessions.end(response)
-            return None, response
-        return session, None
+        return await self.sessions.signed_in(request, lambda link: self._with_portal(
+            lambda portal: AccessTokens(portal.store, clock=self.clock).still_valid(link)))
 
     # ------------------------------------------------------------------ sign in and out
     async def login(self, request: Request) -> Response:
-        token = request.query_params.get("token", "")
-        client = request.client.host if request.client else "unknown"
+        def verify(token: str, client: str):
+            def check(portal: Portal):
+                found = AccessTokens(portal.store, clock=self.clock).verify(token, kind="portal", client=client)
+                try:
+                    portal.source(found.subject)
+                except PortalError as exc:
+                    raise AccessDenied(exc.message) from None
+                return found
+            return self._with_portal(check)
 
-        def verify(portal: Portal):
-            found = AccessTokens(portal.store, clock=self.clock).verify(token, kind="portal", client=client)
-            try:
-                portal.source(found.subject)
-            except PortalError as exc:
-                raise AccessDenied(exc.message) from None
-            return found
-
-        try:
-            found = await run_in_threadpool(self._with_portal, verify)
-        except AccessDenied as exc:
-            log.warning("portal login refused from %s: %s", client, exc.reason)
-            return refused(exc.reason, 429 if exc.rate_limited else 403)
-        response = RedirectResponse("/portal", status_code=303, headers=HEADERS)
-        self.sessions.save(response, request, {"t": found.id, "s": found.subject, "csrf": secrets.token_urlsafe(24)})
-        return response
+        return await self.sessions.login(request, verify)
 
     async def logout(self, request: Request) -> Response:
-        session = self.sessions.load(request, {"t", "s", "csrf"})
-        form = await request.form(max_files=0, max_fields=5)
-        if session is None or not hmac.compare_digest(str(form.get("csrf", "")), session["csrf"]):
-            return refused("The form expired: reload the page and try again.")
-        response = page("Signed out", "<h1>Signed out</h1><p>Open your portal link to sign in again.</p>")
-        self.sessions.end(response)
-        return response
+        return await self.sessions.logout(request)
 
     # ------------------------------------------------------------------ home
     async def home_page(self, request: Request) -> Response:

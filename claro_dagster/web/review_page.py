@@ -19,15 +19,11 @@ a caption and header scopes in the table, a visible focus ring and dark-on-light
 from __future__ import annotations
 
 import hmac
-import logging
-import os
-import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -38,11 +34,8 @@ from claro_dagster.catalogue.changes import StoreError
 from claro_dagster.catalogue.common import now
 from claro_dagster.catalogue.review import ReviewItem, ReviewQueue
 from claro_dagster.web.duplicates_view import load_merges, merge_table
-from claro_dagster.web.pages import HEADERS, STYLE, esc, page, show  # noqa: F401  (STYLE: shared, was defined here)
+from claro_dagster.web.pages import HEADERS, LinkSessions, esc, page, show
 
-log = logging.getLogger(__name__)
-
-SECRET_ENV = "CLARO_WEB_SECRET"
 COOKIE = "claro_review"
 SESSION_HOURS = 12
 FILTERS = ("catalogue", "operation", "attribute", "source", "min_confidence", "max_confidence", "reviewer")
@@ -60,12 +53,7 @@ class ReviewPage:
         self.spec_loader = spec_loader
         self.store_factory = store_factory
         self.clock = clock
-        secret = secret or os.environ.get(SECRET_ENV, "")
-        if not secret.strip():
-            log.warning("%s is not set: review sessions are signed with a random key and end when the app "
-                        "restarts", SECRET_ENV)
-            secret = secrets.token_urlsafe(32)
-        self.signer = URLSafeTimedSerializer(secret, salt="claro-review-session")
+        self.sessions = LinkSessions("review", COOKIE, "/review", SESSION_HOURS, "r", refused, secret)
 
     # ------------------------------------------------------------------ store access (in a worker thread)
     def _with_store(self, fn: Callable[[Any, Any], Any]) -> Any:
@@ -77,62 +65,24 @@ class ReviewPage:
             store.dispose()
 
     # ------------------------------------------------------------------ session
-    def _session(self, request: Request) -> dict | None:
-        raw = request.cookies.get(COOKIE)
-        if not raw:
-            return None
-        try:
-            data = self.signer.loads(raw, max_age=SESSION_HOURS * 3600)
-        except BadSignature:
-            return None
-        return data if isinstance(data, dict) and {"t", "r", "csrf"} <= set(data) else None
-
-    def _set_session(self, response: Response, request: Request, data: dict) -> None:
-        response.set_cookie(COOKIE, self.signer.dumps(data), max_age=SESSION_HOURS * 3600, path="/review",
-                            httponly=True, samesite="lax", secure=request.url.scheme == "https")
-
     async def _signed_in(self, request: Request) -> tuple[dict | None, Response | None]:
-        session = self._session(request)
-        if session is None:
-            return None, refused("You are not signed in. Open your personal review link (it looks like "
-                                 "/review/login?token=...).", 401)
-        valid = await run_in_threadpool(self._with_store, lambda _s, st: AccessTokens(st, clock=self.clock)
-                                        .still_valid(int(session["t"])))
-        if not valid:
-            response = refused("Your review link has expired or been revoked. Ask the catalogue team for a new one.")
-            response.delete_cookie(COOKIE, path="/review")
-            return None, response
-        return session, None
+        return await self.sessions.signed_in(request, lambda link: self._with_store(
+            lambda _spec, store: AccessTokens(store, clock=self.clock).still_valid(link)))
 
     # ------------------------------------------------------------------ routes
     async def login(self, request: Request) -> Response:
-        token = request.query_params.get("token", "")
-        client = request.client.host if request.client else "unknown"
+        def verify(token: str, client: str):
+            def check(spec, store):
+                found = AccessTokens(store, clock=self.clock).verify(token, kind="review", client=client)
+                if found.subject not in known_reviewers(spec):
+                    raise AccessDenied(f"{found.subject} is no longer a reviewer of this project.")
+                return found
+            return self._with_store(check)
 
-        def verify(spec, store):
-            found = AccessTokens(store, clock=self.clock).verify(token, kind="review", client=client)
-            if found.subject not in known_reviewers(spec):
-                raise AccessDenied(f"{found.subject} is no longer a reviewer of this project.")
-            return found
-
-        try:
-            found = await run_in_threadpool(self._with_store, verify)
-        except AccessDenied as exc:
-            log.warning("review login refused from %s: %s", client, exc.reason)
-            return refused(exc.reason, 429 if exc.rate_limited else 403)
-        response = RedirectResponse("/review", status_code=303, headers=HEADERS)
-        self._set_session(response, request, {"t": found.id, "r": found.subject,
-                                              "csrf": secrets.token_urlsafe(24)})
-        return response
+        return await self.sessions.login(request, verify)
 
     async def logout(self, request: Request) -> Response:
-        session = self._session(request)
-        form = await request.form(max_files=0, max_fields=10)
-        if session is None or not hmac.compare_digest(str(form.get("csrf", "")), session["csrf"]):
-            return refused("The form expired: reload the page and try again.")
-        response = page("Signed out", "<h1>Signed out</h1><p>Open your review link to sign in again.</p>")
-        response.delete_cookie(COOKIE, path="/review")
-        return response
+        return await self.sessions.logout(request)
 
     async def queue(self, request: Request) -> Response:
         session, refusal = await self._signed_in(request)
@@ -152,7 +102,7 @@ class ReviewPage:
         flash = session.pop("flash", None)
         response = page("Review queue", self._render(spec, session, filters, items, flash, problem, merges))
         if flash is not None:
-            self._set_session(response, request, session)
+            self.sessions.save(response, request, session)
         return response
 
     async def decide(self, request: Request) -> Response:
@@ -187,7 +137,7 @@ class ReviewPage:
                 message = f"Nothing was decided: {exc}"
         session["flash"] = message
         response = RedirectResponse(back.rstrip("?"), status_code=303, headers=HEADERS)
-        self._set_session(response, request, session)
+        self.sessions.save(response, request, session)
         return response
 
     def _apply(self, queue: ReviewQueue, action: str, ids: list[int], form, by: str, note: str | None) -> str:
