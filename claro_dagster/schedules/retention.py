@@ -6,14 +6,19 @@ What is pruned, each after its own age (`null` keeps it forever):
     events_days              outbox events every webhook subscription has received and no undelivered
                              delivery carries (the newest event always stays)
     stage_files_days         stage outputs (`<home>/stages/<catalogue>/<stage>/<batch>.parquet`) of batches
-                             whose status is `published`
+                             whose status is `published`; with the same age, the work folders of dbt runs
+                             (`<home>/dbt/target/runs/<run>/`) and uploads the Supplier Portal never finished
+                             receiving (`<home>/portal/<source>/incoming/`)
     batches_days             the Dagster dynamic partitions of `published` batches
 
 What rollback and `claro history` read is never touched: history, provenance, change sets, proposals,
-review decisions, the records, batch records and rejected rows. A batch waiting for review
+review decisions, the records, batch records and rejected rows; nor what the portal shows its suppliers (results,
+halted and quarantined files). A batch waiting for review
 (`awaiting_review`) or not finished keeps its stage files and partition: the run that resumes it needs them.
 """
 
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,21 +42,31 @@ class RetentionReport:
     webhook_deliveries: int = 0
     events: int = 0
     stage_files: int = 0
+    work_files: int = 0  # dbt run folders and unfinished portal uploads
     partitions: dict[str, list[str]] = field(default_factory=dict)  # partitions definition -> batch keys
 
     def summary(self) -> str:
         partitions = sum(len(keys) for keys in self.partitions.values())
         return (f"pruned {self.webhook_deliveries:,} delivered webhook deliveries, {self.events:,} outbox events, "
-                f"{self.stage_files:,} stage files and {partitions:,} batch partitions")
+                f"{self.stage_files:,} stage files, {self.work_files:,} dbt run folders and unfinished uploads "
+                f"and {partitions:,} batch partitions")
 
 
 def _cutoff(now: datetime, days: int | None) -> datetime | None:
     return None if days is None else now - timedelta(days=days)
 
 
+def _older(folder: Path, before: datetime) -> Iterator[Path]:
+    """The entries of `folder` last modified before `before` (none when it does not exist)."""
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if datetime.fromtimestamp(path.stat().st_mtime, UTC) < before:
+            yield path
+
+
 def prune(store: CatalogueStore, spec: ProjectSpec, stages_dir: Path, now: datetime | None = None, *,
-          instance: dg.DagsterInstance | None = None) -> RetentionReport:
-    """Prune what `spec.retention` says is old enough (see the module doc); partitions only with an instance."""
+          instance: dg.DagsterInstance | None = None, home: Path | None = None) -> RetentionReport:
+    """Prune what `spec.retention` says is old enough (see the module doc); partitions only with an instance,
+    dbt run folders and unfinished portal uploads only with the project `home`."""
     now = now or datetime.now(UTC)
     keep = spec.retention
     report = RetentionReport()
@@ -68,6 +83,12 @@ def prune(store: CatalogueStore, spec: ProjectSpec, stages_dir: Path, now: datet
                 for path in folder.glob(f"*/{batch.key}{suffix}") if folder.is_dir() else ():
                     path.unlink(missing_ok=True)
                     report.stage_files += 1
+        if home is not None:
+            work = [*_older(Path(home) / "dbt" / "target" / "runs", before),
+                    *(p for folder in Path(home).glob("portal/*/incoming") for p in _older(folder, before))]
+            for path in work:
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            report.work_files += len(work)
     if instance is not None and (before := _cutoff(now, keep.batches_days)) is not None:
         for batch in (b for b in published if b.updated_at < before):
             name = f"{batch.catalogue}_batches"
@@ -83,7 +104,7 @@ def prune(store: CatalogueStore, spec: ProjectSpec, stages_dir: Path, now: datet
 def prune_retention(context: dg.OpExecutionContext) -> None:
     claro = context.resources.claro
     report = prune(claro.store, claro.spec, Path(context.resources.batch_frames.base_dir),
-                   instance=context.instance)
+                   instance=context.instance, home=Path(claro.home))
     context.log.info(report.summary())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -106,6 +107,31 @@ def test_a_subscription_that_never_ran_keeps_every_event_and_null_keeps_forever(
     store.dispose()
 
 
+def test_old_dbt_run_folders_and_unfinished_portal_uploads_go_what_suppliers_see_stays(tmp_path):
+    spec = project(RetentionSpec(stage_files_days=7))
+    store = CatalogueStore(spec, f"sqlite:///{tmp_path / 'c.db'}")
+    home = tmp_path / "home"
+    old_run, new_run = home / "dbt/target/runs/1a2b3c4d", home / "dbt/target/runs/5e6f7a8b"
+    stale, arriving = home / "portal/acme/incoming/tmp1.csv", home / "portal/acme/incoming/tmp2.csv"
+    kept = [home / "portal/acme/results/acme-1.json", home / "portal/acme/halted/acme-1/prices.csv"]
+    for folder in (old_run, new_run):
+        (folder / "manifest.json").parent.mkdir(parents=True, exist_ok=True)
+        (folder / "manifest.json").write_text("{}")
+    for path in (stale, arriving, *kept):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("sku\n")
+    ten_days_ago = (datetime.now(UTC) - timedelta(days=10)).timestamp()
+    for path in (old_run, stale, *kept):
+        os.utime(path, (ten_days_ago, ten_days_ago))
+
+    report = prune(store, spec, home / "stages", home=home)
+    assert report.work_files == 2
+    assert not old_run.exists() and not stale.exists()
+    assert new_run.exists() and arriving.exists() and all(p.exists() for p in kept)
+    assert prune(store, spec, home / "stages").work_files == 0  # without the home, only the store and stages
+    store.dispose()
+
+
 def test_the_daily_schedule_is_registered_running_and_its_job_prunes(tmp_path):
     from claro_dagster.definitions import build_definitions
 
@@ -122,7 +148,8 @@ def test_the_daily_schedule_is_registered_running_and_its_job_prunes(tmp_path):
     result = defs.resolve_job_def(JOB).execute_in_process(instance=instance)
     assert result.success
     logged = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message.startswith("pruned ")]
-    assert logged == ["pruned 0 delivered webhook deliveries, 0 outbox events, 0 stage files and 0 batch partitions"]
+    assert logged == ["pruned 0 delivered webhook deliveries, 0 outbox events, 0 stage files, 0 dbt run folders and "
+                      "unfinished uploads and 0 batch partitions"]
 
 
 def test_retention_keys_are_checked(tmp_path):
