@@ -29,6 +29,21 @@ def slack_notifier(spec: ProjectSpec) -> Any | None:
     return SlackNotifier(token=token, base_url=notes.slack_api_url, webserver_url=webserver_url())
 
 
+def batch_halted(batch: Any, *, pipeline: str | None = None, run_id: str | None = None,
+                 stage: str = "batch_validated", counts: dict[str, int] | None = None) -> Any:
+    """The `batch.halted` alert of a batch (a `batches.Batch`) that failed its gate, in a run or in the portal."""
+    from claro_dagster.resources.slack import Alert
+
+    command = f"claro rejected {batch.key}"
+    # The message goes into a code block in Slack: inline backticks would end it early.
+    message = (batch.message or "the batch failed its validation gate").replace("`", "")
+    if command not in message:
+        message += f"\nRejected rows, with line numbers and reasons: {command}"
+    return Alert(event="batch.halted", title=f"Batch halted: {batch.filename} ({batch.source})",
+                 catalogue=batch.catalogue, operation="validate", pipeline=pipeline, source=batch.source,
+                 stage=stage, run_id=run_id, batch=batch.key, error=message, counts=counts or {})
+
+
 def send(spec: ProjectSpec, alert: Any, *, logger: logging.Logger = log) -> None:
     """Post `alert` (a `slack.Alert`) to the routes that want it; log, never raise."""
     try:
@@ -40,4 +55,4 @@ def send(spec: ProjectSpec, alert: Any, *, logger: logging.Logger = log) -> None
         logger.exception("Slack: the %s alert %r was not sent", alert.event, alert.title)
 
 
-__all__ = ["send", "slack_notifier"]
+__all__ = ["batch_halted", "send", "slack_notifier"]

@@ -42,6 +42,7 @@ from claro_dagster.assets.onboarding import GATE, STAGES
 from claro_dagster.catalogue.batches import Batch, BatchRegistry
 from claro_dagster.catalogue.review import ReviewQueue
 from claro_dagster.catalogue.store import CatalogueStore
+from claro_dagster.resources.alerts import batch_halted
 from claro_dagster.resources.catalogue import CatalogueResource
 from claro_dagster.resources.slack import Alert, SlackNotifier, run_url
 from claro_dagster.schedules import TAG_CATALOGUE, TAG_FILTER, TAG_SCHEDULE
@@ -331,15 +332,7 @@ def _halted_alert(facts: RunFacts, batch: Batch, mats: Sequence[Materialized]) -
         for label, key in (("rows", "rows_in"), ("rows failed", "rows_rejected")):
             if _int(validated.metadata.get(key)) is not None:
                 counts[label] = _int(validated.metadata[key])
-    command = f"claro rejected {batch.key}"
-    # The message goes into a code block in Slack: inline backticks would end it early.
-    message = (batch.message or "the batch failed its validation gate").replace("`", "")
-    if command not in message:
-        message += f"\nRejected rows, with line numbers and reasons: {command}"
-    return Alert(event="batch.halted", title=f"Batch halted: {batch.filename} ({batch.source})",
-                 catalogue=batch.catalogue, operation="validate", pipeline=facts.pipeline,
-                 source=facts.source, stage="batch_validated",
-                 run_id=facts.run_id, batch=batch.key, error=message, counts=counts)
+    return batch_halted(batch, pipeline=facts.pipeline, run_id=facts.run_id, counts=counts)
 
 
 # ---------------------------------------------------------------------------------------------- handlers

@@ -37,7 +37,16 @@ from starlette.routing import BaseRoute, Route
 
 from claro_dagster.catalogue.access import AccessDenied, AccessTokens
 from claro_dagster.catalogue.common import now
-from claro_dagster.catalogue.portal import ERROR_COLUMNS, Portal, PortalError, Result, UploadTooLarge, UploadWriter
+from claro_dagster.catalogue.portal import (
+    ERROR_COLUMNS,
+    Outcome,
+    Portal,
+    PortalError,
+    Result,
+    UploadTooLarge,
+    UploadWriter,
+)
+from claro_dagster.resources import alerts
 from claro_dagster.web.pages import HEADERS, LinkSessions, esc, page
 
 log = logging.getLogger(__name__)
@@ -279,12 +288,26 @@ class PortalPage:
             outcome = await run_in_threadpool(self._with_portal, lambda p: p.submit(source, staged))
         except PortalError as exc:
             return self._error_page(exc, session)
+        await self._announce(outcome)
         if outcome.kind == "needs_mapping":
             return RedirectResponse(f"/portal/mapping/{outcome.pending}", status_code=303, headers=HEADERS)
         session["flash"] = _short(outcome.message)
         response = RedirectResponse(f"/portal/batches/{quote(outcome.key)}", status_code=303, headers=HEADERS)
         self.sessions.save(response, request, session)
         return response
+
+    async def _announce(self, outcome: Outcome) -> None:
+        """A batch the portal halts or quarantines never reaches a run: its `batch.halted` alert is sent here."""
+        if outcome.kind not in ("halted", "quarantined") or outcome.key is None:
+            return
+
+        def announce(portal: Portal) -> None:
+            batch = portal.registry.get(outcome.key)
+            pipeline = next((n for n, p in portal.spec.pipelines.items() if batch.source in p.sources), None)
+            stage = "batch_validated" if outcome.kind == "halted" else "batch_raw"
+            alerts.send(portal.spec, alerts.batch_halted(batch, pipeline=pipeline, stage=stage), logger=log)
+
+        await run_in_threadpool(self._with_portal, announce)
 
     def _error_page(self, exc: PortalError, session: dict, *, close: bool = False) -> Response:
         body = (f'<h1>Upload refused</h1><p class="status error" role="alert">{esc(exc.message)}</p>'
@@ -317,6 +340,7 @@ class PortalPage:
                 if exc.status == 404:
                     return self._error_page(exc, session)
                 return await self._mapping_page(session, source, pending_id, exc.message)
+            await self._announce(outcome)
             session["flash"] = _short(outcome.message)
             response = RedirectResponse(f"/portal/batches/{quote(outcome.key)}", status_code=303, headers=HEADERS)
             self.sessions.save(response, request, session)

@@ -5,6 +5,7 @@ file twice, guessed and revoked links, concurrent suppliers)."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import socket
 import threading
@@ -24,11 +25,20 @@ from claro_dagster.catalogue.intake import map_batch, read_batch, validate_mappe
 from claro_dagster.catalogue.mappings import MappingBook
 from claro_dagster.catalogue.portal import Portal, UploadTooLarge, UploadWriter
 from claro_dagster.catalogue.store import CatalogueStore
-from claro_dagster.spec.models import AttributeSpec, CatalogueSpec, PipelineSpec, ProjectSpec, SourceSpec
+from claro_dagster.spec.models import (
+    AttributeSpec,
+    CatalogueSpec,
+    NotificationsSpec,
+    PipelineSpec,
+    ProjectSpec,
+    SlackRoute,
+    SourceSpec,
+)
 from claro_dagster.web.app import create_app
 from claro_dagster.web.portal_page import COOKIE, PortalPage
 from claro_dagster.web.review_page import ReviewPage
 from tests import hostile
+from tests.resources.test_slack import FakeSlack, postmessage_problems
 
 START = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 TEMPLATE_HEADER = "sku (required),title (required),price,colour,supplier"
@@ -183,6 +193,26 @@ def test_errors_over_the_budget_halt_the_batch_with_lines_columns_values_and_rea
     [batch] = batches(open_store)
     assert batch.status == "halted"
     assert not (home / "inbox" / "acme").exists() or not list((home / "inbox" / "acme").glob("*.csv"))
+
+
+def test_a_batch_halted_in_the_portal_is_announced_on_slack_once_a_good_one_is_not(project, monkeypatch):
+    spec = project[4]
+    bad = rows("ACM-0001,Trail mug,4.50,grey,", "acm 2,Camp cup,-3,purple,")
+    with FakeSlack() as slack:
+        monkeypatch.setenv("PORTAL_TEST_SLACK_TOKEN", "xoxb-portal")
+        spec.notifications = NotificationsSpec(slack_token_env="PORTAL_TEST_SLACK_TOKEN", slack_api_url=slack.base_url,
+                                               slack=[SlackRoute(channel="#suppliers", events=["batch.halted"])])
+        with TestClient(project[0]) as client:
+            sign_in(client, project)
+            client.get("/portal/template.csv")  # its columns are a known shape: no mapping to confirm
+            halted = upload(client, "mugs.csv", bad).headers["location"].rsplit("/", 1)[-1]
+            upload(client, "mugs.csv", bad)  # the same file again is that same batch: not a second alert
+            upload(client, "good.csv", GOOD)
+        requests = slack.posts()
+    assert [r.json()["channel"] for r in requests] == ["#suppliers"]
+    assert postmessage_problems(requests[0]) == []
+    text = json.dumps(requests[0].json())
+    assert "Batch halted: mugs.csv (acme)" in text and f"claro rejected {halted}" in text
 
 
 def test_a_new_shape_shows_the_proposed_mapping_to_confirm_and_a_repeat_shape_is_mapped_automatically(project):
