@@ -394,6 +394,26 @@ def pulled_file_requests(registry, source_name: str, inbox_dir: Path, patterns: 
     return keys, requests
 
 
+def pulled_batches(context: dg.SensorEvaluationContext, source_name: str, inbox_dir: Path,
+                   partitions_def: dg.DynamicPartitionsDefinition, *, pulled: str, nothing: str,
+                   cursor: str | None = None, patterns: Sequence[str] = ("*.csv",)) -> dg.SensorResult:
+    """The end of a pulling sensor's tick: a run for each pulled file whose batch was not received yet (see
+    `pulled_file_requests`), or `nothing` as the skip reason. `pulled` says what this tick pulled, in the log."""
+    from claro_dagster.catalogue.batches import BatchRegistry
+
+    keys, requests = pulled_file_requests(BatchRegistry(context.resources.claro.store), source_name, inbox_dir,
+                                          patterns)
+    if not requests:
+        return dg.SensorResult(skip_reason=nothing, cursor=cursor)
+    context.log.info(f"{pulled}; {len(requests)} batch(es) to receive")
+    return dg.SensorResult(run_requests=requests, cursor=cursor,
+                           dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
+
+
+def _pulled(path: Path | None) -> str:
+    return f"pulled {path.name if path else 'nothing new'}"
+
+
 BIGQUERY_PULL_ROWS = 100_000  # rows per pull (one batch); more wait for the next tick
 
 
@@ -422,18 +442,12 @@ def build_bigquery_sensor(
                required_resource_keys={"claro", resource_key},
                description=f"Pulls the rows of {what} newer than {source.watermark!r} into a batch")
     def _bigquery_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        from claro_dagster.catalogue.batches import BatchRegistry
-
         claro = context.resources.claro
         inbox_dir = claro.inbox_dir(source_name)
         pulled = pull_bigquery_source(claro.store, inbox_dir, source_name, source,
                                       getattr(context.resources, resource_key).table())
-        keys, requests = pulled_file_requests(BatchRegistry(claro.store), source_name, inbox_dir)
-        if not requests:
-            return dg.SensorResult(skip_reason=f"no rows newer than the watermark in {what}")
-        context.log.info(f"pulled {pulled.name if pulled else 'nothing new'}; {len(requests)} batch(es) to receive")
-        return dg.SensorResult(run_requests=requests,
-                               dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
+        return pulled_batches(context, source_name, inbox_dir, partitions_def, pulled=_pulled(pulled),
+                              nothing=f"no rows newer than the watermark in {what}")
 
     return _bigquery_sensor
 
@@ -494,8 +508,6 @@ def build_db_source_sensor(
                description=f"Pulls the rows of {settings.what} (database in {settings.url_env}) newer than "
                            f"{settings.watermark!r} into a batch")
     def _db_source_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        from claro_dagster.catalogue.batches import BatchRegistry
-
         claro = context.resources.claro
         inbox_dir = claro.inbox_dir(source_name)
         result = pull_db_source(claro.store, inbox_dir, settings)
@@ -505,13 +517,8 @@ def build_db_source_sensor(
             done = "archived" if settings.soft_delete_sets else "left out of the batch (no soft_delete_sets)"
             context.log.warning(f"source {source_name}: {len(result.soft_deleted)} soft-deleted row(s) {done}; "
                                 f"keys in {result.note}")
-        keys, requests = pulled_file_requests(BatchRegistry(claro.store), source_name, inbox_dir)
-        if not requests:
-            return dg.SensorResult(skip_reason=f"no rows newer than the cursor in {settings.what}")
-        context.log.info(f"pulled {result.path.name if result.path else 'nothing new'}; "
-                         f"{len(requests)} batch(es) to receive")
-        return dg.SensorResult(run_requests=requests,
-                               dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
+        return pulled_batches(context, source_name, inbox_dir, partitions_def, pulled=_pulled(result.path),
+                              nothing=f"no rows newer than the cursor in {settings.what}")
 
     return _db_source_sensor
 
@@ -665,8 +672,6 @@ def build_scrape_sensor(
                required_resource_keys={"claro", resource_key},
                description=f"Scrapes the product pages of source {source_name} into a batch")
     def _scrape_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        from claro_dagster.catalogue.batches import BatchRegistry
-
         claro = context.resources.claro
         inbox_dir = claro.inbox_dir(source_name)
         scraper = getattr(context.resources, resource_key).scraper()
@@ -677,12 +682,8 @@ def build_scrape_sensor(
         for page in pages:
             if page.failed:
                 context.log.warning(f"{source_name}: {page.url}: {page.reason}")
-        keys, requests = pulled_file_requests(BatchRegistry(claro.store), source_name, inbox_dir)
-        if not requests:
-            return dg.SensorResult(skip_reason=f"no new values on {len(pages)} page(s)" + failures_summary(pages))
-        context.log.info(f"pulled {pulled.name if pulled else 'nothing new'}; {len(requests)} batch(es) to receive")
-        return dg.SensorResult(run_requests=requests,
-                               dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
+        return pulled_batches(context, source_name, inbox_dir, partitions_def, pulled=_pulled(pulled),
+                              nothing=f"no new values on {len(pages)} page(s)" + failures_summary(pages))
 
     return _scrape_sensor
 
@@ -760,8 +761,6 @@ def build_http_sensor(
                required_resource_keys={"claro"},
                description=f"Pulls {safe_url(spec.url)} into a batch ({spec.paginate.style} pagination)")
     def _http_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        from claro_dagster.catalogue.batches import BatchRegistry
-
         claro = context.resources.claro
         inbox_dir = claro.inbox_dir(source_name)
         due, cursor = http_pull_due(spec, context.cursor, _http_now())
@@ -769,13 +768,9 @@ def build_http_sensor(
         if due:
             with make_client() as client:
                 pulled = pull_http_source(claro.store, inbox_dir, source_name, source, client)
-        keys, requests = pulled_file_requests(BatchRegistry(claro.store), source_name, inbox_dir)
-        if not requests:
-            why = "nothing new" if due else f"next pull at {json.loads(cursor)['due']} ({spec.cron})"
-            return dg.SensorResult(skip_reason=f"{why} at {safe_url(spec.url)}", cursor=cursor)
-        context.log.info(f"pulled {pulled.name if pulled else 'nothing new'}; {len(requests)} batch(es) to receive")
-        return dg.SensorResult(run_requests=requests, cursor=cursor,
-                               dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
+        why = "nothing new" if due else f"next pull at {json.loads(cursor)['due']} ({spec.cron})"
+        return pulled_batches(context, source_name, inbox_dir, partitions_def, pulled=_pulled(pulled),
+                              nothing=f"{why} at {safe_url(spec.url)}", cursor=cursor)
 
     return _http_sensor
 
@@ -887,7 +882,6 @@ def build_email_sensor(
                required_resource_keys={"claro"},
                description=f"Polls {spec.folder} at {spec.host} for mailed spreadsheets, each a batch")
     def _email_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        from claro_dagster.catalogue.batches import BatchRegistry
         from claro_dagster.resources import alerts
         from claro_dagster.resources.email_source import quarantine_alert, settings_from_spec
 
@@ -906,15 +900,11 @@ def build_email_sensor(
                 context.log.warning(f"{source_name}: the reply could not be sent through {spec.reply.host} "
                                     f"({type(exc).__name__}: {exc}); the next tick tries again")
         quarantined = [m for m in mails if m.quarantine]
-        keys, requests = pulled_file_requests(BatchRegistry(claro.store), source_name, inbox_dir,
-                                              ("*.csv", "*.xlsx"))
-        if not requests:
-            why = f"; {len(quarantined)} mail(s) quarantined" if quarantined else ""
-            return dg.SensorResult(skip_reason=f"no new spreadsheet in {spec.folder} at {spec.host}{why}")
-        context.log.info(f"{len(mails)} mail(s) handled ({len(quarantined)} quarantined); {len(requests)} batch(es) "
-                         "to receive")
-        return dg.SensorResult(run_requests=requests,
-                               dynamic_partitions_requests=_new_partitions(context, partitions_def, keys))
+        why = f"; {len(quarantined)} mail(s) quarantined" if quarantined else ""
+        return pulled_batches(context, source_name, inbox_dir, partitions_def,
+                              pulled=f"{len(mails)} mail(s) handled ({len(quarantined)} quarantined)",
+                              nothing=f"no new spreadsheet in {spec.folder} at {spec.host}{why}",
+                              patterns=("*.csv", "*.xlsx"))
 
     return _email_sensor
 
