@@ -435,8 +435,8 @@ def _api_tokens():
 @api_tokens_app.command("create")
 def api_tokens_create(
         name: Annotated[str, typer.Argument(help="The system the token is for (names its writes in the audit log).")],
-        scope: Annotated[list[str], typer.Option("--scope", help="read, propose, review, run or admin (repeatable; "
-                                                                 "commas also separate).")],
+        scope: Annotated[list[str], typer.Option(
+            "--scope", "--scopes", help="read, propose, review, run or admin (repeatable; commas also separate).")],
         expires: Annotated[str, typer.Option(help="How long the token works: 90d, 12h, 2w.")] = "90d",
         by: ByOption = None) -> None:
     """Print a new API token (shown once; only its hash is stored)."""

@@ -57,7 +57,7 @@ def test_create_list_use_and_revoke(project):
         {"record": "SKU-1", "field": "title", "value": "Mug", "confidence": 99}]})
     assert proposed.status_code == 200 and proposed.json()["source"] == "api:erp"
 
-    again = claro("api", "tokens", "create", "erp", "--scope", "read", home=home, spec=spec)
+    again = claro("api", "tokens", "create", "erp", "--scopes", "read", home=home, spec=spec)
     assert again.returncode == 1 and "an active API token named 'erp' exists already (id 1)" in again.stderr
 
     revoked = claro("api", "tokens", "revoke", "1", home=home, spec=spec)
