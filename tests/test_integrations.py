@@ -15,13 +15,16 @@ NO_DAGSTER = ("import sys, claro_dagster.integrations.{0} as m\n"
               "print('dagster modules:', loaded, m.ClaroRunFailed.__name__)")
 
 
-@pytest.mark.parametrize("tool", ["prefect", "airflow"])
-def test_the_integration_loads_in_its_own_venv_without_dagster(tool, tmp_path):
-    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "AIRFLOW_HOME": str(tmp_path / "airflow")}
-    done = run_in_venv(tool, ["-c", NO_DAGSTER.format(tool)], env=env, cwd=tmp_path, timeout=120)
+@pytest.mark.parametrize("venv, tool", [("prefect", "prefect"), ("airflow", "airflow"), ("airflow2", "airflow")])
+def test_the_integration_loads_in_its_own_venv_without_dagster(venv, tool, tmp_path):
+    # .venvs/airflow2: the Airflow 2 that dagster-airlift observes (tests/e2e/test_airlift_e2e.py); PYTHONPATH: the
+    # checkout under test, whichever one the venv's editable install points at
+    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "AIRFLOW_HOME": str(tmp_path / "airflow"),
+           "PYTHONPATH": str(REPO)}
+    done = run_in_venv(venv, ["-c", NO_DAGSTER.format(tool)], env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:]
     assert "dagster modules: [] ClaroRunFailed" in done.stdout
-    no_dagster = run_in_venv(tool, ["-c", "import dagster"], env=env, cwd=tmp_path, timeout=60)
+    no_dagster = run_in_venv(venv, ["-c", "import dagster"], env=env, cwd=tmp_path, timeout=60)
     assert no_dagster.returncode != 0 and "No module named 'dagster'" in no_dagster.stdout
 
 

@@ -10,7 +10,8 @@ The operator returns (and pushes to XCom) the Dagster run id. With `deferrable=T
 fails fails the task with `ClaroRunFailed` carrying the run's error; a cancelled run raises `ClaroRunCancelled`; a run
 still going after `timeout` seconds raises `ClaroRunTimeout` (the Dagster run goes on). The URL and token come from
 the arguments or `CLARO_API_URL` / `CLARO_API_TOKEN` in the worker's and triggerer's environment (the token is never
-put in the trigger's stored arguments unless passed explicitly). Imports only the client (no Dagster).
+put in the trigger's stored arguments unless passed explicitly). Imports only the client (no Dagster). Works on
+Airflow 3 (`airflow.sdk`) and Airflow 2.x (`airflow.models`), e.g. a deployment observed with dagster-airlift.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import BaseOperator
+try:
+    from airflow.sdk import BaseOperator  # Airflow 3
+except ImportError:  # Airflow 2
+    from airflow.models import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from claro_dagster.integrations import ClaroError, RunCancelled, WaitTimeout, connect, failure_message

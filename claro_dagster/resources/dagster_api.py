@@ -90,6 +90,12 @@ def explain(exc: Exception, url: str, what: str) -> DagsterApiError:
     return DagsterApiError(f"Dagster could not {what}: {text}" + (f" ({details[0]})" if details else ""))
 
 
+ASSETS_LOCATION = """
+query AssetsLocation($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) { isExecutable repository { name location { name } } }
+}"""
+
+
 class RunNotFound(DagsterApiError, LookupError):
     """Dagster has no run with this id."""
 
@@ -126,9 +132,23 @@ class DagsterLauncher:
         # One operation or destination is a run of its own job (`products_analyse`), as `claro run` and the
         # sensors make it; a pipeline's analyse, export and destinations span several jobs: Dagster's asset job.
         job = ASSET_JOB if target in spec.pipelines else operation_job_name(catalogue, target)
-        return self._call(f"launch {target} on {catalogue}", self.client.submit_job_execution, job,
+        what = f"launch {target} on {catalogue}"
+        where = self._assets_location(keys, what) if job == ASSET_JOB else {}
+        return self._call(what, self.client.submit_job_execution, job, **where,
                           asset_selection=None if job != ASSET_JOB else [k.path for k in keys],
                           run_config=run_config, tags=tags)
+
+    def _assets_location(self, keys: list[Any], what: str) -> dict[str, str]:
+        """The code location and repository that define `keys`: every location of a workspace has an `__ASSET_JOB`
+        (e.g. examples/airflow/workspace.yaml, the catalogue beside dagster-airlift's), so Dagster must be told
+        which. Empty (Dagster then picks, or says why it cannot) when no single location defines them all."""
+        result = self._call(what, self.client._execute, ASSETS_LOCATION, {"keys": [{"path": k.path} for k in keys]})
+        places = {(n["repository"]["location"]["name"], n["repository"]["name"])
+                  for n in result.get("assetNodes") or [] if n.get("isExecutable")}
+        if len(places) != 1:
+            return {}
+        ((location, repository),) = places
+        return {"repository_location_name": location, "repository_name": repository}
 
     def status(self, ref: str | None) -> str:
         if ref is None:

@@ -19,7 +19,11 @@ import shutil
 import subprocess
 from datetime import datetime
 
-from airflow.sdk import DAG, task
+try:
+    from airflow.sdk import DAG, task  # Airflow 3
+except ImportError:  # Airflow 2 (e.g. the deployment airlift_observe.py observes)
+    from airflow import DAG
+    from airflow.decorators import task
 
 from claro_dagster.integrations.airflow import ClaroRunOperator
 

@@ -130,6 +130,7 @@ class DagsterStack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen] = {}
+        self.locations = ["-m", LOCATION]  # the code locations (a test may load `-w workspace.yaml`)
         self.http = requests.Session()
         self.http.trust_env = False  # loopback only: never through a proxy from the environment
         self._client: DagsterGraphQLClient | None = None
@@ -159,8 +160,8 @@ class DagsterStack:
         """Start the webserver and the daemon (`only`: those named, e.g. ("daemon",) when nothing asks the UI)."""
         bindir = Path(sys.executable).parent
         commands = {
-            "webserver": [str(bindir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port), "-m", LOCATION],
-            "daemon": [str(bindir / "dagster-daemon"), "run", "-m", LOCATION],
+            "webserver": [str(bindir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port), *self.locations],
+            "daemon": [str(bindir / "dagster-daemon"), "run", *self.locations],
         }
         for name, args in commands.items():
             if only is not None and name not in only:

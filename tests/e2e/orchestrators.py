@@ -57,12 +57,17 @@ def client(url: str, token: str) -> ClaroClient:
     return ClaroClient(url, token, timeout=120)
 
 
+def venv_env(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without its CLARO_/DAGSTER_/PREFECT_/AIRFLOW* variables and PYTHONPATH, plus `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CLARO_", "DAGSTER_", "PREFECT_", "AIRFLOW"))}
+    base.pop("PYTHONPATH", None)
+    return {**base, **env}
+
+
 def run_in_venv(name: str, args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 240):
     """Run `python args...` in the orchestrator's venv with only the given extra environment (no CLARO_/DAGSTER_
     of this process); the CompletedProcess, output as text (stdout and stderr together)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("CLARO_", "DAGSTER_", "PREFECT_", "AIRFLOW"))}
-    base.pop("PYTHONPATH", None)
-    return subprocess.run([str(venv_python(name)), *args], env={**base, **env}, cwd=cwd, stdin=subprocess.DEVNULL,
+    return subprocess.run([str(venv_python(name)), *args], env=venv_env(env), cwd=cwd, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
 
@@ -70,11 +75,13 @@ DEMO_DESTINATIONS = "    destinations: [shopify_store, amazon_listings, catalogu
 
 
 @contextmanager
-def onboarding_stack(root: Path, extra_env: dict[str, str], destinations: str = ""):
+def onboarding_stack(root: Path, extra_env: dict[str, str], destinations: str = "", workspace: Path | None = None):
     """The demo's stack, its products_onboarding pipeline with only `destinations` (e.g. "[warehouse]"; none by
     default): launching a pipeline resolves every destination's credentials variable, which a test machine does not
-    have (the destinations' own tests cover them)."""
+    have (the destinations' own tests cover them). `workspace`: a workspace file to load instead of the module alone."""
     stack = DagsterStack(root, extra_env=extra_env)
+    if workspace is not None:
+        stack.locations = ["-w", str(workspace)]
     stack.prepare()
     text = stack.spec_path.read_text()
     assert DEMO_DESTINATIONS in text, "the demo's products_onboarding changed: update tests/e2e/orchestrators.py"
