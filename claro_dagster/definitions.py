@@ -48,6 +48,7 @@ from claro_dagster.sensors.inbound import (
     build_s3_sensor,
 )
 from claro_dagster.sensors.notifications import build_notification_sensors, slack_configured
+from claro_dagster.sensors.stuck_batches import build_stuck_batch_sensor
 from claro_dagster.spec import default_spec_path, load_spec
 from claro_dagster.spec.models import ProjectSpec, SourceSpec
 
@@ -280,7 +281,7 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     if slack_configured(spec):
         resources["slack"] = SlackNotifier(token=dg.EnvVar(spec.notifications.slack_token_env),
                                            base_url=spec.notifications.slack_api_url, webserver_url=webserver_url)
-    sensors += build_notification_sensors(spec, webserver_url)
+    sensors += [*build_notification_sensors(spec, webserver_url), build_stuck_batch_sensor()]
     schedules = [*build_schedules(spec, {key: a for a in assets for key in a.keys}, jobs),
                  build_retention_schedule(spec)]
     return dg.Definitions(assets=assets, sensors=sensors, schedules=schedules, resources=resources,
