@@ -18,6 +18,7 @@ from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobO
 from dagster._core.test_utils import create_run_for_test
 
 from claro_dagster.catalogue.batches import BatchRegistry
+from claro_dagster.catalogue.outbox import WebhookOutbox
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.catalogue.stuck_batches import BATCH_STUCK, STUCK_AFTER_ENV, stuck_after_seconds
 from claro_dagster.resources.catalogue import CatalogueResource
@@ -124,6 +125,9 @@ def test_a_stuck_batch_is_announced_once_across_ticks_and_a_younger_one_not_at_a
 
     [event] = stuck_events(store)
     assert event["catalogue"] == "products"
+    # the webhook subscription listing batch.stuck gets it (planned like any outbox event)
+    [delivery] = WebhookOutbox(store).plan("erp", project.spec.notifications.webhooks["erp"], datetime.now(UTC))
+    assert delivery.event_ids == (event["id"],)
     payload = event["payload"]
     assert (payload["batch"], payload["status"], payload["stage"], payload["source"]) == (
         "acme_csv.old.0001", "validated", "batch_validated", "acme_csv")
