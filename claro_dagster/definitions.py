@@ -153,7 +153,9 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     spec = load_spec(spec_path)
     # CLARO_DEPLOYMENT (local | prod) chooses the store and the executor; prod fails here, naming what is missing.
     deployment = current_deployment()
-    claro = CatalogueResource(spec_path=str(spec_path), home=str(home), database_url=database_url_setting())
+    # The store is the deployment's decision too: the variable (shown by name in the UI) or the embedded one.
+    claro = CatalogueResource(spec_path=str(spec_path), home=str(home),
+                              database_url=database_url_setting() if deployment.store != "embedded" else None)
     assets, sensors = [], []
     # Every run, whoever starts it (`claro run`, a sensor, the UI), is a run of a job named after its pipeline or
     # operation, so the UI, the command line and Slack name it the same way.

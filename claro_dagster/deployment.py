@@ -85,7 +85,7 @@ def current_deployment(env: dict[str, str] | None = None) -> Deployment:
         raise DeploymentError(f"{DEPLOYMENT_ENV}=prod but the production settings are incomplete:\n  - "
                               + "\n  - ".join(problems))
     executor = (env.get(EXECUTOR_ENV) or "multiprocess").strip().lower()
-    return Deployment("prod", max_concurrent_steps=_max_steps(env), executor=executor,
+    return Deployment("prod", max_concurrent_steps=_max_steps(env), executor=executor, store=DATABASE_URL_ENV,
                       celery_broker=(env.get(CELERY_BROKER_ENV) or "").strip() or None,
                       celery_queue=(env.get(CELERY_QUEUE_ENV) or "").strip() or "dagster")
 
