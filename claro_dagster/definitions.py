@@ -48,6 +48,7 @@ from claro_dagster.sensors.inbound import (
     build_s3_sensor,
 )
 from claro_dagster.sensors.notifications import build_notification_sensors, slack_configured
+from claro_dagster.sensors.stuck_batches import build_stuck_batch_sensor
 from claro_dagster.spec import default_spec_path, load_spec
 from claro_dagster.spec.models import ProjectSpec, SourceSpec
 
@@ -152,7 +153,9 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     spec = load_spec(spec_path)
     # CLARO_DEPLOYMENT (local | prod) chooses the store and the executor; prod fails here, naming what is missing.
     deployment = current_deployment()
-    claro = CatalogueResource(spec_path=str(spec_path), home=str(home), database_url=database_url_setting())
+    # The store is the deployment's decision too: the variable (shown by name in the UI) or the embedded one.
+    claro = CatalogueResource(spec_path=str(spec_path), home=str(home),
+                              database_url=database_url_setting() if deployment.store != "embedded" else None)
     assets, sensors = [], []
     # Every run, whoever starts it (`claro run`, a sensor, the UI), is a run of a job named after its pipeline or
     # operation, so the UI, the command line and Slack name it the same way.
@@ -280,7 +283,7 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
     if slack_configured(spec):
         resources["slack"] = SlackNotifier(token=dg.EnvVar(spec.notifications.slack_token_env),
                                            base_url=spec.notifications.slack_api_url, webserver_url=webserver_url)
-    sensors += build_notification_sensors(spec, webserver_url)
+    sensors += [*build_notification_sensors(spec, webserver_url), build_stuck_batch_sensor()]
     schedules = [*build_schedules(spec, {key: a for a in assets for key in a.keys}, jobs),
                  build_retention_schedule(spec)]
     return dg.Definitions(assets=assets, sensors=sensors, schedules=schedules, resources=resources,

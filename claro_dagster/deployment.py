@@ -1,9 +1,12 @@
 """Local or production: one setting, `CLARO_DEPLOYMENT=local|prod`, chooses the catalogue store, the executor
 and what the Dagster instance must be, when the code location loads.
 
-* local (the default): the embedded SQLite store under the project home (or $CLARO_DATABASE_URL when you set
-  it, e.g. to try PostgreSQL); the in-process executor (SQLite has one writer); the Dagster instance of
-  `dagster.yaml` (SQLite under $DAGSTER_HOME).
+* local (the default): the embedded SQLite store under the project home; the in-process executor (SQLite has one
+  writer); the Dagster instance of `dagster.yaml` (SQLite under $DAGSTER_HOME). $CLARO_DATABASE_URL is the one
+  way to put a local deployment's catalogue store elsewhere (PostgreSQL for the dbt models, tests on PostgreSQL):
+  when it is set at load, the code location uses that store and says so once, as a warning naming the variable
+  (a URL left over in a shell would otherwise send a laptop's runs into another database unseen). The store is
+  decided at load: a variable set later, only in a run's or the daemon's environment, does not move it.
 * prod: the catalogue store on PostgreSQL at $CLARO_DATABASE_URL (required); the multiprocess executor, at most
   $CLARO_MAX_CONCURRENT_STEPS steps of a run at once (default 4); the Dagster instance on PostgreSQL with the
   queued run coordinator and its concurrency limits per source, destination and connector (`dagster.prod.yaml`
@@ -22,6 +25,7 @@ works from a fresh clone.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -29,7 +33,10 @@ from pathlib import Path
 
 from ruamel.yaml import YAML, YAMLError
 
-from claro_dagster.catalogue.opening import DATABASE_URL_ENV
+from claro_dagster.catalogue.opening import DATABASE_URL_ENV, redacted_url
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # the local-store warnings this process has given (each once)
 
 DEPLOYMENT_ENV = "CLARO_DEPLOYMENT"
 MAX_STEPS_ENV = "CLARO_MAX_CONCURRENT_STEPS"
@@ -52,6 +59,7 @@ class Deployment:
     executor: str = "in_process"  # in_process (local) | multiprocess | celery (prod, $CLARO_EXECUTOR)
     celery_broker: str | None = None
     celery_queue: str = "dagster"
+    store: str = "embedded"  # embedded (SQLite under the project home) | CLARO_DATABASE_URL
 
     @property
     def production(self) -> bool:
@@ -67,15 +75,32 @@ def current_deployment(env: dict[str, str] | None = None) -> Deployment:
         raise DeploymentError(f"{DEPLOYMENT_ENV}={env.get(DEPLOYMENT_ENV)!r} is not one of {', '.join(DEPLOYMENTS)}: "
                               "set it to local (embedded SQLite, one process) or prod (PostgreSQL, several workers)")
     if name == "local":
-        return Deployment("local")
+        url = (env.get(DATABASE_URL_ENV) or "").strip()
+        if not url:
+            return Deployment("local")
+        _warn_once(local_store_warning(url))
+        return Deployment("local", store=DATABASE_URL_ENV)
     problems = production_problems(env) + _executor_problems(env)
     if problems:
         raise DeploymentError(f"{DEPLOYMENT_ENV}=prod but the production settings are incomplete:\n  - "
                               + "\n  - ".join(problems))
     executor = (env.get(EXECUTOR_ENV) or "multiprocess").strip().lower()
-    return Deployment("prod", max_concurrent_steps=_max_steps(env), executor=executor,
+    return Deployment("prod", max_concurrent_steps=_max_steps(env), executor=executor, store=DATABASE_URL_ENV,
                       celery_broker=(env.get(CELERY_BROKER_ENV) or "").strip() or None,
                       celery_queue=(env.get(CELERY_QUEUE_ENV) or "").strip() or "dagster")
+
+
+def local_store_warning(url: str) -> str:
+    """What a local deployment says when $CLARO_DATABASE_URL moves its catalogue store (the password hidden)."""
+    return (f"{DEPLOYMENT_ENV}=local and {DATABASE_URL_ENV} is set: the catalogue store is {redacted_url(url)}, not "
+            f"the embedded SQLite store under the project home. Unset {DATABASE_URL_ENV} for the embedded store; "
+            f"for production (PostgreSQL instance, queued runs, several workers) set {DEPLOYMENT_ENV}=prod.")
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 def _executor_problems(env) -> list[str]:

@@ -412,7 +412,26 @@ def chart_instance(values: dict) -> dict:
         "telemetry": {"enabled": values["telemetry"]["enabled"]},
         "retention": {kind: {"purge_after_days": values["retention"][kind]["purgeAfterDays"]}
                       for kind in ("sensor", "schedule")},
+        **chart_python_logs(values),
     }
+
+
+def chart_python_logs(values: dict) -> dict:
+    """The python_logs block the chart renders from pythonLogs (templates/configmap-instance.yaml)."""
+    logs = values.get("pythonLogs") or {}
+    block = {key: logs[name] for key, name in (("python_log_level", "pythonLogLevel"),
+                                               ("dagster_handler_config", "dagsterHandlerConfig"),
+                                               ("managed_python_loggers", "managedPythonLoggers")) if logs.get(name)}
+    return {"python_logs": block} if block else {}
+
+
+def test_run_pods_log_json_lines_as_dagster_prod_yaml_says():
+    """Run pods get the chart's instance, not the image's dagster.prod.yaml: both must ask for the JSON handler."""
+    prod = load_yaml(ROOT / "dagster.prod.yaml")["python_logs"]
+    rendered = chart_python_logs(load_yaml(VALUES))["python_logs"]
+    assert rendered == prod
+    formatter = prod["dagster_handler_config"]["formatters"]["claro_json"]["()"]
+    assert formatter == "claro_dagster.run_logs.JsonLineFormatter"
 
 
 def test_the_run_queue_limits_equal_dagster_prod_yaml():

@@ -3,7 +3,9 @@ its PostgreSQL settings fails when the definitions load, naming the variable; lo
 
 from __future__ import annotations
 
+import logging
 import shutil
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -39,6 +41,34 @@ def test_local_is_the_default_in_process_on_the_embedded_store(clean_env, tmp_pa
     defs = build(tmp_path)
     assert executor_of(defs).name == "in_process"
     assert defs.resources["claro"].database_url is None  # the embedded SQLite store under the home
+
+
+def test_local_with_a_database_url_uses_that_store_and_says_so_once_without_the_password(clean_env, tmp_path,
+                                                                                          caplog):
+    url = f"postgresql://claro:s3cret@db-{uuid.uuid4().hex[:8]}.internal:5432/claro"  # a warning not given before
+    clean_env.setenv("CLARO_DATABASE_URL", url)
+    with caplog.at_level(logging.WARNING, logger="claro_dagster.deployment"):
+        defs = build(tmp_path)
+        build(tmp_path)  # loaded again (a reload in the UI): not said again
+    assert executor_of(defs).name == "in_process" and current_deployment().store == "CLARO_DATABASE_URL"
+    claro = defs.resources["claro"]
+    assert isinstance(claro.database_url, dg.EnvVar) and claro.database_url.env_var_name == "CLARO_DATABASE_URL"
+    [warning] = [r.getMessage() for r in caplog.records if "CLARO_DATABASE_URL is set" in r.getMessage()]
+    assert warning.startswith("CLARO_DEPLOYMENT=local and CLARO_DATABASE_URL is set: the catalogue store is "
+                              "postgresql://claro:***@db-")
+    assert "Unset CLARO_DATABASE_URL for the embedded store" in warning and "CLARO_DEPLOYMENT=prod" in warning
+    assert "s3cret" not in warning
+
+
+def test_local_without_a_database_url_keeps_the_embedded_store_whatever_is_set_later(clean_env, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="claro_dagster.deployment"):
+        defs = build(tmp_path)
+    assert caplog.records == [] and current_deployment().store == "embedded"
+    # Set only where a run or the daemon executes, after the code location loaded: the store does not move.
+    clean_env.setenv("CLARO_DATABASE_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    store = defs.resources["claro"].store
+    assert store.url == f"sqlite:///{(tmp_path / 'home' / 'catalogue.db').resolve()}"
+    assert not (tmp_path / "elsewhere.db").exists()
 
 
 def test_production_without_its_database_url_fails_at_load_naming_the_variable(clean_env, tmp_path):

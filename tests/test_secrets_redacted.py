@@ -104,7 +104,12 @@ def test_claro_commands_never_print_the_password(tmp_path, monkeypatch, secret_u
         done = subprocess.run([sys.executable, "-m", "claro_dagster.cli", *args], env=env, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 1, done.stderr
-        assert done.stderr.startswith("error: could not open the catalogue store at postgresql://postgres:***@127.0"
-                                      ".0.1:5432/no_such_catalogue_db: "), done.stderr
+        lines = done.stderr.splitlines()
+        if args == ["run"]:  # the code location loads first: a local deployment says which store it uses
+            assert lines.pop(0).startswith("CLARO_DEPLOYMENT=local and CLARO_DATABASE_URL is set: the catalogue "
+                                           "store is postgresql://postgres:***@127.0.0.1:5432/no_such_catalogue_db")
+        assert len(lines) == 1 and lines[0].startswith(
+            "error: could not open the catalogue store at postgresql://postgres:***@127.0.0.1:5432/"
+            "no_such_catalogue_db: "), done.stderr
         assert 'database "no_such_catalogue_db" does not exist' in done.stderr and "Traceback" not in done.stderr
         assert PASSWORD not in done.stdout + done.stderr

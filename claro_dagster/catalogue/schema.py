@@ -237,6 +237,11 @@ def database_url(home: Path | None = None) -> str:
     url = os.environ.get("CLARO_DATABASE_URL")
     if url:
         return normalise_url(url)
+    return embedded_database_url(home)
+
+
+def embedded_database_url(home: Path | None = None) -> str:
+    """The embedded SQLite store of a project home (`<home>/catalogue.db`), whatever the environment says."""
     home = home or default_home()
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{home / 'catalogue.db'}"

@@ -33,6 +33,7 @@ from claro_dagster.catalogue.batches import InvalidBatchKey, check_batch_key
 from claro_dagster.catalogue.changes import StoreError
 from claro_dagster.catalogue.opening import DATABASE_URL_ENV, redact, redacted_url  # noqa: F401 - re-exported
 from claro_dagster.catalogue.opening import open_store as _open_store
+from claro_dagster.catalogue.schema import embedded_database_url
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec import load_spec
 from claro_dagster.spec.models import ProjectSpec
@@ -139,7 +140,9 @@ class CatalogueResource(dg.ConfigurableResource):
         url = self.database_url
         if isinstance(url, dg.EnvVar):  # Dagster resolves it for runs; `claro` uses the resource outside them
             url = url.get_value()
-        return shared_store(self.spec_path, self.home, url)
+        # No URL is the embedded store, decided when the definitions loaded: a variable set later (in a run's or
+        # the daemon's environment) does not move the store behind the back of the code location.
+        return shared_store(self.spec_path, self.home, url or embedded_database_url(Path(self.home)))
 
     @property
     def home_dir(self) -> Path:

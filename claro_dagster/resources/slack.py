@@ -75,7 +75,7 @@ EVENTS: tuple[str, ...] = ALERT_EVENTS
 _ICONS = {"run.failed": ":red_circle:", "batch.halted": ":octagonal_sign:",
           "run.completed": ":white_check_mark:", "review.queued": ":eyes:", "push.failed": ":no_entry:",
           "mail.quarantined": ":incoming_envelope:",
-          "monitor.drift": ":chart_with_downwards_trend:"}
+          "monitor.drift": ":chart_with_downwards_trend:", "batch.stuck": ":hourglass:"}
 
 # Errors after which no further message can succeed (bad token, Slack unreachable): stop posting.
 _FATAL_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",

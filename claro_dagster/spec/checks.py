@@ -49,10 +49,12 @@ OUTBOX_EVENTS: tuple[str, ...] = (
     "change.applied", "change.approved", "change.rejected", "change.queued_for_review",
     "push.failed", "mail.quarantined",
     "monitor.drift",  # a monitor's detection (monitors:, see spec/monitor_checks.py)
+    "batch.stuck",  # a batch unfinished or queued beyond notifications.batch_stuck_after_seconds
 )
 #: Alerts Slack routes (`notifications.slack[].events`, pipeline `routing[].events`) can hear; `slack.EVENTS`.
 ALERT_EVENTS: tuple[str, ...] = (
     "run.failed", "run.completed", "batch.halted", "review.queued", "push.failed", "mail.quarantined", "monitor.drift",
+    "batch.stuck",
     # change events, as the catalogue store writes them to its outbox
     "change.applied", "change.approved", "change.rejected", "change.queued_for_review",
 )

@@ -678,6 +678,19 @@ class NotificationsSpec(SpecModel):
     slack: list[SlackRoute] = Field(default_factory=list)
     slack_commands: SlackCommandsSpec = Field(default_factory=SlackCommandsSpec)
     webhooks: dict[str, WebhookSpec] = Field(default_factory=dict)
+    # A batch still received or validated (or whose run still waits in Dagster's queue) this long after its last
+    # step is stuck: announced once as `batch.stuck` (outbox and Slack) and counted by `claro_batches_stuck`.
+    batch_stuck_after_seconds: int = Field(3600, description="age in seconds after which an unfinished batch "
+                                                             "is stuck (alerted once as batch.stuck)")
+
+    @field_validator("batch_stuck_after_seconds", mode="before")
+    @classmethod
+    def _stuck_after(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 60:
+            raise ValueError(f"{value!r} is not an age in seconds: give a whole number of seconds, at least 60, "
+                             "after which a batch still received, validated or queued is alerted as stuck "
+                             "(default 3600, one hour)")
+        return value
 
     @field_validator("slack_api_url")
     @classmethod

@@ -8,19 +8,21 @@ the web process), so several `claro serve` replicas report the same numbers and 
 | `claro_store_up` | | 1 when the store answered this scrape, else 0 (and nothing else is reported) |
 | `claro_batches` | catalogue, status | batches by status: received, validated, halted, published, failed, quarantined |
 | `claro_batches_oldest_unfinished_age_seconds` | catalogue | age of the oldest batch still received or validated |
-| `claro_batches_stuck` | catalogue | unfinished batches older than $CLARO_BATCH_STUCK_AFTER_SECONDS (default 3600) |
+| `claro_batches_stuck` | catalogue | unfinished batches older than the stuck age (below) |
 | `claro_review_queue_depth` | catalogue | open review items (queued, suggested, snoozed, skipped) |
 | `claro_webhook_backlog` | subscription | webhook deliveries not delivered yet (pending or failed, to be retried) |
 | `claro_webhook_dead` | subscription | deliveries that exhausted their attempts (the dead-letter list) |
 | `claro_webhook_oldest_undelivered_age_seconds` | subscription | age of the oldest delivery not delivered yet |
 | `claro_push_errors` | destination | records a sales channel refused at the last push (channel state `failed`) |
 | `claro_push_held` | destination | records held back from a channel at the last push |
+
+The stuck age is the one the `claro_stuck_batches` sensor alerts on (`catalogue/stuck_batches.py`: the spec's
+`notifications.batch_stuck_after_seconds`, default 3600, or $CLARO_BATCH_STUCK_AFTER_SECONDS when set).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -31,29 +33,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from claro_dagster.catalogue.changes import OPEN
+from claro_dagster.catalogue.stuck_batches import UNFINISHED, stuck_after_seconds
+from claro_dagster.catalogue.stuck_batches import age_seconds as _age
 
 log = logging.getLogger(__name__)
-
-STUCK_AFTER_ENV = "CLARO_BATCH_STUCK_AFTER_SECONDS"
-DEFAULT_STUCK_AFTER = 3600.0
-UNFINISHED = ("received", "validated")
-
-
-def stuck_after_seconds() -> float:
-    raw = os.environ.get(STUCK_AFTER_ENV)
-    try:
-        return float(raw) if raw else DEFAULT_STUCK_AFTER
-    except ValueError:
-        raise ValueError(f"{STUCK_AFTER_ENV}={raw!r}: give the age in seconds after which an unfinished batch "
-                         "counts as stuck") from None
-
-
-def _age(now: datetime, value) -> float:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)  # SQLite drops the offset; only UTC is written
-    return max(0.0, (now - value).total_seconds())
 
 
 def store_metrics(store, now: datetime, stuck_after: float) -> list[GaugeMetricFamily]:
@@ -63,7 +46,7 @@ def store_metrics(store, now: datetime, stuck_after: float) -> list[GaugeMetricF
     oldest = GaugeMetricFamily("claro_batches_oldest_unfinished_age_seconds",
                                "Age of the oldest batch still received or validated.", labels=["catalogue"])
     stuck = GaugeMetricFamily("claro_batches_stuck", f"Unfinished batches older than {stuck_after:g} seconds "
-                              f"(${STUCK_AFTER_ENV}).", labels=["catalogue"])
+                              "(notifications.batch_stuck_after_seconds).", labels=["catalogue"])
     review = GaugeMetricFamily("claro_review_queue_depth", "Open review items.", labels=["catalogue"])
     backlog = GaugeMetricFamily("claro_webhook_backlog", "Webhook deliveries not delivered yet.",
                                 labels=["subscription"])
@@ -135,7 +118,7 @@ class StoreCollector(Collector):
             yield up
             return
         try:
-            gauges = store_metrics(store, datetime.fromtimestamp(self.clock(), UTC), stuck_after_seconds())
+            gauges = store_metrics(store, datetime.fromtimestamp(self.clock(), UTC), stuck_after_seconds(store.spec))
         except sa.exc.SQLAlchemyError as exc:
             log.warning("metrics: reading the catalogue store failed: %s", exc)
             up.add_metric([], 0)

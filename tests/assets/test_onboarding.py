@@ -110,8 +110,9 @@ def test_graph_snapshot(monkeypatch):
                       (("products", "shopify_store"), "all_pushed"), (("products", "amazon_listings"), "all_pushed")}
     sensors = sorted(s.name for s in defs.sensors)
     assert sensors == ["acme_csv_inbox", "claro_run_completed", "claro_run_failed", "claro_run_started",
-                       "globex_xlsx_inbox", "products_enrichment", "products_onboarding_destinations",
-                       "products_onboarding_review_checkpoint", "products_revalidation", "suppliers_csv_inbox"]
+                       "claro_stuck_batches", "globex_xlsx_inbox", "products_enrichment",
+                       "products_onboarding_destinations", "products_onboarding_review_checkpoint",
+                       "products_revalidation", "suppliers_csv_inbox"]
 
 
 def test_good_batch_passes_the_gate_and_publishes_once(project):

@@ -68,8 +68,8 @@ def test_a_misspelt_event_is_refused_with_its_line_and_the_events_there_are(tmp_
         "claro.yaml:19 notifications.slack[0].events[0]: 'push.faild' is not an event Slack alerts carry, did you "
         f"mean 'push.failed'? (events: {', '.join(ALERT_EVENTS)})"]
     assert errors(tmp_path, hook="batch.halted") == [  # an alert, not an outbox event: webhooks never get it
-        f"claro.yaml:23 notifications.webhooks.erp.events[0]: 'batch.halted' is not an event webhooks carry "
-        f"(events: {', '.join(OUTBOX_EVENTS)})"]
+        f"claro.yaml:23 notifications.webhooks.erp.events[0]: 'batch.halted' is not an event webhooks carry, did "
+        f"you mean 'batch.stuck'? (events: {', '.join(OUTBOX_EVENTS)})"]
     assert errors(tmp_path, rule="pushed.*") == [
         f"claro.yaml:13 pipelines.onboarding.routing[0].events[0]: 'pushed.*' matches no event Slack alerts carry "
         f"({', '.join(ALERT_EVENTS)})"]

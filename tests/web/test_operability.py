@@ -148,21 +148,23 @@ def test_json_log_lines_carry_run_batch_and_source(monkeypatch, capsys):
         log_format()
 
 
-def test_the_instance_json_handler_of_dagster_prod_yaml_logs_every_run_as_json(capsys):
-    """The commented `python_logs` block of dagster.prod.yaml, uncommented: every run's lines as JSON."""
+def prod_python_logs() -> dict:
+    """The `python_logs` block of dagster.prod.yaml, as the production instance reads it."""
     from pathlib import Path
 
     from ruamel.yaml import YAML
 
-    text = (Path(__file__).parents[2] / "dagster.prod.yaml").read_text()
-    block = text[text.index("# python_logs:"):text.index("telemetry:")]
-    python_logs = YAML(typ="safe").load("\n".join(line[2:] for line in block.splitlines()))["python_logs"]
+    return YAML(typ="safe").load((Path(__file__).parents[2] / "dagster.prod.yaml").read_text())["python_logs"]
+
+
+def test_the_instance_json_handler_of_dagster_prod_yaml_logs_every_run_as_json(capsys):
+    """dagster.prod.yaml's `python_logs`: every run's lines as JSON on stdout, whatever the run config says."""
 
     @dg.asset
     def batch_raw(context) -> None:
         context.log.warning("3 rows rejected")
 
-    with dg.instance_for_test(overrides={"python_logs": python_logs}) as instance:
+    with dg.instance_for_test(overrides={"python_logs": prod_python_logs()}) as instance:
         defs = dg.Definitions(assets=[batch_raw], jobs=[dg.define_asset_job("j", [batch_raw])])
         result = defs.resolve_job_def("j").execute_in_process(
             instance=instance, tags={"claro/source": "acme_csv", "dagster/partition": "acme-0003"})
@@ -171,3 +173,54 @@ def test_the_instance_json_handler_of_dagster_prod_yaml_logs_every_run_as_json(c
     assert [(m["run_id"], m["batch"], m["source"], m["level"]) for m in mine] == [
         (result.run_id, "acme-0003", "acme_csv", "WARNING")]
     assert all(line["run_id"] == result.run_id for line in lines) and len(lines) > 5
+
+
+JOB = """\
+import dagster as dg
+
+
+@dg.asset
+def batch_raw(context) -> None:
+    context.log.warning("3 rows rejected")
+
+
+defs = dg.Definitions(assets=[batch_raw], jobs=[dg.define_asset_job("j", [batch_raw])])
+"""
+
+
+@pytest.mark.e2e
+def test_a_run_in_its_own_processes_logs_json_lines_on_stdout_with_run_batch_and_source(tmp_path):
+    """As in production: `dagster job execute` against an instance with dagster.prod.yaml's python_logs, the step
+    in a process of its own (the multiprocess executor); every line of the run on stdout is JSON."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ruamel.yaml import YAML
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with (home / "dagster.yaml").open("w") as handle:
+        YAML().dump({"storage": {"sqlite": {"base_dir": str(home / "storage")}}, "telemetry": {"enabled": False},
+                     "python_logs": prod_python_logs()}, handle)
+    (tmp_path / "job.py").write_text(JOB)
+    root = str(Path(__file__).parents[2])
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop("CLARO_LOG_FORMAT", None)
+    done = subprocess.run([sys.executable, "-m", "dagster", "job", "execute", "-f", "job.py", "-j", "j", "--tags",
+                           json.dumps({"claro/source": "acme_csv", "claro/batch": "acme-0005"})],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every stdout line is JSON: a line that is not fails here
+    mine = [r for r in records if r["message"] == "3 rows rejected"]
+    assert len(mine) == 1, done.stdout[-3000:]
+    run_id = mine[0]["run_id"]
+    assert (mine[0]["batch"], mine[0]["source"], mine[0]["step"], mine[0]["level"]) == (
+        "acme-0005", "acme_csv", "batch_raw", "WARNING")
+    assert {r["run_id"] for r in records} == {run_id}
+    events = {r.get("event") for r in records}
+    assert {"STEP_START", "STEP_SUCCESS", "PIPELINE_SUCCESS"} <= events, events  # the run process and the step
+    assert "3 rows rejected" in done.stderr  # Dagster's own text console lines stay on stderr
