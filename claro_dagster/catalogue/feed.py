@@ -86,14 +86,7 @@ def records_page(store: Any, catalogue: str, *, filter: str | None = None, colum
     if not 1 <= limit <= MAX_PAGE:
         raise StoreError(f"limit {limit} is out of range: give 1 to {MAX_PAGE}")
     cat = store.catalogue(catalogue)
-    table = store.rec[catalogue]
-    cols = {a: table.c[a] for a in cat.attributes}
-    wanted = list(dict.fromkeys(columns)) if columns else list(cat.attributes)
-    unknown = [c for c in wanted if c not in cols]
-    if unknown:
-        raise StoreError(f"unknown column(s) {', '.join(unknown)} in {catalogue}; columns are: {', '.join(cols)}")
-    if cat.key not in wanted:
-        wanted.insert(0, cat.key)
+    cols, wanted = store.reader.selection(catalogue, columns)
     key_col = cols[cat.key]
     query = sa.select(*[cols[c] for c in wanted]).order_by(key_col).limit(limit + 1)
     if filter:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from claro_dagster.catalogue.access import AccessDenied, AccessError
 from claro_dagster.catalogue.api_access import ApiTokens
-from claro_dagster.catalogue.changes import Change, ChangeSet
+from claro_dagster.catalogue.changes import Change, ChangeSet, StoreError
 from claro_dagster.catalogue.feed import BadCursor, change_feed, records_page
 from claro_dagster.catalogue.proposals import ProposalError, ProposedChange, propose
 from claro_dagster.catalogue.store import CatalogueStore
@@ -72,6 +72,26 @@ def test_record_pages_follow_the_key(tmp_path):
     assert records_page(store, "wide", columns=["a01"], cursor=first.next_cursor).records == [{"sku": "c", "a01": None}]
     with pytest.raises(BadCursor):
         records_page(store, "wide", cursor="eyJ4IjoxfQ")  # valid base64 JSON, but not a cursor
+    assert records_page(store, "wide", columns=["a01", "sku", "a01"]).records[0] == {"a01": 2.0, "sku": "a"}
+    store.dispose()
+
+
+def test_every_read_selects_columns_alike_and_names_each_unknown_one(tmp_path):
+    """A page of the API, a read of records and a destination's read of what changed share one column selection:
+    the same order (each once, the key first unless asked for) and the same message for fields that do not exist."""
+    store = CatalogueStore(wide_spec(), f"sqlite:///{tmp_path / 'c.db'}")
+    store.import_records("wide", pd.DataFrame({"sku": ["a"], "a01": [2.0], "a02": ["x"]}), change_set_id="i")
+    assert list(records_page(store, "wide", columns=["a02", "a01", "a02"]).records[0]) == ["sku", "a02", "a01"]
+    assert list(store.records("wide", columns=["a02", "a01", "a02"]).columns) == ["sku", "a02", "a01"]
+    assert list(store.changed_since("wide", 0, columns=["a02", "a01", "a02"]).columns) == ["sku", "a02", "a01"]
+    message = ("unknown field(s) 'a44x' (did you mean 'a44'?), 'colour' in wide; fields are: sku, "
+               + ", ".join(f"a{i:02d}" for i in range(WIDE)))
+    for read in (lambda: records_page(store, "wide", columns=["a01", "a44x", "colour"]),
+                 lambda: store.records("wide", columns=["a01", "a44x", "colour"]),
+                 lambda: store.changed_since("wide", 0, columns=["a01", "a44x", "colour"])):
+        with pytest.raises(StoreError) as refused:
+            read()
+        assert str(refused.value) == message
     store.dispose()
 
 

@@ -85,7 +85,9 @@ def test_feed_and_filter_errors_say_where(api):
     unknown = api.get("/catalogues/products/records", filter="colour == 'red'")
     assert unknown.status_code == 400 and "colour" in unknown.json()["error"]
     assert api.get("/catalogues/products/records", cursor="not-a-cursor").status_code == 400
-    assert api.get("/catalogues/products/records", columns="nope").status_code == 400
+    misspelt = api.get("/catalogues/products/records", columns="title,prise")
+    assert misspelt.status_code == 400 and misspelt.json()["error"] == (
+        "unknown field(s) 'prise' (did you mean 'price'?) in products; fields are: sku, title, price, status, launched")
     typo = api.get("/catalogues/products/records", filtr="price > 3")  # never answered as if absent
     assert typo.status_code == 400 and "unknown query parameter(s) 'filtr'" in typo.json()["error"]
     assert "takes filter, columns, cursor, limit" in typo.json()["error"]
