@@ -14,6 +14,7 @@ from claro_dagster.catalogue.api_access import ApiTokens
 from claro_dagster.catalogue.changes import Change, ChangeSet, StoreError
 from claro_dagster.catalogue.feed import BadCursor, change_feed, records_page
 from claro_dagster.catalogue.proposals import ProposalError, ProposedChange, propose
+from claro_dagster.catalogue.review import ReviewQueue
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec.models import ApiSpec, AttributeSpec, CatalogueSpec, ProjectSpec
 
@@ -42,6 +43,51 @@ def test_the_feed_gives_a_created_record_its_values_as_created_on_both_backends(
     assert [(c["record"], c["field"], c["old"], c["new"]) for c in page.changes if c["kind"] == "updated"] == [
         ("W1", "a01", 1.0, 99.0), ("W1", "a44", None, "filled"), ("W1", "a01", 99.0, 100.0)]
     assert page.next == page.last
+    store.dispose()
+
+
+def test_a_record_created_field_by_field_is_one_created_change_like_an_imported_one(store_url):
+    """Every path that creates a record (a bulk import; a change set setting fields one by one, as enrichment, a
+    sheet pull or an API proposal does; a reviewer approving a proposal for a new key) writes one event for the
+    record, with the same payload: the feed reports a creation with the values as created, never updates from
+    null, and a webhook receiver gets the same link either way."""
+    store = CatalogueStore(wide_spec(), store_url)
+    store.import_records("wide", pd.DataFrame({"sku": ["I1"], "a00": ["imported"]}), change_set_id="import",
+                         run_id="r0", source="erp")
+    store.apply(ChangeSet("fields", "wide", "enrich", [Change("F1", "a00", "t"), Change("F1", "a01", 1.0),
+                                                       Change("F2", "a02", "u"), Change("F1", "a03", 3.0)],
+                          run_id="r1", source="web"))
+    store.apply(ChangeSet("held", "wide", "enrich", [Change("R1", "a00", "maybe", 70), Change("R1", "a01", 5.0, 70)],
+                          run_id="r2"))
+    queue = ReviewQueue(store)
+    items = {i.field: i.id for i in queue.list(catalogue="wide")}
+    queue.approve([items["a00"]], by="lead")
+    queue.approve([items["a01"]], by="lead")  # the record exists now: an update, from the reviewer too
+    store.apply(ChangeSet("later", "wide", "normalize", [Change("F1", "a01", 2.0)]))
+    page = change_feed(store, 0)
+    assert [(c["type"], c["kind"], c["record"], c["field"]) for c in page.changes] == [
+        ("change.applied", "created", "I1", None), ("change.applied", "created", "F1", None),
+        ("change.applied", "created", "F2", None), ("change.approved", "created", "R1", None),
+        ("change.approved", "updated", "R1", "a01"), ("change.applied", "updated", "F1", "a01")]
+    created = {c["record"]: c for c in page.changes if c["kind"] == "created"}
+    nothing = {f"a{i:02d}": None for i in range(WIDE)}
+    assert created["F1"]["values"] == {"sku": "F1", **nothing, "a00": "t", "a01": 1.0, "a03": 3.0}  # as created
+    assert created["F2"]["values"] == {"sku": "F2", **nothing, "a02": "u"}
+    assert created["R1"]["values"] == {"sku": "R1", **nothing, "a00": "maybe"}
+    assert created["I1"]["values"] == {"sku": "I1", **nothing, "a00": "imported"}
+    assert [(c["operation"], c.get("source"), c.get("run_id")) for c in created.values()] == [
+        ("import", "erp", "r0"), ("enrich", "web", "r1"), ("enrich", "web", "r1"), ("enrich", None, "r2")]
+    assert page.changes[-2]["old"] is None and page.changes[-2]["new"] == 5.0
+    # what a webhook receiver gets: one event per new record, the same payload whatever the path
+    events = {e["record"]: e for e in store.events() if e["payload"].get("created")}
+    assert sorted(events) == ["F1", "F2", "I1", "R1"]
+    link = "/api/v1/catalogues/wide/records/{record}"
+    assert events["I1"]["payload"] == {"created": True, "link": link, "operation": "import", "source": "erp",
+                                       "run_id": "r0"}
+    assert events["F1"]["payload"] == {"created": True, "link": link, "operation": "enrich", "source": "web",
+                                       "run_id": "r1"}
+    assert events["R1"]["type"] == "change.approved" and events["R1"]["proposal"] == items["a00"]
+    assert [e["field"] for e in store.events() if e["record"] == "F1"] == [None, "a01"]  # no event per field
     store.dispose()
 
 
