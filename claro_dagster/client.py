@@ -118,6 +118,7 @@ class Record:
 @dataclass(frozen=True)
 class Change:
     sequence: int
+    type: str  # the event: change.applied, or change.approved (a reviewer or a merge applied it)
     kind: str  # created | updated | deleted
     catalogue: str
     record: str | None
@@ -229,8 +230,8 @@ class ClaroClient:
         body = self._call("GET", "changes", params={"since": since, "catalogue": catalogue, "limit": limit})
         known = {"sequence", "type", "kind", "catalogue", "record", "field", "change_set", "at", "values", "old",
                  "new"}
-        changes = [Change(c["sequence"], c["kind"], c["catalogue"], c.get("record"), c.get("field"), c["change_set"],
-                          c["at"], c.get("values"), c.get("old"), c.get("new"),
+        changes = [Change(c["sequence"], c["type"], c["kind"], c["catalogue"], c.get("record"), c.get("field"),
+                          c["change_set"], c["at"], c.get("values"), c.get("old"), c.get("new"),
                           {k: v for k, v in c.items() if k not in known}) for c in body["changes"]]
         return ChangesPage(changes, body["next"], body["last"])
 

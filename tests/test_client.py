@@ -60,6 +60,7 @@ def test_records_record_and_changes(api):
     page = c.changes(0)
     assert [ch.record for ch in page.changes] == ["A1", "B2", "C3"] and page.caught_up
     assert page.changes[0].kind == "created" and page.changes[0].values["price"] == 4.5
+    assert page.changes[0].type == "change.applied" and page.changes[0].extra["operation"] == "import"
     store = api.store()
     store.apply(ChangeSet("reprice", "products", "normalize", [StoreChange("B2", "price", 3.5, 100)]))
     store.dispose()
@@ -102,6 +103,9 @@ def test_propose_lands_in_review_and_refusals_list_problems(api):
     item = reviewer.review_items("products")[0]
     assert reviewer.decide(item["id"], "approve")["status"] == "approved"
     assert c.record("A1", "products").values["title"] == "Mug XL"
+    [approved] = client(api, "reader").changes(3).changes  # after the three imported records
+    assert (approved.type, approved.kind, approved.record, approved.old, approved.new) == (
+        "change.approved", "updated", "A1", "Mug", "Mug XL")
 
 
 def test_run_and_wait(api):

@@ -6,7 +6,9 @@ from its first page to its last (a record created behind the cursor is seen on t
 change feed).
 
 The change feed is the outbox (`claro_events`) read in id order: every applied change with its values
-(`change.applied`: a field's old and new value; a created record's values; a deleted record). Its sequence is
+(`change.applied`, and `change.approved` for a value a reviewer or a merge applied: a field's old and new value;
+a created record's values; a deleted record). A new record is one `created` change whichever path created it (the
+writer writes one event per new record, see `writer.created_payload`), never updates from null. Its sequence is
 the event id. On PostgreSQL an id is taken when a transaction inserts and becomes visible when it commits, so a
 later id can be visible before an earlier one: the feed stops before a gap in the ids unless the event after
 the gap is older than `gap_grace` (then the gap is a rolled-back transaction), so a receiver that resumes from
@@ -31,7 +33,7 @@ from claro_dagster.catalogue.filters import compile_filter
 from claro_dagster.catalogue.reader import HistoryEntry, Provenance
 
 MAX_PAGE = 1000
-FEED_TYPES = ("change.applied",)
+FEED_TYPES = ("change.applied", "change.approved")  # the events that apply a value
 
 
 class BadCursor(StoreError):
@@ -86,14 +88,7 @@ def records_page(store: Any, catalogue: str, *, filter: str | None = None, colum
     if not 1 <= limit <= MAX_PAGE:
         raise StoreError(f"limit {limit} is out of range: give 1 to {MAX_PAGE}")
     cat = store.catalogue(catalogue)
-    table = store.rec[catalogue]
-    cols = {a: table.c[a] for a in cat.attributes}
-    wanted = list(dict.fromkeys(columns)) if columns else list(cat.attributes)
-    unknown = [c for c in wanted if c not in cols]
-    if unknown:
-        raise StoreError(f"unknown column(s) {', '.join(unknown)} in {catalogue}; columns are: {', '.join(cols)}")
-    if cat.key not in wanted:
-        wanted.insert(0, cat.key)
+    cols, wanted = store.reader.selection(catalogue, columns)
     key_col = cols[cat.key]
     query = sa.select(*[cols[c] for c in wanted]).order_by(key_col).limit(limit + 1)
     if filter:
@@ -190,7 +185,7 @@ def change_feed(store: Any, since: int, *, limit: int = 500, catalogue: str | No
 
 
 def _values_as_created(store: Any, events: list[Any]) -> dict[int, dict[str, Any] | None]:
-    """The values each bulk-created record had when its `change.applied` event was written, by event id: a value
+    """The values each created record had when its `created` event was written, by event id: a value
     changed since is the `old` of its first later history row, else the value stored now. None for a record
     deleted since (its `deleted` change follows in the feed)."""
     out: dict[int, dict[str, Any] | None] = {}

@@ -7,6 +7,7 @@ and hashes is exactly what readers see.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -93,17 +94,30 @@ class CatalogueReader:
             if empty:
                 yield self.canonical(catalogue, pd.DataFrame([], columns=names))
 
+    def selection(self, catalogue: str, columns: Sequence[str] | None) -> tuple[dict[str, sa.Column], list[str]]:
+        """The catalogue's columns by field name, and the fields a read selects: `columns` in the order given
+        (each once; all fields when empty), with the key first unless it is among them. StoreError naming every
+        unknown field (and the closest known one) otherwise."""
+        cat = self.schema.catalogue(catalogue)
+        table = self.rec[catalogue]
+        cols = {a: table.c[a] for a in cat.attributes}
+        wanted = list(dict.fromkeys(columns)) if columns else list(cat.attributes)
+        unknown = [c for c in wanted if c not in cols]
+        if unknown:
+            named = []
+            for c in unknown:
+                close = difflib.get_close_matches(c, list(cols), n=1)
+                named.append(f"{c!r} (did you mean {close[0]!r}?)" if close else repr(c))
+            raise StoreError(f"unknown field(s) {', '.join(named)} in {catalogue}; fields are: {', '.join(cols)}")
+        if cat.key not in wanted:
+            wanted.insert(0, cat.key)
+        return cols, wanted
+
     def _records_query(self, catalogue: str, filter: str | None, columns: Sequence[str] | None,
                        limit: int | None, with_seq: bool) -> tuple[sa.Select, list[str]]:
         cat = self.schema.catalogue(catalogue)
         table = self.rec[catalogue]
-        cols = {a: table.c[a] for a in cat.attributes}
-        wanted = list(columns) if columns else list(cat.attributes)
-        unknown = [c for c in wanted if c not in cols]
-        if unknown:
-            raise StoreError(f"unknown field(s) {', '.join(unknown)} in {catalogue}; fields are: {', '.join(cols)}")
-        if cat.key not in wanted:
-            wanted.insert(0, cat.key)
+        cols, wanted = self.selection(catalogue, columns)
         select_cols = [cols[c] for c in wanted] + ([table.c._seq] if with_seq else [])
         query = sa.select(*select_cols).order_by(table.c[cat.key])
         if filter:
@@ -121,13 +135,7 @@ class CatalogueReader:
         and Arrow parses, so a million changed records cost no Python object per value."""
         cat = self.schema.catalogue(catalogue)
         table = self.rec[catalogue]
-        cols = {a: table.c[a] for a in cat.attributes}
-        wanted = list(dict.fromkeys(columns)) if columns else list(cat.attributes)
-        unknown = [c for c in wanted if c not in cols]
-        if unknown:
-            raise StoreError(f"unknown field(s) {', '.join(unknown)} in {catalogue}; fields are: {', '.join(cols)}")
-        if cat.key not in wanted:
-            wanted.insert(0, cat.key)
+        cols, wanted = self.selection(catalogue, columns)
         types = {a: pa.float64() if cat.attributes[a].type == "number" else pa.large_string() for a in wanted}
         condition = table.c._seq > since
         if filter:

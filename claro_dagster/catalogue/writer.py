@@ -89,6 +89,16 @@ class ValueProvenance:
     citation: str | None = None  # where the value was read, e.g. a scraped page's URL
 
 
+def created_payload(catalogue: str, operation: str, source: str | None, run_id: str | None) -> dict[str, Any]:
+    """The payload of the `change.applied` (or `change.approved`) event of a new record, the same whichever path
+    created it (a bulk import, or a change set setting its fields one by one). It carries no values (a per-row
+    payload costs the bulk path dearly): `link` is where a webhook receiver fetches the record with its API token
+    (`{record}`: the event's record key, URL-encoded), and the API's change feed fills in the values as created
+    (`catalogue.feed`)."""
+    return {"created": True, "link": f"/api/v1/catalogues/{catalogue}/records/{{record}}", "operation": operation,
+            "source": source, "run_id": run_id}
+
+
 class ChangeSetWriter:
     def __init__(self, schema: StoredSchema, reader: CatalogueReader):
         self.schema = schema
@@ -573,7 +583,8 @@ class OpenChangeSet:
               proposal_of: Callable[[Change], int | None] | None = None,
               event_type: str = "change.applied") -> None:
         """Gate each change (or `decide` it) and write it: applied ones with provenance, history and an
-        event; held-back ones as review proposals. A change to an unknown record creates the record."""
+        event; held-back ones as review proposals. A change to an unknown record creates the record: one event
+        for the record (`created_payload`), none per field."""
         cs = self.cs
         cat = self.schema.catalogue(cs.catalogue)
         result = self.result
@@ -613,6 +624,11 @@ class OpenChangeSet:
                 rows[ch.record] = row
                 created[ch.record] = row
                 result.created += 1
+                # One event for the new record, as the bulk path writes (`insert_new`), not one per field from
+                # null: webhooks and the change feed see a creation however the record came to be.
+                events.append(dict(type=event_type, catalogue=cs.catalogue, record=ch.record, field=None,
+                                   change_set=cs.id, proposal=proposal, at=stamp,
+                                   payload=dumps(created_payload(cs.catalogue, p.operation, p.source, p.run_id))))
             elif ch.record not in created:
                 history.append(dict(catalogue=cs.catalogue, record=ch.record, field=ch.field, old=dumps(old),
                                     new=dumps(new), old_prov=row[prov_column(ch.field)], new_prov=pid,
@@ -622,8 +638,9 @@ class OpenChangeSet:
             row[prov_column(ch.field)] = pid
             writes[ch.record][ch.field] = new
             writes[ch.record][prov_column(ch.field)] = pid
-            events.append(dict(type=event_type, catalogue=cs.catalogue, record=ch.record, field=ch.field,
-                               change_set=cs.id, proposal=proposal, payload=dumps(payload), at=stamp))
+            if ch.record not in created:
+                events.append(dict(type=event_type, catalogue=cs.catalogue, record=ch.record, field=ch.field,
+                                   change_set=cs.id, proposal=proposal, payload=dumps(payload), at=stamp))
             result.applied += 1
         self._write_rows(rows, writes, created)
         if history:
@@ -685,10 +702,8 @@ class OpenChangeSet:
         self._bulk_insert(table, stored, {"_created_cs": change_set_id, "_created_prov": self.provenance(prov),
                                           "_seq": self.seq})
         e = self.t["events"]
-        # One constant payload for every new record (no per-row work on the bulk path): the link a webhook receiver
-        # fetches the record's values from with its API token ({record}: the event's record key, URL-encoded); the
-        # API's change feed fills in the values as created itself (`catalogue.feed`).
-        payload = dumps({"created": True, "link": f"/api/v1/catalogues/{catalogue}/records/{{record}}"})
+        # One constant payload for every new record: no per-row work on the bulk path.
+        payload = dumps(created_payload(catalogue, prov.operation, prov.source, prov.run_id))
         self.conn.execute(e.insert().from_select(
             ["type", "catalogue", "record", "change_set", "payload", "at"],
             sa.select(sa.literal("change.applied"), sa.literal(catalogue), table.c[cat.key],

@@ -120,8 +120,10 @@ class Record(BaseModel):
 
 class Change(BaseModel):
     sequence: int
-    type: str
-    kind: Literal["created", "updated", "deleted"]
+    type: str = Field(description="change.applied, or change.approved for a value a reviewer (or a merge) applied")
+    kind: Literal["created", "updated", "deleted"] = Field(
+        description="created: a new record, one change with its values however it was created; updated: one "
+                    "field of an existing record; deleted: a record removed (a rollback of the run that created it)")
     catalogue: str
     record: str | None
     field: str | None

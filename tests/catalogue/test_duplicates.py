@@ -8,6 +8,7 @@ import pytest
 
 from claro_dagster.catalogue.changes import Change, ChangeSet, StoreError
 from claro_dagster.catalogue.duplicates import MERGE_FIELD, Duplicates, ProposalChanged
+from claro_dagster.catalogue.feed import change_feed
 from claro_dagster.catalogue.review import ReviewQueue
 from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec.models import ProjectSpec
@@ -83,6 +84,13 @@ def test_approving_merges_through_the_writer_and_repoints_references(store):
     assert merged.status == "merged" and merged.merge_run.startswith(f"merge-{item_id}-")
     assert ReviewQueue(store).get(item_id).status == "approved"
     assert Duplicates(store).find("products", run_id="dedupe-run-3").proposed == 0  # P2 is merged
+    # the change feed has what the merge applied (it creates no record: each one it writes exists)
+    merge = [(c["type"], c["kind"], c["catalogue"], c["record"], c["field"], c["old"], c["new"])
+             for c in change_feed(store, 0).changes if c["change_set"].startswith("merge:")]
+    assert sorted(merge) == [("change.approved", "updated", "offers", "O1", "product", "P2", "P1"),
+                             ("change.approved", "updated", "products", "P1", "colour", None, "red"),
+                             ("change.approved", "updated", "products", "P2", "status", "active", "archived"),
+                             ("change.approved", "updated", "products", "P3", "replaces", "P2", "P1")]
 
 
 def test_unmerge_restores_both_records_and_the_repointed_references(store):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from claro_dagster.catalogue.changes import Change, ChangeSet
+from claro_dagster.catalogue.feed import change_feed
 from claro_dagster.catalogue.review import ReviewQueue
 from claro_dagster.catalogue.sheet_sync import (
     SheetState,
@@ -188,6 +189,9 @@ def test_a_new_row_is_a_new_record_through_validation(store):
     _, result = pull(store, sheet, confidence=95)
     assert store.record("products", "A-3") == {"sku": "A-3", "title": "Bowl", "price": 8.0, "colour": "red"}
     assert store.record("products", "bad key") is None
+    # the change feed (and a webhook receiver) see a new record, not three updates from null
+    assert [(c["kind"], c["field"], c["values"], c["source"]) for c in change_feed(store, 0).changes
+            if c["record"] == "A-3"] == [("created", None, store.record("products", "A-3"), "sheets:sheet")]
     assert any("bad key" in i and "does not match the pattern" in i for i in result.invalid)
 
 

@@ -184,16 +184,18 @@ def test_each_change_arrives_signed_and_verified_by_the_library(receiver, store_
     create(store, 2)
     store.apply(ChangeSet("reprice-1", "products", "reprice", [Change("SKU-0001", "price", 19.9, 97, "promo")],
                           run_id="run-2"))
+    store.apply(ChangeSet("fill-1", "products", "enrich", [Change("NEW-1", "price", 30.0, 99, "found")],
+                          run_id="run-3"))
     sender = WebhookSender(timeout=5)
     report = sender.deliver_due(store, spec)
-    assert (report.planned, report.delivered, report.failed, report.errors) == (3, 3, 0, {})
+    assert (report.planned, report.delivered, report.failed, report.errors) == (4, 4, 0, {})
     got = receiver.at("/erp")
-    assert [m["error"] for m in got] == [None, None, None]
+    assert [m["error"] for m in got] == [None, None, None, None]
     assert all(m["headers"]["Content-Type"] == "application/json" for m in got)
     assert all(abs(int(m["timestamp"]) - time.time()) < 60 for m in got)
     outbox = sender.outbox(store)
     assert [m["id"] for m in got] == [d.webhook_id for d in sorted(outbox.log(), key=lambda d: d.id)]
-    created, _, changed = (m["payload"] for m in got)
+    created, _, changed, field_by_field = (m["payload"] for m in got)
     assert created["type"] == "change.applied" and created["data"]["created"] is True
     # not only a flag: the link to fetch the new record with an API token ({record}: data.record, URL-encoded)
     assert created["data"]["link"] == "/api/v1/catalogues/products/records/{record}"
@@ -205,7 +207,11 @@ def test_each_change_arrives_signed_and_verified_by_the_library(receiver, store_
         "confidence": 97, "reason": "promo", "operation": "reprice", "run_id": "run-2", "change_set": "reprice-1"}
     stamp = datetime.fromisoformat(changed["timestamp"].replace("Z", "+00:00"))
     assert changed["timestamp"].endswith("Z") and abs((stamp - datetime.now(UTC)).total_seconds()) < 60
-    assert outbox.counts() == {"pending": 0, "delivered": 3, "failed": 0, "dead": 0}
+    # a record a per-field change set creates is one message like an imported one, not updates from null
+    assert {k: field_by_field["data"][k] for k in ("created", "link", "record", "field", "operation", "run_id")} == {
+        "created": True, "link": "/api/v1/catalogues/products/records/{record}", "record": "NEW-1", "field": None,
+        "operation": "enrich", "run_id": "run-3"}
+    assert outbox.counts() == {"pending": 0, "delivered": 4, "failed": 0, "dead": 0}
     assert sender.deliver_due(store, spec).busy is False
     sender.close()
     store.dispose()

@@ -85,7 +85,9 @@ def test_feed_and_filter_errors_say_where(api):
     unknown = api.get("/catalogues/products/records", filter="colour == 'red'")
     assert unknown.status_code == 400 and "colour" in unknown.json()["error"]
     assert api.get("/catalogues/products/records", cursor="not-a-cursor").status_code == 400
-    assert api.get("/catalogues/products/records", columns="nope").status_code == 400
+    misspelt = api.get("/catalogues/products/records", columns="title,prise")
+    assert misspelt.status_code == 400 and misspelt.json()["error"] == (
+        "unknown field(s) 'prise' (did you mean 'price'?) in products; fields are: sku, title, price, status, launched")
     typo = api.get("/catalogues/products/records", filtr="price > 3")  # never answered as if absent
     assert typo.status_code == 400 and "unknown query parameter(s) 'filtr'" in typo.json()["error"]
     assert "takes filter, columns, cursor, limit" in typo.json()["error"]
@@ -306,18 +308,43 @@ def test_other_api_paths_answer_json(api):
     assert odd.status_code == 404 and odd.json()["error"] == "no record 'a\\nb/c' in products"
 
 
-def test_the_link_of_a_created_record_event_fetches_its_values(api):
+def test_a_created_record_is_one_created_change_with_a_link_whatever_created_it(api):
+    """An import, a proposal a trusted client applies at once, and a proposal a reviewer approves each create a
+    record: the feed has one `created` change for it with its values, and its webhook event (the same payload on
+    every path) has the link that fetches them with an API token."""
     from urllib.parse import quote
 
     store = api.store()
     store.import_records("products", pd.DataFrame({"sku": ["D/4 #x"], "title": ["Bowl"], "price": [8.0],
                                                    "status": ["draft"], "launched": [None]}), change_set_id="import-2")
-    event = store.events()[-1]
     store.dispose()
-    assert event["payload"] == {"created": True, "link": "/api/v1/catalogues/products/records/{record}"}
-    link = event["payload"]["link"].replace("{record}", quote(event["record"], safe=""))
-    fetched = api.client.get(link, headers=api.auth("reader"))
-    assert fetched.status_code == 200 and fetched.json()["values"]["title"] == "Bowl"
+    applied = api.post("/catalogues/products/proposals", {"changes": [
+        {"record": "E 5?", "field": "title", "value": "Plate", "confidence": 99},
+        {"record": "E 5?", "field": "price", "value": 6}]}, token="trusted").json()
+    assert (applied["applied"], applied["created"]) == (2, 1)
+    queued = api.post("/catalogues/products/proposals", {"changes": [{"record": "F6", "field": "title",
+                                                                      "value": "Bowl XL", "confidence": 70}]}).json()
+    assert (queued["queued"], queued["created"]) == (1, 0)
+    since = api.get("/changes", since=0).json()["next"]
+    [item] = api.get("/review", token="reviewer").json()["items"]
+    assert api.post(f"/review/{item['id']}/decision", {"decision": "approve"}, token="reviewer").status_code == 200
+    feed = api.get("/changes", since=0).json()["changes"]
+    new = [c for c in feed if c["record"] in ("D/4 #x", "E 5?", "F6")]
+    assert [(c["kind"], c["record"], c["field"], c["type"]) for c in new] == [
+        ("created", "D/4 #x", None, "change.applied"), ("created", "E 5?", None, "change.applied"),
+        ("created", "F6", None, "change.approved")]  # no updates from null
+    assert [c["sequence"] > since for c in new] == [False, False, True]  # the approval created F6, not the proposal
+    assert new[1]["values"] == {"sku": "E 5?", "title": "Plate", "price": 6.0, "status": None, "launched": None}
+    assert (new[1]["operation"], new[1]["source"]) == ("api", "api:trusted")
+    store = api.store()
+    events = [e for e in store.events() if e["payload"].get("created") and e["record"] in ("D/4 #x", "E 5?", "F6")]
+    store.dispose()
+    assert [e["payload"]["link"] for e in events] == ["/api/v1/catalogues/products/records/{record}"] * 3
+    assert [set(e["payload"]) for e in events] == [{"created", "link", "operation", "source", "run_id"}] * 3
+    for change, event in zip(new, events, strict=True):
+        link = event["payload"]["link"].replace("{record}", quote(event["record"], safe=""))
+        fetched = api.client.get(link, headers=api.auth("reader"))
+        assert fetched.status_code == 200 and fetched.json()["values"] == change["values"]
 
 
 def test_a_body_over_the_cap_is_refused_unread(api, monkeypatch):

@@ -11,6 +11,7 @@ import dagster as dg
 import pandas as pd
 
 from claro_dagster.catalogue.batches import BatchRegistry
+from claro_dagster.catalogue.feed import change_feed
 from claro_dagster.catalogue.portal import Portal, Staged
 from claro_dagster.definitions import build_definitions, inbound_sensor_name
 from claro_dagster.spec import DEMO_DIR
@@ -56,6 +57,12 @@ def test_a_portal_batch_is_published_by_the_pipeline_as_the_same_batch(tmp_path)
     example = pd.read_csv(io.BytesIO(template), dtype=str, encoding="utf-8-sig").iloc[0]
     record = claro.store.records("products").set_index("sku").loc[example["sku (required)"]]
     assert record["supplier"] == "SUP-0001" and record["title"] == example["title (required)"]
+    # an external system reading the change feed sees the supplier's record created, with its values
+    first, *later = [c for c in change_feed(claro.store, 0, catalogue="products").changes
+                     if c["record"] == example["sku (required)"]]
+    assert (first["kind"], first["operation"], first["source"]) == ("created", "publish", "acme_portal")
+    assert first["values"]["supplier"] == "SUP-0001" and first["values"]["title"] == example["title (required)"]
+    assert all(c["change_set"] != first["change_set"] for c in later)  # no updates from null beside it
 
 
 def test_the_portal_and_the_pipeline_halt_the_same_file_with_the_same_rejected_rows(tmp_path):
