@@ -19,7 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.e2e.harness import DEMO, DagsterStack, group_members, tail, wait_until
+from tests.e2e.harness import DEMO, LOCATION, DagsterStack, group_members, tail, wait_until
 
 DEFAULT_BROKER = "pyamqp://guest:guest@127.0.0.1:5672//"  # the RabbitMQ of the test machine ($CLARO_TEST_BROKER)
 SOURCE = "suppliers_csv"
@@ -153,6 +153,15 @@ class CeleryStack(DagsterStack):
                                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                     start_new_session=True)
         super().start(only=("daemon",))
+
+    def start_second_daemon(self, name: str = "daemon2") -> None:
+        """Another `dagster-daemon run` on the same instance, as an operator might start by mistake."""
+        import subprocess
+        with open(self.logs / f"{name}.log", "wb") as log:
+            self.procs[name] = subprocess.Popen(
+                [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", LOCATION],
+                cwd=self.spec_path.parent, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
 
     def worker_of_task(self, task_id: str) -> str | None:
         """The worker ("worker1", ...) whose log says it received Celery task `task_id` first, if any."""

@@ -13,8 +13,10 @@ The publish is held deterministically, never by sleeping: a trigger on the store
 opened its transaction, taken the catalogue lock and written the batch's records when the test sees it waiting
 (in `pg_stat_activity`).
 
-(PostgreSQL restarted mid-publish: tests/catalogue/test_publish_postgres_restart.py. Two daemons started by
-mistake: tests/test_run_concurrency.py.)
+* two daemons started by mistake on one instance: each batch still runs once (the inbox sensor's run keys;
+  tests/test_run_concurrency.py shows the same for two evaluations of one tick, deterministically).
+
+(PostgreSQL restarted mid-publish: tests/catalogue/test_publish_postgres_restart.py.)
 """
 
 from __future__ import annotations
@@ -309,3 +311,33 @@ def test_the_broker_restarted_mid_run_loses_and_duplicates_nothing(make_stack, p
     from tests.e2e.test_celery_e2e import catalogue_state
 
     assert catalogue_state(store) == reference_state(stack, contents, tmp_path / "reference")
+
+
+@pytest.mark.timeout(300)
+def test_two_daemons_started_by_mistake_run_each_batch_once(make_stack):
+    stack, store, hold = make_stack(workers=1)
+    hold.release()  # nothing to hold here
+    stack.start()
+    stack.start_second_daemon()
+    files = stack.drop_files(4, ROWS)
+    keys = {receipt_key(SOURCE, path) for path in files}
+    instance = dg.DagsterInstance.from_config(str(stack.dagster_home))
+    try:
+        def all_finished() -> tuple[bool, Any]:
+            runs = batch_runs(instance)
+            done = {r.tags.get("claro/batch") for r in runs if r.status == dg.DagsterRunStatus.SUCCESS}
+            return done == keys and all(r.is_finished for r in runs), [(r.run_id[:8], r.status.value)
+                                                                        for r in runs]
+
+        state = stack.wait(all_finished, 240, "every batch to have a successful run", 0.5)
+        runs = batch_runs(instance)
+        assert Counter(r.tags.get("claro/batch") for r in runs) == Counter({k: 1 for k in keys}), state
+        assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+    finally:
+        instance.dispose()
+    # both daemons were evaluating the inbox sensor all along
+    for name in ("daemon", "daemon2"):
+        log = (stack.logs / f"{name}.log").read_text(errors="replace")
+        assert "Checking for new runs for sensor: suppliers_csv_inbox" in log, f"{name} never ticked the sensor"
+    assert published(store) == {"records": 4 * ROWS, "publish_sets": Counter({k: 1 for k in keys}),
+                                "duplicate_history": []}
