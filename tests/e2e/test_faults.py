@@ -24,6 +24,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -202,7 +203,15 @@ def test_a_worker_killed_mid_publish_fails_the_run_and_the_retry_publishes_the_b
     assert BatchRegistry(store).get(key).status == "published"
     from tests.e2e.test_celery_e2e import catalogue_state
 
-    assert catalogue_state(store) == reference_state(stack, contents, tmp_path / "reference")
+    state = catalogue_state(store)
+    assert state == reference_state(stack, contents, tmp_path / "reference")
+    # an operator re-runs the batch's publish afterwards: nothing changes, nothing is written twice
+    done = subprocess.run([sys.executable, "-m", "claro_dagster.cli", "rerun", key, "records"], env=stack.env(),
+                          cwd=stack.spec_path.parent, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "records for" in done.stdout and ": done" in done.stdout and "published" in done.stdout, done.stdout
+    assert published(store) == {"records": ROWS, "publish_sets": Counter({key: 1}), "duplicate_history": []}
+    assert catalogue_state(store) == state
 
 
 class PrivateRedis:
