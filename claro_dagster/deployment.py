@@ -15,8 +15,9 @@ and what the Dagster instance must be, when the code location loads.
   $CLARO_CELERY_BROKER (RabbitMQ or Redis) on queue $CLARO_CELERY_QUEUE (default dagster), executed by
   `dagster-celery worker start -A dagster_celery.app -q QUEUE` processes on any number of machines.
 * prod with `CLARO_EXECUTOR=in_process` and dagster-celery's `CeleryRunLauncher` in dagster.yaml: each whole run
-  is a Celery task, executed in a warm worker process (no interpreter start per run or step); the measured
-  engine of the 200-file load test (deploy/README.md "Capacity model").
+  is a Celery task, executed in a warm worker process (no interpreter start per run or step; workers
+  `celery -A claro_dagster.celery_worker worker`); the measured engine of the 200-file load test (deploy/README.md
+  "Capacity model"). Its instance must have run retries and no run monitoring (deploy/README.md "Faults").
 
 A production setting that misses any of this fails at load with a message naming the variable or file to
 fix, instead of quietly running on SQLite. The local setting stays zero-config: `claro run` on the bundled demo
@@ -156,9 +157,31 @@ def production_problems(env) -> list[str]:
     if not queued:
         problems.append(f"{config_path}: no queued run coordinator with concurrency limits (`run_coordinator: "
                         "QueuedRunCoordinator` with tag_concurrency_limits, as in dagster.prod.yaml)")
+    problems.extend(celery_launcher_problems(config, config_path))
     for variable in sorted(set(re.findall(r"\{\s*env:\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}", config_path.read_text()))):
         if not env.get(variable):
             problems.append(f"{variable} is not set ({config_path} reads it)")
+    return problems
+
+
+def celery_launcher_problems(config: dict, config_path: Path | str = "dagster.yaml") -> list[str]:
+    """What an instance with dagster-celery's CeleryRunLauncher lacks to survive a worker killed mid-run
+    (deploy/README.md "Faults"): the broker gives the run's task to another worker, which marks the run failed,
+    and run retries run it again. Run monitoring would instead ignore that task and leave the run STARTED."""
+    if (config.get("run_launcher") or {}).get("class") != "CeleryRunLauncher":
+        return []
+    problems = []
+    if (config.get("run_monitoring") or {}).get("enabled"):
+        problems.append(f"{config_path}: `run_monitoring: enabled: true` with CeleryRunLauncher: a run whose worker "
+                        "was killed would stay STARTED (the monitor ignores the task the broker gives another "
+                        "worker, and cannot see a Celery worker's health); set `run_monitoring: {enabled: false}` "
+                        "and keep `run_retries` (the claro_dagster.celery_worker workers fail such a run, and the "
+                        "retry runs it again)")
+    retries = config.get("run_retries") or {}
+    if not retries.get("enabled") or int(retries.get("max_retries") or 0) < 1:
+        problems.append(f"{config_path}: no `run_retries` with CeleryRunLauncher: a run whose worker was killed "
+                        "is failed and never run again; set `run_retries: {enabled: true, max_retries: 2, "
+                        "retry_on_asset_or_op_failure: false}`")
     return problems
 
 

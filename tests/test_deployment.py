@@ -157,3 +157,32 @@ def test_celery_executor_sends_steps_to_the_named_broker_and_queue(clean_env, tm
     assert config["config_source"] == {"task_default_queue": "claro-steps"}
     clean_env.delenv("CLARO_EXECUTOR")
     assert executor_for(current_deployment()).name == "multiprocess"
+
+
+def test_the_celery_run_launcher_needs_run_retries_and_no_run_monitoring(clean_env, tmp_path):
+    """With CeleryRunLauncher a run whose worker was killed is failed by the worker the broker gives it to next, and
+    run retries run it again (deploy/README.md "Faults"); run monitoring would leave it STARTED instead."""
+    from ruamel.yaml import YAML
+
+    _complete_prod(clean_env, tmp_path)
+    clean_env.setenv("CLARO_EXECUTOR", "in_process")
+    path = tmp_path / "dagster_home" / "dagster.yaml"
+    yaml = YAML(typ="safe")
+    config = yaml.load(path.read_text())
+    config["run_launcher"] = {"module": "dagster_celery.launcher", "class": "CeleryRunLauncher",
+                              "config": {"broker": "pyamqp://guest@rabbit.internal:5672//", "default_queue": "claro"}}
+    with open(path, "w") as out:  # dagster.prod.yaml as it is: monitoring on (for the default launcher), retries on
+        yaml.dump(config, out)
+    with pytest.raises(DeploymentError, match="run_monitoring: enabled: true. with CeleryRunLauncher") as refused:
+        current_deployment()
+    assert "no `run_retries`" not in str(refused.value)
+    config["run_monitoring"] = {"enabled": False}
+    config["run_retries"] = {"enabled": False}
+    with open(path, "w") as out:
+        yaml.dump(config, out)
+    with pytest.raises(DeploymentError, match="no `run_retries` with CeleryRunLauncher"):
+        current_deployment()
+    config["run_retries"] = {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+    with open(path, "w") as out:
+        yaml.dump(config, out)
+    assert current_deployment().executor == "in_process"

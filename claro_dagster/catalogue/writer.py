@@ -76,6 +76,23 @@ _INSERT_ROWS = 1 << 16  # rows per executemany: bounds the Python values alive a
 _SCAN_ROWS = 1 << 19  # rows of (key, hash) SQLite renders as one text
 
 
+class CatalogueConnectionLost(ConnectionError):
+    """The connection to the catalogue database was lost while a change set was being written (the server
+    restarted or the connection was killed). The transaction did not commit, or (lost during COMMIT) committed
+    whole; either way publishing the change set again is safe: it is written once. A ConnectionError, so the
+    stages treat it as transient and retry."""
+
+    def __init__(self, change_sets: Sequence[ChangeSet], cause: BaseException):
+        self.change_sets = [cs.id for cs in change_sets]
+        named = ", ".join(f"change set {cs.id} of catalogue {cs.catalogue}" for cs in change_sets) or "a change set"
+        reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
+        super().__init__(
+            f"the connection to the catalogue database was lost while writing {named} ({reason}): nothing of it "
+            "is in the catalogue unless it committed whole just before. Once the database answers again, publish "
+            "it again (re-run the stage, or let the run's retry do it): a change set is written once, so a retry "
+            "never duplicates records or history")
+
+
 @dataclass(frozen=True)
 class ValueProvenance:
     """What a write records as the origin of a value (stored once per change set and distinct origin)."""
@@ -108,9 +125,17 @@ class ChangeSetWriter:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[WriteTransaction]:
-        """One database transaction for one or more change sets: all of it is written, or none."""
-        with self.engine.begin() as conn:
-            yield WriteTransaction(self, conn)
+        """One database transaction for one or more change sets: all of it is written, or none. A connection
+        lost on the way (the server restarted, the connection was killed) raises CatalogueConnectionLost."""
+        tx = None
+        try:
+            with self.engine.begin() as conn:
+                tx = WriteTransaction(self, conn)
+                yield tx
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            raise CatalogueConnectionLost(tx.opened if tx is not None else [], exc) from exc
 
     @functools.cache  # noqa: B019 - one writer per spec; resolving builds pydantic models, too slow per change
     def thresholds(self, catalogue: str, operation: str, attribute: str, source: str | None) -> Thresholds:
@@ -471,11 +496,13 @@ class WriteTransaction:
     def __init__(self, writer: ChangeSetWriter, conn: sa.Connection):
         self.writer = writer
         self.conn = conn
+        self.opened: list[ChangeSet] = []  # change sets this transaction writes (to name them in an error)
 
     def open(self, cs: ChangeSet) -> OpenChangeSet | None:
         """Record the change set; None if it exists already (the idempotency guard). Takes the catalogue's
         write lock first (see the module docstring), so the guard and every read after it see all change sets
         committed before."""
+        self.opened.append(cs)
         self.lock_catalogue(cs.catalogue)
         t = self.writer.t["change_sets"]
         if self.conn.execute(sa.select(t.c.seq).where(t.c.id == cs.id)).first() is not None:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from claro_dagster.catalogue.changes import Change, ChangeSet
 from claro_dagster.catalogue.store import CatalogueStore
+from claro_dagster.catalogue.writer import CatalogueConnectionLost
 from claro_dagster.spec.models import AttributeSpec, CatalogueSpec, ProjectSpec
 from tests.e2e.harness import wait_until
 
@@ -67,7 +68,8 @@ def test_a_publish_killed_mid_write_is_all_or_nothing(postgres_url):
     publisher.join(60)
     blocker.rollback()
     blocker.close()
-    assert failure and isinstance(failure[0], sa.exc.OperationalError)
+    assert failure and isinstance(failure[0], CatalogueConnectionLost), failure
+    assert "normalize-1" in str(failure[0]) and "publish it again" in str(failure[0])
 
     # Nothing of the killed change set: not its record, values, history, events or provenance.
     assert counts(store, "normalize-1") == {"change_sets": 0, "history": 0, "events": 0, "provenance": 0}

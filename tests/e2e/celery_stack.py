@@ -12,13 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.e2e.harness import DEMO, DagsterStack
+from tests.e2e.harness import DEMO, LOCATION, DagsterStack, group_members, tail, wait_until
 
 DEFAULT_BROKER = "pyamqp://guest:guest@127.0.0.1:5672//"  # the RabbitMQ of the test machine ($CLARO_TEST_BROKER)
 SOURCE = "suppliers_csv"
@@ -48,7 +49,18 @@ run_launcher:
     broker: "{broker}"
     backend: "rpc://"
     default_queue: "{queue}"
-    config_source: {{task_default_queue: "{queue}"}}
+    # a broker restarting while the daemon sends a run: keep trying for about a minute before the launch fails
+    config_source: {{task_default_queue: "{queue}",
+                    task_publish_retry_policy: {{max_retries: 60, interval_start: 0, interval_step: 0.5,
+                                                 interval_max: 1}}}}
+# what a worker killed mid-run needs (deploy/README.md "Faults"): the worker the broker gives its task to next fails
+# the run, and the daemon retries it; run monitoring would leave it STARTED
+run_monitoring:
+  enabled: false
+run_retries:
+  enabled: true
+  max_retries: 2
+  retry_on_asset_or_op_failure: false
 sensors:
   use_threads: true
   num_workers: 2
@@ -99,6 +111,7 @@ class CeleryStack(DagsterStack):
         self.workers = workers
         self.max_runs = max_runs
         self.databases = [f"claro_celery_dagster_{self.tag}", f"claro_celery_store_{self.tag}"]
+        self.killed: dict = {}  # workers a fault test killed
         super().__init__(root)
 
     def prepare(self) -> None:
@@ -114,7 +127,8 @@ class CeleryStack(DagsterStack):
         (self.dagster_home / "dagster.yaml").write_text(INSTANCE_YAML.format(
             host=parsed.host, port=parsed.port or 5432, db=parsed.database, max_runs=self.max_runs,
             broker=self.broker, queue=self.queue))
-        # the Celery app of `celery -A dagster_celery.app` reads this module (as `dagster-celery worker start` writes)
+        # the Celery app of `celery -A claro_dagster.celery_worker` (dagster-celery's app with the fault settings)
+        # reads this module (as `dagster-celery worker start` writes)
         config_dir = self.root / "celery_config"
         config_dir.mkdir()
         (config_dir / "dagster_celery_config.py").write_text(
@@ -131,7 +145,7 @@ class CeleryStack(DagsterStack):
         bindir = Path(sys.executable).parent
         for n in range(self.workers):
             name = f"worker{n + 1}"
-            args = [str(bindir / "celery"), "-A", "dagster_celery.app", "worker", "-Q", self.queue,
+            args = [str(bindir / "celery"), "-A", "claro_dagster.celery_worker", "worker", "-Q", self.queue,
                     "--concurrency", "1", "--prefetch-multiplier", "1", "-n", f"{name}-{self.tag}@%h",
                     "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
             with open(self.logs / f"{name}.log", "wb") as log:
@@ -139,6 +153,32 @@ class CeleryStack(DagsterStack):
                                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                     start_new_session=True)
         super().start(only=("daemon",))
+
+    def start_second_daemon(self, name: str = "daemon2") -> None:
+        """Another `dagster-daemon run` on the same instance, as an operator might start by mistake."""
+        import subprocess
+        with open(self.logs / f"{name}.log", "wb") as log:
+            self.procs[name] = subprocess.Popen(
+                [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", LOCATION],
+                cwd=self.spec_path.parent, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def worker_of_task(self, task_id: str) -> str | None:
+        """The worker ("worker1", ...) whose log says it received Celery task `task_id` first, if any."""
+        for name in sorted(n for n in [*self.procs, *self.killed] if n.startswith("worker")):
+            if f"[{task_id}] received" in tail(self.logs / f"{name}.log", 10_000):
+                return name
+        return None
+
+    def kill_worker(self, name: str) -> None:
+        """SIGKILL a worker's process group (its main process and the pool process executing the run), as a lost
+        node or the OOM killer would: nothing of it runs a handler or closes a connection cleanly."""
+        proc = self.procs.pop(name)  # no longer one of the processes that must stay alive
+        self.killed[name] = proc
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        wait_until(lambda: (not group_members(proc.pid), group_members(proc.pid)), 30, 0.1,
+                   what=f"the processes of {name} to exit after SIGKILL")
 
     def drop_files(self, count: int, rows: int) -> list[Path]:
         """Write `count` supplier files into the inbox at once (each as `.part`, renamed into place)."""
