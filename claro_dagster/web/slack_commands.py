@@ -45,6 +45,7 @@ from claro_dagster.catalogue.outbox import recent_runs
 from claro_dagster.catalogue.review import ReviewQueue
 from claro_dagster.catalogue.schema import filter_columns
 from claro_dagster.catalogue.store import CatalogueStore
+from claro_dagster.resources.dagster_api import DBT_BUILD_JOB as DBT_BUILD
 from claro_dagster.resources.dagster_api import WebserverUnreachable
 from claro_dagster.spec.checks import SCHEDULABLE_OPERATIONS, unknown
 from claro_dagster.spec.models import ProjectSpec
@@ -228,11 +229,12 @@ def _clean_text(text: str) -> str:
     return text.translate(str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})).strip()
 
 
-def run_targets(spec: ProjectSpec, catalogue: str) -> list[str]:
-    """What `run <catalogue> ...` accepts: the catalogue's pipelines, then its operations and destinations."""
+def run_targets(spec: ProjectSpec, catalogue: str, *, dbt: bool = False) -> list[str]:
+    """What `run <catalogue> ...` accepts: the catalogue's pipelines, then its operations and destinations, and
+    `dbt_build` when the code location has that job (`dbt`: its dbt models over the catalogues, tests as checks)."""
     pipelines = [name for name, p in spec.pipelines.items() if p.catalogue == catalogue]
     destinations = [name for name, d in spec.destinations.items() if d.catalogue == catalogue]
-    return [*pipelines, *SCHEDULABLE_OPERATIONS, *destinations]
+    return [*pipelines, *SCHEDULABLE_OPERATIONS, *destinations, *([DBT_BUILD] if dbt else [])]
 
 
 def _first_line(text: str | None, limit: int = 200) -> str:
