@@ -75,7 +75,11 @@ class Launcher(Protocol):
     def status(self, ref: str | None) -> str:
         """Human-readable status of a run id or a batch (recent runs when `ref` is None).
 
-        Both methods raise `WebserverUnreachable` when Dagster's webserver does not answer."""
+        Every method raises `WebserverUnreachable` when Dagster's webserver does not answer."""
+        ...
+
+    def has_job(self, name: str) -> bool:
+        """Whether the code location has the job `name` (`dbt_build` exists only with a dbt project)."""
         ...
 
 
@@ -363,6 +367,17 @@ class SlackCommands:
         if catalogue not in spec.catalogues:
             return SlackReply(unknown(catalogue, catalogues, "a catalogue") + ".")
         choices = run_targets(spec, catalogue)
+        if target == DBT_BUILD and target not in choices:  # a job of the code location, not of the spec
+            try:
+                present = self.launcher.has_job(DBT_BUILD)
+            except Exception as exc:
+                return SlackReply(f"Could not launch `{target}` on `{catalogue}`: {exc}")
+            if not present:
+                return SlackReply(f"The Dagster code location has no `{DBT_BUILD}` job: set CLARO_DBT_PROJECT to a "
+                                  "dbt project where Dagster runs (the catalogue store on PostgreSQL).")
+            if filter_text:
+                return SlackReply(f"`{DBT_BUILD}` takes no filter: dbt builds its models from whole tables.")
+            choices = run_targets(spec, catalogue, dbt=True)
         if target not in choices:
             return SlackReply(unknown(target, choices, f"an operation or pipeline of {catalogue!r}",
                                       listing="one of") + ".")
