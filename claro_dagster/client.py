@@ -70,6 +70,15 @@ class ProposalRefused(ClaroError):
         return list(self.body.get("problems") or [])
 
 
+class TargetUnavailable(ProposalRefused):
+    """422 of `run`: the Dagster code location does not have this target now (`dbt_build` without
+    CLARO_DBT_PROJECT where Dagster runs); `target` names it."""
+
+    @property
+    def target(self) -> str:
+        return str(self.body.get("unavailable"))
+
+
 class DagsterUnavailable(ClaroError):
     """503 (or 502): the Dagster webserver behind `claro serve` is down, or refused the run."""
 
@@ -258,7 +267,8 @@ class ClaroClient:
 
     # ------------------------------------------------------------------ runs
     def run(self, catalogue: str, operation_or_pipeline: str, filter: str | None = None) -> str:
-        """Start an operation (analyse, export, a destination) or a pipeline on a catalogue; the run id.
+        """Start an operation (analyse, export, a destination) or a pipeline on a catalogue, or `dbt_build` (the
+        dbt project's models and tests, when the code location has them: else `TargetUnavailable`); the run id.
         Never retried: a lost answer could otherwise start the run twice."""
         body = self._call("POST", "runs", json={"catalogue": catalogue, "target": operation_or_pipeline,
                                                 "filter": filter}, max_attempts=1)
@@ -317,5 +327,7 @@ class ClaroClient:
             return body
         message = body.get("error") if isinstance(body, dict) else None
         kind = _ERRORS.get(response.status_code, ClaroError)
+        if response.status_code == 422 and isinstance(body, dict) and body.get("unavailable"):
+            kind = TargetUnavailable
         raise kind(message or f"{method} {path} answered HTTP {response.status_code}", status=response.status_code,
                    body=body if isinstance(body, dict) else None)

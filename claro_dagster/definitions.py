@@ -272,6 +272,10 @@ def build_definitions(spec_path: Path | None = None, home: Path | None = None) -
         sensors.append(build_completion_sensor(
             pipeline_name, watched, targets, run_config=op_config(targets, pipeline.filter), tags=tags,
             description=description, job=job(pipeline_name, targets, description, tags=tags)))
+    # A destination outside every pipeline still has its asset and job (below its catalogue's records when the
+    # catalogue is onboarded), so `claro run`, the API, Slack and schedules can start it; no sensor syncs it.
+    for dest_name, dest in spec.destinations.items():
+        destination(dest_name, [dg.AssetKey([dest.catalogue, "records"])] if dest.catalogue in onboarding else [])
     dbt_project = dbt_project_setting()
     if dbt_project is not None:  # $CLARO_DBT_PROJECT: dbt models below the catalogues' records, tests as checks
         dbt_models, resources["dbt"] = build_dbt_assets(dbt_project, spec, home)

@@ -44,6 +44,7 @@ class FakeLauncher:
         self.launched: list[tuple] = []
         self.statuses: dict[str, list[str]] = {}
         self.down = False
+        self.jobs: set[str] = set()  # the code location's jobs `has_job` knows (e.g. dbt_build)
 
     def launch(self, catalogue, target, filter, *, launched_by="slack"):
         if self.down:
@@ -67,6 +68,11 @@ class FakeLauncher:
 
     def status(self, ref):
         return "n/a"
+
+    def has_job(self, name):
+        if self.down:
+            raise WebserverUnreachable("http://127.0.0.1:3999", "connection refused: nothing listens on that port")
+        return name in self.jobs
 
 
 class Project:

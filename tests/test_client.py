@@ -18,6 +18,7 @@ from claro_dagster.client import (
     RunCancelled,
     RunFailed,
     ScopeError,
+    TargetUnavailable,
     WaitTimeout,
 )
 from tests.api_project import Project, Served
@@ -148,3 +149,15 @@ def test_a_run_when_dagster_is_down(api):
     with pytest.raises(DagsterUnavailable):
         c.status("run-1")
     assert len(waits.slept) == 2  # reading is: the HTTP layer's backoff between three attempts
+
+
+def test_dbt_build_without_a_dbt_project_is_target_unavailable(api):
+    c = client(api, "runner")
+    with pytest.raises(TargetUnavailable, match="no dbt_build job: set CLARO_DBT_PROJECT") as exc:
+        c.run("products", "dbt_build")
+    assert exc.value.target == "dbt_build" and exc.value.status == 422
+    with pytest.raises(ProposalRefused) as other:  # any other refused target stays a plain 422
+        c.run("products", "fly")
+    assert not isinstance(other.value, TargetUnavailable)
+    api.launcher.jobs.add("dbt_build")
+    assert c.run("products", "dbt_build") and api.launcher.launched[-1][:2] == ("products", "dbt_build")

@@ -182,8 +182,11 @@ def destination_resource_key(name: str) -> str:
 
 
 def destination_resource(dest: DestinationSpec):
+    # Each connection reads its variables when it connects, never through `dg.EnvVar`: Dagster resolves an
+    # EnvVar when it checks a run's config, for every resource the run's assets need, so a pipeline run would be
+    # refused as a whole for one destination whose variable is unset (see `skip_unconfigured`).
     if dest.kind == "s3":
-        return S3Connection.from_env(dest.endpoint_url_env)
+        return S3Connection(endpoint_url_env=dest.endpoint_url_env)
     if dest.kind == "postgres" or (dest.kind == "supabase" and dest.mode == "sql"):
         return PostgresDestination.from_env(dest.url_env)
     if dest.kind == "supabase":  # rest: the PostgREST client is built from the environment per push
@@ -217,6 +220,31 @@ def missing_env(dest: DestinationSpec) -> str | None:
     return name if name and not os.environ.get(name) else None
 
 
+def own_job_name(name: str, dest: DestinationSpec) -> str:
+    """The destination's own job (`products_warehouse`, `definitions.operation_job_name`): a run of it is the
+    destination run by hand (`claro run`, the API, Slack, a schedule of the destination alone)."""
+    return f"{dest.catalogue}_{name}"
+
+
+def not_configured_message(name: str, dest: DestinationSpec, needed: str) -> str:
+    return (f"destination {name} is not configured where Dagster runs: set {needed} in the environment of the "
+            f"code location (its webserver, daemon and run workers) to sync {dest.catalogue} to it")
+
+
+def skip_unconfigured(context: dg.AssetExecutionContext, name: str, dest: DestinationSpec) -> bool:
+    """Whether to skip this destination in this run because its settings are missing here. Run alone (its own
+    job), it fails naming the variable; in a run of several assets (a pipeline, a schedule, a chained pipeline)
+    it says so in the run's log and is not materialized, and the rest of the run goes on."""
+    needed = missing_env(dest)
+    if not needed:
+        return False
+    message = not_configured_message(name, dest, needed)
+    if context.job_name == own_job_name(name, dest):
+        raise dg.Failure(description=message, allow_retries=False)
+    context.log.warning(f"skipped: {message}")
+    return True
+
+
 def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]) -> dg.AssetsDefinition | None:
     """Outbound sync: S3 gets a full snapshot per run under a versioned key; PostgreSQL gets an upsert of only
     the records changed since its cursor; BigQuery a load job (append, replace or merge, see resources/bigquery);
@@ -230,15 +258,23 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
     what = "snapshot" if dest.kind == "s3" else _bigquery_what(dest) if dest.kind == "bigquery" else \
         "incremental upsert"
 
-    @dg.asset(key=[catalogue, name], group_name=catalogue, deps=after, kinds={dest.kind},
-              required_resource_keys={resource_key, "claro"}, op_tags={"claro/destination": name},
-              check_specs=[dg.AssetCheckSpec("all_pushed", asset=dg.AssetKey([catalogue, name]),
-                                             description="every record that should be on the channel was "
-                                                         "accepted by its last push")]
-              if dest.kind in sales_channels.CHANNEL_KINDS else None,
-              description=f"Outbound {dest.kind}: {what} of {catalogue}"
-                          + (f" where {dest.filter}" if dest.filter else ""))
-    def destination(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:
+    asset_key = dg.AssetKey([catalogue, name])
+    # One asset, as a multi-asset only so that it may end without materializing (and without its check's result)
+    # when skipped for missing settings (skip_unconfigured): `can_subset` is what makes a check's output optional.
+    @dg.multi_asset(name="__".join(asset_key.path), can_subset=True,
+                    specs=[dg.AssetSpec(asset_key, group_name=catalogue, deps=after, kinds={dest.kind}, skippable=True,
+                                        description=f"Outbound {dest.kind}: {what} of {catalogue}"
+                                                    + (f" where {dest.filter}" if dest.filter else ""))],
+                    required_resource_keys={resource_key, "claro"}, op_tags={"claro/destination": name},
+                    check_specs=[dg.AssetCheckSpec("all_pushed", asset=asset_key,
+                                                   description="every record that should be on the channel was "
+                                                               "accepted by its last push")]
+                    if dest.kind in sales_channels.CHANNEL_KINDS else None)
+    def destination(context: dg.AssetExecutionContext, config: DestinationConfig):
+        if not skip_unconfigured(context, name, dest):
+            yield push(context, config)
+
+    def push(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:
         connector = getattr(context.resources, resource_key)
         store = context.resources.claro.store
         columns = dest.columns
@@ -260,7 +296,8 @@ def build_destination(name: str, dest: DestinationSpec, after: list[dg.AssetKey]
             return dg.MaterializeResult(metadata={
                 "created": len(plan.create), "updated": len(plan.update), "archived": len(plan.archive),
                 "unchanged": len(plan.unchanged), "failed": len(plan.failed), "calls": plan.sent},
-                check_results=[check])
+                check_results=[check] if dg.AssetCheckKey(asset_key, "all_pushed") in context.selected_asset_check_keys
+                else [])
         if dest.kind == "bigquery":
             return push_bigquery(connector.table(), store, name, dest, where, moves_cursor=not config.filter)
         if dest.kind == "supabase" and dest.mode == "rest":
@@ -290,8 +327,13 @@ def build_sheets_destination(name: str, dest: DestinationSpec, after: list[dg.As
     @dg.asset(key=[catalogue, name], group_name=catalogue, deps=after, kinds={"googlesheets"},
               required_resource_keys={resource_key, "claro"}, op_tags={"claro/destination": name},
               description=f"Two-way sync of {catalogue} with named range {dest.named_range!r} of Google spreadsheet "
-                          f"{dest.spreadsheet_id}" + (f" where {dest.filter}" if dest.filter else ""))
-    def destination(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+                          f"{dest.spreadsheet_id}" + (f" where {dest.filter}" if dest.filter else ""),
+              output_required=False)  # not materialized when skipped for missing settings (skip_unconfigured)
+    def destination(context: dg.AssetExecutionContext):
+        if not skip_unconfigured(context, name, dest):
+            yield sync(context)
+
+    def sync(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         from claro_dagster.resources.sheets import client_from_env, sync_sheet
 
         store = context.resources.claro.store

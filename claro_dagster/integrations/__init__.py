@@ -3,19 +3,31 @@ deferrable trigger). They import only `claro_dagster.client` (no Dagster), so th
 workers that have this package installed without its dependencies (`pip install --no-deps claro-dagster requests`).
 
 Both read the URL of `claro serve` and an API token (scope `run`) from their arguments or from `CLARO_API_URL` and
-`CLARO_API_TOKEN`, start one operation or pipeline, wait for it and fail with the run's error when it fails."""
+`CLARO_API_TOKEN`, start one operation or pipeline, wait for it and fail with the run's error when it fails. The
+dbt build is the Dagster job `dbt_build` started the same way (its dbt tests are asset checks in Dagster); a step
+told to skip it when the code location has no such job (`TargetUnavailable`) says so instead of failing."""
 
 from __future__ import annotations
 
 import os
 
-from claro_dagster.client import ClaroClient, ClaroError, RunCancelled, RunFailed, RunStatus, WaitTimeout
+from claro_dagster.client import (
+    ClaroClient,
+    ClaroError,
+    RunCancelled,
+    RunFailed,
+    RunStatus,
+    TargetUnavailable,
+    WaitTimeout,
+)
 
-__all__ = ["ClaroClient", "ClaroError", "RunCancelled", "RunFailed", "RunStatus", "WaitTimeout", "connect",
-           "failure_message"]
+__all__ = ["DBT_BUILD", "ClaroClient", "ClaroError", "RunCancelled", "RunFailed", "RunStatus", "TargetUnavailable",
+           "WaitTimeout", "connect", "failure_message", "skipped_message"]
 
 URL_ENV = "CLARO_API_URL"
 TOKEN_ENV = "CLARO_API_TOKEN"
+#: The Dagster job of the dbt project's models and tests (in the code location when CLARO_DBT_PROJECT is set there).
+DBT_BUILD = "dbt_build"
 
 
 def connect(url: str | None = None, token: str | None = None, *, timeout: float = 60) -> ClaroClient:
@@ -34,3 +46,8 @@ def failure_message(catalogue: str, target: str, exc: ClaroError) -> str:
     run = getattr(exc, "run", None)
     where = f" (run {run.run_id}, status {run.status})" if run is not None else ""
     return f"claro {target} on {catalogue} did not succeed{where}: {exc}"
+
+
+def skipped_message(catalogue: str, target: str, exc: TargetUnavailable) -> str:
+    """What a step says when the code location does not have its target (e.g. dbt not set up) and it skips."""
+    return f"claro {target} on {catalogue} skipped: {exc}"

@@ -28,7 +28,15 @@ except ImportError:  # Airflow 2
     from airflow.models import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from claro_dagster.integrations import ClaroError, RunCancelled, WaitTimeout, connect, failure_message
+from claro_dagster.integrations import (
+    ClaroError,
+    RunCancelled,
+    TargetUnavailable,
+    WaitTimeout,
+    connect,
+    failure_message,
+    skipped_message,
+)
 
 TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
 
@@ -83,15 +91,18 @@ class ClaroRunTrigger(BaseTrigger):
 
 
 class ClaroRunOperator(BaseOperator):
-    """Start `target` (analyse, export, enrich, a destination, or a pipeline) on `catalogue` and wait for it."""
+    """Start `target` (analyse, export, enrich, a destination, a pipeline, or `dbt_build`: the dbt project's models
+    and tests) on `catalogue` and wait for it. `skip_if_unavailable`: when the code location does not have the
+    target (`dbt_build` without CLARO_DBT_PROJECT where Dagster runs), the task is skipped, saying so."""
 
     template_fields: Sequence[str] = ("catalogue", "target", "filter")
     ui_color = "#e8f1fb"
 
     def __init__(self, *, catalogue: str, target: str, filter: str | None = None, claro_url: str | None = None,
                  claro_token: str | None = None, deferrable: bool = True, poll_interval: float = 10,
-                 timeout: float = 3600, **kwargs: Any):
+                 timeout: float = 3600, skip_if_unavailable: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
+        self.skip_if_unavailable = skip_if_unavailable
         self.catalogue, self.target, self.filter = catalogue, target, filter
         self.claro_url, self.claro_token = claro_url, claro_token
         self.deferrable, self.poll_interval, self.timeout = deferrable, poll_interval, timeout
@@ -100,6 +111,13 @@ class ClaroRunOperator(BaseOperator):
         with connect(self.claro_url, self.claro_token) as client:
             try:
                 run_id = client.run(self.catalogue, self.target, filter=self.filter)
+            except TargetUnavailable as exc:
+                if not self.skip_if_unavailable:
+                    raise ClaroRunFailed(failure_message(self.catalogue, self.target, exc)) from None
+                from airflow.exceptions import AirflowSkipException  # Airflow 2, and 3 (re-exported from the SDK)
+
+                self.log.warning(skipped_message(self.catalogue, self.target, exc))
+                raise AirflowSkipException(skipped_message(self.catalogue, self.target, exc)) from None
             except ClaroError as exc:
                 raise ClaroRunFailed(failure_message(self.catalogue, self.target, exc)) from None
             self.log.info("claro: started %s on %s: Dagster run %s", self.target, self.catalogue, run_id)

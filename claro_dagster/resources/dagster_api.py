@@ -15,6 +15,11 @@ from claro_dagster.catalogue.store import CatalogueStore
 from claro_dagster.spec.models import ProjectSpec
 
 ASSET_JOB = "__ASSET_JOB"  # Dagster's implicit job over every asset of a code location
+DBT_BUILD_JOB = "dbt_build"  # the dbt project's job, defined when the code location has $CLARO_DBT_PROJECT
+JOBS = """
+query Jobs {
+  repositoriesOrError { ... on RepositoryConnection { nodes { name jobs { name } } } }
+}"""
 RECENT_RUNS = """
 query RecentRuns($limit: Int!) {
   runsOrError(limit: $limit) { ... on Runs { results { runId status tags { key value } } } }
@@ -120,23 +125,45 @@ class DagsterLauncher:
             raise explain(exc, self.url, what) from None
 
     def launch(self, catalogue: str, target: str, filter: str | None, *, launched_by: str = "slack") -> str:
-        from claro_dagster.definitions import operation_job_name
+        from claro_dagster.definitions import op_config, operation_job_name
         from claro_dagster.schedules.from_spec import target_keys
 
         spec = self.spec_loader()
-        keys = target_keys(spec, "slack", target if target in spec.pipelines else f"{catalogue}/{target}")
-        run_config = {"ops": {"__".join(k.path): {"config": {"filter": filter}} for k in keys}} if filter else {}
         tags = {"claro/catalogue": catalogue, "claro/target": target, "claro/launched_by": launched_by}
+        pipeline = spec.pipelines.get(target)
+        selection = None
+        if target == DBT_BUILD_JOB:  # the dbt project's models and tests (no record filter: dbt reads whole tables)
+            job, run_config = DBT_BUILD_JOB, {}
+        elif pipeline is not None and pipeline.after is not None:
+            # A chained pipeline is a run of its own job, as its sensor starts it: its operations and destinations,
+            # for the records its filter (and this one) selects.
+            import dagster as dg
+
+            job = target
+            keys = [dg.AssetKey([pipeline.catalogue, t]) for t in (*pipeline.operations, *pipeline.destinations)]
+            filter = " and ".join(f"({f})" for f in (pipeline.filter, filter) if f) or None
+            run_config = op_config(keys, filter)
+        else:
+            keys = target_keys(spec, "slack", target if pipeline is not None else f"{catalogue}/{target}")
+            run_config = op_config(keys, filter)
+            # One operation or destination is a run of its own job (`products_analyse`), as `claro run` and the
+            # sensors make it. What an onboarding pipeline publishes (analyse, export, its destinations) spans
+            # several jobs: Dagster's asset job on those assets. A destination whose settings are missing where
+            # Dagster runs is skipped in such a run, saying which variable to set (`skip_unconfigured`).
+            job = ASSET_JOB if pipeline is not None else operation_job_name(catalogue, target)
+            selection = [k.path for k in keys] if job == ASSET_JOB else None
         if filter:
             tags["claro/filter"] = filter
-        # One operation or destination is a run of its own job (`products_analyse`), as `claro run` and the
-        # sensors make it; a pipeline's analyse, export and destinations span several jobs: Dagster's asset job.
-        job = ASSET_JOB if target in spec.pipelines else operation_job_name(catalogue, target)
         what = f"launch {target} on {catalogue}"
         where = self._assets_location(keys, what) if job == ASSET_JOB else {}
-        return self._call(what, self.client.submit_job_execution, job, **where,
-                          asset_selection=None if job != ASSET_JOB else [k.path for k in keys],
+        return self._call(what, self.client.submit_job_execution, job, **where, asset_selection=selection,
                           run_config=run_config, tags=tags)
+
+    def has_job(self, name: str) -> bool:
+        """Whether the code location Dagster serves has the job `name` (e.g. `dbt_build`, only with dbt set up)."""
+        result = self._call("list the jobs of the code location", self.client._execute, JOBS, {})
+        repositories = (result.get("repositoriesOrError") or {}).get("nodes") or []
+        return any(job["name"] == name for r in repositories for job in r.get("jobs") or [])
 
     def _assets_location(self, keys: list[Any], what: str) -> dict[str, str]:
         """The code location and repository that define `keys`: every location of a workspace has an `__ASSET_JOB`

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,22 +88,40 @@ def to_conninfo(url: str) -> str:
     return _SCHEME.sub("postgresql://", url, count=1)
 
 
+class PostgresNotConfigured(RuntimeError):
+    """A PostgreSQL destination whose URL variable is not set where it is used."""
+
+
 class PostgresDestination(dg.ConfigurableResource):
     """A PostgreSQL database to upsert into. `url` accepts libpq and SQLAlchemy URL forms."""
 
-    url: str
+    url: str = ""
+    url_env: str | None = None
+    """The environment variable holding the URL, read when a connection is made (not when Dagster checks a run's
+    config), so a run that does not push here never needs it, and one that does fails saying which variable."""
     connect_timeout: int = 10
     application_name: str = "claro_dagster"
 
     @classmethod
     def from_env(cls, url_env: str, **kwargs: Any) -> PostgresDestination:
-        """Resource for a destination spec's `url_env` (resolved at run time via `dg.EnvVar`)."""
-        return cls(url=dg.EnvVar(url_env), **kwargs)
+        """Resource for a destination spec's `url_env`, read from the environment where the push runs."""
+        return cls(url_env=url_env, **kwargs)
+
+    def conninfo(self) -> str:
+        """`url`, else the value of `url_env`, as a libpq URI."""
+        if self.url or not self.url_env:
+            return to_conninfo(self.url)
+        value = os.environ.get(self.url_env)
+        if not value:
+            raise PostgresNotConfigured(f"the PostgreSQL destination's URL variable {self.url_env} is not set in "
+                                        "this environment: set it to the database's URL "
+                                        "(postgresql://user:password@host:5432/db)")
+        return to_conninfo(value)
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
         with psycopg.connect(
-            to_conninfo(self.url),
+            self.conninfo(),
             connect_timeout=self.connect_timeout,
             application_name=self.application_name,
         ) as conn:

@@ -156,9 +156,8 @@ def _resolve(spec: ProjectSpec, name: str, schedule: ScheduleSpec,
     if missing:
         raise ScheduleError(
             f"{_where(spec)}schedules.{name}.target: {schedule.target!r} needs asset(s) "
-            f"{', '.join(k.to_user_string() for k in missing)}, which the code location does not define; a "
-            "destination has an asset only when a pipeline lists it under 'destinations' and its kind has a "
-            "connector (s3, postgres)")
+            f"{', '.join(k.to_user_string() for k in missing)}, which the code location does not define: name an "
+            "operation (analyse, export, validate, dedupe, enrich), a monitor or a destination of that catalogue")
     return keys
 
 

@@ -10,7 +10,8 @@ audit log with the token's name, whatever its outcome.
 Errors are JSON `{"error": "...", "status": n}` (plus `position` for a filter, `problems` for a proposal):
 401 no/expired/revoked token, 403 missing scope, 429 too many failed attempts, 400 bad query (filter, cursor,
 sequence), 404 unknown catalogue/record/item/run/batch, 409 a review item already decided, 422 a body that does
-not fit, 503 the Dagster webserver is unreachable, 502 Dagster refused.
+not fit (or a run target the code location does not have now: `unavailable` names it), 503 the Dagster
+webserver is unreachable, 502 Dagster refused.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from claro_dagster.catalogue.filters import FilterError, compile_filter
 from claro_dagster.catalogue.proposals import ProposalError, ProposedChange, propose
 from claro_dagster.catalogue.review import ReviewItem, ReviewQueue
 from claro_dagster.catalogue.schema import filter_columns
+from claro_dagster.resources.dagster_api import DBT_BUILD_JOB as DBT_BUILD
 from claro_dagster.web import api_models as m
 from claro_dagster.web.api_openapi import openapi_document, query_parameters
 
@@ -76,6 +78,8 @@ class ApiLauncher(Protocol):
     def launch(self, catalogue: str, target: str, filter: str | None, *, launched_by: str = ...) -> str: ...
 
     def run_status(self, run_id: str) -> str: ...
+
+    def has_job(self, name: str) -> bool: ...
 
     def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]: ...
 
@@ -289,6 +293,15 @@ def start_run(call: Call, launcher: ApiLauncher) -> Any:
     call.audit.update(target=f"{body.catalogue}/{body.target}", detail={"filter": body.filter})
     check_catalogue(call.store, body.catalogue)
     targets = run_targets(call.spec, body.catalogue)
+    if body.target == DBT_BUILD and body.target not in targets:  # a job of the code location, not of the spec
+        if not launcher.has_job(DBT_BUILD):
+            raise ApiError(422, f"the Dagster code location has no {DBT_BUILD} job: set CLARO_DBT_PROJECT to a dbt "
+                                "project (e.g. examples/dbt) where Dagster runs, with the catalogue store on "
+                                "PostgreSQL (CLARO_DATABASE_URL), then reload the code location",
+                           unavailable=DBT_BUILD)
+        if body.filter:
+            raise ApiError(422, f"{DBT_BUILD} takes no record filter: dbt builds its models from whole tables")
+        targets = run_targets(call.spec, body.catalogue, dbt=True)
     if body.target not in targets:
         raise ApiError(422, f"{body.target!r} is neither a pipeline nor an operation of {body.catalogue}; "
                             f"targets are: {', '.join(targets)}")

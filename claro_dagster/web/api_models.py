@@ -42,7 +42,8 @@ class DecisionIn(_In):
 class RunIn(_In):
     catalogue: str = Field(min_length=1)
     target: str = Field(min_length=1, description="a pipeline of the catalogue, an operation (analyse, export) "
-                                                  "or a destination")
+                                                  "or a destination; or dbt_build (the dbt project's models and "
+                                                  "tests) when the Dagster code location has it")
     filter: str | None = Field(None, description="a record filter, e.g. brand == \"Acme\" and price > 100")
 
 
@@ -53,6 +54,8 @@ class Error(BaseModel):
     position: int | None = Field(None, description="a filter error: 0-based character offset")
     filter: str | None = None
     problems: list[str] | None = Field(None, description="each problem of a refused body")
+    unavailable: str | None = Field(None, description="a run target the Dagster code location does not have now "
+                                                      "(dbt_build without CLARO_DBT_PROJECT)")
 
 
 class Me(BaseModel):

@@ -45,6 +45,7 @@ from claro_dagster.catalogue.outbox import recent_runs
 from claro_dagster.catalogue.review import ReviewQueue
 from claro_dagster.catalogue.schema import filter_columns
 from claro_dagster.catalogue.store import CatalogueStore
+from claro_dagster.resources.dagster_api import DBT_BUILD_JOB as DBT_BUILD
 from claro_dagster.resources.dagster_api import WebserverUnreachable
 from claro_dagster.spec.checks import SCHEDULABLE_OPERATIONS, unknown
 from claro_dagster.spec.models import ProjectSpec
@@ -74,7 +75,11 @@ class Launcher(Protocol):
     def status(self, ref: str | None) -> str:
         """Human-readable status of a run id or a batch (recent runs when `ref` is None).
 
-        Both methods raise `WebserverUnreachable` when Dagster's webserver does not answer."""
+        Every method raises `WebserverUnreachable` when Dagster's webserver does not answer."""
+        ...
+
+    def has_job(self, name: str) -> bool:
+        """Whether the code location has the job `name` (`dbt_build` exists only with a dbt project)."""
         ...
 
 
@@ -228,11 +233,12 @@ def _clean_text(text: str) -> str:
     return text.translate(str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})).strip()
 
 
-def run_targets(spec: ProjectSpec, catalogue: str) -> list[str]:
-    """What `run <catalogue> ...` accepts: the catalogue's pipelines, then its operations and destinations."""
+def run_targets(spec: ProjectSpec, catalogue: str, *, dbt: bool = False) -> list[str]:
+    """What `run <catalogue> ...` accepts: the catalogue's pipelines, then its operations and destinations, and
+    `dbt_build` when the code location has that job (`dbt`: its dbt models over the catalogues, tests as checks)."""
     pipelines = [name for name, p in spec.pipelines.items() if p.catalogue == catalogue]
     destinations = [name for name, d in spec.destinations.items() if d.catalogue == catalogue]
-    return [*pipelines, *SCHEDULABLE_OPERATIONS, *destinations]
+    return [*pipelines, *SCHEDULABLE_OPERATIONS, *destinations, *([DBT_BUILD] if dbt else [])]
 
 
 def _first_line(text: str | None, limit: int = 200) -> str:
@@ -361,6 +367,17 @@ class SlackCommands:
         if catalogue not in spec.catalogues:
             return SlackReply(unknown(catalogue, catalogues, "a catalogue") + ".")
         choices = run_targets(spec, catalogue)
+        if target == DBT_BUILD and target not in choices:  # a job of the code location, not of the spec
+            try:
+                present = self.launcher.has_job(DBT_BUILD)
+            except Exception as exc:
+                return SlackReply(f"Could not launch `{target}` on `{catalogue}`: {exc}")
+            if not present:
+                return SlackReply(f"The Dagster code location has no `{DBT_BUILD}` job: set CLARO_DBT_PROJECT to a "
+                                  "dbt project where Dagster runs (the catalogue store on PostgreSQL).")
+            if filter_text:
+                return SlackReply(f"`{DBT_BUILD}` takes no filter: dbt builds its models from whole tables.")
+            choices = run_targets(spec, catalogue, dbt=True)
         if target not in choices:
             return SlackReply(unknown(target, choices, f"an operation or pipeline of {catalogue!r}",
                                       listing="one of") + ".")

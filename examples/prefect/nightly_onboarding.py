@@ -6,48 +6,29 @@
 
 The pipeline runs in Dagster (sources -> records -> review checkpoint -> destinations), started through
 `claro serve`; the flow waits for it and fails with the run's error if it fails, so the dbt build only runs on
-fresh, published records. The dbt build runs `dbt build` on the project in `CLARO_DBT_PROJECT` (e.g.
-examples/dbt, against the catalogue's PostgreSQL: see examples/dbt/README.md); with it unset the step says so and
-is skipped.
-(Inside Dagster the same models are assets below `records` when the code location has `CLARO_DBT_PROJECT`.)
+fresh, published records. The dbt build is the Dagster job `dbt_build`, started the same way: its models are assets
+below the catalogue's records and its dbt tests asset checks, in the same Dagster UI. The code location has it when
+Dagster runs with `CLARO_DBT_PROJECT` (e.g. examples/dbt) and the catalogue on PostgreSQL (see examples/dbt/README.md);
+without it the step says so and is skipped. Nothing of dbt is installed where this flow runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 
-from prefect import flow, get_run_logger, task
+from prefect import flow
 
-from claro_dagster.integrations.prefect import claro_run
-
-
-@task(name="dbt-build")
-def dbt_build(project_dir: str | None) -> str:
-    log = get_run_logger()
-    if not project_dir:
-        log.warning("CLARO_DBT_PROJECT is not set: the dbt build is skipped")
-        return "skipped"
-    dbt = shutil.which("dbt")
-    if dbt is None:
-        raise RuntimeError("dbt is not installed in this environment: pip install dbt-core dbt-postgres")
-    done = subprocess.run([dbt, "build", "--project-dir", project_dir, "--profiles-dir", project_dir],
-                          capture_output=True, text=True)
-    log.info(done.stdout[-4000:])
-    if done.returncode != 0:
-        raise RuntimeError(f"dbt build failed (exit {done.returncode}): {(done.stdout + done.stderr)[-2000:]}")
-    return "built"
+from claro_dagster.integrations.prefect import claro_dbt_build, claro_run
 
 
 @flow(name="claro-nightly-onboarding", log_prints=True)
 def nightly_onboarding(catalogue: str = "products", pipeline: str = "products_onboarding",
-                       dbt_project: str | None = None, timeout: float = 3600) -> dict:
+                       timeout: float = 3600) -> dict:
     run_id = claro_run(catalogue, pipeline, timeout=timeout, poll=2)
-    dbt = dbt_build(dbt_project if dbt_project is not None else os.environ.get("CLARO_DBT_PROJECT"))
+    dbt_run = claro_dbt_build(catalogue, timeout=timeout, poll=2)
+    dbt = f"run {dbt_run}" if dbt_run else "skipped"
     print(f"nightly onboarding done: run {run_id}, dbt {dbt}")
-    return {"run_id": run_id, "dbt": dbt}
+    return {"run_id": run_id, "dbt_run_id": dbt_run}
 
 
 if __name__ == "__main__":

@@ -32,13 +32,15 @@ def venv_python(name: str) -> Path:
 
 
 @contextmanager
-def served_api(stack: DagsterStack, token_name: str, records: list[dict] | None = None):
+def served_api(stack: DagsterStack, token_name: str, records: list[dict] | None = None,
+               database_url: str | None = None):
     """`claro serve`'s app (REST API) over the stack, and a token with scopes run and read: (url, token).
-    `records`: products imported into the store first (so that a destination has something to push)."""
+    `records`: products imported into the store first (so that a destination has something to push);
+    `database_url`: the stack's catalogue store when it is not the embedded SQLite one under its home."""
     spec = load_spec(stack.spec_path)
 
     def store_factory(s):
-        return open_store(s, home=stack.home)
+        return open_store(s, database_url, home=stack.home)
 
     store = store_factory(spec)
     if records:
@@ -71,25 +73,71 @@ def run_in_venv(name: str, args: list[str], *, env: dict[str, str], cwd: Path, t
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
 
-DEMO_DESTINATIONS = "    destinations: [shopify_store, amazon_listings, catalogue_dump, warehouse]\n"
-
-
 @contextmanager
-def onboarding_stack(root: Path, extra_env: dict[str, str], destinations: str = "", workspace: Path | None = None):
-    """The demo's stack, its products_onboarding pipeline with only `destinations` (e.g. "[warehouse]"; none by
-    default): launching a pipeline resolves every destination's credentials variable, which a test machine does not
-    have (the destinations' own tests cover them). `workspace`: a workspace file to load instead of the module alone."""
+def onboarding_stack(root: Path, extra_env: dict[str, str], workspace: Path | None = None):
+    """The demo's stack, its products_onboarding pipeline whole: a destination whose variables the test machine
+    does not have is skipped in a pipeline run, saying which to set (the destinations' own tests cover them).
+    `workspace`: a workspace file to load instead of the module alone."""
     stack = DagsterStack(root, extra_env=extra_env)
     if workspace is not None:
         stack.locations = ["-w", str(workspace)]
     stack.prepare()
-    text = stack.spec_path.read_text()
-    assert DEMO_DESTINATIONS in text, "the demo's products_onboarding changed: update tests/e2e/orchestrators.py"
-    stack.spec_path.write_text(text.replace(DEMO_DESTINATIONS, f"    destinations: {destinations}\n"
-                                                                    if destinations else ""))
     try:
         stack.start()
         stack.wait_ready()
         yield stack
     finally:
         stack.stop()
+
+
+@contextmanager
+def postgres_database(postgres_server: str, name_prefix: str):
+    """A database of its own on the test PostgreSQL server (the `postgres_server` fixture's), dropped after: its
+    URL."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    server, _, _ = postgres_server.rpartition("/")
+    name = f"{name_prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(f"{server}/postgres".replace("postgresql://", "postgresql+psycopg://", 1),
+                             isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+RUN_EVENTS = """
+query RunEvents($runId: ID!) {
+  runOrError(runId: $runId) {
+    ... on Run {
+      eventConnection(limit: 10000) {
+        events {
+          __typename
+          ... on MessageEvent { message level stepKey }
+          ... on AssetCheckEvaluationEvent { evaluation { checkName success assetKey { path } } }
+        }
+      }
+    }
+  }
+}"""
+
+
+def run_events(stack: DagsterStack, run_id: str) -> list[dict]:
+    return stack.graphql(RUN_EVENTS, runId=run_id)["runOrError"]["eventConnection"]["events"]
+
+
+def run_warnings(stack: DagsterStack, run_id: str) -> list[str]:
+    """The messages the run logged at WARNING (a destination skipped for its missing settings says so there)."""
+    return [e["message"] for e in run_events(stack, run_id) if e.get("level") == "WARNING"]
+
+
+def check_evaluations(stack: DagsterStack, run_id: str) -> dict[tuple[str, str], bool]:
+    """The asset checks the run evaluated: (asset, check) -> passed."""
+    return {("/".join(e["evaluation"]["assetKey"]["path"]), e["evaluation"]["checkName"]): e["evaluation"]["success"]
+            for e in run_events(stack, run_id) if e["__typename"] == "AssetCheckEvaluationEvent"}

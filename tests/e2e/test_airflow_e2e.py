@@ -1,7 +1,9 @@
 """Airflow (`claro_dagster.integrations.airflow`) against a real Dagster webserver + daemon and `claro serve`'s API,
 through `dag.test()` in `.venvs/airflow` (SQLite metadata DB in a temporary AIRFLOW_HOME): the example DAG runs the
-onboarding pipeline, its operator deferring to `ClaroRunTrigger`; a failed run fails the task with the run's error;
-the trigger reports a cancelled run and the operator raises `ClaroRunCancelled`."""
+onboarding pipeline, its operator deferring to `ClaroRunTrigger`, then the dbt build as the Dagster job `dbt_build`
+(its dbt tests asset checks) when the code location has a dbt project, skipping it, saying so, when not; a failed run
+fails the task with the run's error; the trigger reports a cancelled run and the operator raises
+`ClaroRunCancelled`."""
 
 from __future__ import annotations
 
@@ -11,7 +13,16 @@ import shutil
 import pytest
 
 from tests.e2e.harness import free_port
-from tests.e2e.orchestrators import REPO, client, onboarding_stack, run_in_venv, served_api, venv_python
+from tests.e2e.orchestrators import (
+    REPO,
+    check_evaluations,
+    client,
+    onboarding_stack,
+    postgres_database,
+    run_in_venv,
+    served_api,
+    venv_python,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +37,7 @@ def dagster_env() -> dict[str, str]:
 
 @pytest.fixture
 def dagster_stack(tmp_path, dagster_env):
-    with onboarding_stack(tmp_path, dagster_env, destinations="[warehouse]") as stack:
+    with onboarding_stack(tmp_path, dagster_env) as stack:
         yield stack
 
 
@@ -49,13 +60,39 @@ def test_the_example_dag_runs_the_onboarding_pipeline_through_the_deferrable_ope
                            cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-4000:]
     assert "claro_nightly_onboarding: success" in done.stdout
-    assert "CLARO_DBT_PROJECT is not set: the dbt build is skipped" in done.stdout
+    assert ("claro dbt_build on products skipped: the Dagster code location has no dbt_build job: set "
+            "CLARO_DBT_PROJECT") in done.stdout
     run_id = re.search(r"claro: started products_onboarding on products: Dagster run (\S+)", done.stdout).group(1)
     assert "deferred" in done.stdout.lower()  # the operator handed the wait to ClaroRunTrigger
     run = dagster_stack.run(run_id)
     tags = {t["key"]: t["value"] for t in run["tags"]}
     assert run["status"] == "SUCCESS"
     assert (tags["claro/target"], tags["claro/launched_by"]) == ("products_onboarding", "api:airflow")
+    assert not dagster_stack.runs(**{"claro/target": "dbt_build"})
+
+
+def test_the_example_dag_runs_the_dbt_build_in_dagster_with_its_tests_as_checks(postgres_server, tmp_path):
+    """The catalogue on PostgreSQL (a database of the test's own) and CLARO_DBT_PROJECT=examples/dbt where Dagster
+    runs: the DAG's dbt_build task is a run of the Dagster job `dbt_build`; dbt is not installed in .venvs/airflow."""
+    dags = REPO / "examples" / "airflow"
+    with postgres_database(postgres_server, "claro_airflow_dbt") as database_url:
+        env = {"CLARO_DATABASE_URL": database_url, "CLARO_DBT_PROJECT": str(REPO / "examples" / "dbt")}
+        with onboarding_stack(tmp_path, env) as stack, served_api(stack, "airflow", database_url=database_url) \
+                as (url, token):
+            done = run_in_venv("airflow", [str(dags / "claro_nightly.py")],
+                               env=airflow_env(tmp_path, dags, url, token), cwd=tmp_path)
+            assert done.returncode == 0, done.stdout[-4000:]
+            assert "claro_nightly_onboarding: success" in done.stdout
+            run_id = re.search(r"claro: started products_onboarding on products: Dagster run (\S+)",
+                               done.stdout).group(1)
+            dbt_run_id = re.search(r"claro: started dbt_build on products: Dagster run (\S+)", done.stdout).group(1)
+            pipeline_run, dbt_run = stack.run(run_id), stack.run(dbt_run_id)
+            checks = check_evaluations(stack, dbt_run_id)
+    assert (pipeline_run["status"], dbt_run["status"]) == ("SUCCESS", "SUCCESS")
+    tags = {t["key"]: t["value"] for t in dbt_run["tags"]}
+    assert (tags["claro/target"], tags["claro/launched_by"]) == ("dbt_build", "api:airflow")
+    assert checks[("dbt/stg_products", "unique_stg_products_sku")] is True
+    assert len(checks) > 10 and all(checks.values()), checks
 
 
 FAILING_DAG = '''

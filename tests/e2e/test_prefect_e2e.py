@@ -1,6 +1,8 @@
 """Prefect (`claro_dagster.integrations.prefect`) against a real Dagster webserver + daemon and `claro serve`'s API:
-the example flow runs the onboarding pipeline; a failed run fails the flow with the run's error; waiting on a
-cancelled run raises `ClaroRunCancelled`. The flows run in `.venvs/prefect` (Prefect's ephemeral mode)."""
+the example flow runs the onboarding pipeline, then the dbt build as the Dagster job `dbt_build` (its dbt tests asset
+checks) when the code location has a dbt project, and says it skips it when not; a failed run fails the flow with the
+run's error; waiting on a cancelled run raises `ClaroRunCancelled`. The flows run in `.venvs/prefect` (Prefect's
+ephemeral mode)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,15 @@ import re
 import pytest
 
 from tests.e2e.harness import free_port
-from tests.e2e.orchestrators import REPO, client, onboarding_stack, run_in_venv, served_api
+from tests.e2e.orchestrators import (
+    REPO,
+    check_evaluations,
+    client,
+    onboarding_stack,
+    postgres_database,
+    run_in_venv,
+    served_api,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +32,7 @@ def dagster_env() -> dict[str, str]:
 
 @pytest.fixture
 def dagster_stack(tmp_path, dagster_env):
-    with onboarding_stack(tmp_path, dagster_env, destinations="[warehouse]") as stack:
+    with onboarding_stack(tmp_path, dagster_env) as stack:
         yield stack
 
 
@@ -37,11 +47,33 @@ def test_the_example_flow_runs_the_onboarding_pipeline_in_dagster(dagster_stack,
                            env=prefect_env(tmp_path, url, token), cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-4000:]
     run_id = re.search(r"nightly onboarding done: run (\S+), dbt skipped", done.stdout).group(1)
-    assert "CLARO_DBT_PROJECT is not set: the dbt build is skipped" in done.stdout
+    assert ("claro dbt_build on products skipped: the Dagster code location has no dbt_build job: set "
+            "CLARO_DBT_PROJECT") in done.stdout
     run = dagster_stack.run(run_id)
     tags = {t["key"]: t["value"] for t in run["tags"]}
     assert run["status"] == "SUCCESS"
     assert (tags["claro/target"], tags["claro/launched_by"]) == ("products_onboarding", "api:prefect")
+    assert not dagster_stack.runs(**{"claro/target": "dbt_build"})
+
+
+def test_the_example_flow_runs_the_dbt_build_in_dagster_with_its_tests_as_checks(postgres_server, tmp_path):
+    """The catalogue on PostgreSQL (a database of the test's own) and CLARO_DBT_PROJECT=examples/dbt where Dagster
+    runs: the flow's second step is a run of the Dagster job `dbt_build`; dbt is not installed in .venvs/prefect."""
+    with postgres_database(postgres_server, "claro_prefect_dbt") as database_url:
+        env = {"CLARO_DATABASE_URL": database_url, "CLARO_DBT_PROJECT": str(REPO / "examples" / "dbt")}
+        with onboarding_stack(tmp_path, env) as stack, served_api(stack, "prefect", database_url=database_url) \
+                as (url, token):
+            done = run_in_venv("prefect", [str(REPO / "examples" / "prefect" / "nightly_onboarding.py")],
+                               env=prefect_env(tmp_path, url, token), cwd=tmp_path)
+            assert done.returncode == 0, done.stdout[-4000:]
+            run_id, dbt_run_id = re.search(r"nightly onboarding done: run (\S+), dbt run (\S+)", done.stdout).groups()
+            pipeline_run, dbt_run = stack.run(run_id), stack.run(dbt_run_id)
+            checks = check_evaluations(stack, dbt_run_id)
+    assert (pipeline_run["status"], dbt_run["status"]) == ("SUCCESS", "SUCCESS")
+    tags = {t["key"]: t["value"] for t in dbt_run["tags"]}
+    assert (tags["claro/target"], tags["claro/launched_by"]) == ("dbt_build", "api:prefect")
+    assert checks[("dbt/stg_products", "unique_stg_products_sku")] is True
+    assert len(checks) > 10 and all(checks.values()), checks
 
 
 WAREHOUSE_RECORDS = [{"sku": "AB-1234", "title": "Mug"}]  # the warehouse push then connects, and fails

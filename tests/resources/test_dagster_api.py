@@ -54,3 +54,34 @@ def test_run_status_and_recent_runs_for_the_rest_api(http_server, closed_port, t
         {"run_id": "4f1d2c3b", "status": "SUCCESS", "tags": {"claro/target": "analyse"}}]
     with pytest.raises(WebserverUnreachable):
         launcher(closed_port, tmp_path).run_status("4f1d2c3b")
+
+
+class RecordingGraphQL:
+    """Stands in for DagsterGraphQLClient: records what `launch` submits (job, selection, config, tags)."""
+
+    def __init__(self):
+        self.submitted: list[tuple] = []
+
+    def submit_job_execution(self, job, *, asset_selection=None, run_config=None, tags=None):
+        self.submitted.append((job, asset_selection, run_config, tags))
+        return f"run-{len(self.submitted)}"
+
+
+def test_what_a_launch_submits_for_each_kind_of_target(tmp_path, demo_spec):
+    """An operation or destination: its own job; an onboarding pipeline: Dagster's asset job on what it publishes;
+    a chained pipeline: its own job with its filter and the caller's; dbt_build: the dbt project's job."""
+    launcher = DagsterLauncher(lambda: demo_spec, lambda s: None, port=1, timeout=2)
+    launcher.client = graphql = RecordingGraphQL()
+    launcher.launch("products", "warehouse", None, launched_by="api:ci")
+    launcher.launch("products", "products_onboarding", None, launched_by="api:ci")
+    launcher.launch("products", "products_revalidation", 'brand == "Acme"', launched_by="api:ci")
+    launcher.launch("products", "dbt_build", None, launched_by="api:ci")
+    (own, _), (pipeline, selection), (chained, _), (dbt, _) = [(s[0], s[1]) for s in graphql.submitted]
+    assert (own, dbt) == ("products_warehouse", "dbt_build")
+    assert pipeline == "__ASSET_JOB" and selection == [["products", p] for p in (
+        "analyse", "export", "shopify_store", "amazon_listings", "catalogue_dump", "warehouse")]
+    assert chained == "products_revalidation"
+    config, tags = graphql.submitted[2][2], graphql.submitted[2][3]
+    both = '(status == "active") and (brand == "Acme")'
+    assert config == {"ops": {"products__validate": {"config": {"filter": both}}}} and tags["claro/filter"] == both
+    assert graphql.submitted[3][2] == {} and graphql.submitted[3][3]["claro/target"] == "dbt_build"

@@ -264,6 +264,22 @@ def test_runs_start_and_report_through_the_launcher(api):
     assert len(api.launcher.launched) == 1
 
 
+def test_dbt_build_is_a_target_when_the_code_location_has_it(api):
+    def start(**body):
+        return api.post("/runs", {"catalogue": "products", "target": "dbt_build", **body}, token="runner")
+
+    absent = start()
+    assert absent.status_code == 422 and absent.json()["unavailable"] == "dbt_build"
+    assert "the Dagster code location has no dbt_build job: set CLARO_DBT_PROJECT" in absent.json()["error"]
+    api.launcher.jobs.add("dbt_build")
+    assert start(filter="price > 4").status_code == 422  # dbt builds whole tables
+    started = start()
+    assert started.status_code == 202
+    assert api.launcher.launched == [("products", "dbt_build", None, "api:runner")]
+    api.launcher.down = True
+    assert start().status_code == 503
+
+
 def test_a_run_when_the_dagster_webserver_is_down_is_a_clear_503(api):
     api.launcher.down = True
     response = api.post("/runs", {"catalogue": "products", "target": "analyse"}, token="runner")

@@ -86,6 +86,7 @@ class FakeLauncher:
         self.finished = threading.Event()
         self.release: threading.Event | None = None
         self.fail: Exception | None = None
+        self.jobs: set[str] = set()
 
     def hold(self) -> threading.Event:
         self.release = threading.Event()
@@ -104,6 +105,9 @@ class FakeLauncher:
     def status(self, ref: str | None) -> str:
         self.statuses.append(ref)
         return f"Run {ref}: SUCCESS" if ref else "Recent runs: run-0001 SUCCESS"
+
+    def has_job(self, name: str) -> bool:
+        return name in self.jobs
 
 
 @pytest.fixture
@@ -303,6 +307,14 @@ def test_run_a_pipeline_or_a_destination(client, launcher):
     answer(command(client, "run products products_onboarding"))
     answer(command(client, "RUN products warehouse"))
     assert launcher.launches == [("products", "products_onboarding", None), ("products", "warehouse", None)]
+
+
+def test_run_dbt_build_when_the_code_location_has_it(client, launcher):
+    assert "no `dbt_build` job: set CLARO_DBT_PROJECT" in answer(command(client, "run products dbt_build"))
+    launcher.jobs.add("dbt_build")
+    assert "takes no filter" in answer(command(client, "run products dbt_build price > 1"))
+    assert "`dbt_build` on `products`" in answer(command(client, "run products dbt_build"))
+    assert launcher.launches == [("products", "dbt_build", None)]
 
 
 @pytest.mark.parametrize(("text", "expected"), [
