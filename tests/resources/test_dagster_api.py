@@ -61,9 +61,16 @@ class RecordingGraphQL:
 
     def __init__(self):
         self.submitted: list[tuple] = []
+        self.locations: list[dict] = []
 
-    def submit_job_execution(self, job, *, asset_selection=None, run_config=None, tags=None):
+    def _execute(self, query, variables):  # the only query a launch makes: which location defines the assets
+        return {"assetNodes": [{"isExecutable": True, "repository": {"name": "__repository__",
+                                                                     "location": {"name": "claro"}}}
+                               for _ in variables["keys"]]}
+
+    def submit_job_execution(self, job, *, asset_selection=None, run_config=None, tags=None, **location):
         self.submitted.append((job, asset_selection, run_config, tags))
+        self.locations.append(location)
         return f"run-{len(self.submitted)}"
 
 
@@ -81,6 +88,9 @@ def test_what_a_launch_submits_for_each_kind_of_target(tmp_path, demo_spec):
     assert pipeline == "__ASSET_JOB" and selection == [["products", p] for p in (
         "analyse", "export", "shopify_store", "amazon_listings", "catalogue_dump", "warehouse")]
     assert chained == "products_revalidation"
+    # the asset job is named in the location that defines the assets (every location of a workspace has one)
+    assert graphql.locations[1] == {"repository_location_name": "claro", "repository_name": "__repository__"}
+    assert graphql.locations[0] == graphql.locations[2] == graphql.locations[3] == {}
     config, tags = graphql.submitted[2][2], graphql.submitted[2][3]
     both = '(status == "active") and (brand == "Acme")'
     assert config == {"ops": {"products__validate": {"config": {"filter": both}}}} and tags["claro/filter"] == both
