@@ -1,7 +1,7 @@
 """Airflow (`claro_dagster.integrations.airflow`) against a real Dagster webserver + daemon and `claro serve`'s API,
 through `dag.test()` in `.venvs/airflow` (SQLite metadata DB in a temporary AIRFLOW_HOME): the example DAG runs the
 onboarding pipeline, its operator deferring to `ClaroRunTrigger`, then the dbt build as the Dagster job `dbt_build`
-(its dbt tests asset checks) when the code location has a dbt project, skipping it, saying so, when not; a failed run
+(its dbt tests asset checks); without a dbt project the dbt task is skipped, saying so; a failed run
 fails the task with the run's error; the trigger reports a cancelled run and the operator raises
 `ClaroRunCancelled`."""
 
@@ -53,24 +53,6 @@ def airflow_env(tmp_path, dags, url: str, token: str) -> dict[str, str]:
     return env
 
 
-def test_the_example_dag_runs_the_onboarding_pipeline_through_the_deferrable_operator(dagster_stack, tmp_path):
-    dags = REPO / "examples" / "airflow"
-    with served_api(dagster_stack, "airflow") as (url, token):
-        done = run_in_venv("airflow", [str(dags / "claro_nightly.py")], env=airflow_env(tmp_path, dags, url, token),
-                           cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-4000:]
-    assert "claro_nightly_onboarding: success" in done.stdout
-    assert ("claro dbt_build on products skipped: the Dagster code location has no dbt_build job: set "
-            "CLARO_DBT_PROJECT") in done.stdout
-    run_id = re.search(r"claro: started products_onboarding on products: Dagster run (\S+)", done.stdout).group(1)
-    assert "deferred" in done.stdout.lower()  # the operator handed the wait to ClaroRunTrigger
-    run = dagster_stack.run(run_id)
-    tags = {t["key"]: t["value"] for t in run["tags"]}
-    assert run["status"] == "SUCCESS"
-    assert (tags["claro/target"], tags["claro/launched_by"]) == ("products_onboarding", "api:airflow")
-    assert not dagster_stack.runs(**{"claro/target": "dbt_build"})
-
-
 def test_the_example_dag_runs_the_dbt_build_in_dagster_with_its_tests_as_checks(postgres_server, tmp_path):
     """The catalogue on PostgreSQL (a database of the test's own) and CLARO_DBT_PROJECT=examples/dbt where Dagster
     runs: the DAG's dbt_build task is a run of the Dagster job `dbt_build`; dbt is not installed in .venvs/airflow."""
@@ -83,6 +65,7 @@ def test_the_example_dag_runs_the_dbt_build_in_dagster_with_its_tests_as_checks(
                                env=airflow_env(tmp_path, dags, url, token), cwd=tmp_path)
             assert done.returncode == 0, done.stdout[-4000:]
             assert "claro_nightly_onboarding: success" in done.stdout
+            assert "deferred" in done.stdout.lower()  # the operator handed the wait to ClaroRunTrigger
             run_id = re.search(r"claro: started products_onboarding on products: Dagster run (\S+)",
                                done.stdout).group(1)
             dbt_run_id = re.search(r"claro: started dbt_build on products: Dagster run (\S+)", done.stdout).group(1)
@@ -91,6 +74,8 @@ def test_the_example_dag_runs_the_dbt_build_in_dagster_with_its_tests_as_checks(
     assert (pipeline_run["status"], dbt_run["status"]) == ("SUCCESS", "SUCCESS")
     tags = {t["key"]: t["value"] for t in dbt_run["tags"]}
     assert (tags["claro/target"], tags["claro/launched_by"]) == ("dbt_build", "api:airflow")
+    tags = {t["key"]: t["value"] for t in pipeline_run["tags"]}
+    assert (tags["claro/target"], tags["claro/launched_by"]) == ("products_onboarding", "api:airflow")
     assert checks[("dbt/stg_products", "unique_stg_products_sku")] is True
     assert len(checks) > 10 and all(checks.values()), checks
 
@@ -127,8 +112,19 @@ except ClaroRunCancelled as exc:
     sys.exit(3)
 '''
 
+DBT_UNAVAILABLE = '''
+from airflow.exceptions import AirflowSkipException
+from claro_dagster.integrations.airflow import ClaroRunOperator
 
-def test_a_failed_run_fails_the_task_with_its_error_and_a_cancelled_one_raises(dagster_stack, tmp_path):
+try:
+    ClaroRunOperator(task_id="dbt_build", catalogue="products", target="dbt_build",
+                     skip_if_unavailable=True).execute({})
+except AirflowSkipException as exc:
+    print(f"AirflowSkipException: {exc}")
+'''
+
+
+def test_a_failed_run_fails_the_task_a_cancelled_one_raises_and_dbt_without_a_project_skips(dagster_stack, tmp_path):
     dags = tmp_path / "dags"
     dags.mkdir()
     (dags / "claro_failing.py").write_text(FAILING_DAG)
@@ -139,6 +135,7 @@ def test_a_failed_run_fails_the_task_with_its_error_and_a_cancelled_one_raises(d
         cancelled_id = api.run("products", "analyse")
         dagster_stack.client.terminate_run(cancelled_id)
         cancelled = run_in_venv("airflow", ["-c", FOLLOW_CANCELLED, cancelled_id], env=env, cwd=tmp_path)
+        skipped = run_in_venv("airflow", ["-c", DBT_UNAVAILABLE], env=env, cwd=tmp_path)
     shutil.rmtree(tmp_path / "airflow", ignore_errors=True)
 
     assert failed.returncode == 1, failed.stdout[-4000:]
@@ -154,3 +151,8 @@ def test_a_failed_run_fails_the_task_with_its_error_and_a_cancelled_one_raises(d
     assert dagster_stack.run(cancelled_id)["status"] == "CANCELED"
     assert (f"ClaroRunCancelled: claro analyse on products did not succeed (run {cancelled_id}, status CANCELED): "
             f"run {cancelled_id} was cancelled before it finished") in cancelled.stdout
+
+    # no dbt project where Dagster runs: the dbt task is skipped, saying what to set; no run is started
+    assert ("AirflowSkipException: claro dbt_build on products skipped: the Dagster code location has no dbt_build "
+            "job: set CLARO_DBT_PROJECT") in skipped.stdout, skipped.stdout[-3000:]
+    assert not dagster_stack.runs(**{"claro/target": "dbt_build"})

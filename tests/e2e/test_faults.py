@@ -295,7 +295,9 @@ def test_the_broker_restarted_mid_run_loses_and_duplicates_nothing(make_stack, p
         print(f"{time.monotonic() - started:.1f} s: one run publishing, two queued in the broker; restarting it")
         private_redis.stop()
         private_redis.start()
-        assert private_redis.queued(stack.queue) == 2  # the queued runs survived the restart
+        # No count of the queue here: the worker reconnects at once and takes a queued run, or restores the one it
+        # runs (both are what Celery does). That the queued runs survived is shown below: a run whose message was
+        # lost would stay STARTING, and not every batch would have its one successful run.
         hold.release()
 
         def all_finished() -> tuple[bool, Any]:

@@ -1,6 +1,6 @@
 """Prefect (`claro_dagster.integrations.prefect`) against a real Dagster webserver + daemon and `claro serve`'s API:
 the example flow runs the onboarding pipeline, then the dbt build as the Dagster job `dbt_build` (its dbt tests asset
-checks) when the code location has a dbt project, and says it skips it when not; a failed run fails the flow with the
+checks); without a dbt project the dbt step says so and is skipped; a failed run fails the flow with the
 run's error; waiting on a cancelled run raises `ClaroRunCancelled`. The flows run in `.venvs/prefect` (Prefect's
 ephemeral mode)."""
 
@@ -41,21 +41,6 @@ def prefect_env(tmp_path, url: str, token: str) -> dict[str, str]:
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PYTHONUNBUFFERED": "1"}
 
 
-def test_the_example_flow_runs_the_onboarding_pipeline_in_dagster(dagster_stack, tmp_path):
-    with served_api(dagster_stack, "prefect") as (url, token):
-        done = run_in_venv("prefect", [str(REPO / "examples" / "prefect" / "nightly_onboarding.py")],
-                           env=prefect_env(tmp_path, url, token), cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-4000:]
-    run_id = re.search(r"nightly onboarding done: run (\S+), dbt skipped", done.stdout).group(1)
-    assert ("claro dbt_build on products skipped: the Dagster code location has no dbt_build job: set "
-            "CLARO_DBT_PROJECT") in done.stdout
-    run = dagster_stack.run(run_id)
-    tags = {t["key"]: t["value"] for t in run["tags"]}
-    assert run["status"] == "SUCCESS"
-    assert (tags["claro/target"], tags["claro/launched_by"]) == ("products_onboarding", "api:prefect")
-    assert not dagster_stack.runs(**{"claro/target": "dbt_build"})
-
-
 def test_the_example_flow_runs_the_dbt_build_in_dagster_with_its_tests_as_checks(postgres_server, tmp_path):
     """The catalogue on PostgreSQL (a database of the test's own) and CLARO_DBT_PROJECT=examples/dbt where Dagster
     runs: the flow's second step is a run of the Dagster job `dbt_build`; dbt is not installed in .venvs/prefect."""
@@ -88,9 +73,20 @@ def follow(run_id: str):
 
 follow(sys.argv[1])
 """
+DBT_UNAVAILABLE = """
+from prefect import flow
+from claro_dagster.integrations.prefect import claro_dbt_build
+
+@flow
+def dbt():
+    print("dbt run:", claro_dbt_build("products", poll=1))
+
+dbt()
+"""
 
 
-def test_a_failed_run_fails_the_flow_with_its_error_and_a_cancelled_one_raises(dagster_stack, tmp_path):
+def test_a_failed_run_fails_the_flow_a_cancelled_one_raises_and_dbt_without_a_project_is_skipped(dagster_stack,
+                                                                                                   tmp_path):
     with served_api(dagster_stack, "prefect", WAREHOUSE_RECORDS) as (url, token):
         env = prefect_env(tmp_path, url, token)
         script = ("from claro_dagster.integrations.prefect import claro_run_flow\n"
@@ -100,6 +96,7 @@ def test_a_failed_run_fails_the_flow_with_its_error_and_a_cancelled_one_raises(d
         cancelled_id = api.run("products", "analyse")
         dagster_stack.client.terminate_run(cancelled_id)
         cancelled = run_in_venv("prefect", ["-c", FOLLOW, cancelled_id], env=env, cwd=tmp_path)
+        skipped = run_in_venv("prefect", ["-c", DBT_UNAVAILABLE], env=env, cwd=tmp_path)
 
     assert failed.returncode != 0
     (run,) = [r for r in dagster_stack.runs(**{"claro/target": "warehouse"})]
@@ -115,3 +112,10 @@ def test_a_failed_run_fails_the_flow_with_its_error_and_a_cancelled_one_raises(d
     assert dagster_stack.run(cancelled_id)["status"] == "CANCELED"
     assert (f"ClaroRunCancelled: claro analyse on products did not succeed (run {cancelled_id}, status CANCELED): "
             f"run {cancelled_id} was cancelled before it finished") in cancelled.stdout
+
+    # no dbt project where Dagster runs: the dbt step says what to set and is skipped; no run is started
+    assert skipped.returncode == 0, skipped.stdout[-3000:]
+    assert "dbt run: None" in skipped.stdout
+    assert ("claro dbt_build on products skipped: the Dagster code location has no dbt_build job: set "
+            "CLARO_DBT_PROJECT") in skipped.stdout
+    assert not dagster_stack.runs(**{"claro/target": "dbt_build"})
