@@ -23,6 +23,7 @@ from claro_dagster.assets.catalogue_ops import (
     destination_resource,
     destination_resource_key,
     missing_env,
+    operation_job_name,
 )
 from claro_dagster.assets.dbt_models import build_dbt_assets, build_dbt_sensors, dbt_project_setting, store_is_postgres
 from claro_dagster.assets.dedupe import build_dedupe
@@ -78,11 +79,6 @@ def op_config(keys: list[dg.AssetKey], filter: str | None) -> dict:
 def inbound_sensor_name(source_name: str, kind: str) -> str:
     """The sensor that receives a source's files (`<source>_<kind>`): its run keys say what was received."""
     return f"{source_name}_{kind}"
-
-
-def operation_job_name(catalogue: str, operation: str) -> str:
-    """The job of one catalogue operation or destination (`products_analyse`), as the UI lists its runs."""
-    return f"{catalogue}_{operation}"
 
 
 def destinations_job_name(pipeline_name: str) -> str:

@@ -220,10 +220,10 @@ def missing_env(dest: DestinationSpec) -> str | None:
     return name if name and not os.environ.get(name) else None
 
 
-def own_job_name(name: str, dest: DestinationSpec) -> str:
-    """The destination's own job (`products_warehouse`, `definitions.operation_job_name`): a run of it is the
-    destination run by hand (`claro run`, the API, Slack, a schedule of the destination alone)."""
-    return f"{dest.catalogue}_{name}"
+def operation_job_name(catalogue: str, operation: str) -> str:
+    """The job of one catalogue operation or destination (`products_analyse`), as the UI lists its runs; a run of a
+    destination's own job is that destination run by hand (`claro run`, the API, Slack, its own schedule)."""
+    return f"{catalogue}_{operation}"
 
 
 def not_configured_message(name: str, dest: DestinationSpec, needed: str) -> str:
@@ -239,7 +239,7 @@ def skip_unconfigured(context: dg.AssetExecutionContext, name: str, dest: Destin
     if not needed:
         return False
     message = not_configured_message(name, dest, needed)
-    if context.job_name == own_job_name(name, dest):
+    if context.job_name == operation_job_name(dest.catalogue, name):
         raise dg.Failure(description=message, allow_retries=False)
     context.log.warning(f"skipped: {message}")
     return True
